@@ -1,1 +1,83 @@
-//! tern-storage
+//! # tern-storage
+//!
+//! Durable state for tern: an ordered, transactional key-value layer with
+//! FoundationDB semantics ([`kv`]), its backends, and the record layer
+//! ([`Store`]) that the runtime and the directory use.
+//!
+//! ## What this crate owns
+//! - The [`kv::KvBackend`] trait and its backends: `memory` (in-process,
+//!   multi-version, optimistic conflicts, fault injection), `sqlite` (the
+//!   embedded default, one file shared by the processes of a host), and a
+//!   reserved spot for `fdb` (`Store::open("fdb:CLUSTER_FILE")`, a later
+//!   cargo feature).
+//! - FoundationDB's limits, enforced in every backend: keys up to 10 kB,
+//!   values up to 100 kB, transactions up to 10 MB of mutations, 5 s.
+//! - The key layout (see [`keys`]) and the stored formats: rkyv archives in
+//!   a versioned envelope with a crc32, validated with bytecheck on every
+//!   load.
+//! - The records: activations with epochs, POP membership, components,
+//!   actor types, incremental snapshots, and their garbage collection.
+//!
+//! ## What it must not know
+//! Nothing about wasm, wasmtime, gRPC, protobuf, or the runtime's config:
+//! memories are byte pages, globals are `u64` bits, a type's config is
+//! opaque JSON, a component is opaque bytes. The API is synchronous; the
+//! runtime calls it from blocking threads.
+//!
+//! ## Invariants this crate guarantees
+//! 1. **Fencing** (design invariant 1): a snapshot commit is one
+//!    transaction that reads `act/<actor>` and commits only if the caller's
+//!    epoch is the current, active claim and the head is the one it
+//!    expected. A stale epoch gets [`StorageError::Fenced`], whatever the
+//!    timing; staging transactions are fenced the same way, so a zombie
+//!    cannot even stage.
+//! 2. **Atomic, durable commits**: a snapshot becomes visible only through
+//!    its manifest, written in one transaction with the head bump.
+//! 3. **Exactly once**: a commit re-run after `commit_unknown_result`
+//!    recognises its own token and does not apply twice.
+//! 4. **Incremental** (design invariant 7): a commit writes the changed,
+//!    non-zero pages plus a manifest of a few bytes per page; nothing else.
+//! 5. **Never trusted**: every loaded value is checked (crc32, bytecheck,
+//!    sha256 for components); damage is [`StorageError::Corrupt`] naming
+//!    the key, never a panic or silent garbage.
+//! 6. **Everything has a limit**: retries (`retries_max`), value, key and
+//!    transaction sizes, staging and GC batch sizes are named constants.
+
+#![forbid(unsafe_code)]
+
+mod codec;
+mod error;
+pub mod keys;
+pub mod kv;
+mod store;
+pub mod tuple;
+
+#[cfg(test)]
+mod conformance;
+#[cfg(test)]
+mod tests;
+
+pub use error::StorageError;
+pub use kv::memory::{Fault, FaultInjector};
+pub use kv::{Kv, Stats, Transaction};
+pub use store::{
+    ActivationRecord, CommitRequest, EXTRA_BYTES_MAX, GcStats, LoadedSnapshot, MemoryDelta,
+    PAGE_SIZE, PopRecord, STAGE_TXN_BYTES_MAX, SnapshotMeta, Store, TypeRecord, VALUE_CHUNK_BYTES,
+};
+
+/// A random-enough u64 for commit tokens (not for cryptography): std's
+/// per-process random SipHash keys over a counter, the time and the pid.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.write_u128(now);
+    h.write_u32(std::process::id());
+    h.finish()
+}

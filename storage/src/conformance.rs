@@ -1,0 +1,981 @@
+//! The storage conformance suite, written once and instantiated per backend:
+//! `conformance::memory::<case>`, `conformance::sqlite::<case>`, and (once
+//! the `fdb` feature exists) `conformance::fdb::<case>`.
+
+use std::sync::{Arc, Barrier};
+
+use crate::kv::{KeyValue, VALUE_BYTES_MAX};
+use crate::tuple::range_end;
+use crate::*;
+
+/// A store under test, plus whatever keeps it alive.
+pub(crate) struct Harness {
+    pub store: Store,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+pub(crate) fn memory() -> Harness {
+    Harness {
+        store: Store::memory(),
+        _dir: None,
+    }
+}
+
+pub(crate) fn sqlite() -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite:{}", dir.path().join("nested/dir/tern.db").display());
+    Harness {
+        store: Store::open(&url).expect("open sqlite"),
+        _dir: Some(dir),
+    }
+}
+
+// ------------------------------------------------------------- helpers
+
+fn k(s: &str) -> Vec<u8> {
+    let mut v = b"\x01test\x00".to_vec();
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+fn keys_of(kvs: &[KeyValue]) -> Vec<Vec<u8>> {
+    kvs.iter().map(|(k, _)| k.clone()).collect()
+}
+
+/// A page whose bytes depend on (seed, index), never all zero.
+pub(crate) fn page(seed: u64, index: u32) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(index as u64 + 1);
+    (0..PAGE_SIZE)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x as u8) | 1
+        })
+        .collect()
+}
+
+pub(crate) fn claim(store: &Store, actor: &str, pop: &str) -> ActivationRecord {
+    store
+        .claim(actor, pop, 1, &|_| true)
+        .expect("claim should succeed")
+}
+
+pub(crate) fn meta() -> SnapshotMeta {
+    SnapshotMeta {
+        component_digest: "ab".repeat(32),
+        engine_version: "test-engine-1".into(),
+        globals: vec![65536, 7],
+    }
+}
+
+/// A request for memory `len_pages` long changing `changed` pages.
+pub(crate) fn req(
+    actor: &str,
+    epoch: u64,
+    head: u64,
+    len_pages: u32,
+    changed: &[(u32, Vec<u8>)],
+) -> CommitRequest {
+    CommitRequest {
+        actor: actor.into(),
+        epoch,
+        expected_head_seq: head,
+        meta: meta(),
+        memories: vec![MemoryDelta {
+            len_bytes: len_pages as u64 * PAGE_SIZE as u64,
+            changed_pages: changed.to_vec(),
+        }],
+        extra: vec![],
+    }
+}
+
+/// Applies `changed` onto an image model.
+pub(crate) fn apply(image: &mut Vec<u8>, len_pages: u32, changed: &[(u32, Vec<u8>)]) {
+    image.resize(len_pages as usize * PAGE_SIZE, 0);
+    for (i, p) in changed {
+        let off = *i as usize * PAGE_SIZE;
+        image[off..off + PAGE_SIZE].copy_from_slice(p);
+    }
+}
+
+fn raw_prefix(store: &Store, prefix: &[u8]) -> Vec<KeyValue> {
+    store
+        .kv()
+        .read(|tx| tx.get_prefix(prefix))
+        .expect("raw read")
+}
+
+// --------------------------------------------------------------- cases
+
+pub(crate) fn range_reads_ordered_reverse_limited(h: &Harness) {
+    let kv = h.kv();
+    kv.transact(|tx| {
+        for i in (0..20).rev() {
+            tx.set(&k(&format!("r{i:02}")), format!("v{i}").as_bytes());
+        }
+        tx.set(&k("q"), b"before");
+        tx.set(&k("s"), b"after");
+        tx.set(&k("r"), b"prefix-of-range-keys");
+        Ok(())
+    })
+    .unwrap();
+    let (b, e) = (k("r00"), k("r99"));
+    let all = kv.read(|tx| tx.get_range(&b, &e, None, false)).unwrap();
+    let want: Vec<Vec<u8>> = (0..20).map(|i| k(&format!("r{i:02}"))).collect();
+    assert_eq!(keys_of(&all), want, "forward range is in key order");
+    assert_eq!(all[3].1, b"v3");
+    let first5 = kv.read(|tx| tx.get_range(&b, &e, Some(5), false)).unwrap();
+    assert_eq!(keys_of(&first5), want[..5].to_vec());
+    let last3 = kv.read(|tx| tx.get_range(&b, &e, Some(3), true)).unwrap();
+    assert_eq!(
+        keys_of(&last3),
+        vec![want[19].clone(), want[18].clone(), want[17].clone()],
+        "reverse range starts at the end"
+    );
+    let rev_all = kv.read(|tx| tx.get_range(&b, &e, None, true)).unwrap();
+    assert_eq!(rev_all.len(), 20);
+    // End is exclusive, begin inclusive.
+    let mid = kv
+        .read(|tx| tx.get_range(&k("r05"), &k("r08"), None, false))
+        .unwrap();
+    assert_eq!(keys_of(&mid), want[5..8].to_vec());
+    // Empty and inverted ranges.
+    assert!(
+        kv.read(|tx| tx.get_range(&e, &b, None, false))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        kv.read(|tx| tx.get_range(&b, &e, Some(0), false))
+            .unwrap()
+            .is_empty()
+    );
+    // memcmp order: "r" < "r00" < ... < "s"; prefix range of "r" covers them all.
+    let pre = kv
+        .read(|tx| tx.get_range(&k("r"), &range_end(&k("r")), None, false))
+        .unwrap();
+    assert_eq!(pre.len(), 21);
+    // Binary keys with 0x00 and 0xFF bytes order by memcmp.
+    kv.transact(|tx| {
+        tx.set(b"\x00", b"a");
+        tx.set(b"\x00\x00", b"b");
+        tx.set(b"\xff\xff", b"c");
+        Ok(())
+    })
+    .unwrap();
+    let bin = kv
+        .read(|tx| tx.get_range(b"\x00", b"\x01", None, false))
+        .unwrap();
+    assert_eq!(keys_of(&bin), vec![b"\x00".to_vec(), b"\x00\x00".to_vec()]);
+}
+
+pub(crate) fn read_your_writes(h: &Harness) {
+    let kv = h.kv();
+    kv.transact(|tx| {
+        tx.set(&k("a"), b"1");
+        tx.set(&k("c"), b"old");
+        Ok(())
+    })
+    .unwrap();
+    let mut tx = kv.begin().unwrap();
+    tx.set(&k("a"), b"2");
+    assert_eq!(tx.get(&k("a")).unwrap().as_deref(), Some(&b"2"[..]));
+    tx.clear(&k("a"));
+    assert_eq!(tx.get(&k("a")).unwrap(), None);
+    tx.set(&k("b"), b"x");
+    tx.set(&k("d"), b"y");
+    tx.clear_range(&k("b"), &k("d"));
+    let r = tx.get_range(&k("a"), &k("z"), None, false).unwrap();
+    assert_eq!(
+        keys_of(&r),
+        vec![k("d")],
+        "clear_range hides own and stored keys"
+    );
+    tx.set(&k("c"), b"new");
+    let r = tx.get_range(&k("a"), &k("z"), None, true).unwrap();
+    assert_eq!(r, vec![(k("d"), b"y".to_vec()), (k("c"), b"new".to_vec())]);
+    let r = tx.get_range(&k("a"), &k("z"), Some(1), false).unwrap();
+    assert_eq!(keys_of(&r), vec![k("c")]);
+    drop(tx); // rolled back
+    assert_eq!(
+        kv.read(|tx| tx.get(&k("a"))).unwrap().as_deref(),
+        Some(&b"1"[..]),
+        "a dropped transaction changes nothing"
+    );
+    assert_eq!(kv.read(|tx| tx.get(&k("d"))).unwrap(), None);
+    // Committed: all of it at once.
+    let mut tx = kv.begin().unwrap();
+    tx.clear_range(&k("a"), &k("z"));
+    tx.set(&k("e"), b"e");
+    tx.commit().unwrap();
+    let r = kv
+        .read(|tx| tx.get_range(&k("a"), &k("z"), None, false))
+        .unwrap();
+    assert_eq!(r, vec![(k("e"), b"e".to_vec())]);
+    // A read-only transaction refuses writes at commit.
+    let mut ro = kv.begin_read().unwrap();
+    ro.set(&k("nope"), b"1");
+    assert!(matches!(
+        ro.commit(),
+        Err(StorageError::ReadOnlyTransaction)
+    ));
+}
+
+pub(crate) fn conflicting_read_modify_write_no_lost_update(h: &Harness) {
+    let threads = 4;
+    let per_thread = 25;
+    let barrier = Arc::new(Barrier::new(threads));
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let store = h.store.clone();
+            let barrier = barrier.clone();
+            s.spawn(move || {
+                barrier.wait();
+                for _ in 0..per_thread {
+                    store
+                        .kv()
+                        .transact(|tx| {
+                            let n = tx
+                                .get(&k("counter"))?
+                                .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
+                                .unwrap_or(0);
+                            tx.set(&k("counter"), &(n + 1).to_be_bytes());
+                            Ok(())
+                        })
+                        .expect("increment");
+                }
+            });
+        }
+    });
+    let n = h.kv().read(|tx| tx.get(&k("counter"))).unwrap().unwrap();
+    assert_eq!(
+        u64::from_be_bytes(n.try_into().unwrap()),
+        (threads * per_thread) as u64,
+        "no increment was lost"
+    );
+}
+
+pub(crate) fn limits_enforced(h: &Harness) {
+    let kv = h.kv();
+    let r = kv.transact(|tx| {
+        tx.set(&k("big"), &vec![1u8; VALUE_BYTES_MAX + 1]);
+        Ok(())
+    });
+    assert!(
+        matches!(r, Err(StorageError::LimitExceeded { what: "value", .. })),
+        "{r:?}"
+    );
+    let r = kv.transact(|tx| {
+        tx.set(&vec![b'k'; 10_001], b"");
+        Ok(())
+    });
+    assert!(
+        matches!(r, Err(StorageError::LimitExceeded { what: "key", .. })),
+        "{r:?}"
+    );
+    let r = kv.transact(|tx| {
+        for i in 0..110u32 {
+            tx.set(&k(&format!("t{i:03}")), &vec![0u8; 99_000]);
+        }
+        Ok(())
+    });
+    assert!(
+        matches!(
+            r,
+            Err(StorageError::LimitExceeded {
+                what: "transaction",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(
+        kv.read(|tx| tx.get(&k("t000"))).unwrap(),
+        None,
+        "nothing applied"
+    );
+}
+
+pub(crate) fn stale_epoch_commit_refused(h: &Harness) {
+    let a = claim(h, "player/alice", "pop-a");
+    assert_eq!(
+        h.commit_snapshot(&req("player/alice", a.epoch, 0, 2, &[(0, page(1, 0))]))
+            .unwrap(),
+        1
+    );
+    // pop-b takes over: epoch 2. pop-a is now a zombie.
+    let b = claim(h, "player/alice", "pop-b");
+    assert_eq!(b.epoch, a.epoch + 1);
+    assert_eq!(b.head_seq, 1, "claims keep the head");
+    let zombie = h.commit_snapshot(&req("player/alice", a.epoch, 1, 2, &[(1, page(2, 1))]));
+    match zombie {
+        Err(StorageError::Fenced {
+            actor,
+            epoch_given,
+            epoch_current,
+        }) => {
+            assert_eq!(
+                (actor.as_str(), epoch_given, epoch_current),
+                ("player/alice", a.epoch, b.epoch)
+            );
+        }
+        other => panic!("zombie commit must be fenced, got {other:?}"),
+    }
+    // Also a big (staged) zombie commit is refused before writing anything.
+    let before = raw_prefix(h, &keys::page_prefix("player/alice")).len();
+    let big: Vec<(u32, Vec<u8>)> = (0..20).map(|i| (i, page(3, i))).collect();
+    assert!(matches!(
+        h.commit_snapshot(&req("player/alice", a.epoch, 1, 20, &big)),
+        Err(StorageError::Fenced { .. })
+    ));
+    assert_eq!(
+        raw_prefix(h, &keys::page_prefix("player/alice")).len(),
+        before,
+        "a zombie cannot stage"
+    );
+    // The new owner commits on top of head 1; a wrong head is refused.
+    assert!(matches!(
+        h.commit_snapshot(&req("player/alice", b.epoch, 0, 2, &[(1, page(4, 1))])),
+        Err(StorageError::HeadMismatch {
+            expected: 0,
+            current: 1,
+            ..
+        })
+    ));
+    assert_eq!(
+        h.commit_snapshot(&req("player/alice", b.epoch, 1, 2, &[(1, page(4, 1))]))
+            .unwrap(),
+        2
+    );
+    let s = h.load_snapshot("player/alice").unwrap().unwrap();
+    assert_eq!(s.seq, 2);
+    assert_eq!(s.epoch, b.epoch);
+    assert_eq!(&s.memories[0][..PAGE_SIZE], &page(1, 0)[..]);
+    assert_eq!(&s.memories[0][PAGE_SIZE..], &page(4, 1)[..]);
+    // After release, even the right epoch is fenced.
+    h.release("player/alice", b.epoch).unwrap();
+    assert!(matches!(
+        h.commit_snapshot(&req("player/alice", b.epoch, 2, 2, &[])),
+        Err(StorageError::Fenced { .. })
+    ));
+    // An actor that was never claimed cannot be committed to.
+    assert!(matches!(
+        h.commit_snapshot(&req("player/nobody", 1, 0, 1, &[])),
+        Err(StorageError::Fenced {
+            epoch_current: 0,
+            ..
+        })
+    ));
+}
+
+pub(crate) fn claim_release_epochs(h: &Harness) {
+    let never = |_: &ActivationRecord| false;
+    assert_eq!(h.get_activation("m/1").unwrap(), None);
+    let a = h.claim("m/1", "pop-a", 100, &never).unwrap();
+    assert_eq!(
+        (a.epoch, a.pop.as_str(), a.active, a.head_seq, a.since_ms),
+        (1, "pop-a", true, 0, 100)
+    );
+    assert_eq!(
+        h.list_activations_by_pop("pop-a").unwrap(),
+        vec!["m/1".to_string()]
+    );
+    match h.claim("m/1", "pop-b", 200, &never) {
+        Err(StorageError::HeldElsewhere { pop, epoch, .. }) => {
+            assert_eq!((pop.as_str(), epoch), ("pop-a", 1))
+        }
+        other => panic!("expected HeldElsewhere, got {other:?}"),
+    }
+    h.commit_snapshot(&req("m/1", 1, 0, 1, &[(0, page(1, 0))]))
+        .unwrap();
+    h.release("m/1", 1).unwrap();
+    h.release("m/1", 1).unwrap(); // idempotent
+    let r = h.get_activation("m/1").unwrap().unwrap();
+    assert!(!r.active);
+    assert!(h.list_activations_by_pop("pop-a").unwrap().is_empty());
+    // Inactive: anyone may claim without a takeover.
+    let b = h.claim("m/1", "pop-b", 300, &never).unwrap();
+    assert_eq!((b.epoch, b.head_seq), (2, 1));
+    assert!(matches!(
+        h.release("m/1", 1),
+        Err(StorageError::Fenced {
+            epoch_given: 1,
+            epoch_current: 2,
+            ..
+        })
+    ));
+    // Re-claim by the same POP bumps the epoch too.
+    assert_eq!(h.claim("m/1", "pop-b", 400, &never).unwrap().epoch, 3);
+    // Takeover with consent moves the index.
+    let seen = std::cell::Cell::new(None);
+    let c = h
+        .claim("m/1", "pop-c", 500, &|cur| {
+            seen.set(Some(cur.epoch));
+            true
+        })
+        .unwrap();
+    assert_eq!(seen.get(), Some(3), "may_take_over sees the current record");
+    assert_eq!(c.epoch, 4);
+    assert!(h.list_activations_by_pop("pop-b").unwrap().is_empty());
+    assert_eq!(
+        h.list_activations_by_pop("pop-c").unwrap(),
+        vec!["m/1".to_string()]
+    );
+    claim(h, "m/2", "pop-c");
+    let all = h.list_activations().unwrap();
+    assert_eq!(
+        all.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
+        vec!["m/1", "m/2"]
+    );
+    assert_eq!(h.list_activations_by_pop("pop-c").unwrap().len(), 2);
+    // Names that are prefixes of each other stay apart.
+    claim(h, "m", "pop-c");
+    assert_eq!(h.get_activation("m").unwrap().unwrap().epoch, 1);
+    assert_eq!(h.list_activations_by_pop("pop").unwrap().len(), 0);
+}
+
+pub(crate) fn types_and_pops_roundtrip(h: &Harness) {
+    let t = TypeRecord {
+        digest: "cd".repeat(32),
+        config_json: r#"{"durability":"turn"}"#.into(),
+        deployed_at_ms: 42,
+    };
+    h.put_type("player", &t).unwrap();
+    h.put_type("match", &t).unwrap();
+    assert_eq!(h.get_type("player").unwrap(), Some(t.clone()));
+    assert_eq!(h.get_type("nope").unwrap(), None);
+    let names: Vec<String> = h
+        .list_types()
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, vec!["match", "player"]);
+    h.delete_type("match").unwrap();
+    assert_eq!(h.list_types().unwrap().len(), 1);
+    let p = PopRecord {
+        addr: "http://127.0.0.1:7000".into(),
+        coords: (48.85, 2.35),
+        lease_until_ms: 1000,
+        incarnation: 1,
+    };
+    h.put_pop("paris", &p).unwrap();
+    assert_eq!(h.get_pop("paris").unwrap(), Some(p.clone()));
+    let renewed = h
+        .update_pop("paris", |cur| {
+            let mut cur = cur.expect("present");
+            cur.lease_until_ms = 2000;
+            Ok((Some(cur), "renewed"))
+        })
+        .unwrap();
+    assert_eq!(renewed, "renewed");
+    assert_eq!(h.get_pop("paris").unwrap().unwrap().lease_until_ms, 2000);
+    assert_eq!(h.list_pops().unwrap().len(), 1);
+    h.remove_pop("paris").unwrap();
+    assert_eq!(h.get_pop("paris").unwrap(), None);
+}
+
+pub(crate) fn value_over_100kb_split_and_reassembled(h: &Harness) {
+    let comp: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let before = h.stats();
+    let digest = h.put_component(&comp).unwrap();
+    assert_eq!(digest.len(), 64);
+    let written = h.stats().since(&before);
+    assert!(written.bytes_written >= 300_000);
+    assert_eq!(
+        h.get_component(&digest).unwrap().as_deref(),
+        Some(&comp[..])
+    );
+    let raw = raw_prefix(h, keys::PREFIX); // everything
+    assert!(
+        raw.iter().all(|(_, v)| v.len() <= VALUE_BYTES_MAX),
+        "every value under 100 kB"
+    );
+    assert!(raw.len() >= 4, "300 kB is split into several values");
+    // Idempotent: the same bytes are not written again.
+    let before = h.stats();
+    assert_eq!(h.put_component(&comp).unwrap(), digest);
+    assert_eq!(h.stats().since(&before).bytes_written, 0);
+    assert_eq!(h.get_component(&"00".repeat(32)).unwrap(), None);
+    // An empty component works too.
+    let d = h.put_component(b"").unwrap();
+    assert_eq!(h.get_component(&d).unwrap(), Some(vec![]));
+}
+
+pub(crate) fn snapshot_over_10mb_staged_then_small_manifest(h: &Harness) {
+    let a = claim(h, "big/1", "pop-a");
+    let pages = 12 * 16; // 12 MiB
+    let changed: Vec<(u32, Vec<u8>)> = (0..pages).map(|i| (i, page(9, i))).collect();
+    let before = h.stats();
+    assert_eq!(
+        h.commit_snapshot(&req("big/1", a.epoch, 0, pages, &changed))
+            .unwrap(),
+        1
+    );
+    let d = h.stats().since(&before);
+    assert!(
+        d.bytes_written > 12 * 1024 * 1024,
+        "all pages written: {d:?}"
+    );
+    assert!(
+        d.transaction_bytes_max <= STAGE_TXN_BYTES_MAX as u64 + 64 * 1024,
+        "every transaction stayed near 1 MB, far under 10 MB: {d:?}"
+    );
+    let stage_txns = (d.bytes_written as usize).div_ceil(STAGE_TXN_BYTES_MAX) as u64;
+    assert!(
+        d.transactions >= stage_txns + 1 && d.transactions <= stage_txns + 3,
+        "staging transactions plus one manifest transaction: {d:?}"
+    );
+    // No stage markers remain after the manifest made the pages visible.
+    assert!(
+        raw_prefix(h, &keys::snap_prefix("big/1"))
+            .iter()
+            .all(|(k, _)| !crate::tuple::printable(k).contains("\"s\""))
+    );
+    let s = h.load_snapshot("big/1").unwrap().unwrap();
+    let mut want = Vec::new();
+    apply(&mut want, pages, &changed);
+    assert!(s.memories[0] == want, "12 MiB image restored byte for byte");
+    // The next, small commit is one transaction.
+    let before = h.stats();
+    h.commit_snapshot(&req("big/1", a.epoch, 1, pages, &[(5, page(10, 5))]))
+        .unwrap();
+    let d = h.stats().since(&before);
+    assert_eq!(d.transactions, 1);
+}
+
+pub(crate) fn commit_writes_only_dirty_pages(h: &Harness) {
+    let a = claim(h, "dirty/1", "pop-a");
+    let pages = 64; // 4 MiB
+    let all: Vec<(u32, Vec<u8>)> = (0..pages).map(|i| (i, page(1, i))).collect();
+    h.commit_snapshot(&req("dirty/1", a.epoch, 0, pages, &all))
+        .unwrap();
+    let before = h.stats();
+    h.commit_snapshot(&req("dirty/1", a.epoch, 1, pages, &[(17, page(2, 17))]))
+        .unwrap();
+    let d = h.stats().since(&before);
+    let budget = PAGE_SIZE as u64 + 2048;
+    assert!(
+        d.bytes_written <= budget,
+        "a one-page turn on 4 MiB wrote {} bytes, budget {budget} (one page + a small manifest)",
+        d.bytes_written
+    );
+    assert_eq!(d.transactions, 1, "one transaction");
+    // A zero page is recorded, not written.
+    let before = h.stats();
+    h.commit_snapshot(&req(
+        "dirty/1",
+        a.epoch,
+        2,
+        pages,
+        &[(3, vec![0; PAGE_SIZE])],
+    ))
+    .unwrap();
+    assert!(
+        h.stats().since(&before).bytes_written < 2048,
+        "a zeroed page costs only manifest bytes"
+    );
+    // Growth: new pages not listed are zero.
+    h.commit_snapshot(&req(
+        "dirty/1",
+        a.epoch,
+        3,
+        pages + 2,
+        &[(pages, page(3, pages))],
+    ))
+    .unwrap();
+    let mut want = Vec::new();
+    apply(&mut want, pages, &all);
+    apply(
+        &mut want,
+        pages,
+        &[(17, page(2, 17)), (3, vec![0; PAGE_SIZE])],
+    );
+    apply(&mut want, pages + 2, &[(pages, page(3, pages))]);
+    let s = h.load_snapshot("dirty/1").unwrap().unwrap();
+    assert_eq!(s.seq, 4);
+    assert!(
+        s.memories[0] == want,
+        "image = all commits applied in order"
+    );
+    assert_eq!(s.meta, meta());
+}
+
+pub(crate) fn snapshot_roundtrip_multi_memory_and_extras(h: &Harness) {
+    assert_eq!(h.load_snapshot("x/1").unwrap(), None, "never claimed");
+    let a = claim(h, "x/1", "pop-a");
+    assert_eq!(
+        h.load_snapshot("x/1").unwrap(),
+        None,
+        "claimed, no snapshot yet"
+    );
+    let mut r = req("x/1", a.epoch, 0, 2, &[(1, page(1, 1))]);
+    r.memories.push(MemoryDelta {
+        len_bytes: 3 * PAGE_SIZE as u64 + 100, // not a multiple of the page size
+        changed_pages: vec![(3, page(2, 3)), (0, page(2, 0))],
+    });
+    r.extra = vec![
+        ("idem/k1".into(), b"reply-1".to_vec()),
+        ("idem/k2".into(), b"reply-2".to_vec()),
+    ];
+    h.commit_snapshot(&r).unwrap();
+    let s = h.load_snapshot("x/1").unwrap().unwrap();
+    assert_eq!(s.memories.len(), 2);
+    assert_eq!(s.memories[0].len(), 2 * PAGE_SIZE);
+    assert!(s.memories[0][..PAGE_SIZE].iter().all(|&b| b == 0));
+    assert_eq!(s.memories[1].len(), 3 * PAGE_SIZE + 100);
+    assert_eq!(&s.memories[1][3 * PAGE_SIZE..], &page(2, 3)[..100]);
+    assert_eq!(s.extra.len(), 2);
+    // Delete one extra (empty value), replace the other.
+    let mut r2 = req("x/1", a.epoch, 1, 2, &[]);
+    r2.memories.push(MemoryDelta {
+        len_bytes: 3 * PAGE_SIZE as u64 + 100,
+        changed_pages: vec![],
+    });
+    r2.extra = vec![
+        ("idem/k1".into(), vec![]),
+        ("idem/k2".into(), b"r2".to_vec()),
+    ];
+    h.commit_snapshot(&r2).unwrap();
+    let s2 = h.load_snapshot("x/1").unwrap().unwrap();
+    assert_eq!(s2.extra, vec![("idem/k2".to_string(), b"r2".to_vec())]);
+    assert_eq!(s2.memories, s.memories);
+    // Bad requests are refused with InvalidArgument, nothing written.
+    let bad = req("x/1", a.epoch, 2, 2, &[(2, page(1, 2))]);
+    assert!(matches!(
+        h.commit_snapshot(&bad),
+        Err(StorageError::InvalidArgument(_))
+    ));
+    let bad = req("x/1", a.epoch, 2, 2, &[(0, vec![1; 10])]);
+    assert!(matches!(
+        h.commit_snapshot(&bad),
+        Err(StorageError::InvalidArgument(_))
+    ));
+}
+
+pub(crate) fn commit_batch_fences_each_request_alone(h: &Harness) {
+    let e1 = claim(h, "b/1", "pop-a").epoch;
+    let e2 = claim(h, "b/2", "pop-a").epoch;
+    let e3 = claim(h, "b/3", "pop-a").epoch;
+    claim(h, "b/2", "pop-b"); // b/2 is taken over: its request is stale
+    let reqs = vec![
+        req("b/1", e1, 0, 1, &[(0, page(1, 0))]),
+        req("b/2", e2, 0, 1, &[(0, page(2, 0))]),
+        req("b/3", e3, 0, 1, &[(0, page(3, 0))]),
+        req("b/1", e1, 1, 1, &[(0, page(4, 0))]), // chained on the first
+    ];
+    let before = h.stats();
+    let out = h.commit_batch(&reqs);
+    assert_eq!(
+        h.stats().since(&before).transactions,
+        1,
+        "one KV transaction for the group"
+    );
+    assert_eq!(out[0], Ok(1));
+    assert!(
+        matches!(out[1], Err(StorageError::Fenced { .. })),
+        "{:?}",
+        out[1]
+    );
+    assert_eq!(out[2], Ok(1));
+    assert_eq!(out[3], Ok(2));
+    assert_eq!(h.load_snapshot("b/2").unwrap(), None);
+    assert_eq!(
+        &h.load_snapshot("b/1").unwrap().unwrap().memories[0][..],
+        &page(4, 0)[..]
+    );
+    assert_eq!(h.get_activation("b/3").unwrap().unwrap().head_seq, 1);
+    // Groups split at about 1 MB; big ones are staged alone.
+    let many: Vec<CommitRequest> = (0..3)
+        .map(|i| {
+            let a = format!("g/{i}");
+            let e = claim(h, &a, "pop-a").epoch;
+            let ch: Vec<(u32, Vec<u8>)> = (0..10).map(|p| (p, page(i, p))).collect();
+            req(&a, e, 0, 10, &ch)
+        })
+        .collect();
+    let out = h.commit_batch(&many);
+    assert!(out.iter().all(|r| r == &Ok(1)), "{out:?}");
+    assert!(h.stats().transaction_bytes_max < 2 * STAGE_TXN_BYTES_MAX as u64);
+}
+
+pub(crate) fn corrupted_snapshot_detected(h: &Harness) {
+    let a = claim(h, "c/1", "pop-a");
+    h.commit_snapshot(&req(
+        "c/1",
+        a.epoch,
+        0,
+        2,
+        &[(0, page(1, 0)), (1, page(1, 1))],
+    ))
+    .unwrap();
+    let all = raw_prefix(h, &keys::snap_prefix("c/1"));
+    let targets: Vec<(Vec<u8>, Vec<u8>)> = all.clone();
+    assert!(targets.len() >= 3, "two pages and a manifest");
+    for (key, orig) in &targets {
+        for pos in [0, 1, 5, orig.len() / 2, orig.len() - 1] {
+            let mut bad = orig.clone();
+            bad[pos] ^= 0x40;
+            h.kv()
+                .transact(|tx| {
+                    tx.set(key, &bad);
+                    Ok(())
+                })
+                .unwrap();
+            match h.load_snapshot("c/1") {
+                Err(StorageError::Corrupt { key: k, reason }) => {
+                    assert!(!reason.is_empty());
+                    assert!(k.contains("c/1"), "the error names the key: {k}");
+                }
+                other => panic!(
+                    "flipped byte {pos} of {} undetected: {other:?}",
+                    crate::tuple::printable(key)
+                ),
+            }
+        }
+        // Truncated and missing values too.
+        h.kv()
+            .transact(|tx| {
+                tx.set(key, &orig[..orig.len() / 3]);
+                Ok(())
+            })
+            .unwrap();
+        assert!(matches!(
+            h.load_snapshot("c/1"),
+            Err(StorageError::Corrupt { .. })
+        ));
+        h.kv()
+            .transact(|tx| {
+                tx.clear(key);
+                Ok(())
+            })
+            .unwrap();
+        assert!(matches!(
+            h.load_snapshot("c/1"),
+            Err(StorageError::Corrupt { .. })
+        ));
+        h.kv()
+            .transact(|tx| {
+                tx.set(key, orig);
+                Ok(())
+            })
+            .unwrap();
+        assert!(
+            h.load_snapshot("c/1").unwrap().is_some(),
+            "restored value loads again"
+        );
+    }
+    // Corrupt records elsewhere are errors, not panics.
+    let ak = keys::act("c/1");
+    let orig = h.kv().read(|tx| tx.get(&ak)).unwrap().unwrap();
+    let mut bad = orig.clone();
+    bad[orig.len() / 2] ^= 1;
+    h.kv()
+        .transact(|tx| {
+            tx.set(&ak, &bad);
+            Ok(())
+        })
+        .unwrap();
+    assert!(matches!(
+        h.get_activation("c/1"),
+        Err(StorageError::Corrupt { .. })
+    ));
+    // A component whose chunk was altered fails its digest.
+    let d = h.put_component(&[7u8; 1000]).unwrap();
+    let chunk = raw_prefix(h, keys::PREFIX)
+        .into_iter()
+        .find(|(k, _)| crate::tuple::printable(k).contains("\"c\", 0"))
+        .unwrap();
+    let mut v = chunk.1.clone();
+    v[10] ^= 1;
+    h.kv()
+        .transact(|tx| {
+            tx.set(&chunk.0, &v);
+            Ok(())
+        })
+        .unwrap();
+    assert!(matches!(
+        h.get_component(&d),
+        Err(StorageError::Corrupt { .. })
+    ));
+}
+
+fn count_pages(h: &Harness, actor: &str) -> usize {
+    raw_prefix(h, &keys::page_prefix(actor)).len()
+}
+
+pub(crate) fn gc_removes_unreferenced_pages_and_orphaned_stages(h: &Harness) {
+    let a = claim(h, "gc/1", "pop-a");
+    let four: Vec<(u32, Vec<u8>)> = (0..4).map(|i| (i, page(1, i))).collect();
+    h.commit_snapshot(&req("gc/1", a.epoch, 0, 4, &four))
+        .unwrap();
+    h.commit_snapshot(&req("gc/1", a.epoch, 1, 4, &[(1, page(2, 1))]))
+        .unwrap();
+    h.commit_snapshot(&req(
+        "gc/1",
+        a.epoch,
+        2,
+        4,
+        &[(2, page(3, 2)), (3, vec![0; PAGE_SIZE])],
+    ))
+    .unwrap();
+    assert_eq!(count_pages(h, "gc/1"), 6);
+    let before = h.load_snapshot("gc/1").unwrap();
+    let st = h.gc_snapshots("gc/1").unwrap();
+    assert_eq!((st.manifests_deleted, st.pages_deleted), (2, 3), "{st:?}");
+    assert_eq!(
+        count_pages(h, "gc/1"),
+        3,
+        "only the head's pages remain (page 3 is zero)"
+    );
+    assert_eq!(
+        h.load_snapshot("gc/1").unwrap(),
+        before,
+        "gc changes nothing visible"
+    );
+    assert_eq!(
+        h.gc_snapshots("gc/1").unwrap().pages_deleted,
+        0,
+        "gc is idempotent"
+    );
+
+    // An abandoned staged commit (the POP died before its manifest).
+    let big: Vec<(u32, Vec<u8>)> = (0..20).map(|i| (i, page(4, i))).collect();
+    h.stage_without_manifest(&req("gc/1", a.epoch, 3, 20, &big))
+        .unwrap();
+    assert_eq!(count_pages(h, "gc/1"), 23);
+    // Still the current epoch: it may be in flight, so gc keeps it.
+    let st = h.gc_snapshots("gc/1").unwrap();
+    assert_eq!(
+        (st.pages_deleted, st.stages_deleted),
+        (0, 0),
+        "in-flight stage kept: {st:?}"
+    );
+    // Another POP takes over: the stage is orphaned.
+    let b = claim(h, "gc/1", "pop-b");
+    let st = h.gc_snapshots("gc/1").unwrap();
+    assert_eq!(st.pages_deleted, 20, "{st:?}");
+    assert!(st.stages_deleted >= 1);
+    assert_eq!(count_pages(h, "gc/1"), 3);
+    assert_eq!(
+        h.load_snapshot("gc/1").unwrap().unwrap().memories,
+        before.unwrap().memories
+    );
+
+    // An abandoned stage at the seq a later commit reuses: the reused keys
+    // survive, the rest go.
+    h.stage_without_manifest(&req("gc/1", b.epoch, 3, 20, &big))
+        .unwrap();
+    h.commit_snapshot(&req("gc/1", b.epoch, 3, 20, &[(0, page(5, 0))]))
+        .unwrap();
+    let st = h.gc_snapshots("gc/1").unwrap();
+    assert!(st.stages_deleted >= 1, "{st:?}");
+    let s = h.load_snapshot("gc/1").unwrap().unwrap();
+    assert_eq!(&s.memories[0][..PAGE_SIZE], &page(5, 0)[..]);
+    assert_eq!(count_pages(h, "gc/1"), 3, "pages 0 (new), 1, 2");
+    assert!(
+        raw_prefix(h, &keys::snap_prefix("gc/1"))
+            .iter()
+            .all(|(k, _)| !crate::tuple::printable(k).contains("\"s\""))
+    );
+    assert_eq!(
+        h.gc_snapshots("nobody").unwrap(),
+        GcStats {
+            transactions: 1,
+            ..GcStats::default()
+        }
+    );
+}
+
+/// Instantiates the suite for one backend.
+macro_rules! conformance_suite {
+    ($backend:ident) => {
+        mod $backend {
+            #[test]
+            fn range_reads_ordered_reverse_limited() {
+                super::range_reads_ordered_reverse_limited(&super::$backend());
+            }
+            #[test]
+            fn read_your_writes() {
+                super::read_your_writes(&super::$backend());
+            }
+            #[test]
+            fn conflicting_read_modify_write_no_lost_update() {
+                super::conflicting_read_modify_write_no_lost_update(&super::$backend());
+            }
+            #[test]
+            fn limits_enforced() {
+                super::limits_enforced(&super::$backend());
+            }
+            #[test]
+            fn stale_epoch_commit_refused() {
+                super::stale_epoch_commit_refused(&super::$backend());
+            }
+            #[test]
+            fn claim_release_epochs() {
+                super::claim_release_epochs(&super::$backend());
+            }
+            #[test]
+            fn types_and_pops_roundtrip() {
+                super::types_and_pops_roundtrip(&super::$backend());
+            }
+            #[test]
+            fn value_over_100kb_split_and_reassembled() {
+                super::value_over_100kb_split_and_reassembled(&super::$backend());
+            }
+            #[test]
+            fn snapshot_over_10mb_staged_then_small_manifest() {
+                super::snapshot_over_10mb_staged_then_small_manifest(&super::$backend());
+            }
+            #[test]
+            fn commit_writes_only_dirty_pages() {
+                super::commit_writes_only_dirty_pages(&super::$backend());
+            }
+            #[test]
+            fn snapshot_roundtrip_multi_memory_and_extras() {
+                super::snapshot_roundtrip_multi_memory_and_extras(&super::$backend());
+            }
+            #[test]
+            fn commit_batch_fences_each_request_alone() {
+                super::commit_batch_fences_each_request_alone(&super::$backend());
+            }
+            #[test]
+            fn corrupted_snapshot_detected() {
+                super::corrupted_snapshot_detected(&super::$backend());
+            }
+            #[test]
+            fn gc_removes_unreferenced_pages_and_orphaned_stages() {
+                super::gc_removes_unreferenced_pages_and_orphaned_stages(&super::$backend());
+            }
+        }
+    };
+}
+
+conformance_suite!(memory);
+conformance_suite!(sqlite);
+
+mod fdb {
+    /// The suite runs against FoundationDB only in builds with the `fdb`
+    /// feature and `FDB_CLUSTER_FILE` set. This test says so visibly.
+    #[test]
+    fn skipped_reason() {
+        let cluster = std::env::var("FDB_CLUSTER_FILE").ok();
+        println!(
+            "conformance::fdb skipped: built without the fdb feature (FDB_CLUSTER_FILE={})",
+            cluster.as_deref().unwrap_or("<unset>")
+        );
+        eprintln!("conformance::fdb skipped: built without the fdb feature");
+    }
+}

@@ -1,0 +1,158 @@
+//! The key layout (DESIGN.md "Storage key layout"), in one place.
+//!
+//! Every key is the tuple prefix `("tern", 1)` followed by:
+//! ```text
+//! ("act", actor)                                  activation record
+//! ("act_by_pop", pop, actor)                      '' (index, same txn)
+//! ("pop", pop)                                    POP membership record
+//! ("comp", digest, "h")                           component header {len, chunks}
+//! ("comp", digest, "c", i)                        component chunk i (< 100 kB)
+//! ("type", name)                                  actor type record
+//! ("snap", actor, "m", seq, part)                 manifest of seq, split in parts
+//! ("snap", actor, "p", memory, page, seq)         page image written at seq
+//! ("snap", actor, "s", seq, epoch, token, part)   stage marker of a staged commit
+//! ("snap", actor, "x", name)                      side record (e.g. idempotency key)
+//! ```
+//! Integers are order-preserving, so manifests and page versions sort by
+//! seq. The page key carries the memory index in front of the page index,
+//! since a component may have several memories.
+
+use crate::StorageError;
+use crate::tuple::{Elem, OwnedElem, pack_into, unpack};
+
+/// The encoded prefix `("tern", 1)`.
+pub const PREFIX: &[u8] = b"\x02tern\x00\x15\x01";
+
+fn key(elems: &[Elem<'_>]) -> Vec<u8> {
+    let mut k = PREFIX.to_vec();
+    pack_into(&mut k, elems);
+    k
+}
+
+use Elem::{Int, Str};
+
+pub(crate) fn act(actor: &str) -> Vec<u8> {
+    key(&[Str("act"), Str(actor)])
+}
+pub(crate) fn act_prefix() -> Vec<u8> {
+    key(&[Str("act")])
+}
+pub(crate) fn act_by_pop(pop: &str, actor: &str) -> Vec<u8> {
+    key(&[Str("act_by_pop"), Str(pop), Str(actor)])
+}
+pub(crate) fn act_by_pop_prefix(pop: &str) -> Vec<u8> {
+    key(&[Str("act_by_pop"), Str(pop)])
+}
+pub(crate) fn pop(pop: &str) -> Vec<u8> {
+    key(&[Str("pop"), Str(pop)])
+}
+pub(crate) fn pop_prefix() -> Vec<u8> {
+    key(&[Str("pop")])
+}
+pub(crate) fn comp_header(digest: &str) -> Vec<u8> {
+    key(&[Str("comp"), Str(digest), Str("h")])
+}
+pub(crate) fn comp_chunks(digest: &str) -> Vec<u8> {
+    key(&[Str("comp"), Str(digest), Str("c")])
+}
+pub(crate) fn comp_chunk(digest: &str, i: u64) -> Vec<u8> {
+    key(&[Str("comp"), Str(digest), Str("c"), Int(i)])
+}
+pub(crate) fn type_(name: &str) -> Vec<u8> {
+    key(&[Str("type"), Str(name)])
+}
+pub(crate) fn type_prefix() -> Vec<u8> {
+    key(&[Str("type")])
+}
+/// Everything stored for an actor's snapshots.
+pub fn snap_prefix(actor: &str) -> Vec<u8> {
+    key(&[Str("snap"), Str(actor)])
+}
+pub(crate) fn manifest(actor: &str, seq: u64) -> Vec<u8> {
+    key(&[Str("snap"), Str(actor), Str("m"), Int(seq)])
+}
+pub(crate) fn manifest_part(actor: &str, seq: u64, part: u64) -> Vec<u8> {
+    key(&[Str("snap"), Str(actor), Str("m"), Int(seq), Int(part)])
+}
+/// The key of a page image (public for corruption tests and tools).
+pub fn page(actor: &str, memory: u32, page: u32, seq: u64) -> Vec<u8> {
+    key(&[
+        Str("snap"),
+        Str(actor),
+        Str("p"),
+        Int(memory.into()),
+        Int(page.into()),
+        Int(seq),
+    ])
+}
+/// All page images of an actor.
+pub fn page_prefix(actor: &str) -> Vec<u8> {
+    key(&[Str("snap"), Str(actor), Str("p")])
+}
+pub(crate) fn stage_prefix(actor: &str) -> Vec<u8> {
+    key(&[Str("snap"), Str(actor), Str("s")])
+}
+pub(crate) fn stage_token(actor: &str, seq: u64, epoch: u64, token: u64) -> Vec<u8> {
+    key(&[
+        Str("snap"),
+        Str(actor),
+        Str("s"),
+        Int(seq),
+        Int(epoch),
+        Int(token),
+    ])
+}
+pub(crate) fn stage_marker(actor: &str, seq: u64, epoch: u64, token: u64, part: u64) -> Vec<u8> {
+    key(&[
+        Str("snap"),
+        Str(actor),
+        Str("s"),
+        Int(seq),
+        Int(epoch),
+        Int(token),
+        Int(part),
+    ])
+}
+pub(crate) fn extra(actor: &str, name: &str) -> Vec<u8> {
+    key(&[Str("snap"), Str(actor), Str("x"), Str(name)])
+}
+pub(crate) fn extra_prefix(actor: &str) -> Vec<u8> {
+    key(&[Str("snap"), Str(actor), Str("x")])
+}
+
+fn elems(k: &[u8]) -> Result<Vec<OwnedElem>, StorageError> {
+    k.strip_prefix(PREFIX)
+        .and_then(unpack)
+        .ok_or_else(|| StorageError::corrupt(k, "key does not decode as a tern key"))
+}
+
+/// The last element of a key, as a string.
+pub(crate) fn last_str(k: &[u8]) -> Result<String, StorageError> {
+    match elems(k)?.pop() {
+        Some(OwnedElem::Str(s)) => Ok(s),
+        _ => Err(StorageError::corrupt(
+            k,
+            "expected a string as the last key element",
+        )),
+    }
+}
+
+fn int_at(k: &[u8], i: usize) -> Result<u64, StorageError> {
+    match elems(k)?.get(i) {
+        Some(OwnedElem::Int(v)) => Ok(*v),
+        _ => Err(StorageError::corrupt(
+            k,
+            format!("expected an integer at key element {i}"),
+        )),
+    }
+}
+
+/// The seq of a manifest part key.
+pub(crate) fn manifest_seq(k: &[u8]) -> Result<u64, StorageError> {
+    int_at(k, 3)
+}
+
+/// (seq, epoch) of a stage marker key.
+pub(crate) fn stage_seq_epoch(k: &[u8]) -> Result<(u64, u64), StorageError> {
+    Ok((int_at(k, 3)?, int_at(k, 4)?))
+}

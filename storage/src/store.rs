@@ -1,0 +1,1215 @@
+//! The record layer: activations, POPs, components, actor types and
+//! snapshots, written once over the [`Kv`] trait. The runtime and the
+//! directory use only this API, never raw keys.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use rkyv::{Archive, Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::codec::{decode, encode, with_archived};
+use crate::keys;
+use crate::kv::memory::{FaultInjector, MemoryBackend};
+use crate::kv::sqlite::SqliteBackend;
+use crate::kv::{KeyValue, Kv, Stats, Transaction, VALUE_BYTES_MAX};
+use crate::{StorageError, random_u64};
+
+/// Size of one snapshot page, in bytes (a wasm page).
+pub const PAGE_SIZE: usize = 65536;
+/// Largest piece a big value (component, manifest) is split into, in bytes.
+pub const VALUE_CHUNK_BYTES: usize = 90_000;
+/// Page bytes above which a commit is staged in several transactions, and
+/// the most page bytes a staging transaction or a group commit carries.
+pub const STAGE_TXN_BYTES_MAX: usize = 1_000_000;
+/// Largest value of one `extra` side record, in bytes.
+pub const EXTRA_BYTES_MAX: usize = 65_536;
+/// Old manifests one garbage-collection transaction processes at most.
+pub const GC_MANIFESTS_PER_TXN_MAX: usize = 64;
+/// Keys one listing transaction reads at most (listings page through
+/// several transactions).
+pub const LIST_BATCH_KEYS_MAX: usize = 1000;
+
+const _: () = assert!(
+    PAGE_SIZE + 64 < VALUE_BYTES_MAX,
+    "a page must fit in one value"
+);
+
+// ---------------------------------------------------------------- records
+
+/// A deployed actor type. The config is opaque JSON owned by the runtime.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    Archive,
+    Serialize,
+    Deserialize,
+)]
+pub struct TypeRecord {
+    /// sha256 hex of the component (its key under `comp/`).
+    pub digest: String,
+    /// Runtime-owned configuration (durability, limits...), JSON.
+    pub config_json: String,
+    /// When it was deployed, ms since the Unix epoch.
+    pub deployed_at_ms: u64,
+}
+
+/// Where an actor is (or was last) active.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ActivationRecord {
+    /// Claim epoch; +1 with every claim. Snapshot commits must carry it.
+    pub epoch: u64,
+    /// The POP that claimed it last.
+    pub pop: String,
+    /// Sequence number of the latest snapshot (0: none yet).
+    pub head_seq: u64,
+    /// Whether the claim is live (false once released).
+    pub active: bool,
+    /// When the last claim happened, ms since the Unix epoch.
+    pub since_ms: u64,
+}
+
+/// A POP's membership record.
+#[derive(
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, Archive, Serialize, Deserialize,
+)]
+pub struct PopRecord {
+    /// Address other POPs and clients reach it at (e.g. `http://10.0.0.1:7000`).
+    pub addr: String,
+    /// Coordinates (e.g. latitude, longitude) for nearest-POP choice.
+    pub coords: (f64, f64),
+    /// The membership lease lasts until this time, ms since the Unix epoch.
+    pub lease_until_ms: u64,
+    /// Bumped every time the POP (re)joins.
+    pub incarnation: u64,
+}
+
+/// What a snapshot is bound to besides memory (invariants 4 and 5).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotMeta {
+    /// sha256 hex of the component the snapshot was taken from.
+    pub component_digest: String,
+    /// Engine version that took it.
+    pub engine_version: String,
+    /// Mutable globals, in the instrumented order, as raw bits.
+    pub globals: Vec<u64>,
+}
+
+/// The changes of one linear memory since the last commit.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MemoryDelta {
+    /// The memory's current length in bytes.
+    pub len_bytes: u64,
+    /// Pages that changed: (page index, exactly [`PAGE_SIZE`] bytes). Pages
+    /// not listed keep their previous content; pages that did not exist
+    /// before and are not listed are zero. A page at or beyond
+    /// `len_bytes` is an error.
+    pub changed_pages: Vec<(u32, Vec<u8>)>,
+}
+
+/// One snapshot commit (one turn's changes).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CommitRequest {
+    /// The actor.
+    pub actor: String,
+    /// The epoch of the caller's claim (the fence).
+    pub epoch: u64,
+    /// The head the caller built on (0 for the first snapshot).
+    pub expected_head_seq: u64,
+    /// Component digest, engine version, globals.
+    pub meta: SnapshotMeta,
+    /// One delta per core linear memory, in order.
+    pub memories: Vec<MemoryDelta>,
+    /// Small side records committed atomically with the turn (e.g.
+    /// idempotency keys), stored under `snap/<actor>/x/<name>` and returned
+    /// by `load_snapshot`. An empty value deletes the record. Each value is
+    /// at most [`EXTRA_BYTES_MAX`] bytes.
+    pub extra: Vec<(String, Vec<u8>)>,
+}
+
+/// A snapshot as loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedSnapshot {
+    /// Its sequence number (the head).
+    pub seq: u64,
+    /// The epoch that committed it.
+    pub epoch: u64,
+    /// Component digest, engine version, globals.
+    pub meta: SnapshotMeta,
+    /// Full images, `len_bytes` each.
+    pub memories: Vec<Vec<u8>>,
+    /// All side records of the actor, sorted by name.
+    pub extra: Vec<(String, Vec<u8>)>,
+}
+
+/// What a garbage collection removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcStats {
+    /// Manifests (older than the head) removed.
+    pub manifests_deleted: u64,
+    /// Page values removed.
+    pub pages_deleted: u64,
+    /// Stage markers of abandoned or finished staged commits removed.
+    pub stages_deleted: u64,
+    /// Transactions used.
+    pub transactions: u64,
+}
+
+// --------------------------------------------------------- stored formats
+
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+struct ActV1 {
+    epoch: u64,
+    pop: String,
+    head_seq: u64,
+    active: bool,
+    since_ms: u64,
+    /// Random per claim call, to recognise our own commit after
+    /// `commit_unknown_result`.
+    claim_token: u64,
+}
+
+impl ActV1 {
+    fn public(&self) -> ActivationRecord {
+        ActivationRecord {
+            epoch: self.epoch,
+            pop: self.pop.clone(),
+            head_seq: self.head_seq,
+            active: self.active,
+            since_ms: self.since_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+struct MemMapV1 {
+    len_bytes: u64,
+    /// Per page: the seq whose page value holds it, 0 = zero page.
+    pages: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+struct ManifestV1 {
+    epoch: u64,
+    /// Random per commit call, to recognise our own commit after
+    /// `commit_unknown_result`.
+    token: u64,
+    component_digest: String,
+    engine_version: String,
+    globals: Vec<u64>,
+    memories: Vec<MemMapV1>,
+}
+
+impl ManifestV1 {
+    fn refs(&self) -> impl Iterator<Item = (u32, u32, u64)> + '_ {
+        self.memories.iter().enumerate().flat_map(|(m, mm)| {
+            mm.pages
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| **s != 0)
+                .map(move |(p, s)| (m as u32, p as u32, *s))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+struct PageV1 {
+    /// Epoch of the commit that wrote it (GC of abandoned stages).
+    epoch: u64,
+    data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+struct StageMarkerV1 {
+    epoch: u64,
+    pages: Vec<(u32, u32)>,
+}
+
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+struct CompHeaderV1 {
+    len: u64,
+    chunks: u32,
+}
+
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+struct ExtraV1 {
+    data: Vec<u8>,
+}
+
+// ------------------------------------------------------------------ store
+
+/// Handle to the store. Cheap to clone; clones share the backend and the
+/// counters.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kv: Kv,
+    faults: Option<FaultInjector>,
+}
+
+struct Prepared<'a> {
+    req: &'a CommitRequest,
+    token: u64,
+    /// (memory, page, page value or None for an all-zero page), deduplicated.
+    pages: Vec<(u32, u32, Option<Vec<u8>>)>,
+    page_bytes: usize,
+}
+
+enum StageOutcome {
+    Staged,
+    AlreadyCommitted(u64),
+}
+
+fn is_zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
+}
+
+fn pages_for(len_bytes: u64) -> usize {
+    len_bytes.div_ceil(PAGE_SIZE as u64) as usize
+}
+
+impl Store {
+    /// Opens a store by URL: `memory` or `memory:` (a new, private in-process
+    /// store), or `sqlite:PATH` (a file shared by every process that opens
+    /// it; parent directories are created).
+    pub fn open(url: &str) -> Result<Store, StorageError> {
+        if url == "memory" || url == "memory:" {
+            return Ok(Store::memory());
+        }
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(StorageError::UnsupportedUrl {
+                    url: url.to_string(),
+                });
+            }
+            return Store::sqlite(Path::new(path));
+        }
+        if url.starts_with("fdb:") {
+            // The `fdb` feature will plug in here: `fdb:CLUSTER_FILE` opens
+            // a FoundationDB backend implementing `KvBackend`.
+            return Err(StorageError::Backend {
+                backend: "fdb",
+                message: format!(
+                    "{url:?}: this build has no FoundationDB support; rebuild tern-storage with the `fdb` feature"
+                ),
+            });
+        }
+        Err(StorageError::UnsupportedUrl {
+            url: url.to_string(),
+        })
+    }
+
+    /// A new in-process store.
+    pub fn memory() -> Store {
+        Store::memory_with_faults().0
+    }
+
+    /// A new in-process store and the handle that injects commit faults
+    /// into it.
+    pub fn memory_with_faults() -> (Store, FaultInjector) {
+        let backend = MemoryBackend::new();
+        let faults = backend.fault_injector();
+        let store = Store::from_kv(Kv::new(Arc::new(backend)), Some(faults.clone()));
+        (store, faults)
+    }
+
+    /// Opens a sqlite store at `path`.
+    pub fn sqlite(path: &Path) -> Result<Store, StorageError> {
+        let backend = SqliteBackend::open(path)?;
+        Ok(Store::from_kv(Kv::new(Arc::new(backend)), None))
+    }
+
+    /// A store over any KV (e.g. a custom backend).
+    pub fn from_kv(kv: Kv, faults: Option<FaultInjector>) -> Store {
+        Store {
+            inner: Arc::new(Inner { kv, faults }),
+        }
+    }
+
+    /// Sets how many times transactions are retried (see [`Kv::transact`]).
+    pub fn with_retries_max(self, retries_max: u32) -> Store {
+        let faults = self.inner.faults.clone();
+        Store::from_kv(self.inner.kv.clone().with_retries_max(retries_max), faults)
+    }
+
+    /// The fault injector, for memory stores.
+    pub fn fault_injector(&self) -> Option<FaultInjector> {
+        self.inner.faults.clone()
+    }
+
+    /// Raw KV access, for tests and tools. The runtime must not use raw keys.
+    pub fn kv(&self) -> &Kv {
+        &self.inner.kv
+    }
+
+    /// Byte and transaction counters (shared by clones).
+    pub fn stats(&self) -> Stats {
+        self.inner.kv.stats()
+    }
+
+    /// Backend name ("memory", "sqlite").
+    pub fn backend_name(&self) -> &'static str {
+        self.inner.kv.backend_name()
+    }
+
+    fn kv_(&self) -> &Kv {
+        &self.inner.kv
+    }
+
+    /// Reads every pair under `prefix`, paging through several read
+    /// transactions of at most [`LIST_BATCH_KEYS_MAX`] keys (not one
+    /// consistent snapshot).
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StorageError> {
+        let end = crate::tuple::range_end(prefix);
+        let mut begin = prefix.to_vec();
+        let mut out = Vec::new();
+        loop {
+            let batch = self
+                .kv_()
+                .read(|tx| tx.get_range(&begin, &end, Some(LIST_BATCH_KEYS_MAX), false))?;
+            let full = batch.len() == LIST_BATCH_KEYS_MAX;
+            if let Some((k, _)) = batch.last() {
+                begin = k.clone();
+                begin.push(0);
+            }
+            out.extend(batch);
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ components
+
+    /// Stores a component, content-addressed by its sha256 (hex), and
+    /// returns the digest. Storing the same bytes again is a no-op. Big
+    /// components are chunked under [`VALUE_CHUNK_BYTES`] and written in
+    /// transactions of about [`STAGE_TXN_BYTES_MAX`]; the header that makes
+    /// them visible is written last.
+    pub fn put_component(&self, bytes: &[u8]) -> Result<String, StorageError> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        let header_key = keys::comp_header(&digest);
+        if self.kv_().read(|tx| tx.get(&header_key))?.is_some() {
+            return Ok(digest);
+        }
+        let chunks: Vec<&[u8]> = bytes.chunks(VALUE_CHUNK_BYTES).collect();
+        let per_txn = (STAGE_TXN_BYTES_MAX / VALUE_CHUNK_BYTES).max(1);
+        let groups: Vec<(usize, &[&[u8]])> = chunks
+            .chunks(per_txn)
+            .enumerate()
+            .map(|(g, c)| (g * per_txn, c))
+            .collect();
+        let header = encode(&CompHeaderV1 {
+            len: bytes.len() as u64,
+            chunks: chunks.len() as u32,
+        });
+        let last = groups.len().saturating_sub(1);
+        for (gi, (first, group)) in groups.iter().enumerate() {
+            self.kv_().transact(|tx| {
+                for (i, c) in group.iter().enumerate() {
+                    tx.set(&keys::comp_chunk(&digest, (first + i) as u64), c);
+                }
+                if gi == last {
+                    tx.set(&header_key, &header);
+                }
+                Ok(())
+            })?;
+        }
+        if groups.is_empty() {
+            self.kv_().transact(|tx| {
+                tx.set(&header_key, &header);
+                Ok(())
+            })?;
+        }
+        Ok(digest)
+    }
+
+    /// Loads a component by digest; `None` if absent. The bytes are checked
+    /// against the digest (`Corrupt` on mismatch).
+    pub fn get_component(&self, digest: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let header_key = keys::comp_header(digest);
+        self.kv_().read(|tx| {
+            let Some(h) = tx.get(&header_key)? else {
+                return Ok(None);
+            };
+            let h: CompHeaderV1 = decode(&header_key, &h)?;
+            let prefix = keys::comp_chunks(digest);
+            let chunks = tx.get_prefix(&prefix)?;
+            if chunks.len() != h.chunks as usize {
+                return Err(StorageError::corrupt(
+                    &header_key,
+                    format!("{} chunks stored, header says {}", chunks.len(), h.chunks),
+                ));
+            }
+            let mut out = Vec::with_capacity(h.len as usize);
+            for (_, c) in chunks {
+                out.extend_from_slice(&c);
+            }
+            let got = hex::encode(Sha256::digest(&out));
+            if out.len() as u64 != h.len || got != digest {
+                return Err(StorageError::corrupt(
+                    &header_key,
+                    format!(
+                        "component bytes ({} bytes, sha256 {got}) do not match the digest",
+                        out.len()
+                    ),
+                ));
+            }
+            Ok(Some(out))
+        })
+    }
+
+    // ----------------------------------------------------------------- types
+
+    /// Creates or replaces an actor type.
+    pub fn put_type(&self, name: &str, rec: &TypeRecord) -> Result<(), StorageError> {
+        let key = keys::type_(name);
+        let val = encode(rec);
+        self.kv_().transact(|tx| {
+            tx.set(&key, &val);
+            Ok(())
+        })
+    }
+
+    /// Reads an actor type.
+    pub fn get_type(&self, name: &str) -> Result<Option<TypeRecord>, StorageError> {
+        let key = keys::type_(name);
+        self.kv_()
+            .read(|tx| tx.get(&key))?
+            .map(|v| decode(&key, &v))
+            .transpose()
+    }
+
+    /// Removes an actor type (its component and actors stay).
+    pub fn delete_type(&self, name: &str) -> Result<(), StorageError> {
+        let key = keys::type_(name);
+        self.kv_().transact(|tx| {
+            tx.clear(&key);
+            Ok(())
+        })
+    }
+
+    /// Every actor type, sorted by name.
+    pub fn list_types(&self) -> Result<Vec<(String, TypeRecord)>, StorageError> {
+        self.scan_prefix(&keys::type_prefix())?
+            .into_iter()
+            .map(|(k, v)| Ok((keys::last_str(&k)?, decode(&k, &v)?)))
+            .collect()
+    }
+
+    // ----------------------------------------------------------- activations
+
+    fn read_act(tx: &mut Transaction, actor: &str) -> Result<Option<ActV1>, StorageError> {
+        let key = keys::act(actor);
+        tx.get(&key)?.map(|v| decode(&key, &v)).transpose()
+    }
+
+    /// The activation record of an actor, if it was ever claimed.
+    pub fn get_activation(&self, actor: &str) -> Result<Option<ActivationRecord>, StorageError> {
+        Ok(self
+            .kv_()
+            .read(|tx| Self::read_act(tx, actor))?
+            .map(|a| a.public()))
+    }
+
+    /// Claims `actor` for `pop`, in one transaction. If it is active at
+    /// another POP and `may_take_over(&current)` is false, fails with
+    /// `HeldElsewhere`. Otherwise writes epoch+1, `pop`, active, `since_ms =
+    /// now_ms`, keeps `head_seq`, and moves the `act_by_pop` index entry.
+    /// A claim by the POP that already holds it also bumps the epoch.
+    /// Safe under `commit_unknown_result`: a re-run recognises its own claim.
+    pub fn claim(
+        &self,
+        actor: &str,
+        pop: &str,
+        now_ms: u64,
+        may_take_over: &dyn Fn(&ActivationRecord) -> bool,
+    ) -> Result<ActivationRecord, StorageError> {
+        if actor.is_empty() || pop.is_empty() {
+            return Err(StorageError::InvalidArgument(
+                "claim needs a non-empty actor and pop".into(),
+            ));
+        }
+        let token = random_u64();
+        let act_key = keys::act(actor);
+        self.kv_().transact(|tx| {
+            let cur = Self::read_act(tx, actor)?;
+            if let Some(c) = &cur {
+                if c.claim_token == token && c.active && c.pop == pop {
+                    return Ok(c.public()); // our own commit, seen after commit_unknown_result
+                }
+                if c.active && c.pop != pop && !may_take_over(&c.public()) {
+                    return Err(StorageError::HeldElsewhere {
+                        actor: actor.to_string(),
+                        pop: c.pop.clone(),
+                        epoch: c.epoch,
+                    });
+                }
+                if c.active {
+                    tx.clear(&keys::act_by_pop(&c.pop, actor));
+                }
+            }
+            let new = ActV1 {
+                epoch: cur.as_ref().map_or(0, |c| c.epoch) + 1,
+                pop: pop.to_string(),
+                head_seq: cur.as_ref().map_or(0, |c| c.head_seq),
+                active: true,
+                since_ms: now_ms,
+                claim_token: token,
+            };
+            tx.set(&keys::act_by_pop(pop, actor), b"");
+            tx.set(&act_key, &encode(&new));
+            Ok(new.public())
+        })
+    }
+
+    /// Releases the claim `epoch` of `actor`: marks it inactive and removes
+    /// its `act_by_pop` entry. Releasing twice is fine; a stale epoch fails
+    /// with `Fenced`.
+    pub fn release(&self, actor: &str, epoch: u64) -> Result<(), StorageError> {
+        let act_key = keys::act(actor);
+        self.kv_().transact(|tx| {
+            let Some(mut cur) = Self::read_act(tx, actor)? else {
+                return Err(StorageError::Fenced {
+                    actor: actor.to_string(),
+                    epoch_given: epoch,
+                    epoch_current: 0,
+                });
+            };
+            if cur.epoch != epoch {
+                return Err(StorageError::Fenced {
+                    actor: actor.to_string(),
+                    epoch_given: epoch,
+                    epoch_current: cur.epoch,
+                });
+            }
+            if !cur.active {
+                return Ok(());
+            }
+            cur.active = false;
+            tx.clear(&keys::act_by_pop(&cur.pop, actor));
+            tx.set(&act_key, &encode(&cur));
+            Ok(())
+        })
+    }
+
+    /// Every activation record (active or not), sorted by actor.
+    pub fn list_activations(&self) -> Result<Vec<(String, ActivationRecord)>, StorageError> {
+        self.scan_prefix(&keys::act_prefix())?
+            .into_iter()
+            .map(|(k, v)| {
+                let a: ActV1 = decode(&k, &v)?;
+                Ok((keys::last_str(&k)?, a.public()))
+            })
+            .collect()
+    }
+
+    /// Actors active at `pop`, sorted.
+    pub fn list_activations_by_pop(&self, pop: &str) -> Result<Vec<String>, StorageError> {
+        self.scan_prefix(&keys::act_by_pop_prefix(pop))?
+            .into_iter()
+            .map(|(k, _)| keys::last_str(&k))
+            .collect()
+    }
+
+    // ------------------------------------------------------------------ pops
+
+    /// Creates or replaces a POP's membership record.
+    pub fn put_pop(&self, pop: &str, rec: &PopRecord) -> Result<(), StorageError> {
+        let key = keys::pop(pop);
+        let val = encode(rec);
+        self.kv_().transact(|tx| {
+            tx.set(&key, &val);
+            Ok(())
+        })
+    }
+
+    /// Reads a POP's membership record.
+    pub fn get_pop(&self, pop: &str) -> Result<Option<PopRecord>, StorageError> {
+        let key = keys::pop(pop);
+        self.kv_()
+            .read(|tx| tx.get(&key))?
+            .map(|v| decode(&key, &v))
+            .transpose()
+    }
+
+    /// Read-modify-write of a POP record in one transaction (e.g. lease
+    /// renewal that checks the incarnation). `f` gets the current record and
+    /// returns the new one (`None` deletes it); it may run more than once.
+    pub fn update_pop<T>(
+        &self,
+        pop: &str,
+        mut f: impl FnMut(Option<PopRecord>) -> Result<(Option<PopRecord>, T), StorageError>,
+    ) -> Result<T, StorageError> {
+        let key = keys::pop(pop);
+        self.kv_().transact(|tx| {
+            let cur = tx.get(&key)?.map(|v| decode(&key, &v)).transpose()?;
+            let (new, out) = f(cur)?;
+            match new {
+                Some(rec) => tx.set(&key, &encode(&rec)),
+                None => tx.clear(&key),
+            }
+            Ok(out)
+        })
+    }
+
+    /// Removes a POP's membership record.
+    pub fn remove_pop(&self, pop: &str) -> Result<(), StorageError> {
+        let key = keys::pop(pop);
+        self.kv_().transact(|tx| {
+            tx.clear(&key);
+            Ok(())
+        })
+    }
+
+    /// Every POP record, sorted by name.
+    pub fn list_pops(&self) -> Result<Vec<(String, PopRecord)>, StorageError> {
+        self.scan_prefix(&keys::pop_prefix())?
+            .into_iter()
+            .map(|(k, v)| Ok((keys::last_str(&k)?, decode(&k, &v)?)))
+            .collect()
+    }
+
+    // ------------------------------------------------------------- snapshots
+
+    fn read_manifest(
+        tx: &mut Transaction,
+        actor: &str,
+        seq: u64,
+    ) -> Result<Option<ManifestV1>, StorageError> {
+        let prefix = keys::manifest(actor, seq);
+        let parts = tx.get_prefix(&prefix)?;
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        for (i, (k, v)) in parts.iter().enumerate() {
+            if *k != keys::manifest_part(actor, seq, i as u64) {
+                return Err(StorageError::corrupt(
+                    k,
+                    format!("manifest part {i} is missing or misplaced"),
+                ));
+            }
+            bytes.extend_from_slice(v);
+        }
+        decode(&prefix, &bytes).map(Some)
+    }
+
+    fn write_manifest(tx: &mut Transaction, actor: &str, seq: u64, m: &ManifestV1) {
+        let bytes = encode(m);
+        for (i, part) in bytes.chunks(VALUE_CHUNK_BYTES).enumerate() {
+            tx.set(&keys::manifest_part(actor, seq, i as u64), part);
+        }
+    }
+
+    fn prepare(req: &CommitRequest) -> Result<Prepared<'_>, StorageError> {
+        let bad = |msg: String| {
+            Err(StorageError::InvalidArgument(format!(
+                "commit for actor {:?}: {msg}",
+                req.actor
+            )))
+        };
+        if req.actor.is_empty() {
+            return bad("empty actor name".into());
+        }
+        if req.epoch == 0 {
+            return bad("epoch 0 is never a valid claim".into());
+        }
+        for (name, v) in &req.extra {
+            if name.is_empty() || v.len() > EXTRA_BYTES_MAX {
+                return bad(format!(
+                    "extra record {name:?} must have a name and at most {EXTRA_BYTES_MAX} bytes (has {})",
+                    v.len()
+                ));
+            }
+        }
+        let mut dedup: BTreeMap<(u32, u32), &[u8]> = BTreeMap::new();
+        for (m, mem) in req.memories.iter().enumerate() {
+            let npages = pages_for(mem.len_bytes);
+            for (p, data) in &mem.changed_pages {
+                if *p as usize >= npages {
+                    return bad(format!(
+                        "memory {m}: page {p} is beyond its length of {} bytes",
+                        mem.len_bytes
+                    ));
+                }
+                if data.len() != PAGE_SIZE {
+                    return bad(format!(
+                        "memory {m}: page {p} has {} bytes, expected {PAGE_SIZE}",
+                        data.len()
+                    ));
+                }
+                dedup.insert((m as u32, *p), data);
+            }
+        }
+        let mut page_bytes = 0;
+        let pages = dedup
+            .into_iter()
+            .map(|((m, p), data)| {
+                let v = (!is_zero(data)).then(|| {
+                    encode(&PageV1 {
+                        epoch: req.epoch,
+                        data: data.to_vec(),
+                    })
+                });
+                page_bytes += v.as_ref().map_or(0, |v| v.len() + 64);
+                (m, p, v)
+            })
+            .collect();
+        Ok(Prepared {
+            req,
+            token: random_u64(),
+            pages,
+            page_bytes,
+        })
+    }
+
+    /// Checks the fence for `p` inside `tx`. Ok(Some(seq)) means our own
+    /// earlier commit already made it (after commit_unknown_result).
+    fn check_fence(
+        tx: &mut Transaction,
+        p: &Prepared<'_>,
+    ) -> Result<(ActV1, Option<u64>), StorageError> {
+        let req = p.req;
+        let Some(act) = Self::read_act(tx, &req.actor)? else {
+            return Err(StorageError::Fenced {
+                actor: req.actor.clone(),
+                epoch_given: req.epoch,
+                epoch_current: 0,
+            });
+        };
+        let next = req.expected_head_seq + 1;
+        if act.head_seq == next
+            && let Some(m) = Self::read_manifest(tx, &req.actor, next)?
+            && m.token == p.token
+        {
+            return Ok((act, Some(next)));
+        }
+        if act.epoch != req.epoch || !act.active {
+            return Err(StorageError::Fenced {
+                actor: req.actor.clone(),
+                epoch_given: req.epoch,
+                epoch_current: act.epoch,
+            });
+        }
+        if act.head_seq != req.expected_head_seq {
+            return Err(StorageError::HeadMismatch {
+                actor: req.actor.clone(),
+                expected: req.expected_head_seq,
+                current: act.head_seq,
+            });
+        }
+        Ok((act, None))
+    }
+
+    /// The fenced manifest transaction body. All reads and checks happen
+    /// before the first write, so an error leaves `tx` untouched.
+    fn apply_commit(
+        tx: &mut Transaction,
+        p: &Prepared<'_>,
+        staged: bool,
+    ) -> Result<u64, StorageError> {
+        let req = p.req;
+        let (mut act, done) = Self::check_fence(tx, p)?;
+        if let Some(seq) = done {
+            return Ok(seq);
+        }
+        let prev = if req.expected_head_seq == 0 {
+            None
+        } else {
+            Some(
+                Self::read_manifest(tx, &req.actor, req.expected_head_seq)?.ok_or_else(|| {
+                    StorageError::corrupt(
+                        &keys::manifest(&req.actor, req.expected_head_seq),
+                        "the head manifest is missing",
+                    )
+                })?,
+            )
+        };
+        let seq = req.expected_head_seq + 1;
+        let mut memories: Vec<MemMapV1> = req
+            .memories
+            .iter()
+            .enumerate()
+            .map(|(m, mem)| {
+                let n = pages_for(mem.len_bytes);
+                let mut pages = prev
+                    .as_ref()
+                    .and_then(|pm| pm.memories.get(m))
+                    .map(|mm| mm.pages.clone())
+                    .unwrap_or_default();
+                pages.resize(n, 0);
+                MemMapV1 {
+                    len_bytes: mem.len_bytes,
+                    pages,
+                }
+            })
+            .collect();
+        for (m, pg, v) in &p.pages {
+            memories[*m as usize].pages[*pg as usize] = if v.is_some() { seq } else { 0 };
+            if !staged && let Some(v) = v {
+                tx.set(&keys::page(&req.actor, *m, *pg, seq), v);
+            }
+        }
+        let manifest = ManifestV1 {
+            epoch: req.epoch,
+            token: p.token,
+            component_digest: req.meta.component_digest.clone(),
+            engine_version: req.meta.engine_version.clone(),
+            globals: req.meta.globals.clone(),
+            memories,
+        };
+        Self::write_manifest(tx, &req.actor, seq, &manifest);
+        if staged {
+            tx.clear_prefix(&keys::stage_token(&req.actor, seq, req.epoch, p.token));
+        }
+        for (name, v) in &req.extra {
+            let key = keys::extra(&req.actor, name);
+            if v.is_empty() {
+                tx.clear(&key);
+            } else {
+                tx.set(&key, &encode(&ExtraV1 { data: v.clone() }));
+            }
+        }
+        act.head_seq = seq;
+        tx.set(&keys::act(&req.actor), &encode(&act));
+        Ok(seq)
+    }
+
+    /// Commits one snapshot (one turn) behind the epoch fence: fails with
+    /// `Fenced` unless `req.epoch` is the current, active claim, and with
+    /// `HeadMismatch` unless the head is `req.expected_head_seq`. Returns
+    /// the new head (`expected_head_seq + 1`). Only changed pages are
+    /// written; commits with more than [`STAGE_TXN_BYTES_MAX`] of pages are
+    /// staged first. Never applies twice, even after `commit_unknown_result`.
+    pub fn commit_snapshot(&self, req: &CommitRequest) -> Result<u64, StorageError> {
+        let p = Self::prepare(req)?;
+        if p.page_bytes > STAGE_TXN_BYTES_MAX {
+            self.commit_staged(&p)
+        } else {
+            self.kv_().transact(|tx| Self::apply_commit(tx, &p, false))
+        }
+    }
+
+    fn commit_staged(&self, p: &Prepared<'_>) -> Result<u64, StorageError> {
+        if let Some(done) = self.stage_parts(p)? {
+            return Ok(done);
+        }
+        self.kv_().transact(|tx| Self::apply_commit(tx, p, true))
+    }
+
+    /// Writes the pages of a staged commit in fenced transactions of at
+    /// most about [`STAGE_TXN_BYTES_MAX`]. `Some(seq)` if the whole commit
+    /// turned out to be already done.
+    fn stage_parts(&self, p: &Prepared<'_>) -> Result<Option<u64>, StorageError> {
+        let req = p.req;
+        let seq = req.expected_head_seq + 1;
+        // Split the non-zero pages into transactions under the byte limit.
+        let mut groups: Vec<Vec<(u32, u32, &Vec<u8>)>> = vec![Vec::new()];
+        let mut bytes = 0;
+        for (m, pg, v) in &p.pages {
+            let Some(v) = v else { continue };
+            if bytes + v.len() > STAGE_TXN_BYTES_MAX && !groups.last().is_some_and(Vec::is_empty) {
+                groups.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += v.len();
+            groups.last_mut().expect("non-empty").push((*m, *pg, v));
+        }
+        for (part, group) in groups.iter().enumerate() {
+            let marker = encode(&StageMarkerV1 {
+                epoch: req.epoch,
+                pages: group.iter().map(|(m, pg, _)| (*m, *pg)).collect(),
+            });
+            let outcome = self.kv_().transact(|tx| {
+                if let (_, Some(done)) = Self::check_fence(tx, p)? {
+                    return Ok(StageOutcome::AlreadyCommitted(done));
+                }
+                tx.set(
+                    &keys::stage_marker(&req.actor, seq, req.epoch, p.token, part as u64),
+                    &marker,
+                );
+                for (m, pg, v) in group {
+                    tx.set(&keys::page(&req.actor, *m, *pg, seq), v);
+                }
+                Ok(StageOutcome::Staged)
+            })?;
+            if let StageOutcome::AlreadyCommitted(done) = outcome {
+                return Ok(Some(done));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Test hook: runs only the staging transactions of a (big) commit, as
+    /// if the process died before the manifest transaction.
+    #[cfg(test)]
+    pub(crate) fn stage_without_manifest(&self, req: &CommitRequest) -> Result<(), StorageError> {
+        let p = Self::prepare(req)?;
+        self.stage_parts(&p).map(|_| ())
+    }
+
+    /// Group commit: commits many requests (typically of different actors)
+    /// in as few transactions as possible: consecutive small requests share
+    /// one transaction of up to about [`STAGE_TXN_BYTES_MAX`] of pages;
+    /// big ones are staged alone. Each request is fenced on its own: a
+    /// fenced or mismatched request gets its error without failing the
+    /// others. Results are in request order.
+    pub fn commit_batch(&self, reqs: &[CommitRequest]) -> Vec<Result<u64, StorageError>> {
+        let mut results: Vec<Option<Result<u64, StorageError>>> = vec![None; reqs.len()];
+        let mut group: Vec<(usize, Prepared<'_>)> = Vec::new();
+        let mut group_bytes = 0;
+        for (i, req) in reqs.iter().enumerate() {
+            let p = match Self::prepare(req) {
+                Ok(p) => p,
+                Err(e) => {
+                    results[i] = Some(Err(e));
+                    continue;
+                }
+            };
+            let staged = p.page_bytes > STAGE_TXN_BYTES_MAX;
+            if staged || group_bytes + p.page_bytes > STAGE_TXN_BYTES_MAX {
+                self.flush_group(std::mem::take(&mut group), &mut results);
+                group_bytes = 0;
+            }
+            if staged {
+                results[i] = Some(self.commit_staged(&p));
+            } else {
+                group_bytes += p.page_bytes;
+                group.push((i, p));
+            }
+        }
+        self.flush_group(group, &mut results);
+        results
+            .into_iter()
+            .map(|r| r.expect("every request has a result"))
+            .collect()
+    }
+
+    fn flush_group(
+        &self,
+        group: Vec<(usize, Prepared<'_>)>,
+        results: &mut [Option<Result<u64, StorageError>>],
+    ) {
+        if group.is_empty() {
+            return;
+        }
+        let r = self.kv_().transact(|tx| {
+            let mut out = Vec::with_capacity(group.len());
+            for (_, p) in &group {
+                match Self::apply_commit(tx, p, false) {
+                    Err(e) if e.is_retryable() => return Err(e),
+                    r => out.push(r),
+                }
+            }
+            Ok(out)
+        });
+        match r {
+            Ok(out) => {
+                for ((i, _), r) in group.iter().zip(out) {
+                    results[*i] = Some(r);
+                }
+            }
+            Err(e) => {
+                for (i, _) in &group {
+                    results[*i] = Some(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Loads the head snapshot of `actor`: `None` if it has none. Every
+    /// value is validated (crc32, rkyv/bytecheck); any damage or missing
+    /// piece is `Corrupt` with the key, never garbage.
+    pub fn load_snapshot(&self, actor: &str) -> Result<Option<LoadedSnapshot>, StorageError> {
+        self.kv_().read(|tx| {
+            let Some(act) = Self::read_act(tx, actor)? else {
+                return Ok(None);
+            };
+            if act.head_seq == 0 {
+                return Ok(None);
+            }
+            let m = Self::read_manifest(tx, actor, act.head_seq)?.ok_or_else(|| {
+                StorageError::corrupt(
+                    &keys::manifest(actor, act.head_seq),
+                    "the head manifest is missing",
+                )
+            })?;
+            let mut memories = Vec::with_capacity(m.memories.len());
+            for (mi, mm) in m.memories.iter().enumerate() {
+                let len = usize::try_from(mm.len_bytes).map_err(|_| {
+                    StorageError::corrupt(&keys::manifest(actor, act.head_seq), "memory too large")
+                })?;
+                if mm.pages.len() != pages_for(mm.len_bytes) {
+                    return Err(StorageError::corrupt(
+                        &keys::manifest(actor, act.head_seq),
+                        format!(
+                            "memory {mi}: {} page entries for {len} bytes",
+                            mm.pages.len()
+                        ),
+                    ));
+                }
+                let mut image = vec![0u8; len];
+                for (pi, &s) in mm.pages.iter().enumerate() {
+                    if s == 0 {
+                        continue;
+                    }
+                    let key = keys::page(actor, mi as u32, pi as u32, s);
+                    let Some(v) = tx.get(&key)? else {
+                        return Err(StorageError::corrupt(
+                            &key,
+                            "page referenced by the head manifest is missing",
+                        ));
+                    };
+                    let off = pi * PAGE_SIZE;
+                    let n = PAGE_SIZE.min(len - off);
+                    with_archived::<ArchivedPageV1, ()>(&key, &v, |page| {
+                        if page.data.len() != PAGE_SIZE {
+                            return Err(StorageError::corrupt(
+                                &key,
+                                format!(
+                                    "page holds {} bytes, expected {PAGE_SIZE}",
+                                    page.data.len()
+                                ),
+                            ));
+                        }
+                        image[off..off + n].copy_from_slice(&page.data.as_slice()[..n]);
+                        Ok(())
+                    })?;
+                }
+                memories.push(image);
+            }
+            let extra = tx
+                .get_prefix(&keys::extra_prefix(actor))?
+                .into_iter()
+                .map(|(k, v)| {
+                    let e: ExtraV1 = decode(&k, &v)?;
+                    Ok((keys::last_str(&k)?, e.data))
+                })
+                .collect::<Result<Vec<_>, StorageError>>()?;
+            Ok(Some(LoadedSnapshot {
+                seq: act.head_seq,
+                epoch: m.epoch,
+                meta: SnapshotMeta {
+                    component_digest: m.component_digest,
+                    engine_version: m.engine_version,
+                    globals: m.globals,
+                },
+                memories,
+                extra,
+            }))
+        })
+    }
+
+    /// Removes what the head snapshot no longer needs: older manifests,
+    /// pages they referenced that the head does not, and pages of staged
+    /// commits that were abandoned (by an older epoch, or superseded).
+    /// A staged commit still in flight (current epoch, above the head) is
+    /// kept. Safe to run at any time, from any process.
+    pub fn gc_snapshots(&self, actor: &str) -> Result<GcStats, StorageError> {
+        let mut stats = GcStats::default();
+        loop {
+            let (step, more) = self.kv_().transact(|tx| self.gc_step(tx, actor))?;
+            stats.manifests_deleted += step.manifests_deleted;
+            stats.pages_deleted += step.pages_deleted;
+            stats.stages_deleted += step.stages_deleted;
+            stats.transactions += 1;
+            if !more {
+                return Ok(stats);
+            }
+        }
+    }
+
+    fn gc_step(&self, tx: &mut Transaction, actor: &str) -> Result<(GcStats, bool), StorageError> {
+        let mut st = GcStats::default();
+        let Some(act) = Self::read_act(tx, actor)? else {
+            return Ok((st, false));
+        };
+        let head = act.head_seq;
+        let head_refs: HashSet<(u32, u32, u64)> = if head == 0 {
+            HashSet::new()
+        } else {
+            Self::read_manifest(tx, actor, head)?
+                .ok_or_else(|| {
+                    StorageError::corrupt(
+                        &keys::manifest(actor, head),
+                        "the head manifest is missing",
+                    )
+                })?
+                .refs()
+                .collect()
+        };
+        // Old manifests: the seqs below the head, a bounded number per step.
+        let begin = keys::manifest(actor, 0);
+        let end = keys::manifest(actor, head);
+        let limit = GC_MANIFESTS_PER_TXN_MAX * 2;
+        let old = tx.get_range(&begin, &end, Some(limit), false)?;
+        let mut seqs: Vec<u64> = Vec::new();
+        for (k, _) in &old {
+            let s = keys::manifest_seq(k)?;
+            if seqs.last() != Some(&s) {
+                seqs.push(s);
+            }
+        }
+        let more = old.len() == limit || seqs.len() > GC_MANIFESTS_PER_TXN_MAX;
+        seqs.truncate(GC_MANIFESTS_PER_TXN_MAX);
+        let mut doomed: BTreeSet<(u32, u32, u64)> = BTreeSet::new();
+        for s in seqs {
+            match Self::read_manifest(tx, actor, s) {
+                Ok(Some(m)) => doomed.extend(m.refs().filter(|r| !head_refs.contains(r))),
+                Ok(None) => {}
+                Err(e @ StorageError::Corrupt { .. }) => {
+                    tracing::warn!(actor, seq = s, error = %e, "gc: dropping unreadable old manifest");
+                }
+                Err(e) => return Err(e),
+            }
+            tx.clear_prefix(&keys::manifest(actor, s));
+            st.manifests_deleted += 1;
+        }
+        for (m, pg, s) in doomed {
+            tx.clear(&keys::page(actor, m, pg, s));
+            st.pages_deleted += 1;
+        }
+        // Stage markers.
+        for (k, v) in tx.get_prefix(&keys::stage_prefix(actor))? {
+            let (seq, epoch) = keys::stage_seq_epoch(&k)?;
+            let marker: Option<StageMarkerV1> = decode(&k, &v).ok();
+            let in_flight = seq > head && epoch == act.epoch && act.active;
+            if in_flight {
+                continue;
+            }
+            for (m, pg) in marker.map(|mk| mk.pages).unwrap_or_default() {
+                let pk = keys::page(actor, m, pg, seq);
+                let garbage = if seq <= head {
+                    !head_refs.contains(&(m, pg, seq))
+                } else {
+                    // The current owner may have re-staged this very key:
+                    // only drop it if an older epoch (or nobody live) wrote it.
+                    match tx.get(&pk)? {
+                        None => false,
+                        Some(pv) => match decode::<PageV1>(&pk, &pv) {
+                            Ok(page) => page.epoch < act.epoch || !act.active,
+                            Err(_) => true,
+                        },
+                    }
+                };
+                if garbage {
+                    tx.clear(&pk);
+                    st.pages_deleted += 1;
+                }
+            }
+            tx.clear(&k);
+            st.stages_deleted += 1;
+        }
+        Ok((st, more))
+    }
+}

@@ -1,0 +1,285 @@
+//! Memory-backend fault injection: the code paths FoundationDB exercises.
+
+use crate::conformance::{apply, claim, page, req};
+use crate::*;
+
+fn counter(store: &Store) -> u64 {
+    store
+        .kv()
+        .read(|tx| tx.get(b"counter"))
+        .unwrap()
+        .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
+        .unwrap_or(0)
+}
+
+fn increment(tx: &mut Transaction) -> Result<(), StorageError> {
+    let n = tx
+        .get(b"counter")?
+        .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
+        .unwrap_or(0);
+    tx.set(b"counter", &(n + 1).to_be_bytes());
+    Ok(())
+}
+
+#[test]
+fn racing_transactions_one_fails_not_committed_and_retry_succeeds() {
+    let store = Store::memory();
+    let kv = store.kv();
+    let mut t1 = kv.begin().unwrap();
+    let mut t2 = kv.begin().unwrap();
+    increment(&mut t1).unwrap();
+    increment(&mut t2).unwrap();
+    t1.commit().unwrap();
+    assert_eq!(
+        t2.commit(),
+        Err(StorageError::NotCommitted),
+        "t2 read a key t1 changed"
+    );
+    assert_eq!(counter(&store), 1);
+    // A blind writer does not conflict; a reader of an untouched key neither.
+    let mut t3 = kv.begin().unwrap();
+    let mut t4 = kv.begin().unwrap();
+    t3.get(b"other").unwrap();
+    t3.set(b"x", b"1");
+    increment(&mut t4).unwrap();
+    t4.commit().unwrap();
+    t3.commit().unwrap();
+    // transact retries the loser until both increments land.
+    let before = store.stats();
+    let mut first = true;
+    kv.transact(|tx| {
+        increment(tx)?;
+        if first {
+            first = false;
+            kv.transact(increment)?; // a racing commit in between
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(counter(&store), 4);
+    assert_eq!(store.stats().since(&before).retries, 1);
+}
+
+#[test]
+fn range_read_conflicts_with_insert_into_range() {
+    let store = Store::memory();
+    let kv = store.kv();
+    let mut t1 = kv.begin().unwrap();
+    assert!(t1.get_range(b"a", b"m", None, false).unwrap().is_empty());
+    t1.set(b"z", b"saw-empty");
+    kv.transact(|tx| {
+        tx.set(b"c", b"phantom");
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        t1.commit(),
+        Err(StorageError::NotCommitted),
+        "phantom insert detected"
+    );
+}
+
+#[test]
+fn snapshot_isolation_reads_see_start_version() {
+    let store = Store::memory();
+    let kv = store.kv();
+    kv.transact(|tx| {
+        tx.set(b"k", b"v1");
+        Ok(())
+    })
+    .unwrap();
+    let mut r = kv.begin_read().unwrap();
+    kv.transact(|tx| {
+        tx.set(b"k", b"v2");
+        tx.set(b"new", b"n");
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(r.get(b"k").unwrap().as_deref(), Some(&b"v1"[..]));
+    assert!(r.get_range(b"a", b"z", None, false).unwrap().len() == 1);
+    r.commit().unwrap();
+}
+
+#[test]
+fn retry_on_not_committed() {
+    let (store, faults) = Store::memory_with_faults();
+    faults.fail_next_commits(Fault::NotCommitted, 3);
+    store.kv().transact(increment).unwrap();
+    assert_eq!(counter(&store), 1);
+    assert_eq!(store.stats().retries, 3);
+    assert_eq!(faults.pending(), 0);
+}
+
+#[test]
+fn retry_on_transaction_too_old() {
+    let (store, faults) = Store::memory_with_faults();
+    faults.fail_next_commits(Fault::TransactionTooOld, 2);
+    let t = TypeRecord {
+        digest: "d".into(),
+        config_json: "{}".into(),
+        deployed_at_ms: 1,
+    };
+    store.put_type("t", &t).unwrap();
+    assert_eq!(store.get_type("t").unwrap(), Some(t));
+    assert_eq!(store.stats().retries, 2);
+}
+
+#[test]
+fn retries_are_bounded_by_retries_max() {
+    let (store, faults) = Store::memory_with_faults();
+    let store = store.with_retries_max(2);
+    faults.fail_next_commits(Fault::NotCommitted, 10);
+    match store.kv().transact(increment) {
+        Err(StorageError::RetriesExhausted { attempts, last }) => {
+            assert_eq!(attempts, 3);
+            assert_eq!(*last, StorageError::NotCommitted);
+        }
+        other => panic!("expected RetriesExhausted, got {other:?}"),
+    }
+    assert_eq!(counter(&store), 0);
+    assert!(
+        !StorageError::Fenced {
+            actor: "a".into(),
+            epoch_given: 1,
+            epoch_current: 2
+        }
+        .is_retryable()
+    );
+    assert!(StorageError::CommitUnknownResult.is_retryable());
+}
+
+#[test]
+fn commit_unknown_result_applies_the_write() {
+    let (store, faults) = Store::memory_with_faults();
+    faults.fail_next_commits(Fault::CommitUnknownResult, 1);
+    // A naive closure re-run applies twice: that is what FDB can do, and
+    // why the record layer carries tokens.
+    store.kv().transact(increment).unwrap();
+    assert_eq!(counter(&store), 2);
+}
+
+#[test]
+fn commit_unknown_result_snapshot_never_double_applies() {
+    let (store, faults) = Store::memory_with_faults();
+    let a = claim(&store, "u/1", "pop-a");
+    store
+        .commit_snapshot(&req("u/1", a.epoch, 0, 2, &[(0, page(1, 0))]))
+        .unwrap();
+    faults.fail_next_commits(Fault::CommitUnknownResult, 1);
+    assert_eq!(
+        store
+            .commit_snapshot(&req("u/1", a.epoch, 1, 2, &[(1, page(2, 1))]))
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store.get_activation("u/1").unwrap().unwrap().head_seq,
+        2,
+        "advanced by exactly 1"
+    );
+    // Staged commit whose manifest transaction reports unknown result.
+    let big: Vec<(u32, Vec<u8>)> = (0..40).map(|i| (i, page(3, i))).collect();
+    faults.pass_next_commits(3); // the staging transactions (2.6 MB: 3 of them)
+    faults.fail_next_commits(Fault::CommitUnknownResult, 1);
+    assert_eq!(
+        store
+            .commit_snapshot(&req("u/1", a.epoch, 2, 40, &big))
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        faults.pending(),
+        0,
+        "the manifest transaction consumed the fault"
+    );
+    assert_eq!(store.get_activation("u/1").unwrap().unwrap().head_seq, 3);
+    // A staging transaction with unknown result is re-run harmlessly.
+    faults.fail_next_commits(Fault::CommitUnknownResult, 2);
+    assert_eq!(
+        store
+            .commit_snapshot(&req("u/1", a.epoch, 3, 40, &big))
+            .unwrap(),
+        4
+    );
+    let mut want = Vec::new();
+    apply(&mut want, 2, &[(0, page(1, 0)), (1, page(2, 1))]);
+    apply(&mut want, 40, &big);
+    let s = store.load_snapshot("u/1").unwrap().unwrap();
+    assert_eq!(s.seq, 4);
+    assert!(s.memories[0] == want);
+    // Group commit too.
+    faults.fail_next_commits(Fault::CommitUnknownResult, 1);
+    let out = store.commit_batch(&[req("u/1", a.epoch, 4, 40, &[(0, page(5, 0))])]);
+    assert_eq!(out, vec![Ok(5)]);
+    assert_eq!(store.get_activation("u/1").unwrap().unwrap().head_seq, 5);
+}
+
+#[test]
+fn commit_unknown_result_claim_bumps_epoch_once() {
+    let (store, faults) = Store::memory_with_faults();
+    claim(&store, "u/2", "pop-a");
+    faults.fail_next_commits(Fault::CommitUnknownResult, 1);
+    let r = store.claim("u/2", "pop-b", 5, &|_| true).unwrap();
+    assert_eq!(r.epoch, 2, "the re-run recognised its own claim");
+    assert_eq!(store.get_activation("u/2").unwrap().unwrap().epoch, 2);
+    faults.fail_next_commits(Fault::CommitUnknownResult, 1);
+    store.release("u/2", 2).unwrap();
+    assert!(!store.get_activation("u/2").unwrap().unwrap().active);
+}
+
+#[test]
+fn fenced_commit_is_not_retried() {
+    let (store, faults) = Store::memory_with_faults();
+    let a = claim(&store, "u/3", "pop-a");
+    claim(&store, "u/3", "pop-b");
+    faults.fail_next_commits(Fault::NotCommitted, 1);
+    let before = store.stats();
+    let r = store.commit_snapshot(&req("u/3", a.epoch, 0, 1, &[(0, page(1, 0))]));
+    assert!(matches!(r, Err(StorageError::Fenced { .. })));
+    assert_eq!(store.stats().since(&before).transactions, 0);
+}
+
+#[test]
+fn open_urls() {
+    assert_eq!(Store::open("memory").unwrap().backend_name(), "memory");
+    assert_eq!(Store::open("memory:").unwrap().backend_name(), "memory");
+    let e = Store::open("postgres://x").err().unwrap();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("sqlite:PATH") && msg.contains("memory"),
+        "{msg}"
+    );
+    let e = Store::open("fdb:/etc/foundationdb/fdb.cluster")
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("fdb"), "{e}");
+    assert!(Store::open("sqlite:").is_err());
+}
+
+#[test]
+fn memory_old_versions_are_swept() {
+    // Many overwrites of one key with no live readers must not grow memory
+    // without bound: after a sweep only the latest version remains, and
+    // cleared keys disappear. Observed through behaviour: reads stay right.
+    let store = Store::memory();
+    for i in 0..600u32 {
+        store
+            .kv()
+            .transact(|tx| {
+                tx.set(b"k", &i.to_be_bytes());
+                tx.set(format!("tmp{i}").as_bytes(), b"x");
+                tx.clear(format!("tmp{}", i.wrapping_sub(1)).as_bytes());
+                Ok(())
+            })
+            .unwrap();
+    }
+    let all = store
+        .kv()
+        .read(|tx| tx.get_range(b"", b"\xff", None, false))
+        .unwrap();
+    assert_eq!(all.len(), 2, "k and the last tmp key");
+    assert_eq!(
+        store.kv().read(|tx| tx.get(b"k")).unwrap(),
+        Some(599u32.to_be_bytes().to_vec())
+    );
+}
