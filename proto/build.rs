@@ -1,0 +1,12 @@
+//! Compiles the `.proto` files with protox (a pure-Rust protobuf compiler,
+//! so no `protoc` binary is needed) and generates tonic/prost code.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/actor.proto"];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["proto"])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

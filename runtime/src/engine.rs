@@ -1,0 +1,262 @@
+//! The wasmtime engine, deploy-time validation of components, and the
+//! compiled-component cache.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use wasmparser::{CanonicalFunction, CanonicalOption, Operator, Parser, Payload};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+use crate::error::{Result, RuntimeError};
+use crate::hostmem::HostMemoryCreator;
+use crate::instance::{HostState, Prepared};
+
+/// How often the epoch ticker advances the engine's epoch.
+pub const EPOCH_TICK_MS: u64 = 2;
+
+/// The version string a snapshot records with its component digest.
+pub const ENGINE_VERSION: &str = concat!("tern-", env!("CARGO_PKG_VERSION"), "/wasmtime-48");
+
+/// One engine per process, with its epoch ticker.
+#[derive(Clone)]
+pub struct TernEngine {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    compiled: Arc<DashMap<String, Arc<Prepared>>>,
+}
+
+impl TernEngine {
+    /// Builds the engine: epoch interruption for CPU budgets, host-owned
+    /// memories for snapshots, no threads.
+    pub fn new() -> Result<TernEngine> {
+        let mut cfg = Config::new();
+        cfg.epoch_interruption(true)
+            .wasm_component_model(true)
+            .memory_init_cow(false)
+            .memory_reservation(4 << 30)
+            .memory_reservation_for_growth(0)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed)
+            .with_host_memory(Arc::new(HostMemoryCreator::default()));
+        let engine = Engine::new(&cfg).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("tern-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        let linker = crate::instance::linker(&engine)?;
+        Ok(TernEngine {
+            engine,
+            linker: Arc::new(linker),
+            compiled: Arc::new(DashMap::new()),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Validates and compiles `bytes` (whose sha256 is `digest`), caching the
+    /// result by digest.
+    pub fn prepare(&self, digest: &str, bytes: &[u8]) -> Result<Arc<Prepared>> {
+        if let Some(pre) = self.compiled.get(digest) {
+            return Ok(pre.clone());
+        }
+        validate_component(bytes)?;
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| RuntimeError::ComponentRejected(format!("does not compile: {e:#}")))?;
+        let pre = Prepared::new(&self.linker, component, digest.to_string())?;
+        let pre = Arc::new(pre);
+        self.compiled.insert(digest.to_string(), pre.clone());
+        Ok(pre)
+    }
+}
+
+/// Refuses what tern cannot snapshot faithfully, with a message saying why.
+///
+/// The snapshot holds every core linear memory. It does not hold tables or
+/// mutable globals other than the shadow stack pointer, which Rust guests
+/// leave at its initial value between calls. So this refuses:
+/// - core modules, nested components (only a flat component is accepted);
+/// - shared memories and 64-bit memories;
+/// - code that mutates tables (`table.set/grow/fill/copy/init`, `elem.drop`);
+/// - more than one mutable global per module, or one not named
+///   `__stack_pointer` when names are present;
+/// - async, threads, streams and futures built-ins, and async lifts.
+pub fn validate_component(bytes: &[u8]) -> Result<()> {
+    let reject = |m: String| Err(RuntimeError::ComponentRejected(m));
+    if bytes.len() < 8 || &bytes[0..4] != b"\0asm" {
+        return reject("not a WebAssembly binary (missing the \\0asm header)".into());
+    }
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return reject(
+            "this is a core WebAssembly module, not a component; build actors with `tern build`"
+                .into(),
+        );
+    }
+    let mut validator =
+        wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::default());
+    validator
+        .validate_all(bytes)
+        .map_err(|e| RuntimeError::ComponentRejected(format!("invalid component: {e}")))?;
+
+    let mut depth = 0usize; // 0 = top-level component, 1 = its core modules
+    let mut module_no = 0usize;
+    let mut mutable_globals: Vec<u32> = Vec::new();
+    let mut global_names: std::collections::HashMap<u32, String> = Default::default();
+    let mut imported_globals = 0u32;
+    let check_globals = |module_no: usize,
+                         mutable: &[u32],
+                         names: &std::collections::HashMap<u32, String>|
+     -> Result<()> {
+        if mutable.len() > 1 {
+            return reject(format!(
+                "core module #{module_no} defines {} mutable globals; tern snapshots linear memory only and supports just the shadow stack pointer",
+                mutable.len()
+            ));
+        }
+        if let Some(g) = mutable.first()
+            && let Some(name) = names.get(g)
+            && name != "__stack_pointer"
+        {
+            return reject(format!(
+                "core module #{module_no} has a mutable global `{name}`; tern supports only `__stack_pointer`"
+            ));
+        }
+        Ok(())
+    };
+    for payload in Parser::new(0).parse_all(bytes) {
+        let payload = payload
+            .map_err(|e| RuntimeError::ComponentRejected(format!("invalid component: {e}")))?;
+        match payload {
+            Payload::Version { encoding, .. } => {
+                if depth >= 1 && encoding == wasmparser::Encoding::Component {
+                    return reject("nested components are not supported".into());
+                }
+                if encoding == wasmparser::Encoding::Module {
+                    module_no += 1;
+                    mutable_globals.clear();
+                    global_names.clear();
+                    imported_globals = 0;
+                }
+                depth += 1;
+            }
+            Payload::End(_) => {
+                if depth == 2 {
+                    check_globals(module_no, &mutable_globals, &global_names)?;
+                }
+                depth = depth.saturating_sub(1);
+            }
+            Payload::ImportSection(imports) => {
+                for imp in imports.into_imports() {
+                    let imp = imp.map_err(|e| RuntimeError::ComponentRejected(e.to_string()))?;
+                    if let wasmparser::TypeRef::Global(g) = imp.ty {
+                        if g.mutable {
+                            return reject(format!(
+                                "core module #{module_no} imports a mutable global; not supported"
+                            ));
+                        }
+                        imported_globals += 1;
+                    }
+                }
+            }
+            Payload::MemorySection(mems) => {
+                for m in mems {
+                    let m = m.map_err(|e| RuntimeError::ComponentRejected(e.to_string()))?;
+                    if m.shared {
+                        return reject(format!(
+                            "core module #{module_no} uses a shared memory (threads); tern cannot snapshot shared memories"
+                        ));
+                    }
+                    if m.memory64 {
+                        return reject(format!(
+                            "core module #{module_no} uses a 64-bit memory; not supported"
+                        ));
+                    }
+                }
+            }
+            Payload::GlobalSection(globals) => {
+                for (i, g) in globals.into_iter().enumerate() {
+                    let g = g.map_err(|e| RuntimeError::ComponentRejected(e.to_string()))?;
+                    if g.ty.mutable {
+                        mutable_globals.push(imported_globals + i as u32);
+                    }
+                }
+            }
+            Payload::CustomSection(c) if c.name() == "name" && depth == 2 => {
+                let reader = wasmparser::NameSectionReader::new(wasmparser::BinaryReader::new(
+                    c.data(),
+                    c.data_offset(),
+                ));
+                for sub in reader.into_iter().flatten() {
+                    if let wasmparser::Name::Global(map) = sub {
+                        for naming in map.into_iter().flatten() {
+                            global_names.insert(naming.index, naming.name.to_string());
+                        }
+                    }
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let mut ops = body
+                    .get_operators_reader()
+                    .map_err(|e| RuntimeError::ComponentRejected(e.to_string()))?;
+                while !ops.eof() {
+                    let op = ops
+                        .read()
+                        .map_err(|e| RuntimeError::ComponentRejected(e.to_string()))?;
+                    let bad = match op {
+                        Operator::TableSet { .. } => Some("table.set"),
+                        Operator::TableGrow { .. } => Some("table.grow"),
+                        Operator::TableFill { .. } => Some("table.fill"),
+                        Operator::TableCopy { .. } => Some("table.copy"),
+                        Operator::TableInit { .. } => Some("table.init"),
+                        Operator::ElemDrop { .. } => Some("elem.drop"),
+                        _ => None,
+                    };
+                    if let Some(bad) = bad {
+                        return reject(format!(
+                            "core module #{module_no} mutates a table ({bad}); tern snapshots linear memory only"
+                        ));
+                    }
+                }
+            }
+            Payload::ComponentCanonicalSection(canon) => {
+                for f in canon {
+                    let f = f.map_err(|e| RuntimeError::ComponentRejected(e.to_string()))?;
+                    match f {
+                        CanonicalFunction::Lift { options, .. }
+                        | CanonicalFunction::Lower { options, .. } => {
+                            if options.iter().any(|o| {
+                                matches!(o, CanonicalOption::Async | CanonicalOption::Callback(_))
+                            }) {
+                                return reject(
+                                    "async lifts or lowers are not supported; actors run one synchronous turn at a time".into(),
+                                );
+                            }
+                        }
+                        CanonicalFunction::ResourceNew { .. }
+                        | CanonicalFunction::ResourceDrop { .. }
+                        | CanonicalFunction::ResourceRep { .. } => {}
+                        other => {
+                            let name = format!("{other:?}");
+                            let name = name.split([' ', '{', '(']).next().unwrap_or("").to_string();
+                            return reject(format!(
+                                "the component uses the `{name}` built-in (async, threads, streams or futures); tern refuses these because their state cannot be snapshotted"
+                            ));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,353 @@
+//! Host-owned linear memories (DESIGN.md, snapshot technique (a)).
+//!
+//! Wasmtime does not expose a component's inner core memories. We give the
+//! engine a [`MemoryCreator`], so every linear memory of every actor instance
+//! is a mapping the runtime owns. While an instance is being created, the
+//! creator records each new memory in a thread-local capture list; the
+//! activation keeps those handles and reads or writes the bytes between
+//! turns, when no guest code runs.
+//!
+//! Layout of one mapping: `reserved + guard` bytes of address space, mapped
+//! `PROT_NONE`; the first `size` bytes are read-write. Growth only changes
+//! protections, so the base never moves. Released mappings go back to a small
+//! pool so the next activation reuses resident pages instead of faulting in
+//! fresh ones (the same effect as the pooling allocator's
+//! `linear_memory_keep_resident`).
+
+use std::cell::RefCell;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
+use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
+
+const OS_PAGE: usize = 4096;
+
+/// Bytes of a released mapping that are zeroed by hand (and so stay resident)
+/// when it goes back to the pool; beyond this the pages are returned to the
+/// kernel instead.
+const RESIDENT_RECYCLE_BYTES_MAX: usize = 16 << 20;
+
+/// Number of released mappings the pool keeps.
+const POOL_MAPPINGS_MAX: usize = 256;
+
+/// One reserved region of address space.
+struct Region {
+    base: NonNull<u8>,
+    /// Readable and writable bytes from `base`.
+    accessible: usize,
+    /// Bytes reserved (excluding the guard).
+    reserved: usize,
+    /// Guard bytes after `reserved`, never accessible.
+    guard: usize,
+}
+
+// SAFETY: a `Region` is plain address space; all access to its bytes goes
+// through `HostMemory`/`MemoryHandle`, whose users uphold the no-concurrent
+// -access rule documented on them.
+unsafe impl Send for Region {}
+// SAFETY: as above; `Region` itself has no interior mutability.
+unsafe impl Sync for Region {}
+
+impl Region {
+    fn reserve(reserved: usize, guard: usize) -> Result<Region, String> {
+        let total = reserved
+            .checked_add(guard)
+            .ok_or_else(|| "memory reservation overflows".to_string())?;
+        // SAFETY: a fresh anonymous PROT_NONE mapping at an address the
+        // kernel chooses aliases no Rust object.
+        let ptr = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                total,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| format!("cannot reserve {total} bytes of address space: {e}"))?;
+        Ok(Region {
+            base: NonNull::new(ptr.cast()).ok_or("mmap returned null")?,
+            accessible: 0,
+            reserved,
+            guard,
+        })
+    }
+
+    /// Makes `[0, len)` accessible (len is rounded up to the OS page size).
+    fn make_accessible(&mut self, len: usize) -> Result<(), String> {
+        let len = len.next_multiple_of(OS_PAGE);
+        if len > self.reserved {
+            return Err(format!(
+                "memory of {len} bytes exceeds its reservation of {} bytes",
+                self.reserved
+            ));
+        }
+        if len > self.accessible {
+            // SAFETY: `[accessible, len)` lies inside our own reservation
+            // (checked above); changing its protection affects no other
+            // mapping.
+            unsafe {
+                rustix::mm::mprotect(
+                    self.base.as_ptr().add(self.accessible).cast(),
+                    len - self.accessible,
+                    MprotectFlags::READ | MprotectFlags::WRITE,
+                )
+            }
+            .map_err(|e| format!("cannot commit memory: {e}"))?;
+            self.accessible = len;
+        }
+        Ok(())
+    }
+
+    /// Returns the region to a zero-filled, inaccessible state. Up to
+    /// [`RESIDENT_RECYCLE_BYTES_MAX`] bytes are zeroed by hand and stay
+    /// resident (merely protected); the rest go back to the kernel.
+    /// Everything past the size of the next memory must be inaccessible,
+    /// because compiled code relies on faults there instead of bounds checks.
+    fn reset(&mut self) -> Result<(), String> {
+        let keep = self.accessible.min(RESIDENT_RECYCLE_BYTES_MAX);
+        // SAFETY: `[0, keep)` is accessible and no guest or host reference to
+        // it survives: the memory that used it has been dropped.
+        unsafe { std::ptr::write_bytes(self.base.as_ptr(), 0, keep) };
+        if self.accessible > keep {
+            // SAFETY: `[keep, accessible)` is inside our mapping; DONTNEED on
+            // a private anonymous mapping makes it read back as zeros.
+            unsafe {
+                rustix::mm::madvise(
+                    self.base.as_ptr().add(keep).cast(),
+                    self.accessible - keep,
+                    rustix::mm::Advice::LinuxDontNeed,
+                )
+            }
+            .map_err(|e| format!("madvise failed: {e}"))?;
+        }
+        if self.accessible > 0 {
+            // SAFETY: `[0, accessible)` is inside our own reservation.
+            unsafe {
+                rustix::mm::mprotect(
+                    self.base.as_ptr().cast(),
+                    self.accessible,
+                    MprotectFlags::empty(),
+                )
+            }
+            .map_err(|e| format!("mprotect failed: {e}"))?;
+        }
+        self.accessible = 0;
+        Ok(())
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: we own the whole mapping and nothing references it anymore.
+        let _ =
+            unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.reserved + self.guard) };
+    }
+}
+
+/// Shared state of one linear memory: the region and its current byte size.
+struct Shared {
+    region: Mutex<Option<Region>>,
+    base: NonNull<u8>,
+    size: AtomicUsize,
+    pool: Arc<Pool>,
+}
+
+// SAFETY: the raw base pointer is only dereferenced under the rules of
+// `MemoryHandle`'s accessors; the rest is Sync.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(region) = self.region.get_mut().take() {
+            self.pool.put(region);
+        }
+    }
+}
+
+/// Released regions, kept for reuse.
+#[derive(Default)]
+struct Pool {
+    free: Mutex<Vec<Region>>,
+}
+
+impl Pool {
+    fn take(&self, reserved: usize, guard: usize) -> Option<Region> {
+        let mut free = self.free.lock();
+        let i = free
+            .iter()
+            .position(|r| r.reserved == reserved && r.guard == guard)?;
+        Some(free.swap_remove(i))
+    }
+
+    fn put(&self, mut region: Region) {
+        if region.reset().is_err() {
+            return; // dropped: unmapped
+        }
+        let mut free = self.free.lock();
+        if free.len() < POOL_MAPPINGS_MAX {
+            free.push(region);
+        }
+    }
+}
+
+/// The runtime's view of one actor memory. Valid while the instance lives.
+#[derive(Clone)]
+pub struct MemoryHandle(Arc<Shared>);
+
+impl MemoryHandle {
+    /// Current size in bytes.
+    pub fn len(&self) -> usize {
+        self.0.size.load(Ordering::Acquire)
+    }
+
+    /// Whether the memory has zero bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The memory's bytes.
+    ///
+    /// # Safety
+    /// No guest code of the owning store may run while the slice lives, and
+    /// no `bytes_mut` slice may exist at the same time. The runtime calls it
+    /// only between turns, on the thread that owns the store.
+    pub unsafe fn bytes(&self) -> &[u8] {
+        // SAFETY: `[0, len)` is accessible (grow_to made it so before
+        // publishing `len`); the caller guarantees no concurrent writer.
+        unsafe { std::slice::from_raw_parts(self.0.base.as_ptr(), self.len()) }
+    }
+
+    /// The memory's bytes, writable.
+    ///
+    /// # Safety
+    /// Same contract as [`MemoryHandle::bytes`], and no other slice of this
+    /// memory may exist while this one lives.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn bytes_mut(&self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, plus exclusivity guaranteed by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.base.as_ptr(), self.len()) }
+    }
+}
+
+/// The `LinearMemory` wasmtime holds.
+struct HostMemory {
+    shared: Arc<Shared>,
+    maximum: Option<usize>,
+}
+
+// SAFETY: the memory is page aligned (mmap), a multiple of the OS page size,
+// followed by `guard` inaccessible bytes as wasmtime requested, never moves,
+// and starts zero-filled (fresh or reset mappings).
+unsafe impl LinearMemory for HostMemory {
+    fn byte_size(&self) -> usize {
+        self.shared.size.load(Ordering::Acquire)
+    }
+
+    fn byte_capacity(&self) -> usize {
+        self.shared
+            .region
+            .lock()
+            .as_ref()
+            .map(|r| r.reserved)
+            .unwrap_or(0)
+    }
+
+    fn grow_to(&mut self, new_size: usize) -> wasmtime::Result<()> {
+        if let Some(max) = self.maximum
+            && new_size > max
+        {
+            wasmtime::bail!("memory cannot grow past its declared maximum of {max} bytes");
+        }
+        let mut region = self.shared.region.lock();
+        let region = region
+            .as_mut()
+            .ok_or_else(|| wasmtime::format_err!("memory already released"))?;
+        region
+            .make_accessible(new_size)
+            .map_err(|e| wasmtime::format_err!(e))?;
+        self.shared.size.store(new_size, Ordering::Release);
+        Ok(())
+    }
+
+    fn as_ptr(&self) -> *mut u8 {
+        self.shared.base.as_ptr()
+    }
+}
+
+thread_local! {
+    /// Memories created on this thread since `capture` began, and the sizes
+    /// the next memories should start at (for restores).
+    static CAPTURE: RefCell<Option<Capture>> = const { RefCell::new(None) };
+}
+
+struct Capture {
+    created: Vec<MemoryHandle>,
+    presize: std::collections::VecDeque<usize>,
+}
+
+/// Runs `f` (an instantiation) and returns the memories it created, in
+/// creation order. `presize[i]` is the byte size the i-th memory starts at
+/// instead of its declared minimum (used to restore a grown memory).
+pub fn capture<R>(presize: &[usize], f: impl FnOnce() -> R) -> (R, Vec<MemoryHandle>) {
+    CAPTURE.with(|c| {
+        *c.borrow_mut() = Some(Capture {
+            created: Vec::new(),
+            presize: presize.iter().copied().collect(),
+        })
+    });
+    let r = f();
+    let cap = CAPTURE.with(|c| c.borrow_mut().take());
+    (r, cap.map(|c| c.created).unwrap_or_default())
+}
+
+/// The engine-wide memory creator.
+#[derive(Default)]
+pub struct HostMemoryCreator {
+    pool: Arc<Pool>,
+}
+
+// SAFETY: every memory returned is a `HostMemory`, which upholds the
+// `LinearMemory` contract above; the creator keeps no reference to the bytes
+// other than the capture handles, which the runtime only dereferences
+// between turns.
+unsafe impl MemoryCreator for HostMemoryCreator {
+    fn new_memory(
+        &self,
+        ty: MemoryType,
+        minimum: usize,
+        maximum: Option<usize>,
+        reserved_size_in_bytes: Option<usize>,
+        guard_size_in_bytes: usize,
+    ) -> Result<Box<dyn LinearMemory>, String> {
+        if ty.is_shared() {
+            return Err("shared memories cannot be snapshotted".into());
+        }
+        let reserved = reserved_size_in_bytes.ok_or(
+            "tern needs a fixed memory reservation (Config::memory_reservation) so memories never move",
+        )?;
+        let presize = CAPTURE.with(|c| c.borrow_mut().as_mut().and_then(|c| c.presize.pop_front()));
+        let size = presize.unwrap_or(minimum).max(minimum);
+        let mut region = match self.pool.take(reserved, guard_size_in_bytes) {
+            Some(r) => r,
+            None => Region::reserve(reserved, guard_size_in_bytes)?,
+        };
+        region.make_accessible(size)?;
+        let shared = Arc::new(Shared {
+            base: region.base,
+            region: Mutex::new(Some(region)),
+            size: AtomicUsize::new(size),
+            pool: self.pool.clone(),
+        });
+        CAPTURE.with(|c| {
+            if let Some(c) = c.borrow_mut().as_mut() {
+                c.created.push(MemoryHandle(shared.clone()));
+            }
+        });
+        Ok(Box::new(HostMemory { shared, maximum }))
+    }
+}

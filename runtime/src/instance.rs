@@ -1,0 +1,364 @@
+//! One live actor instance: its wasmtime store, its host-owned memories,
+//! the host imports it sees, and running one turn under its limits.
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::Limits;
+use crate::engine::EPOCH_TICK_MS;
+use crate::error::{Result, RuntimeError};
+use crate::hostmem::{self, MemoryHandle};
+
+wasmtime::component::bindgen!({
+    path: "../actor-sdk/wit",
+    world: "actor",
+});
+
+pub use tern::actor::host::Level;
+pub use tern::actor::types::ErrorKind;
+
+/// How a running turn reaches other actors (the node implements it).
+pub trait ActorCaller: Send + Sync {
+    /// Calls `ty/id.method(payload)` on behalf of the turn whose call chain
+    /// (outermost first, ending with the caller) is `chain`. Blocks.
+    fn call_blocking(
+        &self,
+        chain: &[String],
+        ty: &str,
+        id: &str,
+        method: &str,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>>;
+}
+
+/// The store data of an actor instance.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory_bytes_max: usize,
+    memory_cap_hit: bool,
+    actor_type: String,
+    actor_id: String,
+    /// Call chain of the turn in progress, ending with this actor.
+    chain: Vec<String>,
+    caller: Arc<dyn ActorCaller>,
+    /// The last panic message the guest logged, attached to its trap.
+    last_error_log: Option<String>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for HostState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes_max {
+            self.memory_cap_hit = true;
+            wasmtime::bail!("memory cap of {} bytes reached", self.memory_bytes_max);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl tern::actor::types::Host for HostState {}
+
+impl tern::actor::host::Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        let actor = format!("{}/{}", self.actor_type, self.actor_id);
+        match level {
+            Level::Trace => tracing::trace!(target: "tern::guest", %actor, "{message}"),
+            Level::Debug => tracing::debug!(target: "tern::guest", %actor, "{message}"),
+            Level::Info => tracing::info!(target: "tern::guest", %actor, "{message}"),
+            Level::Warn => tracing::warn!(target: "tern::guest", %actor, "{message}"),
+            Level::Error => {
+                tracing::error!(target: "tern::guest", %actor, "{message}");
+                self.last_error_log = Some(message);
+            }
+        }
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn random_u64(&mut self) -> u64 {
+        rand::random()
+    }
+
+    fn self_address(&mut self) -> (String, String) {
+        (self.actor_type.clone(), self.actor_id.clone())
+    }
+
+    fn call(
+        &mut self,
+        actor_type: String,
+        id: String,
+        method: String,
+        payload: Vec<u8>,
+    ) -> std::result::Result<Vec<u8>, ActorError> {
+        self.caller
+            .call_blocking(&self.chain, &actor_type, &id, &method, payload)
+            .map_err(|e| ActorError {
+                kind: error_kind(&e),
+                message: e.to_string(),
+            })
+    }
+}
+
+/// The WIT error kind for a runtime error crossing into a guest.
+fn error_kind(e: &RuntimeError) -> ErrorKind {
+    match e.code() {
+        tonic::Code::NotFound => ErrorKind::NotFound,
+        tonic::Code::InvalidArgument => ErrorKind::InvalidArgument,
+        tonic::Code::FailedPrecondition => ErrorKind::FailedPrecondition,
+        tonic::Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+        tonic::Code::Unavailable => ErrorKind::Unavailable,
+        tonic::Code::Aborted => ErrorKind::Aborted,
+        _ => ErrorKind::Internal,
+    }
+}
+
+/// Maps a guest's own error onto the runtime's.
+pub fn guest_error(e: ActorError) -> RuntimeError {
+    match e.kind {
+        ErrorKind::NotFound => RuntimeError::UnknownMethod(e.message),
+        ErrorKind::InvalidArgument => RuntimeError::InvalidArgument(e.message),
+        ErrorKind::ResourceExhausted | ErrorKind::FailedPrecondition | ErrorKind::Internal => {
+            RuntimeError::Refused(e.message)
+        }
+        ErrorKind::Unavailable => RuntimeError::Transport(e.message),
+        ErrorKind::Aborted => RuntimeError::Refused(e.message),
+    }
+}
+
+/// The linker every actor instance is created with: WASI (no files, no
+/// network, no environment, stdio discarded) plus the `tern:actor` host.
+pub fn linker(engine: &wasmtime::Engine) -> Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        .map_err(|e| RuntimeError::Engine(e.to_string()))?;
+    Actor::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
+        .map_err(|e| RuntimeError::Engine(e.to_string()))?;
+    Ok(linker)
+}
+
+/// A compiled, linked component ready to instantiate.
+pub struct Prepared {
+    pre: ActorPre<HostState>,
+    digest: String,
+}
+
+impl Prepared {
+    /// Links `component`; fails with a clear message when it does not
+    /// export `handle` or imports something tern does not offer.
+    pub fn new(
+        linker: &Linker<HostState>,
+        component: wasmtime::component::Component,
+        digest: String,
+    ) -> Result<Self> {
+        let pre = linker.instantiate_pre(&component).map_err(|e| {
+            RuntimeError::ComponentRejected(format!(
+                "it imports something tern does not provide: {e:#}"
+            ))
+        })?;
+        let pre = ActorPre::new(pre).map_err(|e| {
+            RuntimeError::ComponentRejected(format!(
+                "it does not implement the tern:actor world (export `handle`): {e:#}"
+            ))
+        })?;
+        Ok(Prepared { pre, digest })
+    }
+
+    /// The sha256 of the component.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+/// Who an instance is and what bounds it.
+#[derive(Clone)]
+pub struct InstanceParams {
+    /// The actor's type.
+    pub actor_type: String,
+    /// The actor's id.
+    pub actor_id: String,
+    /// Its type's limits.
+    pub limits: Limits,
+    /// How its `call` import reaches other actors.
+    pub caller: Arc<dyn ActorCaller>,
+}
+
+/// How one turn ended when the guest did not trap.
+pub type TurnOutput = std::result::Result<Vec<u8>, ActorError>;
+
+/// A live instance. Dropping it releases its memories.
+pub struct ActorInstance {
+    store: Store<HostState>,
+    bindings: Actor,
+    memories: Vec<MemoryHandle>,
+}
+
+impl ActorInstance {
+    /// Instantiates `prep`. `presize[i]` makes the i-th memory start at that
+    /// many bytes (to restore a memory that had grown).
+    pub fn new(
+        engine: &wasmtime::Engine,
+        prep: &Prepared,
+        params: &InstanceParams,
+        presize: &[usize],
+    ) -> Result<Self> {
+        let state = HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            memory_bytes_max: params.limits.memory_bytes_max as usize,
+            memory_cap_hit: false,
+            actor_type: params.actor_type.clone(),
+            actor_id: params.actor_id.clone(),
+            chain: Vec::new(),
+            caller: params.caller.clone(),
+            last_error_log: None,
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|s| s);
+        store.set_epoch_deadline(deadline_ticks(&params.limits));
+        let (bindings, memories) = hostmem::capture(presize, || prep.pre.instantiate(&mut store));
+        let bindings =
+            bindings.map_err(|e| RuntimeError::Engine(format!("cannot instantiate: {e:#}")))?;
+        Ok(ActorInstance {
+            store,
+            bindings,
+            memories,
+        })
+    }
+
+    /// The instance's linear memories, in creation order.
+    pub fn memories(&self) -> &[MemoryHandle] {
+        &self.memories
+    }
+
+    /// Overwrites the memories with `images` (same count, same sizes, as
+    /// arranged by `presize` at creation).
+    pub fn write_memories(&mut self, images: &[Vec<u8>]) -> Result<()> {
+        if images.len() != self.memories.len() {
+            return Err(RuntimeError::NotSnapshottable(format!(
+                "snapshot has {} memories but the component creates {}",
+                images.len(),
+                self.memories.len()
+            )));
+        }
+        for (mem, img) in self.memories.iter().zip(images) {
+            // SAFETY: no guest code runs (we hold `&mut self`, which owns the
+            // store), and this is the only slice of this memory.
+            let dst = unsafe { mem.bytes_mut() };
+            if dst.len() != img.len() {
+                return Err(RuntimeError::NotSnapshottable(format!(
+                    "memory is {} bytes after instantiation, snapshot image is {} bytes",
+                    dst.len(),
+                    img.len()
+                )));
+            }
+            dst.copy_from_slice(img);
+        }
+        Ok(())
+    }
+
+    /// Runs one turn. `Ok(output)` means the guest returned (its memory
+    /// changes stand); `Err` means it trapped, ran out of CPU or memory, and
+    /// this instance must be discarded (the caller rolls back).
+    pub fn call(
+        &mut self,
+        chain: Vec<String>,
+        method: &str,
+        payload: &[u8],
+        limits: &Limits,
+    ) -> Result<TurnOutput> {
+        {
+            let data = self.store.data_mut();
+            data.chain = chain;
+            data.memory_cap_hit = false;
+            data.last_error_log = None;
+            data.memory_bytes_max = limits.memory_bytes_max as usize;
+        }
+        self.store.set_epoch_deadline(deadline_ticks(limits));
+        let res = self.bindings.call_handle(&mut self.store, method, payload);
+        let data = self.store.data_mut();
+        match res {
+            Ok(out) => Ok(out),
+            Err(e) => {
+                let actor = format!("{}/{}", data.actor_type, data.actor_id);
+                let method = method.to_string();
+                Err(if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                    RuntimeError::CpuBudget {
+                        actor,
+                        method,
+                        limit_ms: limits.turn_cpu_ms_max,
+                    }
+                } else if data.memory_cap_hit {
+                    RuntimeError::MemoryCap {
+                        actor,
+                        method,
+                        limit: limits.memory_bytes_max,
+                    }
+                } else {
+                    let reason = match data.last_error_log.take() {
+                        Some(log) => format!("{log} ({})", root_cause(&e)),
+                        None => root_cause(&e),
+                    };
+                    RuntimeError::Trap {
+                        actor,
+                        method,
+                        reason,
+                    }
+                })
+            }
+        }
+    }
+
+    /// Checks the instance holds no host resources, which could not survive
+    /// a restore (for example a WASI stdout handle cached by libc).
+    pub fn check_snapshottable(&self) -> Result<()> {
+        if self.store.data().table.is_empty() {
+            Ok(())
+        } else {
+            Err(RuntimeError::NotSnapshottable(
+                "the actor holds a host resource (such as a WASI stdout/stderr handle, opened by println!) across turns, which cannot survive a restore; log through tern_actor_sdk::log instead. The turn was rolled back".into(),
+            ))
+        }
+    }
+}
+
+fn root_cause(e: &wasmtime::Error) -> String {
+    match e.downcast_ref::<Trap>() {
+        Some(t) => t.to_string(),
+        None => format!("{e}"),
+    }
+}
+
+fn deadline_ticks(limits: &Limits) -> u64 {
+    limits.turn_cpu_ms_max.div_ceil(EPOCH_TICK_MS).max(1) + 1
+}

@@ -1,0 +1,125 @@
+//! Dirty-page tracking between turns.
+//!
+//! The runtime keeps, per actor, the memory images as of the last
+//! successful turn (the baseline). After a turn it compares the live
+//! memories with the baseline page by page (64 KiB pages, `memcmp`), copies
+//! the changed pages into the baseline and marks them dirty. A commit writes
+//! only the dirty pages (invariant 7). After a trap, the baseline is what the
+//! actor is rolled back to (invariant 3).
+
+use std::collections::BTreeSet;
+
+use tern_storage::{MemoryDelta, PAGE_SIZE};
+
+use crate::hostmem::MemoryHandle;
+
+/// Memory images after the last successful turn, and the pages changed
+/// since the last commit.
+#[derive(Default)]
+pub struct Baseline {
+    images: Vec<Vec<u8>>,
+    dirty: Vec<BTreeSet<u32>>,
+    /// Whether the lengths changed since the last commit.
+    grown: bool,
+}
+
+impl Baseline {
+    /// A baseline from restored images; nothing is dirty.
+    pub fn restored(images: Vec<Vec<u8>>) -> Baseline {
+        let dirty = vec![BTreeSet::new(); images.len()];
+        Baseline {
+            images,
+            dirty,
+            grown: false,
+        }
+    }
+
+    /// The images.
+    pub fn images(&self) -> &[Vec<u8>] {
+        &self.images
+    }
+
+    /// Byte lengths of the images.
+    pub fn lens(&self) -> Vec<usize> {
+        self.images.iter().map(Vec::len).collect()
+    }
+
+    /// Whether anything changed since the last commit.
+    pub fn is_dirty(&self) -> bool {
+        self.grown || self.dirty.iter().any(|d| !d.is_empty())
+    }
+
+    /// Folds the live memories into the baseline; returns how many pages
+    /// changed.
+    ///
+    /// # Safety
+    /// No guest code of the instance owning `mems` may run during the call.
+    pub unsafe fn absorb(&mut self, mems: &[MemoryHandle]) -> usize {
+        if self.images.len() < mems.len() {
+            self.images.resize_with(mems.len(), Vec::new);
+            self.dirty.resize_with(mems.len(), BTreeSet::new);
+            self.grown = true;
+        }
+        let mut changed = 0;
+        for (i, mem) in mems.iter().enumerate() {
+            // SAFETY: forwarded from the caller: no guest code runs.
+            let live = unsafe { mem.bytes() };
+            let img = &mut self.images[i];
+            if img.len() != live.len() {
+                img.resize(live.len(), 0);
+                self.grown = true;
+            }
+            for (p, (l, b)) in live
+                .chunks(PAGE_SIZE)
+                .zip(img.chunks_mut(PAGE_SIZE))
+                .enumerate()
+            {
+                if l != b {
+                    b.copy_from_slice(l);
+                    self.dirty[i].insert(p as u32);
+                    changed += 1;
+                }
+            }
+        }
+        changed
+    }
+
+    /// Marks every non-zero page dirty (for an actor's first commit).
+    pub fn mark_all_dirty(&mut self) {
+        self.grown = true;
+        for (img, dirty) in self.images.iter().zip(self.dirty.iter_mut()) {
+            for (p, page) in img.chunks(PAGE_SIZE).enumerate() {
+                if page.iter().any(|&b| b != 0) {
+                    dirty.insert(p as u32);
+                }
+            }
+        }
+    }
+
+    /// The dirty pages as deltas for a commit. They stay dirty until
+    /// [`Baseline::committed`] is called.
+    pub fn delta(&self) -> Vec<MemoryDelta> {
+        self.images
+            .iter()
+            .zip(&self.dirty)
+            .map(|(img, dirty)| MemoryDelta {
+                len_bytes: img.len() as u64,
+                changed_pages: dirty
+                    .iter()
+                    .map(|&p| {
+                        let start = p as usize * PAGE_SIZE;
+                        (p, img[start..start + PAGE_SIZE].to_vec())
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Records that the last [`Baseline::delta`] was committed.
+    pub fn committed(&mut self) {
+        self.grown = false;
+        for d in &mut self.dirty {
+            d.clear();
+        }
+    }
+}
