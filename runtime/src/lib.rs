@@ -5,7 +5,7 @@
 //! define wire types (they come from `tern-proto`; conversion happens in
 //! [`server`] and [`client`]).
 
-// pub mod build;
+pub mod build;
 pub mod client;
 pub mod committer;
 pub mod config;

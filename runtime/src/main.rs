@@ -199,7 +199,7 @@ fn status_error(s: tonic::Status) -> String {
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
         Cmd::Build { path, debug } => {
-            let out: PathBuf = todo_build(&path, !debug)?;
+            let out = tern_runtime::build::build_guest(&path, !debug).map_err(|e| e.to_string())?;
             println!("{}", out.display());
             Ok(())
         }
@@ -440,7 +440,4 @@ async fn dev(
         path.display()
     );
     serve(node, listener).await
-}
-fn todo_build(_p: &Path, _r: bool) -> Result<PathBuf, String> {
-    Err("x".into())
 }

@@ -1,0 +1,69 @@
+//! Shared helpers for the runtime's in-process tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use tern_runtime::config::{Durability, Limits};
+use tern_runtime::{CallRequest, Node, RuntimeError, TernEngine};
+use tern_storage::Store;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The counter example, built once per test binary.
+pub fn counter_wasm() -> &'static [u8] {
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    WASM.get_or_init(|| {
+        let path = tern_runtime::build::build_guest(&workspace().join("examples/counter"), true)
+            .expect("build examples/counter");
+        std::fs::read(path).expect("read counter.wasm")
+    })
+}
+
+/// One engine per test binary (it owns a ticker thread).
+pub fn engine() -> TernEngine {
+    static ENGINE: OnceLock<TernEngine> = OnceLock::new();
+    ENGINE.get_or_init(|| TernEngine::new().expect("engine")).clone()
+}
+
+/// A node over `store` with `counter` deployed as type `ty`.
+pub fn node_with_counter(store: Store, ty: &str, durability: Durability, limits: Limits) -> Node {
+    let node = Node::new("test-pop", store, engine());
+    node.deploy(ty, counter_wasm(), durability, limits, false)
+        .expect("deploy counter");
+    node
+}
+
+/// Calls `ty/id.method(json)`, returning the parsed JSON reply.
+pub async fn call(
+    node: &Node,
+    ty: &str,
+    id: &str,
+    method: &str,
+    json: serde_json::Value,
+) -> Result<serde_json::Value, RuntimeError> {
+    let payload = if json.is_null() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(&json).unwrap()
+    };
+    let out = node
+        .call(CallRequest {
+            actor_type: ty.into(),
+            id: id.into(),
+            method: method.into(),
+            payload,
+        })
+        .await?;
+    Ok(serde_json::from_slice(&out.payload).expect("reply is JSON"))
+}
+
+/// The counter's value.
+pub async fn value(node: &Node, ty: &str, id: &str) -> u64 {
+    call(node, ty, id, "get", serde_json::Value::Null).await.expect("get")["value"]
+        .as_u64()
+        .expect("value is a number")
+}
