@@ -249,6 +249,8 @@ pub(crate) fn conflicting_read_modify_write_no_lost_update(h: &Harness) {
                                 .get(&k("counter"))?
                                 .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
                                 .unwrap_or(0);
+                            // Widen the window between read and write.
+                            std::thread::yield_now();
                             tx.set(&k("counter"), &(n + 1).to_be_bytes());
                             Ok(())
                         })
@@ -535,8 +537,12 @@ pub(crate) fn snapshot_over_10mb_staged_then_small_manifest(h: &Harness) {
     );
     let stage_txns = (d.bytes_written as usize).div_ceil(STAGE_TXN_BYTES_MAX) as u64;
     assert!(
-        d.transactions >= stage_txns + 1 && d.transactions <= stage_txns + 3,
+        (stage_txns + 1..=stage_txns + 3).contains(&d.transactions),
         "staging transactions plus one manifest transaction: {d:?}"
+    );
+    assert!(
+        d.transaction_bytes_last < 16 * 1024,
+        "the last (manifest) transaction is small: {d:?}"
     );
     // No stage markers remain after the manifest made the pages visible.
     assert!(
@@ -863,8 +869,21 @@ pub(crate) fn gc_removes_unreferenced_pages_and_orphaned_stages(h: &Harness) {
         (0, 0),
         "in-flight stage kept: {st:?}"
     );
-    // Another POP takes over: the stage is orphaned.
+    // Another POP takes over: the stage is orphaned. Before gc runs, the
+    // new owner stages the very same keys (same seq): gc must drop the old
+    // markers but keep the pages the new owner wrote.
     let b = claim(h, "gc/1", "pop-b");
+    h.stage_without_manifest(&req("gc/1", b.epoch, 3, 20, &big))
+        .unwrap();
+    let st = h.gc_snapshots("gc/1").unwrap();
+    assert_eq!(
+        st.pages_deleted, 0,
+        "re-staged pages of the live owner kept: {st:?}"
+    );
+    assert!(st.stages_deleted >= 1, "the old epoch's markers go: {st:?}");
+    assert_eq!(count_pages(h, "gc/1"), 23);
+    // The owner releases without committing: its stage is orphaned now.
+    h.release("gc/1", b.epoch).unwrap();
     let st = h.gc_snapshots("gc/1").unwrap();
     assert_eq!(st.pages_deleted, 20, "{st:?}");
     assert!(st.stages_deleted >= 1);
@@ -876,9 +895,10 @@ pub(crate) fn gc_removes_unreferenced_pages_and_orphaned_stages(h: &Harness) {
 
     // An abandoned stage at the seq a later commit reuses: the reused keys
     // survive, the rest go.
-    h.stage_without_manifest(&req("gc/1", b.epoch, 3, 20, &big))
+    let c = claim(h, "gc/1", "pop-c");
+    h.stage_without_manifest(&req("gc/1", c.epoch, 3, 20, &big))
         .unwrap();
-    h.commit_snapshot(&req("gc/1", b.epoch, 3, 20, &[(0, page(5, 0))]))
+    h.commit_snapshot(&req("gc/1", c.epoch, 3, 20, &[(0, page(5, 0))]))
         .unwrap();
     let st = h.gc_snapshots("gc/1").unwrap();
     assert!(st.stages_deleted >= 1, "{st:?}");

@@ -72,6 +72,8 @@ impl FaultInjector {
 }
 
 type Value = Arc<Vec<u8>>;
+/// A key range `[begin, end)`.
+type Range = (Vec<u8>, Vec<u8>);
 
 #[derive(Default)]
 struct State {
@@ -79,7 +81,7 @@ struct State {
     data: BTreeMap<Vec<u8>, Vec<(u64, Option<Value>)>>,
     version: u64,
     /// Recent commits: (version, write ranges), for conflict checks.
-    log: VecDeque<(u64, Vec<(Vec<u8>, Vec<u8>)>)>,
+    log: VecDeque<(u64, Vec<Range>)>,
     /// Read versions of live transactions -> count.
     live: BTreeMap<u64, usize>,
     commits: u64,
@@ -122,6 +124,12 @@ pub struct MemoryBackend {
 }
 
 impl MemoryBackend {
+    /// Number of stored versions (including tombstones) across all keys;
+    /// shows whether old versions are swept.
+    pub fn stored_versions(&self) -> usize {
+        self.state.lock().data.values().map(Vec::len).sum()
+    }
+
     /// A new, empty database.
     pub fn new() -> MemoryBackend {
         MemoryBackend::default()
@@ -166,9 +174,9 @@ struct MemTx {
     /// Own writes: key -> value or tombstone.
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Own cleared ranges (keys in `writes` override them).
-    cleared: Vec<(Vec<u8>, Vec<u8>)>,
-    write_ranges: Vec<(Vec<u8>, Vec<u8>)>,
-    read_ranges: Vec<(Vec<u8>, Vec<u8>)>,
+    cleared: Vec<Range>,
+    write_ranges: Vec<Range>,
+    read_ranges: Vec<Range>,
 }
 
 fn key_after(k: &[u8]) -> Vec<u8> {
@@ -177,7 +185,7 @@ fn key_after(k: &[u8]) -> Vec<u8> {
     v
 }
 
-fn overlaps(a: &(Vec<u8>, Vec<u8>), b: &(Vec<u8>, Vec<u8>)) -> bool {
+fn overlaps(a: &Range, b: &Range) -> bool {
     a.0 < b.1 && b.0 < a.1
 }
 

@@ -80,6 +80,7 @@ pub(crate) struct Counters {
     transactions: AtomicU64,
     retries: AtomicU64,
     transaction_bytes_max: AtomicU64,
+    transaction_bytes_last: AtomicU64,
 }
 
 /// A snapshot of a store's counters. Only committed transactions count.
@@ -97,6 +98,9 @@ pub struct Stats {
     /// The largest `bytes_written` of any single committed transaction
     /// (monotonic, not affected by [`Stats::since`]).
     pub transaction_bytes_max: u64,
+    /// `bytes_written` of the most recently committed write transaction
+    /// (not affected by [`Stats::since`]).
+    pub transaction_bytes_last: u64,
 }
 
 impl Stats {
@@ -108,6 +112,7 @@ impl Stats {
             transactions: self.transactions - earlier.transactions,
             retries: self.retries - earlier.retries,
             transaction_bytes_max: self.transaction_bytes_max,
+            transaction_bytes_last: self.transaction_bytes_last,
         }
     }
 }
@@ -255,6 +260,9 @@ impl Transaction {
             counters
                 .transaction_bytes_max
                 .fetch_max(bytes, Ordering::Relaxed);
+            counters
+                .transaction_bytes_last
+                .store(bytes, Ordering::Relaxed);
         }
         r
     }
@@ -304,6 +312,7 @@ impl Kv {
             transactions: c.transactions.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
             transaction_bytes_max: c.transaction_bytes_max.load(Ordering::Relaxed),
+            transaction_bytes_last: c.transaction_bytes_last.load(Ordering::Relaxed),
         }
     }
 

@@ -13,7 +13,8 @@ use crate::Store;
 
 const CHILD_ENV: &str = "TERN_CRASH_CHILD_DB";
 const KEYS_PER_TXN: u64 = 5;
-const LINES_BEFORE_KILL: u64 = 40;
+const LINES_BEFORE_KILL: u64 = 15;
+const ROUNDS: usize = 3;
 
 fn key(n: u64, k: u64) -> Vec<u8> {
     let mut v = b"crash/".to_vec();
@@ -34,7 +35,8 @@ fn sqlite_crash_child() {
     };
     let store = Store::open(&format!("sqlite:{path}")).expect("child opens the db");
     let mut out = std::io::stdout().lock();
-    for n in 1u64.. {
+    let first = last_committed(&store) + 1;
+    for n in first.. {
         store
             .kv()
             .transact(|tx| {
@@ -52,77 +54,90 @@ fn sqlite_crash_child() {
     }
 }
 
-#[test]
-fn sqlite_crash_consistency() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crash.db");
+fn last_committed(store: &Store) -> u64 {
+    store
+        .kv()
+        .read(|tx| tx.get(b"crash/last"))
+        .unwrap()
+        .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
+        .unwrap_or(0)
+}
+
+/// Runs the child until it acknowledged `LINES_BEFORE_KILL` more commits,
+/// then SIGKILLs it while it keeps writing. Returns the last acknowledged.
+fn run_and_kill(db: &std::path::Path) -> u64 {
     let name = format!(
         "{}::sqlite_crash_child",
         module_path!().trim_start_matches("tern_storage::")
     );
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", &name, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, &db)
+        .env(CHILD_ENV, db)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn child");
     let stdout = child.stdout.take().unwrap();
-    let mut last_acked = 0;
+    let (mut first, mut last_acked) = (None, 0);
     for line in BufReader::new(stdout).lines() {
         let line = line.expect("read child stdout");
         if let Some(n) = line.strip_prefix("COMMITTED ") {
             last_acked = n.trim().parse::<u64>().unwrap();
-            if last_acked >= LINES_BEFORE_KILL {
+            let first = *first.get_or_insert(last_acked);
+            if last_acked >= first + LINES_BEFORE_KILL {
                 break;
             }
         }
     }
-    assert!(
-        last_acked >= LINES_BEFORE_KILL,
-        "child stopped early after {last_acked} commits"
-    );
     child.kill().expect("SIGKILL child"); // std sends SIGKILL on unix
     let status = child.wait().unwrap();
+    assert!(
+        first.is_some_and(|f| last_acked >= f + LINES_BEFORE_KILL),
+        "child stopped early after acknowledging {last_acked} ({status:?})"
+    );
     assert!(
         !status.success(),
         "child was killed, not finished: {status:?}"
     );
+    last_acked
+}
 
-    let store = Store::open(&format!("sqlite:{}", db.display())).expect("reopen after crash");
-    let rows = store
-        .kv()
-        .read(|tx| tx.get_range(b"crash/", b"crash0", None, false))
-        .unwrap();
-    let last_committed = store
-        .kv()
-        .read(|tx| tx.get(b"crash/last"))
-        .unwrap()
-        .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
-        .expect("some commit survived");
-    assert!(
-        last_committed >= last_acked,
-        "acknowledged txn {last_acked} lost (last durable {last_committed})"
-    );
-    let mut seen = std::collections::BTreeMap::<u64, u64>::new();
-    for (k, v) in rows {
-        if k == b"crash/last" {
-            continue;
+#[test]
+fn sqlite_crash_consistency() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.db");
+    for round in 0..ROUNDS {
+        let last_acked = run_and_kill(&db);
+        let store = Store::open(&format!("sqlite:{}", db.display())).expect("reopen after crash");
+        let durable = last_committed(&store);
+        assert!(
+            durable >= last_acked,
+            "round {round}: acknowledged txn {last_acked} lost (last durable {durable})"
+        );
+        let rows = store
+            .kv()
+            .read(|tx| tx.get_range(b"crash/", b"crash0", None, false))
+            .unwrap();
+        let mut seen = std::collections::BTreeMap::<u64, u64>::new();
+        for (k, v) in rows {
+            if k == b"crash/last" {
+                continue;
+            }
+            let n = u64::from_be_bytes(k[6..14].try_into().unwrap());
+            let i = u64::from_be_bytes(k[14..22].try_into().unwrap());
+            assert_eq!(v, value(n, i), "txn {n} key {i} has the wrong value");
+            *seen.entry(n).or_default() += 1;
         }
-        let n = u64::from_be_bytes(k[6..14].try_into().unwrap());
-        let i = u64::from_be_bytes(k[14..22].try_into().unwrap());
-        assert_eq!(v, value(n, i), "txn {n} key {i} has the wrong value");
-        *seen.entry(n).or_default() += 1;
-    }
-    for n in 1..=last_committed {
-        assert_eq!(
-            seen.get(&n).copied(),
-            Some(KEYS_PER_TXN),
-            "txn {n} is missing or partial (last acknowledged {last_acked})"
+        for n in 1..=durable {
+            assert_eq!(
+                seen.get(&n).copied(),
+                Some(KEYS_PER_TXN),
+                "round {round}: txn {n} is missing or partial (last acknowledged {last_acked})"
+            );
+        }
+        assert!(
+            seen.keys().all(|&n| n <= durable),
+            "round {round}: a txn newer than crash/last is visible: not atomic"
         );
     }
-    assert!(
-        seen.keys().all(|&n| n <= last_committed),
-        "a txn newer than crash/last is visible: not atomic"
-    );
 }

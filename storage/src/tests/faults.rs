@@ -258,28 +258,40 @@ fn open_urls() {
 
 #[test]
 fn memory_old_versions_are_swept() {
-    // Many overwrites of one key with no live readers must not grow memory
-    // without bound: after a sweep only the latest version remains, and
-    // cleared keys disappear. Observed through behaviour: reads stay right.
-    let store = Store::memory();
-    for i in 0..600u32 {
-        store
-            .kv()
-            .transact(|tx| {
-                tx.set(b"k", &i.to_be_bytes());
-                tx.set(format!("tmp{i}").as_bytes(), b"x");
-                tx.clear(format!("tmp{}", i.wrapping_sub(1)).as_bytes());
-                Ok(())
-            })
-            .unwrap();
+    // Many overwrites with no live readers must not grow memory without
+    // bound: sweeps drop versions nobody can read, and cleared keys.
+    let backend = std::sync::Arc::new(crate::kv::memory::MemoryBackend::new());
+    let kv = Kv::new(backend.clone());
+    for i in 0..1000u32 {
+        kv.transact(|tx| {
+            tx.set(b"k", &i.to_be_bytes());
+            tx.set(format!("tmp{i}").as_bytes(), b"x");
+            tx.clear(format!("tmp{}", i.wrapping_sub(1)).as_bytes());
+            Ok(())
+        })
+        .unwrap();
     }
-    let all = store
-        .kv()
+    assert!(
+        backend.stored_versions() < 3 * 256 + 10, // ~3 versions per commit between sweeps; unswept: ~3000
+        "versions kept: {}",
+        backend.stored_versions()
+    );
+    let all = kv
         .read(|tx| tx.get_range(b"", b"\xff", None, false))
         .unwrap();
     assert_eq!(all.len(), 2, "k and the last tmp key");
     assert_eq!(
-        store.kv().read(|tx| tx.get(b"k")).unwrap(),
-        Some(599u32.to_be_bytes().to_vec())
+        kv.read(|tx| tx.get(b"k")).unwrap(),
+        Some(999u32.to_be_bytes().to_vec())
     );
+    // A live reader pins its version across sweeps.
+    let mut r = kv.begin_read().unwrap();
+    for i in 0..600u32 {
+        kv.transact(|tx| {
+            tx.set(b"k", &(5000 + i).to_be_bytes());
+            Ok(())
+        })
+        .unwrap();
+    }
+    assert_eq!(r.get(b"k").unwrap(), Some(999u32.to_be_bytes().to_vec()));
 }
