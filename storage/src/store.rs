@@ -860,6 +860,22 @@ impl Store {
                 tx.set(&keys::page(&req.actor, *m, *pg, seq), v);
             }
         }
+        // Inline garbage collection: only the head version is kept, so the
+        // page versions this commit supersedes and the previous manifest
+        // go in the same transaction (a clear per changed page). Nothing
+        // writes at a seq <= head any more, so this cannot race; readers
+        // of the old head hold a consistent snapshot.
+        if let Some(pm) = &prev {
+            for (m, mm) in pm.memories.iter().enumerate() {
+                for (i, &s) in mm.pages.iter().enumerate() {
+                    let kept = memories.get(m).and_then(|nm| nm.pages.get(i)) == Some(&s);
+                    if s != 0 && !kept {
+                        tx.clear(&keys::page(&req.actor, m as u32, i as u32, s));
+                    }
+                }
+            }
+            tx.clear_prefix(&keys::manifest(&req.actor, req.expected_head_seq));
+        }
         let manifest = ManifestV1 {
             epoch: req.epoch,
             token: p.token,
@@ -1110,7 +1126,8 @@ impl Store {
         })
     }
 
-    /// Removes what the head snapshot no longer needs: older manifests,
+    /// Removes what the head snapshot no longer needs. Commits already drop
+    /// the versions they supersede; this sweeps the rest: older manifests,
     /// pages they referenced that the head does not, and pages of staged
     /// commits that were abandoned (by an older epoch, or superseded).
     /// A staged commit still in flight (current epoch, above the head) is
