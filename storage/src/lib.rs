@@ -36,7 +36,15 @@
 //! 3. **Exactly once**: a commit re-run after `commit_unknown_result`
 //!    recognises its own token and does not apply twice.
 //! 4. **Incremental** (design invariant 7): a commit writes the changed,
-//!    non-zero pages plus a manifest of a few bytes per page; nothing else.
+//!    non-zero pages, a manifest of 8 bytes per page, and a clear for each
+//!    page version it supersedes (only the head version is kept); nothing
+//!    else. Commits over [`STAGE_TXN_BYTES_MAX`] of pages are staged in
+//!    fenced transactions of about 1 MB, then made visible by one small
+//!    manifest transaction; [`Store::gc_snapshots`] removes abandoned stages.
+//! 7. **sqlite**: WAL, `synchronous=NORMAL` (a commit survives `kill -9` of
+//!    the process; a power loss may drop the last few), `BEGIN IMMEDIATE`
+//!    for writers, so concurrent writers from several processes wait for
+//!    each other instead of conflicting.
 //! 5. **Never trusted**: every loaded value is checked (crc32, bytecheck,
 //!    sha256 for components); damage is [`StorageError::Corrupt`] naming
 //!    the key, never a panic or silent garbage.
