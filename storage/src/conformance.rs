@@ -686,8 +686,8 @@ pub(crate) fn commit_batch_fences_each_request_alone(h: &Harness) {
     let out = h.commit_batch(&reqs);
     assert_eq!(
         h.stats().since(&before).transactions,
-        1,
-        "one KV transaction for the group"
+        2,
+        "one KV transaction for the three actors, one for the chained request"
     );
     assert_eq!(out[0], Ok(1));
     assert!(

@@ -975,8 +975,10 @@ impl Store {
     }
 
     /// Group commit: commits many requests (typically of different actors)
-    /// in as few transactions as possible: consecutive small requests share
-    /// one transaction of up to about [`STAGE_TXN_BYTES_MAX`] of pages;
+    /// in as few transactions as possible: consecutive small requests of
+    /// distinct actors share one transaction of up to about
+    /// [`STAGE_TXN_BYTES_MAX`] of pages (a second request for the same actor
+    /// starts a new transaction);
     /// big ones are staged alone. Each request is fenced on its own: a
     /// fenced or mismatched request gets its error without failing the
     /// others. Results are in request order.
@@ -993,7 +995,11 @@ impl Store {
                 }
             };
             let staged = p.page_bytes > STAGE_TXN_BYTES_MAX;
-            if staged || group_bytes + p.page_bytes > STAGE_TXN_BYTES_MAX {
+            // One request per actor per transaction: a chained second
+            // commit would hide the first one's token from the
+            // commit_unknown_result check.
+            let repeat = group.iter().any(|(_, g)| g.req.actor == req.actor);
+            if staged || repeat || group_bytes + p.page_bytes > STAGE_TXN_BYTES_MAX {
                 self.flush_group(std::mem::take(&mut group), &mut results);
                 group_bytes = 0;
             }

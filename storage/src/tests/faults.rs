@@ -207,11 +207,14 @@ fn commit_unknown_result_snapshot_never_double_applies() {
     let s = store.load_snapshot("u/1").unwrap().unwrap();
     assert_eq!(s.seq, 4);
     assert!(s.memories[0] == want);
-    // Group commit too.
-    faults.fail_next_commits(Fault::CommitUnknownResult, 1);
-    let out = store.commit_batch(&[req("u/1", a.epoch, 4, 40, &[(0, page(5, 0))])]);
-    assert_eq!(out, vec![Ok(5)]);
-    assert_eq!(store.get_activation("u/1").unwrap().unwrap().head_seq, 5);
+    // Group commit too, with chained requests for one actor.
+    faults.fail_next_commits(Fault::CommitUnknownResult, 2);
+    let out = store.commit_batch(&[
+        req("u/1", a.epoch, 4, 40, &[(0, page(5, 0))]),
+        req("u/1", a.epoch, 5, 40, &[(1, page(5, 1))]),
+    ]);
+    assert_eq!(out, vec![Ok(5), Ok(6)]);
+    assert_eq!(store.get_activation("u/1").unwrap().unwrap().head_seq, 6);
 }
 
 #[test]
