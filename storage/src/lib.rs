@@ -52,6 +52,7 @@
 //!    transaction sizes, staging and GC batch sizes are named constants.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod codec;
 mod error;
