@@ -76,7 +76,9 @@ pub enum BuildError {
     )]
     TargetMissing,
     /// cargo reported a failed build (its diagnostics went to stderr).
-    #[error("`cargo build --target {GUEST_TARGET}` of `{package}` failed ({status}); see cargo's output above")]
+    #[error(
+        "`cargo build --target {GUEST_TARGET}` of `{package}` failed ({status}); see cargo's output above"
+    )]
     CargoFailed {
         /// The package name.
         package: String,
@@ -123,15 +125,29 @@ fn crate_info(crate_dir: &Path) -> Result<CrateInfo, BuildError> {
     let manifest = manifest.canonicalize()?;
     let program = cargo_program();
     let out = Command::new(&program)
-        .args(["metadata", "--no-deps", "--format-version", "1", "--manifest-path"])
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .current_dir(crate_dir)
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| BuildError::Spawn { program: program.to_string_lossy().into_owned(), source })?;
-    let metadata_err = |message: String| BuildError::Metadata { dir: crate_dir.to_path_buf(), message };
+        .map_err(|source| BuildError::Spawn {
+            program: program.to_string_lossy().into_owned(),
+            source,
+        })?;
+    let metadata_err = |message: String| BuildError::Metadata {
+        dir: crate_dir.to_path_buf(),
+        message,
+    };
     if !out.status.success() {
-        return Err(metadata_err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(metadata_err(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     let meta: serde_json::Value =
         serde_json::from_slice(&out.stdout).map_err(|e| metadata_err(format!("bad JSON: {e}")))?;
@@ -139,20 +155,35 @@ fn crate_info(crate_dir: &Path) -> Result<CrateInfo, BuildError> {
         .as_str()
         .map(PathBuf::from)
         .ok_or_else(|| metadata_err("no workspace_root".into()))?;
-    let packages = meta["packages"].as_array().ok_or_else(|| metadata_err("no packages".into()))?;
+    let packages = meta["packages"]
+        .as_array()
+        .ok_or_else(|| metadata_err("no packages".into()))?;
     let pkg = packages
         .iter()
-        .find(|p| p["manifest_path"].as_str().is_some_and(|m| same_file(Path::new(m), &manifest)))
+        .find(|p| {
+            p["manifest_path"]
+                .as_str()
+                .is_some_and(|m| same_file(Path::new(m), &manifest))
+        })
         .ok_or_else(|| metadata_err(format!("no package with manifest {}", manifest.display())))?;
     let package = pkg["name"].as_str().unwrap_or_default().to_string();
     let package_id = pkg["id"].as_str().unwrap_or_default().to_string();
     let is_cdylib = pkg["targets"].as_array().into_iter().flatten().any(|t| {
-        t["kind"].as_array().into_iter().flatten().any(|k| k.as_str() == Some("cdylib"))
+        t["kind"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|k| k.as_str() == Some("cdylib"))
     });
     if !is_cdylib {
         return Err(BuildError::NotCdylib { package, manifest });
     }
-    Ok(CrateInfo { package, package_id, manifest, workspace_root })
+    Ok(CrateInfo {
+        package,
+        package_id,
+        manifest,
+        workspace_root,
+    })
 }
 
 /// The target directory guests of the workspace at `workspace_root` build in.
@@ -170,7 +201,10 @@ pub fn guest_target_dir(workspace_root: &Path) -> PathBuf {
 /// already there.
 fn append_flags(existing: Option<&OsStr>, sep: &str) -> OsString {
     let ours = GUEST_RUSTFLAGS.replace(' ', sep);
-    match existing.map(|e| e.to_string_lossy().into_owned()).filter(|e| !e.trim().is_empty()) {
+    match existing
+        .map(|e| e.to_string_lossy().into_owned())
+        .filter(|e| !e.trim().is_empty())
+    {
         Some(e) if e.contains(&ours) => OsString::from(e),
         Some(e) => OsString::from(format!("{e}{sep}{ours}")),
         None => OsString::from(ours),
@@ -181,12 +215,23 @@ fn append_flags(existing: Option<&OsStr>, sep: &str) -> OsString {
 /// `None` when it cannot tell (no `rustc` found).
 fn target_installed() -> Option<bool> {
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| OsString::from("rustc"));
-    let out = Command::new(rustc).args(["--print", "sysroot"]).stdin(Stdio::null()).output().ok()?;
+    let out = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }
     let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    Some(sysroot.join("lib").join("rustlib").join(GUEST_TARGET).join("lib").is_dir())
+    Some(
+        sysroot
+            .join("lib")
+            .join("rustlib")
+            .join(GUEST_TARGET)
+            .join("lib")
+            .is_dir(),
+    )
 }
 
 /// Build the actor crate at `crate_dir` (a `cdylib`) for `wasm32-wasip2` and
@@ -201,27 +246,41 @@ pub fn build_guest(crate_dir: &Path, release: bool) -> Result<PathBuf, BuildErro
 
     let program = cargo_program();
     let mut cmd = Command::new(&program);
-    cmd.args(["build", "--lib", "--target", GUEST_TARGET, "--message-format=json-render-diagnostics"])
-        .arg("--manifest-path")
-        .arg(&info.manifest)
-        .args(["--package", &info.package]);
+    cmd.args([
+        "build",
+        "--lib",
+        "--target",
+        GUEST_TARGET,
+        "--message-format=json-render-diagnostics",
+    ])
+    .arg("--manifest-path")
+    .arg(&info.manifest)
+    .args(["--package", &info.package]);
     if release {
         cmd.arg("--release");
     }
     cmd.current_dir(crate_dir)
         .env("CARGO_TARGET_DIR", guest_target_dir(&info.workspace_root))
-        .env(TARGET_RUSTFLAGS_ENV, append_flags(std::env::var_os(TARGET_RUSTFLAGS_ENV).as_deref(), " "));
+        .env(
+            TARGET_RUSTFLAGS_ENV,
+            append_flags(std::env::var_os(TARGET_RUSTFLAGS_ENV).as_deref(), " "),
+        );
     // These take precedence over the per-target variable: keep our flag.
     if let Some(v) = std::env::var_os("CARGO_ENCODED_RUSTFLAGS").filter(|v| !v.is_empty()) {
         cmd.env("CARGO_ENCODED_RUSTFLAGS", append_flags(Some(&v), "\u{1f}"));
-    } else if let Some(v) = std::env::var_os("RUSTFLAGS").filter(|v| !v.to_string_lossy().trim().is_empty()) {
+    } else if let Some(v) =
+        std::env::var_os("RUSTFLAGS").filter(|v| !v.to_string_lossy().trim().is_empty())
+    {
         cmd.env("RUSTFLAGS", append_flags(Some(&v), " "));
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
 
-    let mut child = cmd
-        .spawn()
-        .map_err(|source| BuildError::Spawn { program: program.to_string_lossy().into_owned(), source })?;
+    let mut child = cmd.spawn().map_err(|source| BuildError::Spawn {
+        program: program.to_string_lossy().into_owned(),
+        source,
+    })?;
 
     // Stream stderr through, watching for the missing-target diagnostic.
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -230,7 +289,8 @@ pub fn build_guest(crate_dir: &Path, release: bool) -> Result<PathBuf, BuildErro
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if line.contains("target may not be installed")
-                || (line.contains("can't find crate for `std`") || line.contains("can't find crate for `core`"))
+                || (line.contains("can't find crate for `std`")
+                    || line.contains("can't find crate for `core`"))
             {
                 target_missing = true;
             }
@@ -244,11 +304,17 @@ pub fn build_guest(crate_dir: &Path, release: bool) -> Result<PathBuf, BuildErro
     let mut artifact = None;
     for line in BufReader::new(stdout).lines() {
         let line = line?;
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
         if msg["reason"] != "compiler-artifact" || msg["package_id"] != info.package_id.as_str() {
             continue;
         }
-        let is_cdylib = msg["target"]["kind"].as_array().into_iter().flatten().any(|k| k == "cdylib");
+        let is_cdylib = msg["target"]["kind"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|k| k == "cdylib");
         if !is_cdylib {
             continue;
         }
@@ -268,9 +334,14 @@ pub fn build_guest(crate_dir: &Path, release: bool) -> Result<PathBuf, BuildErro
         if target_missing {
             return Err(BuildError::TargetMissing);
         }
-        return Err(BuildError::CargoFailed { package: info.package, status });
+        return Err(BuildError::CargoFailed {
+            package: info.package,
+            status,
+        });
     }
-    artifact.ok_or(BuildError::NoArtifact { package: info.package })
+    artifact.ok_or(BuildError::NoArtifact {
+        package: info.package,
+    })
 }
 
 #[cfg(test)]
@@ -278,22 +349,34 @@ mod tests {
     use super::*;
 
     fn workspace_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("runtime is in the workspace").to_path_buf()
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("runtime is in the workspace")
+            .to_path_buf()
     }
 
     #[test]
     fn builds_counter_component() {
-        let wasm = build_guest(&workspace_dir().join("examples/counter"), true).expect("counter builds");
+        let wasm =
+            build_guest(&workspace_dir().join("examples/counter"), true).expect("counter builds");
         assert_eq!(wasm.extension().and_then(|e| e.to_str()), Some("wasm"));
         let bytes = std::fs::read(&wasm).expect("read the component");
         // `\0asm`, then the component layer's version 0x0d and layer 1.
-        assert_eq!(&bytes[..8], b"\0asm\x0d\x00\x01\x00", "{} is not a component", wasm.display());
+        assert_eq!(
+            &bytes[..8],
+            b"\0asm\x0d\x00\x01\x00",
+            "{} is not a component",
+            wasm.display()
+        );
     }
 
     #[test]
     fn refuses_non_cdylib() {
         let err = build_guest(&workspace_dir().join("actor-sdk"), true).unwrap_err();
-        assert!(matches!(err, BuildError::NotCdylib { ref package, .. } if package == "tern-actor-sdk"), "{err}");
+        assert!(
+            matches!(err, BuildError::NotCdylib { ref package, .. } if package == "tern-actor-sdk"),
+            "{err}"
+        );
         assert!(err.to_string().contains("crate-type"), "{err}");
     }
 
@@ -306,8 +389,14 @@ mod tests {
     #[test]
     fn appends_flags() {
         assert_eq!(append_flags(None, " "), GUEST_RUSTFLAGS);
-        assert_eq!(append_flags(Some(OsStr::new("-D warnings")), " "), "-D warnings -C link-arg=-zstack-size=65536");
-        assert_eq!(append_flags(Some(OsStr::new(GUEST_RUSTFLAGS)), " "), GUEST_RUSTFLAGS);
+        assert_eq!(
+            append_flags(Some(OsStr::new("-D warnings")), " "),
+            "-D warnings -C link-arg=-zstack-size=65536"
+        );
+        assert_eq!(
+            append_flags(Some(OsStr::new(GUEST_RUSTFLAGS)), " "),
+            GUEST_RUSTFLAGS
+        );
         assert_eq!(
             append_flags(Some(OsStr::new("-Dwarnings")), "\u{1f}"),
             "-Dwarnings\u{1f}-C\u{1f}link-arg=-zstack-size=65536"
