@@ -1,1 +1,143 @@
-//! tern-tests
+//! Helpers for cluster tests: start real `tern` processes on loopback ports
+//! chosen at run time, drive them through the CLI, kill them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tern_runtime::client::ClusterFile;
+
+/// How long a cluster may take to write its cluster file.
+pub const STARTUP_MS_MAX: u64 = 60_000;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The `tern` binary next to this test's target directory. `scripts/test.sh`
+/// builds it before running the tests.
+pub fn tern_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test> -> target/debug/tern
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("tern");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p tern-runtime --bin tern` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The counter example's component, built once per test binary.
+pub fn counter_wasm() -> &'static Path {
+    static WASM: OnceLock<PathBuf> = OnceLock::new();
+    WASM.get_or_init(|| {
+        tern_runtime::build::build_guest(&workspace().join("examples/counter"), true)
+            .expect("build examples/counter")
+    })
+}
+
+/// A `tern dev` process on a data directory.
+pub struct DevCluster {
+    child: Option<Child>,
+    data: PathBuf,
+    /// The cluster file it wrote.
+    pub cluster: ClusterFile,
+}
+
+impl DevCluster {
+    /// Starts `tern dev --data DATA --base-port 0` and waits (bounded) for
+    /// the cluster file it writes once it listens.
+    pub fn start(data: &Path) -> DevCluster {
+        let file = data.join("cluster.json");
+        let _ = std::fs::remove_file(&file);
+        let log = std::fs::File::create(data.join("dev.log")).expect("log file");
+        let mut child = Command::new(tern_bin())
+            .args(["dev", "--pops", "1", "--base-port", "0", "--data"])
+            .arg(data)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tern dev");
+        let started = Instant::now();
+        let cluster = loop {
+            if let Ok(c) = ClusterFile::read(&file)
+                && c.pid == child.id()
+            {
+                break c;
+            }
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                panic!(
+                    "tern dev exited with {status}: {}",
+                    std::fs::read_to_string(data.join("dev.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_millis(STARTUP_MS_MAX),
+                "tern dev did not write {} within {STARTUP_MS_MAX} ms",
+                file.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        DevCluster {
+            child: Some(child),
+            data: data.to_path_buf(),
+            cluster,
+        }
+    }
+
+    /// The first POP's endpoint.
+    pub fn endpoint(&self) -> &str {
+        &self.cluster.pops[0].endpoint
+    }
+
+    /// Runs `tern ARGS --endpoint E`, returning stdout, or stderr on failure.
+    pub fn tern(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(tern_bin())
+            .args(args)
+            .args(["--endpoint", self.endpoint()])
+            .output()
+            .expect("run tern");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            c.wait().expect("wait");
+        }
+    }
+
+    /// Stops the process with SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        c.wait().expect("wait")
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> &Path {
+        &self.data
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
