@@ -43,7 +43,9 @@ impl<T> Default for ActorCell<T> {
 impl<T> ActorCell<T> {
     /// An empty cell; the actor is created on the first call.
     pub const fn new() -> Self {
-        Self { inner: RefCell::new(None) }
+        Self {
+            inner: RefCell::new(None),
+        }
     }
 }
 
@@ -59,7 +61,8 @@ impl<T: Actor> ActorCell<T> {
                 T::NAME
             )));
         };
-        slot.get_or_insert_with(T::default).dispatch(method, payload)
+        slot.get_or_insert_with(T::default)
+            .dispatch(method, payload)
     }
 
     /// Run `f` on the actor (creating it if needed); for tests and tools.
@@ -86,9 +89,15 @@ pub mod kinds {
         })
     }
 
-    fn encode<Resp: Serialize>(actor: &str, method: &str, resp: &Resp) -> Result<Vec<u8>, ActorError> {
+    fn encode<Resp: Serialize>(
+        actor: &str,
+        method: &str,
+        resp: &Resp,
+    ) -> Result<Vec<u8>, ActorError> {
         serde_json::to_vec(resp).map_err(|e| {
-            ActorError::internal(format!("{actor}.{method}: reply does not encode as JSON: {e}"))
+            ActorError::internal(format!(
+                "{actor}.{method}: reply does not encode as JSON: {e}"
+            ))
         })
     }
 

@@ -164,7 +164,10 @@ pub fn self_address() -> ActorAddress {
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
-        ActorAddress { actor_type: "local".into(), id: "test".into() }
+        ActorAddress {
+            actor_type: "local".into(),
+            id: "test".into(),
+        }
     }
 }
 

@@ -259,7 +259,10 @@ macro_rules! ctor {
 impl ActorError {
     /// An error of any kind.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 
     ctor! {
@@ -320,12 +323,18 @@ impl From<ErrorKind> for wit::ErrorKind {
 
 impl From<wit::ActorError> for ActorError {
     fn from(e: wit::ActorError) -> Self {
-        Self { kind: e.kind.into(), message: e.message }
+        Self {
+            kind: e.kind.into(),
+            message: e.message,
+        }
     }
 }
 
 impl From<ActorError> for wit::ActorError {
     fn from(e: ActorError) -> Self {
-        Self { kind: e.kind.into(), message: e.message }
+        Self {
+            kind: e.kind.into(),
+            message: e.message,
+        }
     }
 }

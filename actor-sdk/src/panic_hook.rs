@@ -28,7 +28,9 @@ pub(crate) fn install() {
 
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 fn hook(info: &std::panic::PanicHookInfo<'_>) {
-    let message = info.payload_as_str().unwrap_or("(non-string panic payload)");
+    let message = info
+        .payload_as_str()
+        .unwrap_or("(non-string panic payload)");
     let method = CURRENT_METHOD
         .try_with(|m| m.try_borrow().map(|m| m.clone()).unwrap_or_default())
         .unwrap_or_default();

@@ -171,7 +171,10 @@ pub fn digest_of<'a>(entries: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> 
 
 impl Counter {
     fn sizes(&self) -> Sizes {
-        Sizes { entries: self.entries.len() as u64, bytes: self.bytes }
+        Sizes {
+            entries: self.entries.len() as u64,
+            bytes: self.bytes,
+        }
     }
 
     fn incr(&mut self, req: Incr) -> Result<Value, ActorError> {
@@ -202,20 +205,31 @@ impl Counter {
         if let Some(old) = &old {
             self.bytes -= old.len() as u64;
         }
-        Ok(Removed { removed: old.is_some(), entries: self.entries.len() as u64, bytes: self.bytes })
+        Ok(Removed {
+            removed: old.is_some(),
+            entries: self.entries.len() as u64,
+            bytes: self.bytes,
+        })
     }
 
     fn digest(&mut self) -> Result<Digest, ActorError> {
         let hash = digest_of(self.entries.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
         let Sizes { entries, bytes } = self.sizes();
-        Ok(Digest { entries, bytes, hash })
+        Ok(Digest {
+            entries,
+            bytes,
+            hash,
+        })
     }
 
     fn incr_then_panic(&mut self, req: Incr) -> Result<Value, ActorError> {
         self.value = self.value.wrapping_add(req.by);
         // Make sure the store really happens before the panic.
         std::hint::black_box(&mut self.value);
-        panic!("incr_then_panic: deliberate panic after adding {} (value now {})", req.by, self.value);
+        panic!(
+            "incr_then_panic: deliberate panic after adding {} (value now {})",
+            req.by, self.value
+        );
     }
 
     fn spin(&mut self) -> Result<Value, ActorError> {
@@ -228,10 +242,9 @@ impl Counter {
     }
 
     fn grow(&mut self, req: Grow) -> Result<Held, ActorError> {
-        let len = req
-            .mb
-            .checked_mul(1 << 20)
-            .ok_or_else(|| ActorError::invalid_argument(format!("grow: {} MiB is too large", req.mb)))?;
+        let len = req.mb.checked_mul(1 << 20).ok_or_else(|| {
+            ActorError::invalid_argument(format!("grow: {} MiB is too large", req.mb))
+        })?;
         let mut block: Vec<u8> = Vec::new();
         if let Err(e) = block.try_reserve_exact(len) {
             // Trap (through the SDK's panic hook, which logs the cause) so the
@@ -241,7 +254,9 @@ impl Counter {
         block.resize(len, 0xA5);
         self.hog.push(block);
         let held: usize = self.hog.iter().map(Vec::len).sum();
-        Ok(Held { held_mb: (held >> 20) as u64 })
+        Ok(Held {
+            held_mb: (held >> 20) as u64,
+        })
     }
 
     fn echo(&mut self, payload: &[u8]) -> Result<Vec<u8>, ActorError> {
@@ -286,8 +301,14 @@ mod tests {
     #[test]
     fn incr_and_get() {
         let mut c = Counter::default();
-        assert_eq!(call::<Value>(&mut c, "incr", r#"{"by": 5}"#), Value { value: 5 });
-        assert_eq!(call::<Value>(&mut c, "incr", r#"{"by": 2}"#), Value { value: 7 });
+        assert_eq!(
+            call::<Value>(&mut c, "incr", r#"{"by": 5}"#),
+            Value { value: 5 }
+        );
+        assert_eq!(
+            call::<Value>(&mut c, "incr", r#"{"by": 2}"#),
+            Value { value: 7 }
+        );
         assert_eq!(call::<Value>(&mut c, "get", ""), Value { value: 7 });
         assert_eq!(call::<Value>(&mut c, "get", "{}"), Value { value: 7 });
     }
@@ -304,10 +325,13 @@ mod tests {
         assert!(e.message.contains("invalid value"), "{e}");
         let e = c.dispatch("incr", b"").unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
-        c.dispatch("incr", format!("{{\"by\": {}}}", u64::MAX).as_bytes()).unwrap();
+        c.dispatch("incr", format!("{{\"by\": {}}}", u64::MAX).as_bytes())
+            .unwrap();
         let e = c.dispatch("incr", b"{\"by\": 1}").unwrap_err();
         assert_eq!(e.kind, ErrorKind::FailedPrecondition);
-        let e = c.dispatch("call_other", br#"{"type":"a","id":"b","method":"c"}"#).unwrap_err();
+        let e = c
+            .dispatch("call_other", br#"{"type":"a","id":"b","method":"c"}"#)
+            .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unavailable);
     }
 
@@ -315,20 +339,55 @@ mod tests {
     fn map_and_digest() {
         let mut c = Counter::default();
         let s: Sizes = call(&mut c, "put", r#"{"key": "b", "len": 3, "fill": 7}"#);
-        assert_eq!(s, Sizes { entries: 1, bytes: 3 });
+        assert_eq!(
+            s,
+            Sizes {
+                entries: 1,
+                bytes: 3
+            }
+        );
         let s: Sizes = call(&mut c, "put", r#"{"key": "a", "len": 100000, "fill": 1}"#);
-        assert_eq!(s, Sizes { entries: 2, bytes: 100_003 });
+        assert_eq!(
+            s,
+            Sizes {
+                entries: 2,
+                bytes: 100_003
+            }
+        );
         let s: Sizes = call(&mut c, "put", r#"{"key": "b", "len": 1, "fill": 7}"#);
-        assert_eq!(s, Sizes { entries: 2, bytes: 100_001 });
+        assert_eq!(
+            s,
+            Sizes {
+                entries: 2,
+                bytes: 100_001
+            }
+        );
         let d: Digest = call(&mut c, "digest", "");
         let a = vec![1u8; 100_000];
         let expected = digest_of([("b", &[7u8][..]), ("a", &a[..])]);
-        assert_eq!(d, Digest { entries: 2, bytes: 100_001, hash: expected });
+        assert_eq!(
+            d,
+            Digest {
+                entries: 2,
+                bytes: 100_001,
+                hash: expected
+            }
+        );
         let r: Removed = call(&mut c, "remove", r#"{"key": "a"}"#);
-        assert_eq!(r, Removed { removed: true, entries: 1, bytes: 1 });
+        assert_eq!(
+            r,
+            Removed {
+                removed: true,
+                entries: 1,
+                bytes: 1
+            }
+        );
         let r: Removed = call(&mut c, "remove", r#"{"key": "a"}"#);
         assert!(!r.removed);
-        assert_eq!(digest_of([("b", &[7u8][..])]), call::<Digest>(&mut c, "digest", "").hash);
+        assert_eq!(
+            digest_of([("b", &[7u8][..])]),
+            call::<Digest>(&mut c, "digest", "").hash
+        );
     }
 
     #[test]
@@ -336,8 +395,14 @@ mod tests {
         let mut c = Counter::default();
         assert_eq!(c.dispatch("echo", b"\x00\xffabc").unwrap(), b"\x00\xffabc");
         assert_eq!(c.dispatch("echo", b"").unwrap(), b"");
-        assert_eq!(call::<Held>(&mut c, "grow", r#"{"mb": 2}"#), Held { held_mb: 2 });
-        assert_eq!(call::<Held>(&mut c, "grow", r#"{"mb": 1}"#), Held { held_mb: 3 });
+        assert_eq!(
+            call::<Held>(&mut c, "grow", r#"{"mb": 2}"#),
+            Held { held_mb: 2 }
+        );
+        assert_eq!(
+            call::<Held>(&mut c, "grow", r#"{"mb": 1}"#),
+            Held { held_mb: 3 }
+        );
     }
 
     #[test]
