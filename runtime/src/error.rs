@@ -11,9 +11,6 @@ pub enum RuntimeError {
     /// No actor type of that name has been deployed.
     #[error("unknown actor type `{0}`: deploy it first with `tern deploy {0} FILE.wasm`")]
     UnknownType(String),
-    /// The actor answered that it has no such method.
-    #[error("{0}")]
-    UnknownMethod(String),
     /// The request is malformed (bad id, bad JSON, bad component...).
     #[error("{0}")]
     InvalidArgument(String),
@@ -74,9 +71,15 @@ pub enum RuntimeError {
         /// The trap message (with the guest's panic message when known).
         reason: String,
     },
-    /// The actor refused the call (a guest-level error).
-    #[error("{0}")]
-    Refused(String),
+    /// The actor answered with an error of its own; `code` follows the
+    /// guest's error kind.
+    #[error("{message}")]
+    Guest {
+        /// The gRPC code for the guest's error kind.
+        code: tonic::Code,
+        /// The guest's message.
+        message: String,
+    },
     /// A call between actors would form a cycle.
     #[error("call cycle: {0}; actor calls must not re-enter an actor that is waiting on them")]
     CallCycle(String),
@@ -126,7 +129,7 @@ impl RuntimeError {
     pub fn code(&self) -> tonic::Code {
         use tonic::Code;
         match self {
-            RuntimeError::UnknownType(_) | RuntimeError::UnknownMethod(_) => Code::NotFound,
+            RuntimeError::UnknownType(_) => Code::NotFound,
             RuntimeError::InvalidArgument(_) | RuntimeError::ComponentRejected(_) => {
                 Code::InvalidArgument
             }
@@ -135,8 +138,8 @@ impl RuntimeError {
             | RuntimeError::CpuBudget { .. }
             | RuntimeError::MemoryCap { .. } => Code::ResourceExhausted,
             RuntimeError::Trap { .. } => Code::Aborted,
-            RuntimeError::Refused(_)
-            | RuntimeError::CodeMismatch { .. }
+            RuntimeError::Guest { code, .. } => *code,
+            RuntimeError::CodeMismatch { .. }
             | RuntimeError::NotSnapshottable(_)
             | RuntimeError::CallCycle(_) => Code::FailedPrecondition,
             RuntimeError::Superseded { .. }

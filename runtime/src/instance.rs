@@ -143,16 +143,20 @@ fn error_kind(e: &RuntimeError) -> ErrorKind {
     }
 }
 
-/// Maps a guest's own error onto the runtime's.
+/// Maps a guest's own error onto the runtime's, keeping its kind's code.
 pub fn guest_error(e: ActorError) -> RuntimeError {
-    match e.kind {
-        ErrorKind::NotFound => RuntimeError::UnknownMethod(e.message),
-        ErrorKind::InvalidArgument => RuntimeError::InvalidArgument(e.message),
-        ErrorKind::ResourceExhausted | ErrorKind::FailedPrecondition | ErrorKind::Internal => {
-            RuntimeError::Refused(e.message)
-        }
-        ErrorKind::Unavailable => RuntimeError::Transport(e.message),
-        ErrorKind::Aborted => RuntimeError::Refused(e.message),
+    let code = match e.kind {
+        ErrorKind::NotFound => tonic::Code::NotFound,
+        ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
+        ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
+        ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
+        ErrorKind::Unavailable => tonic::Code::Unavailable,
+        ErrorKind::Aborted => tonic::Code::Aborted,
+        ErrorKind::Internal => tonic::Code::Internal,
+    };
+    RuntimeError::Guest {
+        code,
+        message: e.message,
     }
 }
 

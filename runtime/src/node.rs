@@ -405,10 +405,7 @@ impl Node {
             let msg = if closing {
                 rx.try_recv().ok()
             } else {
-                match tokio::time::timeout(idle, rx.recv()).await {
-                    Ok(m) => m,
-                    Err(_) => None,
-                }
+                tokio::time::timeout(idle, rx.recv()).await.ok().flatten()
             };
             let Some(msg) = msg else {
                 if closing {

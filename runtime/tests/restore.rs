@@ -12,9 +12,17 @@ use tern_storage::Store;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Put { key: u8, len: usize, fill: u8 },
-    Remove { key: u8 },
-    Incr { by: u8 },
+    Put {
+        key: u8,
+        len: usize,
+        fill: u8,
+    },
+    Remove {
+        key: u8,
+    },
+    Incr {
+        by: u8,
+    },
     /// Evict the interrupted actor (persist, release, drop the instance).
     Evict,
 }
@@ -31,9 +39,15 @@ fn op() -> impl Strategy<Value = Op> {
 async fn apply(node: &tern_runtime::Node, ty: &str, id: &str, op: &Op) {
     match op {
         Op::Put { key, len, fill } => {
-            call(node, ty, id, "put", json!({"key": format!("k{key}"), "len": len, "fill": fill}))
-                .await
-                .unwrap();
+            call(
+                node,
+                ty,
+                id,
+                "put",
+                json!({"key": format!("k{key}"), "len": len, "fill": fill}),
+            )
+            .await
+            .unwrap();
         }
         Op::Remove { key } => {
             call(node, ty, id, "remove", json!({"key": format!("k{key}")}))
@@ -68,8 +82,12 @@ fn check(ops: Vec<Op>, durability: Durability, case: u64) {
         }
         // One last eviction so the final state is read back from the store.
         node.evict("counter", &bumpy).await;
-        let a = call(&node, "counter", &steady, "digest", json!(null)).await.unwrap();
-        let b = call(&node, "counter", &bumpy, "digest", json!(null)).await.unwrap();
+        let a = call(&node, "counter", &steady, "digest", json!(null))
+            .await
+            .unwrap();
+        let b = call(&node, "counter", &bumpy, "digest", json!(null))
+            .await
+            .unwrap();
         assert_eq!(a, b, "observable state differs");
         let ma = node.memory_images("counter", &steady).await.unwrap();
         let mb = node.memory_images("counter", &bumpy).await.unwrap();

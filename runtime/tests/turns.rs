@@ -15,22 +15,36 @@ fn limits() -> Limits {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trap_rolls_back_turn() {
     let node = node_with_counter(Store::memory(), "counter", Durability::Turn, limits());
-    call(&node, "counter", "t", "incr", json!({"by": 5})).await.unwrap();
+    call(&node, "counter", "t", "incr", json!({"by": 5}))
+        .await
+        .unwrap();
     let err = call(&node, "counter", "t", "incr_then_panic", json!({"by": 10}))
         .await
         .unwrap_err();
     assert!(matches!(err, RuntimeError::Trap { .. }), "{err:?}");
     assert_eq!(err.code(), tonic::Code::Aborted);
     assert!(err.to_string().contains("rolled back"), "{err}");
-    assert_eq!(value(&node, "counter", "t").await, 5, "the trapped turn's change was kept");
-    call(&node, "counter", "t", "incr", json!({"by": 1})).await.unwrap();
-    assert_eq!(value(&node, "counter", "t").await, 6, "the actor is usable after a trap");
+    assert_eq!(
+        value(&node, "counter", "t").await,
+        5,
+        "the trapped turn's change was kept"
+    );
+    call(&node, "counter", "t", "incr", json!({"by": 1}))
+        .await
+        .unwrap();
+    assert_eq!(
+        value(&node, "counter", "t").await,
+        6,
+        "the actor is usable after a trap"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trap_rolls_back_turn_in_idle_durability() {
     let node = node_with_counter(Store::memory(), "counter", Durability::Idle, limits());
-    call(&node, "counter", "t", "incr", json!({"by": 2})).await.unwrap();
+    call(&node, "counter", "t", "incr", json!({"by": 2}))
+        .await
+        .unwrap();
     let err = call(&node, "counter", "t", "incr_then_panic", json!({"by": 10}))
         .await
         .unwrap_err();
@@ -45,13 +59,23 @@ async fn runaway_loop_hits_cpu_budget() {
         ..limits()
     };
     let node = node_with_counter(Store::memory(), "counter", Durability::Turn, l);
-    call(&node, "counter", "r", "incr", json!({"by": 3})).await.unwrap();
-    let err = call(&node, "counter", "r", "spin", json!(null)).await.unwrap_err();
+    call(&node, "counter", "r", "incr", json!({"by": 3}))
+        .await
+        .unwrap();
+    let err = call(&node, "counter", "r", "spin", json!(null))
+        .await
+        .unwrap_err();
     assert!(matches!(err, RuntimeError::CpuBudget { .. }), "{err:?}");
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     assert!(err.to_string().contains("turn_cpu_ms_max = 20 ms"), "{err}");
-    assert_eq!(value(&node, "counter", "r").await, 3, "spin's increment was kept");
-    call(&node, "counter", "r", "incr", json!({"by": 1})).await.unwrap();
+    assert_eq!(
+        value(&node, "counter", "r").await,
+        3,
+        "spin's increment was kept"
+    );
+    call(&node, "counter", "r", "incr", json!({"by": 1}))
+        .await
+        .unwrap();
     assert_eq!(value(&node, "counter", "r").await, 4);
 }
 
@@ -62,15 +86,26 @@ async fn memory_bomb_hits_cap() {
         ..limits()
     };
     let node = node_with_counter(Store::memory(), "counter", Durability::Turn, l);
-    call(&node, "counter", "m", "incr", json!({"by": 7})).await.unwrap();
-    call(&node, "counter", "m", "grow", json!({"mb": 2})).await.unwrap();
-    let err = call(&node, "counter", "m", "grow", json!({"mb": 64})).await.unwrap_err();
+    call(&node, "counter", "m", "incr", json!({"by": 7}))
+        .await
+        .unwrap();
+    call(&node, "counter", "m", "grow", json!({"mb": 2}))
+        .await
+        .unwrap();
+    let err = call(&node, "counter", "m", "grow", json!({"mb": 64}))
+        .await
+        .unwrap_err();
     assert!(matches!(err, RuntimeError::MemoryCap { .. }), "{err:?}");
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-    assert!(err.to_string().contains("memory_bytes_max = 8388608"), "{err}");
+    assert!(
+        err.to_string().contains("memory_bytes_max = 8388608"),
+        "{err}"
+    );
     assert_eq!(value(&node, "counter", "m").await, 7);
     // The memory it held before the bomb is still there.
-    let held = call(&node, "counter", "m", "grow", json!({"mb": 1})).await.unwrap();
+    let held = call(&node, "counter", "m", "grow", json!({"mb": 1}))
+        .await
+        .unwrap();
     assert_eq!(held["held_mb"], 3, "{held}");
 }
 
@@ -78,8 +113,16 @@ async fn memory_bomb_hits_cap() {
 async fn malformed_component_rejected() {
     let node = tern_runtime::Node::new("test-pop", Store::memory(), engine());
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("garbage", b"definitely not wasm".to_vec(), "not a WebAssembly binary"),
-        ("core module", b"\0asm\x01\0\0\0".to_vec(), "core WebAssembly module, not a component"),
+        (
+            "garbage",
+            b"definitely not wasm".to_vec(),
+            "not a WebAssembly binary",
+        ),
+        (
+            "core module",
+            b"\0asm\x01\0\0\0".to_vec(),
+            "core WebAssembly module, not a component",
+        ),
         (
             "truncated component",
             counter_wasm()[..counter_wasm().len() / 2].to_vec(),
@@ -94,7 +137,9 @@ async fn malformed_component_rejected() {
         assert!(err.to_string().contains(needle), "{what}: {err}");
     }
     // Nothing was stored: the type stays unknown.
-    let err = call(&node, "bad", "x", "get", json!(null)).await.unwrap_err();
+    let err = call(&node, "bad", "x", "get", json!(null))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
 }
 
@@ -114,9 +159,15 @@ async fn oversized_payload_rejected() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, RuntimeError::PayloadTooLarge { .. }), "{err:?}");
+    assert!(
+        matches!(err, RuntimeError::PayloadTooLarge { .. }),
+        "{err:?}"
+    );
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-    assert!(err.to_string().contains("payload_bytes_max = 1024"), "{err}");
+    assert!(
+        err.to_string().contains("payload_bytes_max = 1024"),
+        "{err}"
+    );
     let ok = node
         .call(CallRequest {
             actor_type: "counter".into(),
@@ -137,7 +188,9 @@ async fn unknown_method_is_not_found() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
     assert!(err.to_string().contains("no_such_method"), "{err}");
-    let err = call(&node, "nosuchtype", "u", "get", json!(null)).await.unwrap_err();
+    let err = call(&node, "nosuchtype", "u", "get", json!(null))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
     assert!(err.to_string().contains("tern deploy nosuchtype"), "{err}");
     let err = call(&node, "counter", "u", "incr", json!({"by": "three"}))
@@ -150,7 +203,9 @@ async fn unknown_method_is_not_found() {
 async fn corrupted_snapshot_detected() {
     let store = Store::memory();
     let node = node_with_counter(store.clone(), "counter", Durability::Turn, limits());
-    call(&node, "counter", "c", "incr", json!({"by": 41})).await.unwrap();
+    call(&node, "counter", "c", "incr", json!({"by": 41}))
+        .await
+        .unwrap();
     assert!(node.evict("counter", "c").await);
     // Flip one byte in every stored page image of the actor.
     let prefix = tern_storage::keys::page_prefix("counter/c");
@@ -168,7 +223,9 @@ async fn corrupted_snapshot_detected() {
         })
         .unwrap();
     assert!(flipped > 0, "no page was stored");
-    let err = call(&node, "counter", "c", "get", json!(null)).await.unwrap_err();
+    let err = call(&node, "counter", "c", "get", json!(null))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::DataLoss, "{err}");
     assert!(err.to_string().contains("corrupt"), "{err}");
 }
@@ -177,7 +234,9 @@ async fn corrupted_snapshot_detected() {
 async fn stale_epoch_commit_refused() {
     let store = Store::memory();
     let node = node_with_counter(store.clone(), "counter", Durability::Turn, limits());
-    call(&node, "counter", "z", "incr", json!({"by": 1})).await.unwrap();
+    call(&node, "counter", "z", "incr", json!({"by": 1}))
+        .await
+        .unwrap();
     // Another POP takes the actor over (as after a lease lapse).
     let rec = store
         .claim("counter/z", "other-pop", 0, &|_| true)
@@ -200,13 +259,19 @@ async fn stale_epoch_commit_refused() {
 async fn commit_writes_only_dirty_pages() {
     let store = Store::memory();
     let node = node_with_counter(store.clone(), "counter", Durability::Turn, limits());
-    call(&node, "counter", "d", "grow", json!({"mb": 4})).await.unwrap();
-    call(&node, "counter", "d", "incr", json!({"by": 1})).await.unwrap();
+    call(&node, "counter", "d", "grow", json!({"mb": 4}))
+        .await
+        .unwrap();
+    call(&node, "counter", "d", "incr", json!({"by": 1}))
+        .await
+        .unwrap();
     let images = node.memory_images("counter", "d").await.unwrap();
     let mem_bytes: usize = images.iter().map(Vec::len).sum();
     assert!(mem_bytes >= 4 << 20, "memory is only {mem_bytes} bytes");
     let before = store.stats();
-    call(&node, "counter", "d", "incr", json!({"by": 1})).await.unwrap();
+    call(&node, "counter", "d", "incr", json!({"by": 1}))
+        .await
+        .unwrap();
     let written = store.stats().since(&before).bytes_written;
     eprintln!("one incr on a {mem_bytes}-byte memory wrote {written} bytes");
     let page = tern_storage::PAGE_SIZE as u64;

@@ -10,7 +10,10 @@ use tern_storage::Store;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The counter example, built once per test binary.
@@ -26,7 +29,9 @@ pub fn counter_wasm() -> &'static [u8] {
 /// One engine per test binary (it owns a ticker thread).
 pub fn engine() -> TernEngine {
     static ENGINE: OnceLock<TernEngine> = OnceLock::new();
-    ENGINE.get_or_init(|| TernEngine::new().expect("engine")).clone()
+    ENGINE
+        .get_or_init(|| TernEngine::new().expect("engine"))
+        .clone()
 }
 
 /// A node over `store` with `counter` deployed as type `ty`.
@@ -63,7 +68,9 @@ pub async fn call(
 
 /// The counter's value.
 pub async fn value(node: &Node, ty: &str, id: &str) -> u64 {
-    call(node, ty, id, "get", serde_json::Value::Null).await.expect("get")["value"]
+    call(node, ty, id, "get", serde_json::Value::Null)
+        .await
+        .expect("get")["value"]
         .as_u64()
         .expect("value is a number")
 }

@@ -1,0 +1,222 @@
+//! Core benchmarks, each reported as a ratio against a baseline measured in
+//! the same run (see BENCHMARKS.md):
+//!
+//! 1. warm in-process calls through the node (mailbox, turn, dirty-page scan)
+//!    against calling the same export directly through wasmtime;
+//! 2. cold activation from the embedded store (sqlite) of 128 KiB, 1 MiB and
+//!    16 MiB actors against a fresh instantiation plus a memcpy of the same
+//!    bytes;
+//! 3. durable turns per second on sqlite (`turn` durability, group commit)
+//!    against non-durable (`idle`) turns.
+//!
+//! Run: `cargo bench -p tern-runtime --bench core`. Counts are bounded; the
+//! whole run takes about a minute.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tern_runtime::config::{Durability, Limits};
+use tern_runtime::instance::{ActorCaller, ActorInstance, InstanceParams};
+use tern_runtime::{CallRequest, Node, TernEngine};
+use tern_storage::Store;
+
+const WARM_CALLS: usize = 200_000;
+const DIRECT_CALLS: usize = 200_000;
+const COLD_ROUNDS: usize = 30;
+const TURN_ACTORS: usize = 64;
+const TURNS_PER_ACTOR: usize = 200;
+
+struct NoCalls;
+impl ActorCaller for NoCalls {
+    fn call_blocking(
+        &self,
+        _: &[String],
+        _: &str,
+        _: &str,
+        _: &str,
+        _: Vec<u8>,
+    ) -> tern_runtime::Result<Vec<u8>> {
+        Err(tern_runtime::RuntimeError::InvalidArgument(
+            "no calls in benches".into(),
+        ))
+    }
+}
+
+fn req(id: &str, method: &str, payload: &str) -> CallRequest {
+    CallRequest {
+        actor_type: "counter".into(),
+        id: id.into(),
+        method: method.into(),
+        payload: payload.as_bytes().to_vec(),
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let wasm_path = tern_runtime::build::build_guest(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/counter"),
+        true,
+    )
+    .expect("build counter");
+    let wasm = std::fs::read(wasm_path).unwrap();
+    let engine = TernEngine::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _guard = rt.enter();
+
+    println!("| benchmark | tern | baseline | ratio |");
+    println!("|---|---|---|---|");
+
+    // 1. Warm calls.
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&wasm));
+    let prep = engine.prepare(&digest, &wasm).unwrap();
+    let params = InstanceParams {
+        actor_type: "counter".into(),
+        actor_id: "direct".into(),
+        limits: Limits::default(),
+        caller: Arc::new(NoCalls),
+    };
+    let mut inst = ActorInstance::new(engine.engine(), &prep, &params, &[]).unwrap();
+    let t = Instant::now();
+    for _ in 0..DIRECT_CALLS {
+        inst.call(Vec::new(), "get", b"", &params.limits)
+            .unwrap()
+            .unwrap();
+    }
+    let direct = DIRECT_CALLS as f64 / t.elapsed().as_secs_f64();
+
+    let store = Store::open(&format!("sqlite:{}", dir.path().join("warm.db").display())).unwrap();
+    let node = Node::new("bench", store, engine.clone());
+    node.deploy("counter", &wasm, Durability::Idle, Limits::default(), false)
+        .unwrap();
+    let warm = rt.block_on(async {
+        // Callers spread over a few actors, as a POP would see.
+        let callers = 8;
+        for c in 0..callers {
+            node.call(req(&format!("w{c}"), "get", "")).await.unwrap();
+        }
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..callers {
+            let node = node.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = format!("w{c}");
+                for _ in 0..WARM_CALLS / callers {
+                    node.call(req(&id, "get", "")).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        WARM_CALLS as f64 / t.elapsed().as_secs_f64()
+    });
+    println!(
+        "| warm in-process calls/s (8 actors, idle durability) vs direct wasmtime calls/s | {warm:.0} | {direct:.0} | {:.2} |",
+        warm / direct
+    );
+
+    // 2. Cold activation from sqlite.
+    for (label, mb) in [("128 KiB", 0u64), ("1 MiB", 1), ("16 MiB", 16)] {
+        let store = Store::open(&format!(
+            "sqlite:{}",
+            dir.path().join(format!("cold{mb}.db")).display()
+        ))
+        .unwrap();
+        let node = Node::new("bench", store, engine.clone());
+        node.deploy("counter", &wasm, Durability::Turn, Limits::default(), false)
+            .unwrap();
+        let (cold, mem_bytes) = rt.block_on(async {
+            let id = "cold";
+            if mb > 0 {
+                node.call(req(id, "grow", &format!("{{\"mb\": {mb}}}")))
+                    .await
+                    .unwrap();
+            } else {
+                node.call(req(id, "get", "")).await.unwrap();
+            }
+            let images = node.memory_images("counter", id).await.unwrap();
+            let mem_bytes: usize = images.iter().map(Vec::len).sum();
+            let mut total = Duration::ZERO;
+            for _ in 0..COLD_ROUNDS {
+                node.evict("counter", id).await;
+                let t = Instant::now();
+                node.call(req(id, "get", "")).await.unwrap();
+                total += t.elapsed();
+            }
+            (total / COLD_ROUNDS as u32, mem_bytes)
+        });
+        // Baseline: a fresh instantiation at the same size, a memcpy of the
+        // same bytes, and the same call.
+        let images = rt.block_on(node.memory_images("counter", "cold")).unwrap();
+        let lens: Vec<usize> = images.iter().map(Vec::len).collect();
+        let mut floor = Duration::ZERO;
+        for _ in 0..COLD_ROUNDS {
+            let t = Instant::now();
+            let mut inst = ActorInstance::new(engine.engine(), &prep, &params, &lens).unwrap();
+            inst.write_memories(&images).unwrap();
+            inst.call(Vec::new(), "get", b"", &params.limits)
+                .unwrap()
+                .unwrap();
+            floor += t.elapsed();
+            drop(inst);
+        }
+        let floor = floor / COLD_ROUNDS as u32;
+        println!(
+            "| cold activation from sqlite, {label} actor ({:.2} MiB memory) | {:.3} ms | {:.3} ms | {:.2} |",
+            mem_bytes as f64 / (1 << 20) as f64,
+            cold.as_secs_f64() * 1e3,
+            floor.as_secs_f64() * 1e3,
+            cold.as_secs_f64() / floor.as_secs_f64()
+        );
+    }
+
+    // 3. Durable vs non-durable turns on sqlite.
+    let mut rates = Vec::new();
+    for durability in [Durability::Turn, Durability::Idle] {
+        let store = Store::open(&format!(
+            "sqlite:{}",
+            dir.path()
+                .join(format!("turns-{durability:?}.db"))
+                .display()
+        ))
+        .unwrap();
+        let node = Node::new("bench", store.clone(), engine.clone());
+        node.deploy("counter", &wasm, durability, Limits::default(), false)
+            .unwrap();
+        let rate = rt.block_on(async {
+            for a in 0..TURN_ACTORS {
+                node.call(req(&format!("t{a}"), "incr", "{\"by\": 1}"))
+                    .await
+                    .unwrap();
+            }
+            let t = Instant::now();
+            let mut tasks = Vec::new();
+            for a in 0..TURN_ACTORS {
+                let node = node.clone();
+                tasks.push(tokio::spawn(async move {
+                    let id = format!("t{a}");
+                    for _ in 0..TURNS_PER_ACTOR {
+                        node.call(req(&id, "incr", "{\"by\": 1}")).await.unwrap();
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            (TURN_ACTORS * TURNS_PER_ACTOR) as f64 / t.elapsed().as_secs_f64()
+        });
+        rates.push(rate);
+        rt.block_on(node.shutdown());
+    }
+    println!(
+        "| durable turns/s on sqlite ({TURN_ACTORS} actors, group commit) vs non-durable | {:.0} | {:.0} | {:.2} |",
+        rates[0],
+        rates[1],
+        rates[0] / rates[1]
+    );
+}
