@@ -1,22 +1,52 @@
-//! tern's activation directory.
+//! # tern-directory
 //!
-//! It owns the rules for who may run an actor: claims with epochs, lookups
-//! and releases. Every decision is one storage transaction, so the store's
-//! fencing check (a snapshot commit must carry the current epoch) is the
-//! safety net and this crate only decides liveness.
+//! tern's activation directory: who may run which actor, and which POPs are
+//! alive.
 //!
-//! It must not know wire types (a gRPC front end lives with the service) nor
-//! any database (it talks to `tern-storage`'s record layer).
+//! ## What this crate owns
+//! - The rules for claims: every claim is one storage transaction that
+//!   gives the actor epoch + 1; a claim is refused while a *live* POP holds
+//!   the actor; a release with a stale epoch is refused (fenced).
+//! - POP membership: registration (each one a new incarnation, which voids
+//!   every activation the POP name held), leases renewed by heartbeats, and
+//!   liveness (`now <= lease_until_ms` of the current incarnation).
+//! - Migration records, for `tern status`.
+//! - Two front ends over the same store: the in-process [`Directory`] used
+//!   by a single-POP runtime, and the gRPC `DirectoryService` in
+//!   [`server`] (`tern directory`), with a watch stream of activation
+//!   changes so POPs can drop cached lookups.
 //!
-//! Invariants:
-//! - every successful claim returns an epoch one higher than the last one;
-//! - a claim is refused while another POP holds the actor, unless the holder
-//!   is an earlier incarnation of the claiming POP itself;
-//! - a release with a stale epoch changes nothing.
+//! ## What it must not know
+//! No database: all state lives in `tern-storage`'s record layer ([`Store`]),
+//! so restarting the directory loses nothing and the same code runs on
+//! sqlite or FoundationDB. No wire types outside [`server`]: protobuf
+//! messages are converted at the tonic edge. Nothing about wasm or the
+//! runtime.
+//!
+//! ## Invariants
+//! 1. Every granted claim returns an epoch one higher than the last one, and
+//!    the store refuses snapshot commits with any other epoch (fencing). The
+//!    directory decides only liveness; safety is the store's fence.
+//! 2. A claim is refused while another POP holds the actor and that POP's
+//!    lease is current. A holder that is the claiming POP itself, unknown,
+//!    or whose lease lapsed is taken over.
+//! 3. A lease never comes back: once `now > lease_until_ms`, heartbeats of
+//!    that incarnation answer `alive = false` and renew nothing; the POP must
+//!    register again (a new incarnation). This monotonicity is what lets a
+//!    claim read the holder's liveness outside the claim transaction.
+//! 4. Registering voids every activation held by that POP name (each
+//!    released at its current epoch), before the new incarnation can claim.
+//! 5. Only a registered, alive incarnation may claim (service only).
+//! 6. A release with a stale epoch changes nothing.
+
+pub mod server;
 
 use tern_storage::{ActivationRecord, StorageError, Store};
 
-/// Errors of the directory.
+pub use server::{DirectoryConfig, serve, service};
+
+/// Errors of the directory. [`server`] maps each one to a gRPC code by
+/// what the caller should do next (see [`server::grpc_code`]).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DirectoryError {
     /// Another POP holds the actor.
@@ -32,6 +62,84 @@ pub enum DirectoryError {
     /// The store failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The caller's POP incarnation is not alive: its lease lapsed, or a
+    /// newer incarnation registered.
+    #[error(
+        "POP `{pop}` incarnation {incarnation} is not alive ({why}); drop its activations and register again"
+    )]
+    LeaseLapsed {
+        /// The POP.
+        pop: String,
+        /// The incarnation the caller presented.
+        incarnation: u64,
+        /// What the directory saw.
+        why: String,
+    },
+    /// The POP never registered (or its record was removed).
+    #[error("POP `{pop}` is not registered; register before claiming")]
+    UnknownPop {
+        /// The POP.
+        pop: String,
+    },
+    /// A release (or other epoch-checked change) with a stale epoch.
+    #[error(
+        "actor {actor}: epoch {epoch_given} is fenced (current epoch {epoch_current}); this activation is stale, drop it"
+    )]
+    Fenced {
+        /// The actor.
+        actor: String,
+        /// The epoch presented.
+        epoch_given: u64,
+        /// The current epoch (0: never claimed).
+        epoch_current: u64,
+    },
+    /// A malformed request (empty name, bad endpoint...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The holder of an actor kept changing while a claim was decided.
+    #[error("actor {actor}: its holder changed {attempts} times during the claim; retry")]
+    Contended {
+        /// The actor.
+        actor: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The server could not bind, serve, or run a blocking task.
+    #[error("directory server: {0}")]
+    Server(String),
+}
+
+impl DirectoryError {
+    /// Converts a storage error, turning its fence into [`DirectoryError::Fenced`].
+    pub fn from_storage(e: StorageError) -> DirectoryError {
+        match e {
+            StorageError::Fenced {
+                actor,
+                epoch_given,
+                epoch_current,
+            } => DirectoryError::Fenced {
+                actor,
+                epoch_given,
+                epoch_current,
+            },
+            StorageError::HeldElsewhere { actor, pop, epoch } => {
+                DirectoryError::HeldElsewhere { actor, pop, epoch }
+            }
+            StorageError::InvalidArgument(m) => DirectoryError::InvalidArgument(m),
+            e => DirectoryError::Storage(e),
+        }
+    }
+
+    /// Whether the same request may succeed if simply retried later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            DirectoryError::Storage(e) => {
+                e.is_retryable() || matches!(e, StorageError::RetriesExhausted { .. })
+            }
+            DirectoryError::Contended { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// A granted claim.
