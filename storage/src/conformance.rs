@@ -1,6 +1,10 @@
 //! The storage conformance suite, written once and instantiated per backend:
-//! `conformance::memory::<case>`, `conformance::sqlite::<case>`, and (once
-//! the `fdb` feature exists) `conformance::fdb::<case>`.
+//! `conformance::memory::<case>`, `conformance::sqlite::<case>`, and, in
+//! builds with the `fdb` feature, `conformance::fdb::<case>`, which runs
+//! against the cluster named by `FDB_CLUSTER_FILE` (each test under its own
+//! random key prefix, cleared before and after) and prints a skip line when
+//! that variable is unset. Without the feature, `conformance::fdb::skipped_reason`
+//! prints why the FoundationDB run did not happen.
 
 use std::sync::{Arc, Barrier};
 
@@ -12,6 +16,8 @@ use crate::*;
 pub(crate) struct Harness {
     pub store: Store,
     _dir: Option<tempfile::TempDir>,
+    #[cfg(feature = "fdb")]
+    _fdb: Option<FdbCleanup>,
 }
 
 impl std::ops::Deref for Harness {
@@ -25,6 +31,8 @@ pub(crate) fn memory() -> Harness {
     Harness {
         store: Store::memory(),
         _dir: None,
+        #[cfg(feature = "fdb")]
+        _fdb: None,
     }
 }
 
@@ -34,7 +42,54 @@ pub(crate) fn sqlite() -> Harness {
     Harness {
         store: Store::open(&url).expect("open sqlite"),
         _dir: Some(dir),
+        #[cfg(feature = "fdb")]
+        _fdb: None,
     }
+}
+
+/// Clears an FDB test's private key range when the test ends.
+#[cfg(feature = "fdb")]
+pub(crate) struct FdbCleanup(Arc<crate::kv::fdb::FdbBackend>);
+
+#[cfg(feature = "fdb")]
+impl Drop for FdbCleanup {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.clear_own_prefix() {
+            eprintln!("conformance::fdb: could not clear the test's key range: {e}");
+        }
+    }
+}
+
+/// A store on the FoundationDB cluster named by `FDB_CLUSTER_FILE`, under a
+/// fresh random prefix (so runs against a shared cluster never collide), or
+/// `None` after printing a visible skip line when the variable is unset.
+#[cfg(feature = "fdb")]
+pub(crate) fn fdb(test: &str) -> Option<Harness> {
+    let Some(cluster) = std::env::var_os("FDB_CLUSTER_FILE").filter(|v| !v.is_empty()) else {
+        println!("conformance::fdb::{test} skipped: FDB_CLUSTER_FILE is not set");
+        eprintln!("conformance::fdb::{test} skipped: FDB_CLUSTER_FILE is not set");
+        return None;
+    };
+    let mut prefix = Vec::new();
+    crate::tuple::pack_into(
+        &mut prefix,
+        &[
+            crate::tuple::Elem::Str("tern_conformance"),
+            crate::tuple::Elem::Int(crate::random_u64()),
+        ],
+    );
+    let backend =
+        crate::kv::fdb::FdbBackend::open_with_prefix(std::path::Path::new(&cluster), prefix)
+            .expect("open the FoundationDB cluster named by FDB_CLUSTER_FILE");
+    let backend = Arc::new(backend);
+    backend
+        .clear_own_prefix()
+        .expect("clear the test's key range");
+    Some(Harness {
+        store: Store::from_kv(Kv::new(backend.clone()), None),
+        _dir: None,
+        _fdb: Some(FdbCleanup(backend)),
+    })
 }
 
 // ------------------------------------------------------------- helpers
@@ -937,73 +992,115 @@ pub(crate) fn gc_removes_unreferenced_pages_and_orphaned_stages(h: &Harness) {
     );
 }
 
-/// Instantiates the suite for one backend.
+/// Instantiates the suite for one backend: `$open` is an expression of type
+/// `Option<Harness>` (`None` skips the test, after the opener printed why);
+/// inside it, `test` is the case's name.
 macro_rules! conformance_suite {
-    ($backend:ident) => {
+    ($backend:ident, |$test:ident| $open:expr) => {
         mod $backend {
+            fn run(name: &str, case: fn(&super::Harness)) {
+                let $test = name;
+                let harness: Option<super::Harness> = $open;
+                if let Some(h) = harness {
+                    case(&h);
+                }
+            }
             #[test]
             fn range_reads_ordered_reverse_limited() {
-                super::range_reads_ordered_reverse_limited(&super::$backend());
+                run(
+                    "range_reads_ordered_reverse_limited",
+                    super::range_reads_ordered_reverse_limited,
+                );
             }
             #[test]
             fn read_your_writes() {
-                super::read_your_writes(&super::$backend());
+                run("read_your_writes", super::read_your_writes);
             }
             #[test]
             fn conflicting_read_modify_write_no_lost_update() {
-                super::conflicting_read_modify_write_no_lost_update(&super::$backend());
+                run(
+                    "conflicting_read_modify_write_no_lost_update",
+                    super::conflicting_read_modify_write_no_lost_update,
+                );
             }
             #[test]
             fn limits_enforced() {
-                super::limits_enforced(&super::$backend());
+                run("limits_enforced", super::limits_enforced);
             }
             #[test]
             fn stale_epoch_commit_refused() {
-                super::stale_epoch_commit_refused(&super::$backend());
+                run(
+                    "stale_epoch_commit_refused",
+                    super::stale_epoch_commit_refused,
+                );
             }
             #[test]
             fn claim_release_epochs() {
-                super::claim_release_epochs(&super::$backend());
+                run("claim_release_epochs", super::claim_release_epochs);
             }
             #[test]
             fn types_and_pops_roundtrip() {
-                super::types_and_pops_roundtrip(&super::$backend());
+                run("types_and_pops_roundtrip", super::types_and_pops_roundtrip);
             }
             #[test]
             fn value_over_100kb_split_and_reassembled() {
-                super::value_over_100kb_split_and_reassembled(&super::$backend());
+                run(
+                    "value_over_100kb_split_and_reassembled",
+                    super::value_over_100kb_split_and_reassembled,
+                );
             }
             #[test]
             fn snapshot_over_10mb_staged_then_small_manifest() {
-                super::snapshot_over_10mb_staged_then_small_manifest(&super::$backend());
+                run(
+                    "snapshot_over_10mb_staged_then_small_manifest",
+                    super::snapshot_over_10mb_staged_then_small_manifest,
+                );
             }
             #[test]
             fn commit_writes_only_dirty_pages() {
-                super::commit_writes_only_dirty_pages(&super::$backend());
+                run(
+                    "commit_writes_only_dirty_pages",
+                    super::commit_writes_only_dirty_pages,
+                );
             }
             #[test]
             fn snapshot_roundtrip_multi_memory_and_extras() {
-                super::snapshot_roundtrip_multi_memory_and_extras(&super::$backend());
+                run(
+                    "snapshot_roundtrip_multi_memory_and_extras",
+                    super::snapshot_roundtrip_multi_memory_and_extras,
+                );
             }
             #[test]
             fn commit_batch_fences_each_request_alone() {
-                super::commit_batch_fences_each_request_alone(&super::$backend());
+                run(
+                    "commit_batch_fences_each_request_alone",
+                    super::commit_batch_fences_each_request_alone,
+                );
             }
             #[test]
             fn corrupted_snapshot_detected() {
-                super::corrupted_snapshot_detected(&super::$backend());
+                run(
+                    "corrupted_snapshot_detected",
+                    super::corrupted_snapshot_detected,
+                );
             }
             #[test]
             fn gc_removes_unreferenced_pages_and_orphaned_stages() {
-                super::gc_removes_unreferenced_pages_and_orphaned_stages(&super::$backend());
+                run(
+                    "gc_removes_unreferenced_pages_and_orphaned_stages",
+                    super::gc_removes_unreferenced_pages_and_orphaned_stages,
+                );
             }
         }
     };
 }
 
-conformance_suite!(memory);
-conformance_suite!(sqlite);
+conformance_suite!(memory, |_test| Some(super::memory()));
+conformance_suite!(sqlite, |_test| Some(super::sqlite()));
+#[cfg(feature = "fdb")]
+conformance_suite!(fdb, |test| super::fdb(test));
 
+#[cfg(not(feature = "fdb"))]
 mod fdb {
     /// The suite runs against FoundationDB only in builds with the `fdb`
     /// feature and `FDB_CLUSTER_FILE` set. This test says so visibly.
@@ -1011,7 +1108,7 @@ mod fdb {
     fn skipped_reason() {
         let cluster = std::env::var("FDB_CLUSTER_FILE").ok();
         println!(
-            "conformance::fdb skipped: built without the fdb feature (FDB_CLUSTER_FILE={})",
+            "conformance::fdb skipped: built without the fdb feature (FDB_CLUSTER_FILE={}); run `cargo test -p tern-storage --features fdb -- conformance::fdb` on a machine with libfdb_c and a cluster",
             cluster.as_deref().unwrap_or("<unset>")
         );
         eprintln!("conformance::fdb skipped: built without the fdb feature");

@@ -7,9 +7,9 @@
 //! ## What this crate owns
 //! - The [`kv::KvBackend`] trait and its backends: `memory` (in-process,
 //!   multi-version, optimistic conflicts, fault injection), `sqlite` (the
-//!   embedded default, one file shared by the processes of a host), and a
-//!   reserved spot for `fdb` (`Store::open("fdb:CLUSTER_FILE")`, a later
-//!   cargo feature).
+//!   embedded default, one file shared by the processes of a host), and
+//!   `fdb` (FoundationDB, `Store::open("fdb:CLUSTER_FILE")`, behind the
+//!   cargo feature `fdb`; see `docs/foundationdb.md`).
 //! - FoundationDB's limits, enforced in every backend: keys up to 10 kB,
 //!   values up to 100 kB, transactions up to 10 MB of mutations, 5 s.
 //! - The key layout (see [`keys`]) and the stored formats: rkyv archives in
@@ -51,14 +51,16 @@
 //! 6. **Everything has a limit**: retries (`retries_max`), value, key and
 //!    transaction sizes, staging and GC batch sizes are named constants.
 
-#![forbid(unsafe_code)]
+// The only unsafe code is in the `fdb` backend (booting FoundationDB's
+// network thread once per process); without that feature none is allowed.
+#![cfg_attr(not(feature = "fdb"), forbid(unsafe_code))]
+#![cfg_attr(feature = "fdb", deny(unsafe_code))]
 #![warn(missing_docs)]
 
 mod codec;
 mod error;
 pub mod keys;
 pub mod kv;
-mod migrations;
 mod store;
 pub mod tuple;
 
@@ -70,7 +72,6 @@ mod tests;
 pub use error::StorageError;
 pub use kv::memory::{Fault, FaultInjector};
 pub use kv::{Kv, Stats, Transaction};
-pub use migrations::{MIGRATIONS_LIST_MAX, MigrationRecord};
 pub use store::{
     ActivationRecord, CommitRequest, EXTRA_BYTES_MAX, GcStats, LoadedSnapshot, MemoryDelta,
     PAGE_SIZE, PopRecord, STAGE_TXN_BYTES_MAX, SnapshotMeta, Store, TypeRecord, VALUE_CHUNK_BYTES,

@@ -278,8 +278,10 @@ fn pages_for(len_bytes: u64) -> usize {
 
 impl Store {
     /// Opens a store by URL: `memory` or `memory:` (a new, private in-process
-    /// store), or `sqlite:PATH` (a file shared by every process that opens
-    /// it; parent directories are created).
+    /// store), `sqlite:PATH` (a file shared by every process that opens
+    /// it; parent directories are created), or `fdb:CLUSTER_FILE` (a
+    /// FoundationDB cluster; needs the `fdb` feature, otherwise an error
+    /// saying so).
     pub fn open(url: &str) -> Result<Store, StorageError> {
         if url == "memory" || url == "memory:" {
             return Ok(Store::memory());
@@ -293,15 +295,14 @@ impl Store {
             }
             return Store::sqlite(Path::new(path));
         }
-        if url.starts_with("fdb:") {
-            // The `fdb` feature will plug in here: `fdb:CLUSTER_FILE` opens
-            // a FoundationDB backend implementing `KvBackend`.
-            return Err(StorageError::Backend {
-                backend: "fdb",
-                message: format!(
-                    "{url:?}: this build has no FoundationDB support; rebuild tern-storage with the `fdb` feature"
-                ),
-            });
+        if let Some(path) = url.strip_prefix("fdb:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(StorageError::UnsupportedUrl {
+                    url: url.to_string(),
+                });
+            }
+            return Store::fdb(Path::new(path));
         }
         Err(StorageError::UnsupportedUrl {
             url: url.to_string(),
@@ -326,6 +327,25 @@ impl Store {
     pub fn sqlite(path: &Path) -> Result<Store, StorageError> {
         let backend = SqliteBackend::open(path)?;
         Ok(Store::from_kv(Kv::new(Arc::new(backend)), None))
+    }
+
+    /// Opens the FoundationDB cluster named by `cluster_file`.
+    #[cfg(feature = "fdb")]
+    pub fn fdb(cluster_file: &Path) -> Result<Store, StorageError> {
+        let backend = crate::kv::fdb::FdbBackend::open(cluster_file)?;
+        Ok(Store::from_kv(Kv::new(Arc::new(backend)), None))
+    }
+
+    /// Without the `fdb` feature: always an error that says how to get it.
+    #[cfg(not(feature = "fdb"))]
+    pub fn fdb(cluster_file: &Path) -> Result<Store, StorageError> {
+        Err(StorageError::Backend {
+            backend: "fdb",
+            message: format!(
+                "\"fdb:{}\": this build has no FoundationDB support; rebuild with the `fdb` feature of tern-storage (e.g. `cargo build -p tern-runtime --features tern-storage/fdb`)",
+                cluster_file.display()
+            ),
+        })
     }
 
     /// A store over any KV (e.g. a custom backend).
@@ -356,7 +376,7 @@ impl Store {
         self.inner.kv.stats()
     }
 
-    /// Backend name ("memory", "sqlite").
+    /// Backend name ("memory", "sqlite", "fdb").
     pub fn backend_name(&self) -> &'static str {
         self.inner.kv.backend_name()
     }

@@ -15,6 +15,8 @@
 //!   overlaps with another writer at all (sqlite serializes writers, so
 //!   its conflicts surface as waits, not failures).
 
+#[cfg(feature = "fdb")]
+pub mod fdb;
 pub mod memory;
 pub mod sqlite;
 

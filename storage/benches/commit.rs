@@ -1,0 +1,2 @@
+//! Commit latency benchmark (work in progress).
+fn main() {}

@@ -1,0 +1,345 @@
+//! FoundationDB backend (cargo feature `fdb`): `Store::open("fdb:CLUSTER_FILE")`.
+//!
+//! - **One network per process.** The FoundationDB client runs one network
+//!   thread per process, started by [`foundationdb::api::NetworkBuilder::boot`],
+//!   which may run only once. [`boot_network`] guards it with a `OnceLock` and
+//!   keeps the handle for the life of the process (see the safety comment
+//!   there). A failed boot is remembered and reported by every later open.
+//! - **Limits on the database.** Each database handle sets a transaction
+//!   timeout of [`TRANSACTION_TIMEOUT_MS`] (FoundationDB's own 5 s limit)
+//!   and a retry limit of [`TRANSACTION_RETRY_LIMIT`]. The retries that
+//!   matter are done by [`crate::Kv::transact`]: every attempt is a fresh
+//!   FoundationDB transaction, and FoundationDB's errors are mapped to the
+//!   crate's retryable errors (see [`map_error`]). The database retry limit
+//!   bounds any FoundationDB-internal retry loop as well.
+//! - **No tenants.** Keys are stored as the record layer builds them, under
+//!   the same short tuple prefix `("tern", 1)` as every other backend
+//!   ([`crate::keys::PREFIX`]). [`FdbBackend::open_with_prefix`] adds an
+//!   extra, private prefix in front (tests use it so runs against a shared
+//!   cluster never collide); it is invisible to the record layer.
+//! - **Sync over async.** [`KvBackend`] is synchronous (the runtime calls
+//!   storage from blocking threads). Each FoundationDB future is awaited
+//!   with [`futures::executor::block_on`] on the calling thread: the
+//!   futures are completed by the FoundationDB network thread, not by an
+//!   executor, so blocking is correct and needs no runtime. Do not call this
+//!   backend from an async task's own thread (use `spawn_blocking`), exactly
+//!   as with sqlite.
+//! - **Size limits.** Values over 100 kB, keys over 10 kB and transactions
+//!   over 10 MB are refused by [`crate::kv::Transaction`] before they reach
+//!   FoundationDB; the record layer splits components, manifests and big
+//!   snapshots under them (chunks of [`crate::VALUE_CHUNK_BYTES`], staging
+//!   transactions of about [`crate::STAGE_TXN_BYTES_MAX`]).
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use foundationdb::api::{FdbApiBuilder, NetworkAutoStop};
+use foundationdb::options::{DatabaseOption, StreamingMode};
+use foundationdb::{Database, FdbError, RangeOption};
+use futures::executor::block_on;
+use parking_lot::Mutex;
+
+use super::{KeyValue, KvBackend, KvTransaction, RETRIES_MAX_DEFAULT, TRANSACTION_DURATION_MS_MAX};
+use crate::StorageError;
+
+/// Transaction timeout set on every database handle, in milliseconds:
+/// FoundationDB's own transaction duration limit.
+pub const TRANSACTION_TIMEOUT_MS: i32 = TRANSACTION_DURATION_MS_MAX as i32;
+/// Retry limit set on every database handle (FoundationDB's `on_error`
+/// loop); the same bound as [`crate::Kv::transact`]'s default.
+pub const TRANSACTION_RETRY_LIMIT: i32 = RETRIES_MAX_DEFAULT as i32;
+
+/// FoundationDB `transaction_too_old`.
+pub const ERR_TRANSACTION_TOO_OLD: i32 = 1007;
+/// FoundationDB `not_committed`.
+pub const ERR_NOT_COMMITTED: i32 = 1020;
+/// FoundationDB `commit_unknown_result`.
+pub const ERR_COMMIT_UNKNOWN_RESULT: i32 = 1021;
+/// FoundationDB `transaction_timed_out` (the timeout option fired).
+pub const ERR_TRANSACTION_TIMED_OUT: i32 = 1031;
+/// FoundationDB `api_version_not_supported`.
+const ERR_API_VERSION_NOT_SUPPORTED: i32 = 2203;
+
+/// The network handle, kept for the life of the process; or why the boot
+/// failed (it cannot be retried: the API version is selected only once).
+static NETWORK: OnceLock<Result<Mutex<Option<NetworkAutoStop>>, String>> = OnceLock::new();
+
+/// Starts the FoundationDB client network, once per process. Every call
+/// after the first returns the first call's outcome.
+pub fn boot_network() -> Result<(), StorageError> {
+    let state = NETWORK.get_or_init(|| {
+        let builder = FdbApiBuilder::default().build().map_err(|e| {
+            if e.code() == ERR_API_VERSION_NOT_SUPPORTED {
+                format!(
+                    "the installed libfdb_c does not support API version 730 ({e}); install the FoundationDB 7.3.x client package (foundationdb-clients)"
+                )
+            } else {
+                format!("cannot select the FoundationDB API version: {e}")
+            }
+        })?;
+        // SAFETY: `boot` may run only once per process, and its handle must
+        // be dropped (stopping the network and joining its thread) before
+        // the process exits. Once: `OnceLock::get_or_init` runs this closure
+        // at most once per process, even with concurrent callers. Stopped
+        // before exit: the handle lives in this static (so it is never
+        // dropped early while transactions may still use the network), and
+        // `stop_network_at_exit`, registered with `atexit` right below,
+        // drops it when the process exits normally (return from `main` or
+        // `std::process::exit`). A process that aborts or is killed needs
+        // no stop, per `boot`'s contract.
+        #[allow(unsafe_code)]
+        let network = unsafe { builder.boot() }
+            .map_err(|e| format!("cannot start the FoundationDB network thread: {e}"))?;
+        register_stop_at_exit();
+        Ok(Mutex::new(Some(network)))
+    });
+    match state {
+        Ok(_) => Ok(()),
+        Err(message) => Err(StorageError::Backend {
+            backend: "fdb",
+            message: message.clone(),
+        }),
+    }
+}
+
+#[allow(unsafe_code)]
+mod at_exit {
+    unsafe extern "C" {
+        /// C's `atexit(3)`.
+        pub(super) fn atexit(callback: extern "C" fn()) -> std::ffi::c_int;
+    }
+}
+
+fn register_stop_at_exit() {
+    // SAFETY: `atexit` is called with a valid `extern "C" fn()` that lives
+    // for the whole program; it only appends to libc's exit-handler list.
+    #[allow(unsafe_code)]
+    let rc = unsafe { at_exit::atexit(stop_network_at_exit) };
+    if rc != 0 {
+        tracing::warn!("atexit refused the FoundationDB network stop handler");
+    }
+}
+
+/// Stops the network and joins its thread, at process exit. Never unwinds
+/// (a panic here would cross the C boundary).
+extern "C" fn stop_network_at_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(Ok(network)) = NETWORK.get() {
+            drop(network.lock().take());
+        }
+    });
+}
+
+/// Maps a FoundationDB error to the crate's errors, so that
+/// [`crate::Kv::transact`] retries what FoundationDB would retry.
+///
+/// `committing` says whether the error came from `commit`: a timeout there
+/// may have let the commit through, so it is `commit_unknown_result`.
+pub fn map_error(e: FdbError, committing: bool) -> StorageError {
+    match e.code() {
+        ERR_NOT_COMMITTED => StorageError::NotCommitted,
+        ERR_COMMIT_UNKNOWN_RESULT => StorageError::CommitUnknownResult,
+        ERR_TRANSACTION_TOO_OLD => StorageError::TransactionTooOld {
+            limit_ms: TRANSACTION_DURATION_MS_MAX,
+        },
+        ERR_TRANSACTION_TIMED_OUT if committing => StorageError::CommitUnknownResult,
+        ERR_TRANSACTION_TIMED_OUT => StorageError::Backend {
+            backend: "fdb",
+            message: format!(
+                "transaction timed out after {TRANSACTION_TIMEOUT_MS} ms (1031): the cluster did not answer in time; check that the cluster file names a reachable cluster (`fdbcli --exec status`) and keep transactions short"
+            ),
+        },
+        _ if e.is_maybe_committed() => StorageError::CommitUnknownResult,
+        code if e.is_retryable() => StorageError::Busy {
+            detail: format!("FoundationDB error {code}: {e}"),
+        },
+        code => StorageError::Backend {
+            backend: "fdb",
+            message: format!("FoundationDB error {code}: {e}"),
+        },
+    }
+}
+
+/// The FoundationDB backend.
+pub struct FdbBackend {
+    db: Arc<Database>,
+    /// Extra private prefix in front of every key (empty in production).
+    prefix: Vec<u8>,
+}
+
+impl FdbBackend {
+    /// Opens the cluster named by `cluster_file` (booting the network on
+    /// first use). Keys are stored exactly as the record layer builds them,
+    /// under [`crate::keys::PREFIX`].
+    pub fn open(cluster_file: &Path) -> Result<FdbBackend, StorageError> {
+        FdbBackend::open_with_prefix(cluster_file, Vec::new())
+    }
+
+    /// Like [`FdbBackend::open`], with `prefix` put in front of every key
+    /// and stripped from every key read, so several stores share a cluster
+    /// without seeing each other (the conformance suite uses one per test).
+    pub fn open_with_prefix(
+        cluster_file: &Path,
+        prefix: Vec<u8>,
+    ) -> Result<FdbBackend, StorageError> {
+        if !cluster_file.is_file() {
+            return Err(StorageError::Backend {
+                backend: "fdb",
+                message: format!(
+                    "cluster file {} not found; install the FoundationDB client (foundationdb-clients) or pass the path of an existing fdb.cluster",
+                    cluster_file.display()
+                ),
+            });
+        }
+        let path = cluster_file.to_str().ok_or_else(|| {
+            StorageError::InvalidArgument(format!(
+                "cluster file path {} is not valid UTF-8",
+                cluster_file.display()
+            ))
+        })?;
+        boot_network()?;
+        let db = Database::from_path(path).map_err(|e| StorageError::Backend {
+            backend: "fdb",
+            message: format!("cannot open the cluster in {path}: {e}"),
+        })?;
+        for option in [
+            DatabaseOption::TransactionTimeout(TRANSACTION_TIMEOUT_MS),
+            DatabaseOption::TransactionRetryLimit(TRANSACTION_RETRY_LIMIT),
+        ] {
+            db.set_option(option).map_err(|e| StorageError::Backend {
+                backend: "fdb",
+                message: format!("cannot set a database option: {e}"),
+            })?;
+        }
+        Ok(FdbBackend {
+            db: Arc::new(db),
+            prefix,
+        })
+    }
+
+    /// Removes every key under this backend's private prefix. Refused when
+    /// the prefix is empty: that would be the whole tern keyspace.
+    pub fn clear_own_prefix(&self) -> Result<(), StorageError> {
+        if self.prefix.is_empty() {
+            return Err(StorageError::InvalidArgument(
+                "clear_own_prefix needs a private prefix (open_with_prefix)".into(),
+            ));
+        }
+        let trx = self.db.create_trx().map_err(|e| map_error(e, false))?;
+        trx.clear_range(&self.prefix, &crate::tuple::range_end(&self.prefix));
+        block_on(trx.commit()).map_err(|e| map_error(*e, true))?;
+        Ok(())
+    }
+}
+
+impl KvBackend for FdbBackend {
+    fn name(&self) -> &'static str {
+        "fdb"
+    }
+
+    fn begin(&self, write: bool) -> Result<Box<dyn KvTransaction>, StorageError> {
+        let trx = self.db.create_trx().map_err(|e| map_error(e, false))?;
+        Ok(Box::new(FdbTx {
+            trx,
+            prefix: self.prefix.clone(),
+            write,
+        }))
+    }
+}
+
+struct FdbTx {
+    trx: foundationdb::Transaction,
+    prefix: Vec<u8>,
+    write: bool,
+}
+
+impl FdbTx {
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + key.len());
+        k.extend_from_slice(&self.prefix);
+        k.extend_from_slice(key);
+        k
+    }
+
+    fn writable(&self) -> Result<(), StorageError> {
+        if self.write {
+            Ok(())
+        } else {
+            Err(StorageError::ReadOnlyTransaction)
+        }
+    }
+}
+
+impl KvTransaction for FdbTx {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let v = block_on(self.trx.get(&self.key(key), false)).map_err(|e| map_error(e, false))?;
+        Ok(v.map(|v| v.to_vec()))
+    }
+
+    fn get_range(
+        &mut self,
+        begin: &[u8],
+        end: &[u8],
+        limit: Option<usize>,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        let mut opt = RangeOption {
+            limit,
+            reverse,
+            mode: StreamingMode::WantAll,
+            ..RangeOption::from((self.key(begin), self.key(end)))
+        };
+        let mut out = Vec::new();
+        let mut iteration = 1;
+        loop {
+            let kvs = block_on(self.trx.get_range(&opt, iteration, false))
+                .map_err(|e| map_error(e, false))?;
+            for kv in kvs.iter() {
+                let key = kv
+                    .key()
+                    .strip_prefix(self.prefix.as_slice())
+                    .ok_or_else(|| {
+                        StorageError::corrupt(
+                            kv.key(),
+                            "range read returned a key outside the range",
+                        )
+                    })?;
+                out.push((key.to_vec(), kv.value().to_vec()));
+            }
+            match opt.next_range(&kvs) {
+                Some(next) => {
+                    opt = next;
+                    iteration += 1;
+                }
+                None => return Ok(out),
+            }
+        }
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        self.writable()?;
+        self.trx.set(&self.key(key), value);
+        Ok(())
+    }
+
+    fn clear(&mut self, key: &[u8]) -> Result<(), StorageError> {
+        self.writable()?;
+        self.trx.clear(&self.key(key));
+        Ok(())
+    }
+
+    fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StorageError> {
+        self.writable()?;
+        self.trx.clear_range(&self.key(begin), &self.key(end));
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), StorageError> {
+        if !self.write {
+            // Nothing to commit; dropping the transaction releases it.
+            return Ok(());
+        }
+        block_on(self.trx.commit()).map_err(|e| map_error(*e, true))?;
+        Ok(())
+    }
+}
