@@ -61,6 +61,7 @@ mod codec;
 mod error;
 pub mod keys;
 pub mod kv;
+mod migrations;
 mod store;
 pub mod tuple;
 
@@ -72,6 +73,7 @@ mod tests;
 pub use error::StorageError;
 pub use kv::memory::{Fault, FaultInjector};
 pub use kv::{Kv, Stats, Transaction};
+pub use migrations::{MIGRATIONS_LIST_MAX, MigrationRecord};
 pub use store::{
     ActivationRecord, CommitRequest, EXTRA_BYTES_MAX, GcStats, LoadedSnapshot, MemoryDelta,
     PAGE_SIZE, PopRecord, STAGE_TXN_BYTES_MAX, SnapshotMeta, Store, TypeRecord, VALUE_CHUNK_BYTES,
