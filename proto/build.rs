@@ -2,7 +2,7 @@
 //! so no `protoc` binary is needed) and generates tonic/prost code.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/actor.proto"];
+    let protos = ["proto/actor.proto", "proto/directory.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -171,6 +171,31 @@ pub fn self_address() -> ActorAddress {
     }
 }
 
+/// The activation running the current turn.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Activation {
+    /// The POP it runs at.
+    pub pop: String,
+    /// Its epoch: one higher with every new claim of the actor.
+    pub epoch: u64,
+}
+
+/// The activation running this turn. Off wasm32: `local`, epoch 0.
+pub fn activation() -> Activation {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let (pop, epoch) = imports::activation();
+        Activation { pop, epoch }
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        Activation {
+            pop: "local".into(),
+            epoch: 0,
+        }
+    }
+}
+
 /// Call `method` on actor `actor_type/id` with raw bytes and wait for its
 /// reply. The runtime refuses calls that would form a cycle. Off wasm32:
 /// always fails with `unavailable`.

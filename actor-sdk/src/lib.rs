@@ -124,7 +124,7 @@
 //!
 //! - logging: [`trace!`], [`debug!`], [`info!`], [`warn!`], [`error!`]
 //!   (`format!`-style), or [`log::log`] / [`log::info`] etc. with a `&str`;
-//! - [`now_ms`], [`random_u64`], [`self_address`];
+//! - [`now_ms`], [`random_u64`], [`self_address`], [`activation`];
 //! - [`call`] (JSON) and [`call_raw`] (bytes) to call another actor.
 //!
 //! On non-wasm targets (unit tests of the actor's logic on the host) these use
@@ -195,7 +195,9 @@ mod host;
 mod panic_hook;
 
 pub use dispatch::{Actor, ActorCell};
-pub use host::{ActorAddress, call, call_raw, log, now_ms, random_u64, self_address};
+pub use host::{
+    Activation, ActorAddress, activation, call, call_raw, log, now_ms, random_u64, self_address,
+};
 
 /// What kind of failure an [`ActorError`] is. Mirrors the WIT `error-kind`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

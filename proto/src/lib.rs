@@ -8,3 +8,9 @@ pub mod actor {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("tern.actor.v1");
 }
+
+/// `tern.directory.v1`: the DirectoryService.
+pub mod directory {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("tern.directory.v1");
+}

@@ -49,6 +49,7 @@ fn req(id: &str, method: &str, payload: &str) -> CallRequest {
         id: id.into(),
         method: method.into(),
         payload: payload.as_bytes().to_vec(),
+        idempotency_key: None,
     }
 }
 
@@ -78,6 +79,8 @@ fn main() {
         actor_type: "counter".into(),
         actor_id: "direct".into(),
         limits: Limits::default(),
+        pop: "bench".into(),
+        epoch: 1,
         caller: Arc::new(NoCalls),
     };
     let mut inst = ActorInstance::new(engine.engine(), &prep, &params, &[]).unwrap();
@@ -91,8 +94,16 @@ fn main() {
 
     let store = Store::open(&format!("sqlite:{}", dir.path().join("warm.db").display())).unwrap();
     let node = Node::new("bench", store, engine.clone());
-    node.deploy("counter", &wasm, Durability::Idle, Limits::default(), false)
-        .unwrap();
+    node.deploy(
+        "counter",
+        &wasm,
+        tern_runtime::DeployOptions {
+            durability: Durability::Idle,
+            limits: Limits::default(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let warm = rt.block_on(async {
         // Callers spread over a few actors, as a POP would see.
         let callers = 8;
@@ -128,8 +139,16 @@ fn main() {
         ))
         .unwrap();
         let node = Node::new("bench", store, engine.clone());
-        node.deploy("counter", &wasm, Durability::Turn, Limits::default(), false)
-            .unwrap();
+        node.deploy(
+            "counter",
+            &wasm,
+            tern_runtime::DeployOptions {
+                durability: Durability::Turn,
+                limits: Limits::default(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let (cold, mem_bytes) = rt.block_on(async {
             let id = "cold";
             if mb > 0 {
@@ -186,8 +205,16 @@ fn main() {
         ))
         .unwrap();
         let node = Node::new("bench", store.clone(), engine.clone());
-        node.deploy("counter", &wasm, durability, Limits::default(), false)
-            .unwrap();
+        node.deploy(
+            "counter",
+            &wasm,
+            tern_runtime::DeployOptions {
+                durability: durability,
+                limits: Limits::default(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let rate = rt.block_on(async {
             for a in 0..TURN_ACTORS {
                 node.call(req(&format!("t{a}"), "incr", "{\"by\": 1}"))

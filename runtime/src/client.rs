@@ -77,5 +77,183 @@ pub fn call_request(actor_type: &str, id: &str, method: &str, payload: Vec<u8>) 
         method: method.to_string(),
         payload,
         idempotency_key: String::new(),
+        chain: Vec::new(),
+        via_pop: String::new(),
+    }
+}
+
+/// Great-circle distance between two `[lat, lon]` points, in km.
+pub fn distance_km(a: [f64; 2], b: [f64; 2]) -> f64 {
+    let (la1, lo1, la2, lo2) = (
+        a[0].to_radians(),
+        a[1].to_radians(),
+        b[0].to_radians(),
+        b[1].to_radians(),
+    );
+    let h = ((la2 - la1) / 2.0).sin().powi(2)
+        + la1.cos() * la2.cos() * ((lo2 - lo1) / 2.0).sin().powi(2);
+    2.0 * 6371.0 * h.sqrt().asin()
+}
+
+/// The POPs ordered from nearest to farthest from `from`.
+pub fn by_distance(pops: &[PopInfo], from: [f64; 2]) -> Vec<PopInfo> {
+    let mut v = pops.to_vec();
+    v.sort_by(|a, b| distance_km(a.coords, from).total_cmp(&distance_km(b.coords, from)));
+    v
+}
+
+/// Retries of one call before the client gives up.
+pub const CLIENT_RETRIES_MAX: u32 = 12;
+
+/// First backoff between retries; it doubles up to [`CLIENT_BACKOFF_MS_MAX`].
+pub const CLIENT_BACKOFF_MS: u64 = 50;
+
+/// Longest backoff between retries.
+pub const CLIENT_BACKOFF_MS_MAX: u64 = 1_000;
+
+/// A successful call through [`TernClient`].
+#[derive(Debug, Clone)]
+pub struct Called {
+    /// The reply.
+    pub reply: pb::CallReply,
+    /// How many times the call was retried.
+    pub retries: u32,
+    /// The POP the client sent it to.
+    pub via: String,
+}
+
+/// A client that calls the POP nearest to it, retries UNAVAILABLE with the
+/// same idempotency key, and fails over to the next nearest POP when its POP
+/// is unreachable.
+pub struct TernClient {
+    pops: Vec<PopInfo>,
+    clients: Vec<ActorServiceClient<Channel>>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl TernClient {
+    /// A client at `coords` for a cluster's POPs.
+    pub fn new(pops: &[PopInfo], coords: [f64; 2]) -> Result<TernClient> {
+        let pops = by_distance(pops, coords);
+        if pops.is_empty() {
+            return Err(RuntimeError::InvalidArgument(
+                "the cluster has no POPs".into(),
+            ));
+        }
+        let clients = pops
+            .iter()
+            .map(|p| {
+                let ch = Channel::from_shared(p.endpoint.clone())
+                    .map_err(|e| {
+                        RuntimeError::InvalidArgument(format!("bad endpoint `{}`: {e}", p.endpoint))
+                    })?
+                    .connect_timeout(std::time::Duration::from_millis(1_000))
+                    .connect_lazy();
+                Ok(ActorServiceClient::new(ch)
+                    .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TernClient {
+            pops,
+            clients,
+            current: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// The POP this client currently uses.
+    pub fn pop(&self) -> &PopInfo {
+        &self.pops[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.pops.len()]
+    }
+
+    /// Moves the client to the POP nearest to `coords` (a travelling
+    /// player).
+    pub fn relocate(&mut self, coords: [f64; 2]) {
+        let order = by_distance(&self.pops, coords);
+        let mut clients = Vec::new();
+        for p in &order {
+            let i = self.pops.iter().position(|q| q.name == p.name).unwrap_or(0);
+            clients.push(self.clients[i].clone());
+        }
+        self.pops = order;
+        self.clients = clients;
+        self.current.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Calls an actor. UNAVAILABLE answers are retried (bounded, with
+    /// backoff) with the same idempotency key, so a retried call is applied
+    /// at most once.
+    pub async fn call(
+        &self,
+        actor_type: &str,
+        id: &str,
+        method: &str,
+        payload: Vec<u8>,
+        idempotency_key: Option<String>,
+    ) -> std::result::Result<Called, tonic::Status> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut req = call_request(actor_type, id, method, payload);
+        req.idempotency_key = idempotency_key.unwrap_or_default();
+        let mut backoff = CLIENT_BACKOFF_MS;
+        let mut retries = 0;
+        loop {
+            let i = self.current.load(Relaxed) % self.pops.len();
+            let mut c = self.clients[i].clone();
+            match c.call(req.clone()).await {
+                Ok(r) => {
+                    return Ok(Called {
+                        reply: r.into_inner(),
+                        retries,
+                        via: self.pops[i].name.clone(),
+                    });
+                }
+                Err(s) if s.code() == tonic::Code::Unavailable && retries < CLIENT_RETRIES_MAX => {
+                    // A transport failure means our POP is gone: fail over to
+                    // the next nearest one. Otherwise retry where we are.
+                    let transport = s.metadata().is_empty() && s.message().contains("transport");
+                    if transport {
+                        let _ = self.current.compare_exchange(i, i + 1, Relaxed, Relaxed);
+                    }
+                    retries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(backoff)).await;
+                    backoff = (backoff * 2).min(CLIENT_BACKOFF_MS_MAX);
+                }
+                Err(s) => return Err(s),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pop(name: &str, coords: [f64; 2]) -> PopInfo {
+        PopInfo {
+            name: name.into(),
+            endpoint: format!("http://127.0.0.1:1/{name}"),
+            pid: 0,
+            coords,
+        }
+    }
+
+    #[test]
+    fn client_picks_nearest_pop() {
+        let pops = [
+            pop("fra", [50.11, 8.68]),
+            pop("iad", [39.04, -77.49]),
+            pop("nrt", [35.76, 140.39]),
+        ];
+        let paris = [48.86, 2.35];
+        let seoul = [37.57, 126.98];
+        let boston = [42.36, -71.06];
+        assert_eq!(by_distance(&pops, paris)[0].name, "fra");
+        assert_eq!(by_distance(&pops, seoul)[0].name, "nrt");
+        assert_eq!(by_distance(&pops, boston)[0].name, "iad");
+        let d = distance_km([50.11, 8.68], [39.04, -77.49]);
+        assert!(
+            (6400.0..6700.0).contains(&d),
+            "FRA-IAD is about 6,500 km, got {d}"
+        );
     }
 }

@@ -56,6 +56,55 @@ impl Limits {
     }
 }
 
+/// Placement that follows the caller (see `Placement` in actor.proto).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Placement {
+    /// Whether actors of this type move to the POP their callers use.
+    pub follow_caller: bool,
+    /// How many recent calls the share is computed over.
+    pub window: u32,
+    /// Share (percent) of the window that must come through one other POP.
+    pub share_pct: u32,
+    /// An actor idle this long moves on the first call from another POP.
+    pub idle_move_ms: u64,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Placement {
+            follow_caller: true,
+            window: 8,
+            share_pct: 75,
+            idle_move_ms: 2_000,
+        }
+    }
+}
+
+impl Placement {
+    /// Whether an actor whose recent callers came through `recent` (oldest
+    /// first, the newest last), idle for `idle_ms` before this call, should
+    /// move to the POP of the newest call, given it runs at `here`.
+    pub fn should_move(&self, recent: &[String], idle_ms: u64, here: &str) -> bool {
+        let Some(to) = recent.last() else {
+            return false;
+        };
+        if !self.follow_caller || to == here {
+            return false;
+        }
+        if idle_ms >= self.idle_move_ms {
+            return true;
+        }
+        let window = self.window.max(1) as usize;
+        if recent.len() < window {
+            return false;
+        }
+        let tail = &recent[recent.len() - window..];
+        let from_to = tail.iter().filter(|p| *p == to).count();
+        from_to * 100 >= self.share_pct as usize * window
+    }
+}
+
 /// What the store keeps for a type, besides its component digest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -67,4 +116,48 @@ pub struct TypeConfig {
     /// Digests of earlier components whose snapshots this code may restore
     /// (set by an explicit upgrade).
     pub restores_from: Vec<String>,
+    /// Placement policy.
+    pub placement: Placement,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn calls(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn placement_moves_per_user_actor_to_its_callers_pop() {
+        let p = Placement::default();
+        let mut recent = calls(&["fra", "fra"]);
+        assert!(!p.should_move(&recent, 0, "fra"));
+        recent.extend(calls(&["nrt"; 5]));
+        assert!(
+            !p.should_move(&recent, 0, "fra"),
+            "window not full of nrt yet"
+        );
+        recent.push("nrt".into());
+        assert!(p.should_move(&recent, 0, "fra"), "6 of 8 from nrt");
+    }
+
+    #[test]
+    fn placement_keeps_shared_actor_put() {
+        let p = Placement::default();
+        let recent = calls(&["fra", "nrt", "iad", "nrt", "fra", "iad", "fra", "nrt"]);
+        assert!(!p.should_move(&recent, 0, "fra"));
+        let off = Placement {
+            follow_caller: false,
+            ..p
+        };
+        assert!(!off.should_move(&calls(&["nrt"; 8]), 1_000_000, "fra"));
+    }
+
+    #[test]
+    fn placement_moves_idle_actor_at_once() {
+        let p = Placement::default();
+        assert!(p.should_move(&calls(&["nrt"]), 5_000, "fra"));
+        assert!(!p.should_move(&calls(&["nrt"]), 10, "fra"));
+    }
 }

@@ -110,6 +110,41 @@ pub enum RuntimeError {
     /// The actor cannot be snapshotted after this turn.
     #[error("{0}")]
     NotSnapshottable(String),
+    /// A forwarded call reached a POP where the actor is not active (a
+    /// stale cache, or the actor just moved); the sender looks it up again.
+    #[error("{actor} is not active at this POP{}; look it up again", moved_to.as_ref().map(|p| format!(" (it moved to {p})")).unwrap_or_default())]
+    NotHere {
+        /// The actor.
+        actor: String,
+        /// The POP it moved to, when it moved because of this call.
+        moved_to: Option<String>,
+    },
+    /// Another live POP holds the actor (routing; callers forward).
+    #[error("{actor} is active at POP {pop} ({endpoint}); forward the call there")]
+    HeldElsewhere {
+        /// The actor.
+        actor: String,
+        /// The POP.
+        pop: String,
+        /// Its endpoint.
+        endpoint: String,
+        /// Its epoch.
+        epoch: u64,
+    },
+    /// An error from another POP, passed through with its code.
+    #[error("{message}")]
+    Remote {
+        /// The remote gRPC code.
+        code: tonic::Code,
+        /// The remote message.
+        message: String,
+    },
+    /// This POP's directory lease lapsed; it serves no actors until it
+    /// registers again.
+    #[error(
+        "this POP lost its directory lease ({0}); retry the call, another POP will take the actor"
+    )]
+    LeaseLost(String),
     /// The node is shutting down.
     #[error("this POP is shutting down; retry at another POP")]
     ShuttingDown,
@@ -142,7 +177,11 @@ impl RuntimeError {
             RuntimeError::CodeMismatch { .. }
             | RuntimeError::NotSnapshottable(_)
             | RuntimeError::CallCycle(_) => Code::FailedPrecondition,
+            RuntimeError::Remote { code, .. } => *code,
             RuntimeError::Superseded { .. }
+            | RuntimeError::NotHere { .. }
+            | RuntimeError::HeldElsewhere { .. }
+            | RuntimeError::LeaseLost(_)
             | RuntimeError::ShuttingDown
             | RuntimeError::Transport(_) => Code::Unavailable,
             RuntimeError::Storage(e) if e.is_retryable() => Code::Unavailable,
@@ -153,9 +192,41 @@ impl RuntimeError {
     }
 }
 
+/// gRPC metadata key marking a "not here" answer to a forwarded call.
+pub const NOT_HERE_METADATA: &str = "x-tern-not-here";
+
 impl From<RuntimeError> for tonic::Status {
     fn from(e: RuntimeError) -> Self {
-        tonic::Status::new(e.code(), e.to_string())
+        let mut status = tonic::Status::new(e.code(), e.to_string());
+        if let RuntimeError::NotHere { moved_to, .. } = &e {
+            let v = moved_to.clone().unwrap_or_default();
+            if let Ok(v) = v.parse() {
+                status.metadata_mut().insert(NOT_HERE_METADATA, v);
+            }
+        }
+        status
+    }
+}
+
+impl RuntimeError {
+    /// The error a forwarding POP reconstructs from a peer's status.
+    pub fn from_peer(actor: &str, s: tonic::Status) -> RuntimeError {
+        if let Some(v) = s.metadata().get(NOT_HERE_METADATA) {
+            let to = v.to_str().unwrap_or_default().to_string();
+            return RuntimeError::NotHere {
+                actor: actor.to_string(),
+                moved_to: (!to.is_empty()).then_some(to),
+            };
+        }
+        match s.code() {
+            tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
+                RuntimeError::Transport(format!("{actor}: {}", s.message()))
+            }
+            code => RuntimeError::Remote {
+                code,
+                message: s.message().to_string(),
+            },
+        }
     }
 }
 

@@ -42,6 +42,8 @@ pub struct HostState {
     memory_cap_hit: bool,
     actor_type: String,
     actor_id: String,
+    pop: String,
+    epoch: u64,
     /// Call chain of the turn in progress, ending with this actor.
     chain: Vec<String>,
     caller: Arc<dyn ActorCaller>,
@@ -112,6 +114,10 @@ impl tern::actor::host::Host for HostState {
 
     fn self_address(&mut self) -> (String, String) {
         (self.actor_type.clone(), self.actor_id.clone())
+    }
+
+    fn activation(&mut self) -> (String, u64) {
+        (self.pop.clone(), self.epoch)
     }
 
     fn call(
@@ -213,6 +219,10 @@ pub struct InstanceParams {
     pub actor_id: String,
     /// Its type's limits.
     pub limits: Limits,
+    /// The POP running it.
+    pub pop: String,
+    /// Its activation epoch.
+    pub epoch: u64,
     /// How its `call` import reaches other actors.
     pub caller: Arc<dyn ActorCaller>,
 }
@@ -243,6 +253,8 @@ impl ActorInstance {
             memory_cap_hit: false,
             actor_type: params.actor_type.clone(),
             actor_id: params.actor_id.clone(),
+            pop: params.pop.clone(),
+            epoch: params.epoch,
             chain: Vec::new(),
             caller: params.caller.clone(),
             last_error_log: None,

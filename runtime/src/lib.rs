@@ -7,17 +7,19 @@
 
 pub mod build;
 pub mod client;
+pub mod cluster;
 pub mod committer;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod hostmem;
+pub mod idem;
 pub mod instance;
 pub mod node;
 pub mod server;
 pub mod snapshot;
 
-pub use config::{Durability, Limits, TypeConfig};
+pub use config::{Durability, Limits, Placement, TypeConfig};
 pub use engine::TernEngine;
 pub use error::{Result, RuntimeError};
-pub use node::{CallOutput, CallRequest, Node};
+pub use node::{CallOutput, CallRequest, DeployOptions, Node, Route};

@@ -7,9 +7,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tern_proto::actor as pb;
 use tern_runtime::client::{ClusterFile, PopInfo, call_request, connect};
+use tern_runtime::cluster::DirectoryLink;
+use tern_runtime::config::Placement;
 use tern_runtime::config::{Durability, Limits};
-use tern_runtime::server::{durability_to_pb, limits_to_pb};
-use tern_runtime::{Node, RuntimeError, TernEngine};
+use tern_runtime::server::{durability_to_pb, limits_to_pb, placement_to_pb};
+use tern_runtime::{Node, TernEngine};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -31,10 +33,12 @@ enum Cmd {
         #[arg(long)]
         debug: bool,
     },
-    /// Run a local cluster on the embedded store, in the foreground.
+    /// Run a local cluster on the embedded store, in the foreground: a
+    /// directory and N POP processes on loopback.
     Dev {
-        /// Number of POPs (one until the directory service lands).
-        #[arg(long, default_value_t = 1)]
+        /// Number of POPs (at metro coordinates: Frankfurt, Ashburn, Tokyo,
+        /// São Paulo, Sydney).
+        #[arg(long, default_value_t = 3)]
         pops: usize,
         /// Data directory: the store file and cluster.json.
         #[arg(long, default_value = ".tern")]
@@ -46,11 +50,35 @@ enum Cmd {
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
     },
+    /// Run the directory service.
+    Directory {
+        /// gRPC listen address.
+        #[arg(long, default_value = "127.0.0.1:7600")]
+        listen: SocketAddr,
+        /// Store URL: `sqlite:PATH` or `memory`.
+        #[arg(long)]
+        store: String,
+        /// POP lease, ms.
+        #[arg(long, default_value_t = 3_000)]
+        lease_ms: u64,
+        /// POP heartbeat interval, ms.
+        #[arg(long, default_value_t = 1_000)]
+        heartbeat_ms: u64,
+        /// Write `{"endpoint", "pid"}` here once listening.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
     /// Run one POP node.
     Pop {
         /// POP name.
         #[arg(long)]
         name: String,
+        /// Directory service URL; without it the POP runs alone.
+        #[arg(long)]
+        directory: Option<String>,
+        /// Write `{"endpoint", "pid"}` here once listening.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
         /// gRPC listen address (loopback by default).
         #[arg(long, default_value = "127.0.0.1:7700")]
         listen: SocketAddr,
@@ -76,6 +104,19 @@ enum Cmd {
         /// Allow restoring actors persisted by the previous code of this type.
         #[arg(long)]
         upgrade: bool,
+        /// Actors move to the POP their callers use (per-user actors);
+        /// `false` keeps them where they are (shared actors).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        follow_caller: bool,
+        /// Calls in the follow window (default 8).
+        #[arg(long)]
+        follow_window: Option<u32>,
+        /// Percent of the window that must come through one POP (default 75).
+        #[arg(long)]
+        follow_share_pct: Option<u32>,
+        /// An actor idle this long moves on the next call from elsewhere (default 2000).
+        #[arg(long)]
+        follow_idle_ms: Option<u64>,
         #[command(flatten)]
         limits: LimitArgs,
         #[command(flatten)]
@@ -209,22 +250,63 @@ async fn run(cli: Cli) -> Result<(), String> {
             base_port,
             metrics_listen,
         } => dev(pops, &data, base_port, metrics_listen).await,
+        Cmd::Directory {
+            listen,
+            store,
+            lease_ms,
+            heartbeat_ms,
+            ready_file,
+        } => {
+            die_with_parent();
+            let store = tern_storage::Store::open(&store).map_err(|e| e.to_string())?;
+            let listener = TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            write_ready(ready_file.as_deref(), &format!("http://{addr}"))?;
+            tracing::info!(%addr, "serving DirectoryService");
+            let cfg = tern_directory::server::DirectoryConfig {
+                lease_ms,
+                heartbeat_ms,
+                ..Default::default()
+            };
+            tern_directory::server::serve(listener, store, cfg, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
+        }
         Cmd::Pop {
             name,
+            directory,
+            ready_file,
             listen,
             store,
             coords,
             metrics_listen,
         } => {
-            let _ = parse_coords(&coords)?;
+            die_with_parent();
+            let coords = parse_coords(&coords)?;
             if let Some(addr) = metrics_listen {
                 start_metrics(addr)?;
             }
             let store = tern_storage::Store::open(&store).map_err(|e| e.to_string())?;
-            let node = Node::new(name, store, TernEngine::new().map_err(|e| e.to_string())?);
+            let engine = TernEngine::new().map_err(|e| e.to_string())?;
             let listener = TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            let endpoint = format!(
+                "http://{}",
+                listener.local_addr().map_err(|e| e.to_string())?
+            );
+            let node = match directory {
+                Some(url) => {
+                    let link = DirectoryLink::connect(&url, &name, &endpoint, coords)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Node::with_directory(name, store, engine, link)
+                }
+                None => Node::new(name, store, engine),
+            };
+            write_ready(ready_file.as_deref(), &endpoint)?;
             serve(node, listener).await
         }
         Cmd::Deploy {
@@ -232,9 +314,20 @@ async fn run(cli: Cli) -> Result<(), String> {
             file,
             durability,
             upgrade,
+            follow_caller,
+            follow_window,
+            follow_share_pct,
+            follow_idle_ms,
             limits,
             endpoint,
         } => {
+            let d = Placement::default();
+            let placement = Placement {
+                follow_caller,
+                window: follow_window.unwrap_or(d.window),
+                share_pct: follow_share_pct.unwrap_or(d.share_pct),
+                idle_move_ms: follow_idle_ms.unwrap_or(d.idle_move_ms),
+            };
             let component =
                 std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             let mut client = connect(&endpoint.resolve()?)
@@ -247,6 +340,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     durability: durability_to_pb(durability) as i32,
                     limits: Some(limits_to_pb(limits.limits())),
                     upgrade,
+                    placement: Some(placement_to_pb(placement)),
                 })
                 .await
                 .map_err(status_error)?
@@ -306,6 +400,14 @@ async fn run(cli: Cli) -> Result<(), String> {
                         "pop": s.pop, "version": s.version, "active_actors": s.active_actors,
                         "actors": s.actors, "types": types, "turns_total": s.turns_total,
                         "commits_total": s.commits_total, "store_bytes_written": s.store_bytes_written,
+                        "pops": s.pops.iter().map(|p| serde_json::json!({
+                            "name": p.name, "endpoint": p.endpoint, "alive": p.alive,
+                            "lease_age_ms": p.lease_age_ms, "actors": p.actors,
+                        })).collect::<Vec<_>>(),
+                        "migrations": s.migrations.iter().map(|m| serde_json::json!({
+                            "actor": m.actor, "from": m.from_pop, "to": m.to_pop,
+                            "at_ms": m.at_ms, "duration_ms": m.duration_ms,
+                        })).collect::<Vec<_>>(),
                     })
                 );
             } else {
@@ -323,6 +425,28 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
                 for a in &s.actors {
                     println!("  actor {a}");
+                }
+                if !s.pops.is_empty() {
+                    println!("cluster:");
+                    for p in &s.pops {
+                        println!(
+                            "  POP {:<5} {:<5} lease age {:>5} ms  actors {:>5}  {}",
+                            p.name,
+                            if p.alive { "alive" } else { "DEAD" },
+                            p.lease_age_ms,
+                            p.actors,
+                            p.endpoint
+                        );
+                    }
+                }
+                if !s.migrations.is_empty() {
+                    println!("migrations (newest first):");
+                    for m in &s.migrations {
+                        println!(
+                            "  {} {} -> {} in {} ms ({})",
+                            m.actor, m.from_pop, m.to_pop, m.duration_ms, m.reason
+                        );
+                    }
                 }
             }
             Ok(())
@@ -393,42 +517,168 @@ const METROS: &[(&str, [f64; 2])] = &[
     ("syd", [-33.94, 151.18]),
 ];
 
+/// Exits this process when its parent dies (children of `tern dev`), so a
+/// SIGKILL of `tern dev` takes the whole local cluster down.
+fn die_with_parent() {
+    let Ok(parent) = std::env::var("TERN_PARENT_PID") else {
+        return;
+    };
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
+        tracing::warn!(error = %e, "cannot tie this process to its parent");
+    }
+    // The parent may have died before the call above.
+    if nix::unistd::getppid().as_raw().to_string() != parent {
+        std::process::exit(1);
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Ready {
+    endpoint: String,
+    pid: u32,
+}
+
+fn write_ready(path: Option<&Path>, endpoint: &str) -> Result<(), String> {
+    let Some(path) = path else { return Ok(()) };
+    let tmp = path.with_extension("tmp");
+    let body = serde_json::to_vec(&Ready {
+        endpoint: endpoint.to_string(),
+        pid: std::process::id(),
+    })
+    .map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, body)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Longest time `tern dev` waits for a child to listen.
+const CHILD_STARTUP_MS_MAX: u64 = 60_000;
+
+/// Spawns `tern ARGS` as a child of `tern dev` and waits (bounded) for its
+/// ready file.
+async fn spawn_child(
+    args: &[String],
+    ready: &Path,
+    log: &Path,
+) -> Result<(tokio::process::Child, Ready), String> {
+    let _ = std::fs::remove_file(ready);
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(args)
+        .arg("--ready-file")
+        .arg(ready)
+        .env("TERN_PARENT_PID", std::process::id().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start `tern {}`: {e}", args[0]))?;
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(CHILD_STARTUP_MS_MAX);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(ready)
+            && let Ok(r) = serde_json::from_str::<Ready>(&text)
+        {
+            return Ok((child, r));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(format!("`tern {}` exited with {status}:\n{log}", args[0]));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!(
+                "`tern {}` did not start within {CHILD_STARTUP_MS_MAX} ms",
+                args[0]
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn sigterm(child: &tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
 async fn dev(
     pops: usize,
     data: &Path,
     base_port: u16,
     metrics_listen: Option<SocketAddr>,
 ) -> Result<(), String> {
-    if pops != 1 {
-        return Err(format!(
-            "--pops {pops}: only one POP is supported until the directory service lands; use --pops 1"
-        ));
+    if pops == 0 || pops > METROS.len() {
+        return Err(format!("--pops must be between 1 and {}", METROS.len()));
     }
-    std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
-    if let Some(addr) = metrics_listen {
-        start_metrics(addr)?;
-    }
+    let run = data.join("run");
+    std::fs::create_dir_all(&run).map_err(|e| format!("cannot create {}: {e}", run.display()))?;
     let store_url = format!("sqlite:{}", data.join("tern.db").display());
-    let store = tern_storage::Store::open(&store_url).map_err(|e| e.to_string())?;
-    let (name, coords) = METROS[0];
-    let node = Node::new(
-        name,
-        store,
-        TernEngine::new().map_err(|e: RuntimeError| e.to_string())?,
+    let port = |i: u16| if base_port == 0 { 0 } else { base_port + i };
+    let bar = indicatif::ProgressBar::new(pops as u64 + 1);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:28} [{bar:20}] {pos}/{len}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let listener = TcpListener::bind(("127.0.0.1", base_port))
-        .await
-        .map_err(|e| format!("cannot listen on 127.0.0.1:{base_port}: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    bar.set_message("starting directory");
+    let (directory, dready) = spawn_child(
+        &[
+            "directory".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", port(0)),
+            "--store".into(),
+            store_url.clone(),
+        ],
+        &run.join("directory.json"),
+        &data.join("directory.log"),
+    )
+    .await?;
+    bar.inc(1);
+    let mut children = Vec::new();
+    let mut infos = Vec::new();
+    for (i, (name, coords)) in METROS.iter().take(pops).enumerate() {
+        bar.set_message(format!("starting POP {name}"));
+        let mut args = vec![
+            "pop".into(),
+            "--name".into(),
+            name.to_string(),
+            "--coords".into(),
+            format!("{},{}", coords[0], coords[1]),
+            "--listen".into(),
+            format!("127.0.0.1:{}", port(1 + i as u16)),
+            "--directory".into(),
+            dready.endpoint.clone(),
+            "--store".into(),
+            store_url.clone(),
+        ];
+        if let Some(m) = metrics_listen {
+            args.push("--metrics-listen".into());
+            args.push(SocketAddr::new(m.ip(), m.port() + i as u16).to_string());
+        }
+        let (child, ready) = spawn_child(
+            &args,
+            &run.join(format!("pop-{name}.json")),
+            &data.join(format!("pop-{name}.log")),
+        )
+        .await?;
+        infos.push(PopInfo {
+            name: name.to_string(),
+            endpoint: ready.endpoint,
+            pid: ready.pid,
+            coords: *coords,
+        });
+        children.push(child);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
     let cluster = ClusterFile {
         pid: std::process::id(),
-        directory: None,
-        pops: vec![PopInfo {
-            name: name.to_string(),
-            endpoint: format!("http://{addr}"),
-            pid: std::process::id(),
-            coords,
-        }],
+        directory: Some(dready.endpoint.clone()),
+        pops: infos.clone(),
         metrics: metrics_listen.map(|a| format!("http://{a}/metrics")),
     };
     let path = data.join("cluster.json");
@@ -436,8 +686,27 @@ async fn dev(
         .write(&path)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     eprintln!(
-        "tern dev: POP {name} at http://{addr}, store {store_url}; cluster file {}",
-        path.display()
+        "tern dev: directory {} ; store {store_url}",
+        dready.endpoint
     );
-    serve(node, listener).await
+    for p in &infos {
+        eprintln!(
+            "  POP {} at {} ({:.2}, {:.2})",
+            p.name, p.endpoint, p.coords[0], p.coords[1]
+        );
+    }
+    eprintln!("cluster file {}; Ctrl-C stops everything", path.display());
+    shutdown_signal().await;
+    eprintln!("tern dev: stopping POPs (persisting actors), then the directory");
+    for c in &children {
+        sigterm(c);
+    }
+    for mut c in children {
+        let _ = c.wait().await;
+    }
+    let mut directory = directory;
+    sigterm(&directory);
+    let _ = directory.wait().await;
+    let _ = std::fs::remove_file(&path);
+    Ok(())
 }

@@ -9,6 +9,14 @@
 //! the next turn re-instantiates from the baseline (the state before the
 //! failed turn). An actor idle for `idle_ms` is persisted, released and
 //! removed.
+//!
+//! Routing (with a directory): a call for an actor not active here is looked
+//! up (cached, invalidated by the directory's watch stream); if a live POP
+//! holds it the call is forwarded there once; a forwarded call that finds no
+//! activation answers "not here" and the sender looks up again. Otherwise
+//! this POP claims the actor (epoch + 1) and rehydrates it. An owner that sees
+//! a forwarded call its placement policy says should move the actor persists,
+//! releases and answers "moved"; the sender then claims it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,10 +27,12 @@ use tern_directory::{Directory, DirectoryError};
 use tern_storage::{CommitRequest, SnapshotMeta, Store, TypeRecord};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::cluster::{ClaimOutcome, DirectoryLink, Owner};
 use crate::committer::Committer;
-use crate::config::{Durability, Limits, TypeConfig};
+use crate::config::{Durability, Limits, Placement, TypeConfig};
 use crate::engine::{ENGINE_VERSION, TernEngine};
 use crate::error::{Result, RuntimeError};
+use crate::idem::{IDEMPOTENCY_KEY_BYTES_MAX, IdemTable, Outcome};
 use crate::instance::{ActorCaller, ActorInstance, InstanceParams, Prepared, guest_error};
 use crate::snapshot::Baseline;
 
@@ -35,6 +45,10 @@ pub const METHOD_NAME_BYTES_MAX: usize = 256;
 /// Deepest chain of nested actor-to-actor calls.
 pub const CALL_DEPTH_MAX: usize = 16;
 
+/// Times a call is re-routed (stale caches, moves) before it fails with
+/// UNAVAILABLE.
+pub const ROUTE_ATTEMPTS_MAX: usize = 6;
+
 /// A call to an actor.
 #[derive(Debug, Clone)]
 pub struct CallRequest {
@@ -46,6 +60,30 @@ pub struct CallRequest {
     pub method: String,
     /// Payload (JSON by convention).
     pub payload: Vec<u8>,
+    /// A retried call with the same key is applied at most once.
+    pub idempotency_key: Option<String>,
+}
+
+impl CallRequest {
+    /// A call without an idempotency key.
+    pub fn new(actor_type: &str, id: &str, method: &str, payload: Vec<u8>) -> CallRequest {
+        CallRequest {
+            actor_type: actor_type.into(),
+            id: id.into(),
+            method: method.into(),
+            payload,
+            idempotency_key: None,
+        }
+    }
+}
+
+/// How a call reached this POP.
+#[derive(Debug, Clone, Default)]
+pub struct Route {
+    /// Actors whose turns wait on this call (outermost first).
+    pub chain: Vec<String>,
+    /// The POP that forwarded it, if it was forwarded.
+    pub via: Option<String>,
 }
 
 /// A successful call's result.
@@ -55,6 +93,21 @@ pub struct CallOutput {
     pub payload: Vec<u8>,
     /// The activation epoch that ran the turn.
     pub epoch: u64,
+    /// The POP that ran the turn.
+    pub pop: String,
+}
+
+/// How to deploy a type.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeployOptions {
+    /// When turns reach the store.
+    pub durability: Durability,
+    /// Limits (zero fields take defaults).
+    pub limits: Limits,
+    /// Placement policy.
+    pub placement: Placement,
+    /// Allow restoring actors persisted by the type's previous code.
+    pub upgrade: bool,
 }
 
 /// What `deploy` reports.
@@ -100,16 +153,37 @@ pub struct NodeStatus {
     pub commits: u64,
     /// Bytes written to the store by this process.
     pub store_bytes_written: u64,
+    /// POPs, activations and migrations from the directory, if any.
+    pub cluster: Option<ClusterView>,
+}
+
+/// The directory's view: POPs, activations, recent migrations.
+pub type ClusterView = (
+    Vec<tern_proto::directory::Pop>,
+    Vec<tern_proto::directory::Activation>,
+    Vec<tern_proto::directory::Migration>,
+);
+
+/// The directory a node uses.
+#[derive(Clone)]
+enum Dir {
+    /// In-process, over the store: a single POP.
+    Local(Directory),
+    /// The DirectoryService: several POPs.
+    Remote(Arc<DirectoryLink>),
 }
 
 enum Msg {
     Call {
         method: String,
         payload: Vec<u8>,
-        chain: Vec<String>,
+        idem: Option<String>,
+        route: Route,
         reply: oneshot::Sender<Result<CallOutput>>,
     },
     Evict,
+    /// Drop without persisting or releasing (the lease was lost).
+    Abandon,
     Images {
         reply: oneshot::Sender<Vec<Vec<u8>>>,
     },
@@ -123,7 +197,11 @@ struct ActivationHandle {
 struct NodeInner {
     name: String,
     store: Store,
-    directory: Directory,
+    dir: Dir,
+    peers: DashMap<
+        String,
+        tern_proto::actor::actor_service_client::ActorServiceClient<tonic::transport::Channel>,
+    >,
     engine: TernEngine,
     committer: Committer,
     types: DashMap<String, Arc<ActorType>>,
@@ -174,9 +252,29 @@ impl Node {
     /// multi-threaded tokio runtime.
     pub fn new(name: impl Into<String>, store: Store, engine: TernEngine) -> Node {
         let name = name.into();
+        let dir = Dir::Local(Directory::new(store.clone(), name.clone()));
+        Node::build(name, store, engine, dir)
+    }
+
+    /// Starts a node that is one POP of a cluster run by the directory
+    /// behind `link`; it heartbeats and follows the directory's changes.
+    pub fn with_directory(
+        name: impl Into<String>,
+        store: Store,
+        engine: TernEngine,
+        link: Arc<DirectoryLink>,
+    ) -> Node {
+        let node = Node::build(name.into(), store, engine, Dir::Remote(link.clone()));
+        link.spawn_watch();
+        node.spawn_heartbeat(link);
+        node
+    }
+
+    fn build(name: String, store: Store, engine: TernEngine, dir: Dir) -> Node {
         Node {
             inner: Arc::new(NodeInner {
-                directory: Directory::new(store.clone(), name.clone()),
+                dir,
+                peers: DashMap::new(),
                 committer: Committer::start(store.clone()),
                 name,
                 store,
@@ -203,14 +301,13 @@ impl Node {
     /// Validates, stores and compiles a component as actor type `name`.
     /// With `upgrade`, actors persisted by the previous code of the type
     /// may be restored into the new code.
-    pub fn deploy(
-        &self,
-        name: &str,
-        component: &[u8],
-        durability: Durability,
-        limits: Limits,
-        upgrade: bool,
-    ) -> Result<DeployInfo> {
+    pub fn deploy(&self, name: &str, component: &[u8], opts: DeployOptions) -> Result<DeployInfo> {
+        let DeployOptions {
+            durability,
+            limits,
+            placement,
+            upgrade,
+        } = opts;
         check_name("actor type", name, ACTOR_NAME_BYTES_MAX)?;
         let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(component));
         // Validate and compile before anything is stored.
@@ -227,6 +324,7 @@ impl Node {
             durability,
             limits: limits.or_defaults(),
             restores_from,
+            placement,
         };
         self.inner.store.put_component(component)?;
         self.inner.store.put_type(
@@ -289,19 +387,35 @@ impl Node {
         Ok(t)
     }
 
-    /// Calls an actor, activating it here if needed.
+    /// Calls an actor, wherever it is active; activates it here if it is
+    /// active nowhere.
     pub async fn call(&self, req: CallRequest) -> Result<CallOutput> {
-        self.call_chain(req, Vec::new()).await
+        self.route(req, Route::default()).await
     }
 
-    async fn call_chain(&self, req: CallRequest, chain: Vec<String>) -> Result<CallOutput> {
+    /// Routes a call that arrived with `route` (from a client, a peer POP,
+    /// or a running turn's `call` import).
+    pub async fn route(&self, req: CallRequest, route: Route) -> Result<CallOutput> {
         check_name("actor type", &req.actor_type, ACTOR_NAME_BYTES_MAX)?;
         check_name("actor id", &req.id, ACTOR_NAME_BYTES_MAX)?;
         check_name("method", &req.method, METHOD_NAME_BYTES_MAX)?;
+        if let Some(k) = &req.idempotency_key
+            && k.len() > IDEMPOTENCY_KEY_BYTES_MAX
+        {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "idempotency key is {} bytes, over the limit of {IDEMPOTENCY_KEY_BYTES_MAX} bytes",
+                k.len()
+            )));
+        }
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return Err(RuntimeError::ShuttingDown);
         }
         let key = format!("{}/{}", req.actor_type, req.id);
+        if route.chain.contains(&key) {
+            let mut names = route.chain.clone();
+            names.push(key);
+            return Err(RuntimeError::CallCycle(names.join(" -> ")));
+        }
         let ty = match self.inner.types.get(&req.actor_type) {
             Some(t) => t.clone(),
             None => tokio::task::block_in_place(|| self.load_type(&req.actor_type))?,
@@ -314,20 +428,170 @@ impl Node {
                 limit,
             });
         }
+        let started = Instant::now();
+        let mut moved_from: Option<String> = None;
+        for _ in 0..ROUTE_ATTEMPTS_MAX {
+            // Not active here: ask where it is (unless this call was already
+            // forwarded to us: then we answer, we never forward again).
+            if !self.inner.actors.contains_key(&key)
+                && let Dir::Remote(link) = &self.inner.dir
+            {
+                let owner = link.lookup(&key, route.via.is_some()).await?;
+                match owner {
+                    Some(o) if o.pop != self.inner.name => {
+                        if route.via.is_some() {
+                            return Err(RuntimeError::NotHere {
+                                actor: key,
+                                moved_to: None,
+                            });
+                        }
+                        match self.forward(&o, &req, &route).await {
+                            Err(RuntimeError::NotHere { moved_to, .. }) => {
+                                link.invalidate(&key);
+                                if moved_to.is_some() {
+                                    moved_from = Some(o.pop.clone());
+                                }
+                                continue;
+                            }
+                            Err(RuntimeError::Transport(e)) => {
+                                // The owner is unreachable: maybe dead. Look
+                                // it up afresh next time; the caller retries.
+                                link.invalidate(&key);
+                                return Err(RuntimeError::Transport(e));
+                            }
+                            other => return other,
+                        }
+                    }
+                    Some(_) => {}
+                    None if route.via.is_some() => {
+                        return Err(RuntimeError::NotHere {
+                            actor: key,
+                            moved_to: None,
+                        });
+                    }
+                    None => {}
+                }
+            }
+            match self.call_local(&key, &req, &ty, &route).await {
+                Err(RuntimeError::HeldElsewhere { .. }) if route.via.is_some() => {
+                    return Err(RuntimeError::NotHere {
+                        actor: key,
+                        moved_to: None,
+                    });
+                }
+                Err(RuntimeError::HeldElsewhere { .. }) => continue,
+                Ok(out) => {
+                    if let (Some(from), Dir::Remote(link)) = (moved_from, &self.inner.dir) {
+                        self.record_migration(link, &key, &from, started).await;
+                    }
+                    return Ok(out);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RuntimeError::Transport(format!(
+            "routing {key} did not settle after ROUTE_ATTEMPTS_MAX = {ROUTE_ATTEMPTS_MAX} attempts (the actor is moving); retry"
+        )))
+    }
+
+    async fn record_migration(
+        &self,
+        link: &Arc<DirectoryLink>,
+        actor: &str,
+        from: &str,
+        started: Instant,
+    ) {
+        let ms = started.elapsed().as_millis() as u64;
+        metrics::counter!("tern_migrations_total").increment(1);
+        metrics::histogram!("tern_migration_seconds").record(ms as f64 / 1e3);
+        tracing::info!(actor, from, to = %self.inner.name, ms, "actor moved to its caller's POP");
+        let m = tern_proto::directory::Migration {
+            actor: actor.to_string(),
+            from_pop: from.to_string(),
+            to_pop: self.inner.name.clone(),
+            at_ms: now_ms(),
+            duration_ms: ms,
+            reason: "follows its callers".into(),
+        };
+        if let Err(e) = link.record_migration(m).await {
+            tracing::warn!(actor, error = %e, "cannot record migration");
+        }
+    }
+
+    /// Forwards a call to the POP that owns the actor.
+    async fn forward(&self, owner: &Owner, req: &CallRequest, route: &Route) -> Result<CallOutput> {
+        let mut client = match self.inner.peers.get(&owner.endpoint) {
+            Some(c) => c.clone(),
+            None => {
+                let ch = tonic::transport::Channel::from_shared(owner.endpoint.clone())
+                    .map_err(|e| RuntimeError::Transport(format!("bad peer endpoint: {e}")))?
+                    .connect_timeout(Duration::from_millis(1_000))
+                    .connect_lazy();
+                let c = tern_proto::actor::actor_service_client::ActorServiceClient::new(ch)
+                    .max_decoding_message_size(crate::server::GRPC_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(crate::server::GRPC_MESSAGE_BYTES_MAX);
+                self.inner.peers.insert(owner.endpoint.clone(), c.clone());
+                c
+            }
+        };
+        metrics::counter!("tern_calls_forwarded_total").increment(1);
+        let reply = client
+            .call(tern_proto::actor::CallRequest {
+                r#type: req.actor_type.clone(),
+                id: req.id.clone(),
+                method: req.method.clone(),
+                payload: req.payload.clone(),
+                idempotency_key: req.idempotency_key.clone().unwrap_or_default(),
+                chain: route.chain.clone(),
+                via_pop: self.inner.name.clone(),
+            })
+            .await
+            .map_err(|s| {
+                let actor = format!("{}/{}", req.actor_type, req.id);
+                if s.code() == tonic::Code::Unavailable
+                    && s.metadata().get(crate::error::NOT_HERE_METADATA).is_none()
+                    && s.message().contains("transport")
+                {
+                    RuntimeError::Transport(format!(
+                        "POP {} unreachable: {}",
+                        owner.pop,
+                        s.message()
+                    ))
+                } else {
+                    RuntimeError::from_peer(&actor, s)
+                }
+            })?
+            .into_inner();
+        Ok(CallOutput {
+            payload: reply.payload,
+            epoch: reply.epoch,
+            pop: reply.pop,
+        })
+    }
+
+    /// Runs a call on the local activation, creating it if needed.
+    async fn call_local(
+        &self,
+        key: &str,
+        req: &CallRequest,
+        ty: &Arc<ActorType>,
+        route: &Route,
+    ) -> Result<CallOutput> {
         let (reply_tx, reply_rx) = oneshot::channel();
         let mut msg = Msg::Call {
-            method: req.method,
-            payload: req.payload,
-            chain,
+            method: req.method.clone(),
+            payload: req.payload.clone(),
+            idem: req.idempotency_key.clone(),
+            route: route.clone(),
             reply: reply_tx,
         };
         loop {
-            let handle = self.activation(&key, &req.actor_type, &req.id, &ty);
+            let handle = self.activation(key, &req.actor_type, &req.id, ty);
             match handle.tx.try_send(msg) {
                 Ok(()) => break,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     return Err(RuntimeError::MailboxFull {
-                        actor: key,
+                        actor: key.to_string(),
                         limit: ty.config.limits.mailbox_depth_max,
                     });
                 }
@@ -339,12 +603,12 @@ impl Node {
                     let _ = done.wait_for(|d| *d).await;
                     self.inner
                         .actors
-                        .remove_if(&key, |_, h| Arc::ptr_eq(h, &handle));
+                        .remove_if(key, |_, h| Arc::ptr_eq(h, &handle));
                 }
             }
         }
         reply_rx.await.map_err(|_| RuntimeError::Superseded {
-            actor: key,
+            actor: key.to_string(),
             epoch: 0,
         })?
     }
@@ -366,34 +630,109 @@ impl Node {
                 let (done_tx, done_rx) = watch::channel(false);
                 let node = self.clone();
                 let (actor_type, id) = (actor_type.to_string(), id.to_string());
+                let handle = Arc::new(ActivationHandle { tx, done: done_rx });
+                let weak = Arc::downgrade(&handle);
                 tokio::spawn(async move {
+                    let key = format!("{actor_type}/{id}");
                     node.run_activation(actor_type, id, rx).await;
+                    // Leave the table before anyone waits on `done`, so a
+                    // waiter's retry creates a fresh activation.
+                    if let Some(h) = weak.upgrade() {
+                        node.inner.actors.remove_if(&key, |_, x| Arc::ptr_eq(x, &h));
+                    }
                     let _ = done_tx.send(true);
                 });
-                Arc::new(ActivationHandle { tx, done: done_rx })
+                handle
             })
             .clone()
+    }
+
+    /// Claims `key` through the directory.
+    async fn claim(&self, key: &str) -> Result<ClaimOutcome> {
+        match &self.inner.dir {
+            Dir::Local(d) => {
+                let d = d.clone();
+                let key = key.to_string();
+                tokio::task::block_in_place(|| d.claim(&key, now_ms()))
+                    .map(|c| ClaimOutcome::Granted {
+                        epoch: c.epoch,
+                        head_seq: c.head_seq,
+                    })
+                    .map_err(|e| match e {
+                        DirectoryError::Storage(s) => RuntimeError::Storage(s),
+                        other => RuntimeError::Transport(other.to_string()),
+                    })
+            }
+            Dir::Remote(link) => link.claim(key).await,
+        }
+    }
+
+    async fn release(&self, key: &str, epoch: u64) -> Result<()> {
+        match &self.inner.dir {
+            Dir::Local(d) => {
+                tokio::task::block_in_place(|| d.release(key, epoch)).map_err(|e| match e {
+                    DirectoryError::Storage(s) => RuntimeError::Storage(s),
+                    other => RuntimeError::Transport(other.to_string()),
+                })
+            }
+            Dir::Remote(link) => link.release(key, epoch).await,
+        }
+    }
+
+    /// Whether this POP may run turns (its lease is current).
+    fn lease_ok(&self) -> bool {
+        match &self.inner.dir {
+            Dir::Local(_) => true,
+            Dir::Remote(link) => link.lease_ok(),
+        }
+    }
+
+    fn fail_queued(rx: &mut mpsc::Receiver<Msg>, mut first: Option<RuntimeError>, key: &str) {
+        rx.close();
+        while let Ok(m) = rx.try_recv() {
+            if let Msg::Call { reply, .. } = m {
+                let err = first.take().unwrap_or_else(|| RuntimeError::NotHere {
+                    actor: key.to_string(),
+                    moved_to: None,
+                });
+                let _ = reply.send(Err(err));
+            }
+        }
     }
 
     async fn run_activation(&self, actor_type: String, id: String, mut rx: mpsc::Receiver<Msg>) {
         let key = format!("{actor_type}/{id}");
         let started = Instant::now();
-        let act = tokio::task::block_in_place(|| self.activate(&actor_type, &id));
+        let claim = match self.claim(&key).await {
+            Ok(ClaimOutcome::Granted { epoch, head_seq }) => (epoch, head_seq),
+            Ok(ClaimOutcome::Held(o)) => {
+                // Every queued caller re-routes to the holder.
+                rx.close();
+                while let Ok(m) = rx.try_recv() {
+                    if let Msg::Call { reply, .. } = m {
+                        let _ = reply.send(Err(RuntimeError::HeldElsewhere {
+                            actor: key.clone(),
+                            pop: o.pop.clone(),
+                            endpoint: o.endpoint.clone(),
+                            epoch: o.epoch,
+                        }));
+                    }
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(actor = %key, error = %e, "claim failed");
+                Self::fail_queued(&mut rx, Some(e), &key);
+                return;
+            }
+        };
+        let act = tokio::task::block_in_place(|| self.activate(&actor_type, &id, claim));
         let mut act = match act {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(actor = %key, error = %e, "activation failed");
-                rx.close();
-                let mut first = Some(e);
-                while let Ok(m) = rx.try_recv() {
-                    if let Msg::Call { reply, .. } = m {
-                        let err = match first.take() {
-                            Some(e) => e,
-                            None => RuntimeError::Transport(format!("activation of {key} failed")),
-                        };
-                        let _ = reply.send(Err(err));
-                    }
-                }
+                let _ = self.release(&key, claim.0).await;
+                Self::fail_queued(&mut rx, Some(e), &key);
                 return;
             }
         };
@@ -401,6 +740,7 @@ impl Node {
         tracing::debug!(actor = %key, epoch = act.epoch, "activated");
         let idle = Duration::from_millis(act.ty.config.limits.idle_ms);
         let mut closing = false;
+        let mut moved: Option<(oneshot::Sender<Result<CallOutput>>, String)> = None;
         loop {
             let msg = if closing {
                 rx.try_recv().ok()
@@ -422,17 +762,56 @@ impl Node {
                     closing = true;
                     rx.close();
                 }
+                Msg::Abandon => {
+                    tracing::warn!(actor = %key, "activation abandoned: lease lost");
+                    Self::fail_queued(
+                        &mut rx,
+                        Some(RuntimeError::LeaseLost("abandoned".into())),
+                        &key,
+                    );
+                    return;
+                }
                 Msg::Images { reply } => {
                     let _ = reply.send(act.baseline.images().to_vec());
                 }
                 Msg::Call {
                     method,
                     payload,
-                    mut chain,
+                    idem,
+                    mut route,
                     reply,
                 } => {
-                    chain.push(key.clone());
-                    let res = act.turn(self, chain, &method, &payload).await;
+                    if !self.lease_ok() {
+                        let _ = reply.send(Err(RuntimeError::LeaseLost(
+                            "lease expired by the POP's own clock".into(),
+                        )));
+                        Self::fail_queued(&mut rx, None, &key);
+                        return;
+                    }
+                    let caller_pop = route.via.clone().unwrap_or_else(|| self.inner.name.clone());
+                    let idle_ms = act.last_turn.elapsed().as_millis() as u64;
+                    act.recent_pops.push(caller_pop.clone());
+                    let window = act.ty.config.placement.window.max(1) as usize;
+                    if act.recent_pops.len() > window {
+                        act.recent_pops.remove(0);
+                    }
+                    if !closing
+                        && route.via.is_some()
+                        && act.ty.config.placement.should_move(
+                            &act.recent_pops,
+                            idle_ms,
+                            &self.inner.name,
+                        )
+                    {
+                        // Move to the caller's POP: persist, release, then
+                        // tell the caller to claim it.
+                        closing = true;
+                        rx.close();
+                        moved = Some((reply, caller_pop));
+                        continue;
+                    }
+                    route.chain.push(key.clone());
+                    let res = act.turn(self, route.chain, &method, &payload, idem).await;
                     let fatal = matches!(
                         &res,
                         Err(RuntimeError::Superseded { .. } | RuntimeError::Storage(_))
@@ -443,13 +822,8 @@ impl Node {
                         // a failed commit): drop this activation; the next
                         // call restores from the store.
                         tracing::warn!(actor = %key, "activation dropped after a commit failure");
-                        rx.close();
-                        while let Ok(Msg::Call { reply, .. }) = rx.try_recv() {
-                            let _ = reply.send(Err(RuntimeError::Superseded {
-                                actor: key.clone(),
-                                epoch: act.epoch,
-                            }));
-                        }
+                        Self::fail_queued(&mut rx, None, &key);
+                        let _ = self.release(&key, act.epoch).await;
                         return;
                     }
                 }
@@ -460,32 +834,33 @@ impl Node {
         }
         let epoch = act.epoch;
         drop(act);
-        if let Err(e) = tokio::task::block_in_place(|| self.inner.directory.release(&key, epoch)) {
+        if let Err(e) = self.release(&key, epoch).await {
             tracing::warn!(actor = %key, error = %e, "release failed");
+        }
+        if let Some((reply, to)) = moved {
+            let _ = reply.send(Err(RuntimeError::NotHere {
+                actor: key.clone(),
+                moved_to: Some(to),
+            }));
         }
         tracing::debug!(actor = %key, "evicted");
     }
 
-    /// Claims, loads and instantiates an actor.
-    fn activate(&self, actor_type: &str, id: &str) -> Result<Activation> {
+    /// Loads and instantiates an actor this POP has claimed.
+    fn activate(&self, actor_type: &str, id: &str, claim: (u64, u64)) -> Result<Activation> {
         let key = format!("{actor_type}/{id}");
         let ty = self.load_type(actor_type)?;
-        let claim = self
-            .inner
-            .directory
-            .claim(&key, now_ms())
-            .map_err(|e| match e {
-                DirectoryError::HeldElsewhere { .. } => RuntimeError::Transport(e.to_string()),
-                DirectoryError::Storage(s) => RuntimeError::Storage(s),
-            })?;
         let snap = self.inner.store.load_snapshot(&key)?;
         let params = InstanceParams {
             actor_type: actor_type.to_string(),
             actor_id: id.to_string(),
             limits: ty.config.limits,
+            pop: self.inner.name.clone(),
+            epoch: claim.0,
             caller: Arc::new(self.clone()),
         };
-        let (instance, baseline, head_seq) = match snap {
+        let (epoch, claimed_head) = claim;
+        let (instance, baseline, head_seq, idem) = match snap {
             Some(snap) => {
                 let digest = ty.prep.digest();
                 if snap.meta.component_digest != digest
@@ -506,7 +881,13 @@ impl Node {
                 let mut inst =
                     ActorInstance::new(self.inner.engine.engine(), &ty.prep, &params, &lens)?;
                 inst.write_memories(&snap.memories)?;
-                (Some(inst), Baseline::restored(snap.memories), snap.seq)
+                let idem = IdemTable::restore(&snap.extra);
+                (
+                    Some(inst),
+                    Baseline::restored(snap.memories),
+                    snap.seq,
+                    idem,
+                )
             }
             None => {
                 let inst = ActorInstance::new(self.inner.engine.engine(), &ty.prep, &params, &[])?;
@@ -514,18 +895,76 @@ impl Node {
                 // SAFETY: the instance runs no guest code right now.
                 unsafe { b.absorb(inst.memories()) };
                 b.mark_all_dirty();
-                (Some(inst), b, claim.head_seq)
+                (Some(inst), b, claimed_head, IdemTable::default())
             }
         };
         Ok(Activation {
             key,
             ty,
             params,
-            epoch: claim.epoch,
+            epoch,
             head_seq,
             instance,
             baseline,
+            idem,
+            recent_pops: Vec::new(),
+            last_turn: Instant::now(),
         })
+    }
+
+    /// Renews the lease every heartbeat interval. When the directory says
+    /// the lease lapsed, or it cannot be renewed before it ends, every
+    /// activation is abandoned at once (a newer epoch may exist elsewhere);
+    /// then the POP registers again as a new incarnation.
+    fn spawn_heartbeat(&self, link: Arc<DirectoryLink>) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(link.heartbeat_interval());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let node = Node { inner };
+                if node.inner.shutting_down.load(Ordering::Acquire) {
+                    return;
+                }
+                match link.heartbeat().await {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        tracing::warn!(pop = %node.inner.name, "directory says our lease lapsed: dropping every activation and registering again");
+                    }
+                    Err(e) if link.lease_ok() => {
+                        tracing::warn!(error = %e, "heartbeat failed; lease still current");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "heartbeat failed and the lease ended: dropping every activation");
+                    }
+                }
+                node.abandon_all().await;
+                if let Err(e) = link.register().await {
+                    tracing::warn!(error = %e, "cannot register again yet");
+                }
+            }
+        });
+    }
+
+    /// Drops every activation without persisting or releasing them.
+    async fn abandon_all(&self) {
+        metrics::counter!("tern_lease_losses_total").increment(1);
+        let handles: Vec<_> = self
+            .inner
+            .actors
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
+        for h in &handles {
+            let _ = h.tx.send(Msg::Abandon).await;
+        }
+        for h in handles {
+            let mut done = h.done.clone();
+            let _ = done.wait_for(|d| *d).await;
+        }
     }
 
     /// Evicts every actor (persisting them) and refuses new calls.
@@ -559,11 +998,12 @@ impl Node {
         true
     }
 
-    /// The node's state.
-    pub fn status(&self) -> NodeStatus {
+    /// The node's state, with the cluster's as the directory sees it.
+    pub async fn status(&self) -> NodeStatus {
         let mut actors: Vec<String> = self.inner.actors.iter().map(|e| e.key().clone()).collect();
         actors.sort();
-        let mut types: Vec<_> = match self.inner.store.list_types() {
+        let listed = tokio::task::block_in_place(|| self.inner.store.list_types());
+        let mut types: Vec<_> = match listed {
             Ok(list) => list
                 .into_iter()
                 .map(|(n, r)| {
@@ -574,6 +1014,16 @@ impl Node {
             Err(_) => Vec::new(),
         };
         types.sort_by(|a, b| a.0.cmp(&b.0));
+        let cluster = match &self.inner.dir {
+            Dir::Remote(link) => match link.cluster_view().await {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the cluster view");
+                    None
+                }
+            },
+            Dir::Local(_) => None,
+        };
         NodeStatus {
             pop: self.inner.name.clone(),
             actors,
@@ -581,6 +1031,7 @@ impl Node {
             turns: self.inner.counters.turns.load(Ordering::Relaxed),
             commits: self.inner.counters.commits.load(Ordering::Relaxed),
             store_bytes_written: self.inner.store.stats().bytes_written,
+            cluster,
         }
     }
 
@@ -632,17 +1083,15 @@ impl ActorCaller for Node {
                 chain.join(" -> ")
             )));
         }
-        let req = CallRequest {
-            actor_type: ty.to_string(),
-            id: id.to_string(),
-            method: method.to_string(),
-            payload,
-        };
+        let req = CallRequest::new(ty, id, method, payload);
         let node = self.clone();
-        let chain = chain.to_vec();
+        let route = Route {
+            chain: chain.to_vec(),
+            via: None,
+        };
         self.inner
             .rt
-            .block_on(async move { node.call_chain(req, chain).await })
+            .block_on(async move { node.route(req, route).await })
             .map(|o| o.payload)
     }
 }
@@ -657,39 +1106,78 @@ struct Activation {
     /// `None` after a trap: rebuilt from the baseline on the next turn.
     instance: Option<ActorInstance>,
     baseline: Baseline,
+    idem: IdemTable,
+    /// POPs the most recent calls came through, oldest first.
+    recent_pops: Vec<String>,
+    last_turn: Instant,
 }
 
 impl Activation {
-    /// Runs one turn and, in `turn` durability, commits it before returning.
+    /// Runs one turn and, in `turn` durability, commits it (with its
+    /// idempotency record) before returning. A call whose idempotency key
+    /// was already applied gets the recorded outcome without running.
     async fn turn(
         &mut self,
         node: &Node,
         chain: Vec<String>,
         method: &str,
         payload: &[u8],
+        idem: Option<String>,
     ) -> Result<CallOutput> {
+        let output = |payload: Vec<u8>, epoch: u64| CallOutput {
+            payload,
+            epoch,
+            pop: node.inner.name.clone(),
+        };
+        if let Some(k) = &idem
+            && let Some(out) = self.idem.get(k)
+        {
+            metrics::counter!("tern_calls_deduplicated_total").increment(1);
+            return match out {
+                Outcome::Reply(b) => Ok(output(b.clone(), self.epoch)),
+                Outcome::Error(code, message) => Err(RuntimeError::Guest {
+                    code: tonic::Code::from_i32(*code),
+                    message: message.clone(),
+                }),
+                Outcome::AppliedReplyDropped => Err(RuntimeError::Guest {
+                    code: tonic::Code::FailedPrecondition,
+                    message: format!(
+                        "the call with idempotency key `{k}` was already applied; its reply was too large to keep"
+                    ),
+                }),
+            };
+        }
         let started = Instant::now();
         let limits = self.ty.config.limits;
         let out = tokio::task::block_in_place(|| self.run_guest(node, chain, method, payload));
         node.inner.counters.turns.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("tern_turns_total").increment(1);
-        let out = out?;
-        if self.ty.config.durability == Durability::Turn && self.baseline.is_dirty() {
+        self.last_turn = Instant::now();
+        let result = match out? {
+            Ok(p) if p.len() as u64 > limits.payload_bytes_max => {
+                Err(RuntimeError::PayloadTooLarge {
+                    what: "reply payload",
+                    size: p.len(),
+                    limit: limits.payload_bytes_max,
+                })
+            }
+            Ok(p) => Ok(p),
+            Err(e) => Err(guest_error(e)),
+        };
+        if let Some(k) = &idem {
+            let outcome = match &result {
+                Ok(p) => Outcome::Reply(p.clone()),
+                Err(e) => Outcome::Error(e.code() as i32, e.to_string()),
+            };
+            self.idem.record(k, outcome);
+        }
+        if self.ty.config.durability == Durability::Turn
+            && (self.baseline.is_dirty() || self.idem.is_dirty())
+        {
             self.persist(node).await?;
         }
         metrics::histogram!("tern_turn_seconds").record(started.elapsed().as_secs_f64());
-        let payload = out.map_err(guest_error)?;
-        if payload.len() as u64 > limits.payload_bytes_max {
-            return Err(RuntimeError::PayloadTooLarge {
-                what: "reply payload",
-                size: payload.len(),
-                limit: limits.payload_bytes_max,
-            });
-        }
-        Ok(CallOutput {
-            payload,
-            epoch: self.epoch,
-        })
+        result.map(|p| output(p, self.epoch))
     }
 
     /// Runs the guest (blocking). On a trap, drops the instance so the
@@ -734,7 +1222,7 @@ impl Activation {
 
     /// Commits the dirty pages, fenced by this activation's epoch.
     async fn persist(&mut self, node: &Node) -> Result<()> {
-        if !self.baseline.is_dirty() {
+        if !self.baseline.is_dirty() && !self.idem.is_dirty() {
             return Ok(());
         }
         let req = CommitRequest {
@@ -747,13 +1235,14 @@ impl Activation {
                 globals: Vec::new(),
             },
             memories: self.baseline.delta(),
-            extra: Vec::new(),
+            extra: self.idem.pending(),
         };
         match node.inner.committer.commit(req).await {
             Ok(seq) => {
                 node.inner.counters.commits.fetch_add(1, Ordering::Relaxed);
                 self.head_seq = seq;
                 self.baseline.committed();
+                self.idem.committed();
                 Ok(())
             }
             Err(RuntimeError::Storage(tern_storage::StorageError::Fenced { .. })) => {

@@ -4,8 +4,8 @@ use tern_proto::actor as pb;
 use tern_proto::actor::actor_service_server::{ActorService, ActorServiceServer};
 use tonic::{Request, Response, Status};
 
-use crate::config::{Durability, Limits};
-use crate::node::{CallRequest, Node};
+use crate::config::{Durability, Limits, Placement};
+use crate::node::{CallRequest, DeployOptions, Node, Route};
 
 /// Largest gRPC message accepted, in bytes (components can be large).
 pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 << 20;
@@ -51,6 +51,40 @@ pub fn limits_from_pb(l: Option<pb::Limits>) -> Limits {
     .or_defaults()
 }
 
+/// Wire placement to the runtime's (absent: defaults).
+pub fn placement_from_pb(p: Option<pb::Placement>) -> Placement {
+    match p {
+        None => Placement::default(),
+        Some(p) => {
+            let d = Placement::default();
+            Placement {
+                follow_caller: p.follow_caller,
+                window: if p.window == 0 { d.window } else { p.window },
+                share_pct: if p.share_pct == 0 {
+                    d.share_pct
+                } else {
+                    p.share_pct
+                },
+                idle_move_ms: if p.idle_move_ms == 0 {
+                    d.idle_move_ms
+                } else {
+                    p.idle_move_ms
+                },
+            }
+        }
+    }
+}
+
+/// The runtime's placement on the wire.
+pub fn placement_to_pb(p: Placement) -> pb::Placement {
+    pb::Placement {
+        follow_caller: p.follow_caller,
+        window: p.window,
+        share_pct: p.share_pct,
+        idle_move_ms: p.idle_move_ms,
+    }
+}
+
 /// The runtime's limits on the wire.
 pub fn limits_to_pb(l: Limits) -> pb::Limits {
     pb::Limits {
@@ -68,16 +102,23 @@ impl ActorService for ActorServiceImpl {
         let r = req.into_inner();
         let out = self
             .node
-            .call(CallRequest {
-                actor_type: r.r#type,
-                id: r.id,
-                method: r.method,
-                payload: r.payload,
-            })
+            .route(
+                CallRequest {
+                    actor_type: r.r#type,
+                    id: r.id,
+                    method: r.method,
+                    payload: r.payload,
+                    idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
+                },
+                Route {
+                    chain: r.chain,
+                    via: (!r.via_pop.is_empty()).then_some(r.via_pop),
+                },
+            )
             .await?;
         Ok(Response::new(pb::CallReply {
             payload: out.payload,
-            pop: self.node.name().to_string(),
+            pop: out.pop,
             epoch: out.epoch,
         }))
     }
@@ -92,9 +133,12 @@ impl ActorService for ActorServiceImpl {
             node.deploy(
                 &r.r#type,
                 &r.component,
-                durability_from_pb(r.durability),
-                limits_from_pb(r.limits),
-                r.upgrade,
+                DeployOptions {
+                    durability: durability_from_pb(r.durability),
+                    limits: limits_from_pb(r.limits),
+                    placement: placement_from_pb(r.placement),
+                    upgrade: r.upgrade,
+                },
             )
         })
         .await
@@ -109,10 +153,31 @@ impl ActorService for ActorServiceImpl {
         &self,
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
-        let node = self.node.clone();
-        let s = tokio::task::spawn_blocking(move || node.status())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let s = self.node.status().await;
+        let (pops, acts, migs) = s.cluster.unwrap_or_default();
+        let pops = pops
+            .into_iter()
+            .map(|p| pb::ClusterPop {
+                actors: acts.iter().filter(|a| a.pop == p.name).count() as u64,
+                name: p.name,
+                endpoint: p.endpoint,
+                alive: p.alive,
+                lease_age_ms: p.lease_age_ms,
+                lat: p.lat,
+                lon: p.lon,
+            })
+            .collect();
+        let migrations = migs
+            .into_iter()
+            .map(|m| pb::MigrationInfo {
+                actor: m.actor,
+                from_pop: m.from_pop,
+                to_pop: m.to_pop,
+                at_ms: m.at_ms,
+                duration_ms: m.duration_ms,
+                reason: m.reason,
+            })
+            .collect();
         Ok(Response::new(pb::StatusReply {
             pop: s.pop,
             version: crate::engine::ENGINE_VERSION.to_string(),
@@ -131,6 +196,8 @@ impl ActorService for ActorServiceImpl {
             turns_total: s.turns,
             commits_total: s.commits,
             store_bytes_written: s.store_bytes_written,
+            pops,
+            migrations,
         }))
     }
 }

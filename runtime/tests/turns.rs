@@ -131,7 +131,15 @@ async fn malformed_component_rejected() {
     ];
     for (what, bytes, needle) in cases {
         let err = node
-            .deploy("bad", &bytes, Durability::Turn, limits(), false)
+            .deploy(
+                "bad",
+                &bytes,
+                tern_runtime::DeployOptions {
+                    durability: Durability::Turn,
+                    limits: limits(),
+                    ..Default::default()
+                },
+            )
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err}");
         assert!(err.to_string().contains(needle), "{what}: {err}");
@@ -156,6 +164,7 @@ async fn oversized_payload_rejected() {
             id: "p".into(),
             method: "echo".into(),
             payload: vec![7; 2048],
+            idempotency_key: None,
         })
         .await
         .unwrap_err();
@@ -174,6 +183,7 @@ async fn oversized_payload_rejected() {
             id: "p".into(),
             method: "echo".into(),
             payload: vec![7; 1000],
+            idempotency_key: None,
         })
         .await
         .unwrap();

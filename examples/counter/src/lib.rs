@@ -13,6 +13,8 @@
 //! | `put` | `{"key": k, "len": n, "fill": b}` | `{"entries": n, "bytes": total}`; stores `n` bytes of value `b` under `k` |
 //! | `remove` | `{"key": k}` | `{"removed": bool, "entries": n, "bytes": total}` |
 //! | `digest` | (ignored) | `{"entries": n, "bytes": total, "hash": h}` |
+//! | `tick` | `{"by": n}` | `{"value": v, "epoch": e, "pop": p}`; like `incr`, and records `(epoch, value)` in the actor's history |
+//! | `history` | (ignored) | `{"entries": [[epoch, value], ...]}`, oldest first |
 //!
 //! `hash` is FNV-1a 64 over the entries sorted by key, each fed as
 //! `key_len: u64 LE, key bytes, value_len: u64 LE, value bytes` ([`digest_of`]).
@@ -48,6 +50,7 @@ pub struct Counter {
     entries: Map,
     bytes: u64,
     hog: Vec<Vec<u8>>,
+    history: Vec<(u64, u64)>,
 }
 
 /// `incr` / `incr_then_panic` request.
@@ -55,6 +58,27 @@ pub struct Counter {
 pub struct Incr {
     /// Amount to add.
     pub by: u64,
+}
+
+/// Most `tick` entries kept in the history.
+pub const HISTORY_ENTRIES_MAX: usize = 10_000;
+
+/// `tick` reply.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub struct Tick {
+    /// The counter after the turn.
+    pub value: u64,
+    /// The epoch of the activation that ran it.
+    pub epoch: u64,
+    /// The POP that ran it.
+    pub pop: String,
+}
+
+/// `history` reply.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub struct History {
+    /// `(epoch, value)` per tick, oldest first.
+    pub entries: Vec<(u64, u64)>,
 }
 
 /// `incr` / `get` reply.
@@ -191,6 +215,29 @@ impl Counter {
         Ok(Value { value: self.value })
     }
 
+    /// Like `incr`, and records `(epoch, value)` of the activation that ran
+    /// the turn in the actor's own history (for single-activation audits).
+    fn tick(&mut self, req: Incr) -> Result<Tick, ActorError> {
+        let v = self.incr(req)?;
+        let a = tern_actor_sdk::activation();
+        if self.history.len() >= HISTORY_ENTRIES_MAX {
+            self.history.remove(0);
+        }
+        self.history.push((a.epoch, v.value));
+        Ok(Tick {
+            value: v.value,
+            epoch: a.epoch,
+            pop: a.pop,
+        })
+    }
+
+    /// The `(epoch, value)` of every `tick`, oldest first.
+    fn history(&mut self) -> Result<History, ActorError> {
+        Ok(History {
+            entries: self.history.clone(),
+        })
+    }
+
     fn put(&mut self, req: Put) -> Result<Sizes, ActorError> {
         let value = vec![req.fill; req.len];
         if let Some(old) = self.entries.insert(req.key, value) {
@@ -279,6 +326,8 @@ impl Counter {
 actor!(Counter {
     json incr,
     json0 get,
+    json tick,
+    json0 history,
     json put,
     json remove,
     json0 digest,

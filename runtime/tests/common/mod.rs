@@ -37,8 +37,16 @@ pub fn engine() -> TernEngine {
 /// A node over `store` with `counter` deployed as type `ty`.
 pub fn node_with_counter(store: Store, ty: &str, durability: Durability, limits: Limits) -> Node {
     let node = Node::new("test-pop", store, engine());
-    node.deploy(ty, counter_wasm(), durability, limits, false)
-        .expect("deploy counter");
+    node.deploy(
+        ty,
+        counter_wasm(),
+        tern_runtime::DeployOptions {
+            durability: durability,
+            limits: limits,
+            ..Default::default()
+        },
+    )
+    .expect("deploy counter");
     node
 }
 
@@ -61,6 +69,7 @@ pub async fn call(
             id: id.into(),
             method: method.into(),
             payload,
+            idempotency_key: None,
         })
         .await?;
     Ok(serde_json::from_slice(&out.payload).expect("reply is JSON"))
