@@ -47,6 +47,16 @@ pub(crate) fn sqlite() -> Harness {
     }
 }
 
+/// Prints a skip line that shows in `cargo test` output even though the
+/// harness captures test output: `println!` is captured (shown only with
+/// `--nocapture`/`--show-output`), a direct write to the stderr handle is
+/// not.
+pub(crate) fn skip_notice(line: &str) {
+    use std::io::Write;
+    println!("{line}");
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// Clears an FDB test's private key range when the test ends.
 #[cfg(feature = "fdb")]
 pub(crate) struct FdbCleanup(Arc<crate::kv::fdb::FdbBackend>);
@@ -66,8 +76,9 @@ impl Drop for FdbCleanup {
 #[cfg(feature = "fdb")]
 pub(crate) fn fdb(test: &str) -> Option<Harness> {
     let Some(cluster) = std::env::var_os("FDB_CLUSTER_FILE").filter(|v| !v.is_empty()) else {
-        println!("conformance::fdb::{test} skipped: FDB_CLUSTER_FILE is not set");
-        eprintln!("conformance::fdb::{test} skipped: FDB_CLUSTER_FILE is not set");
+        skip_notice(&format!(
+            "conformance::fdb::{test} skipped: FDB_CLUSTER_FILE is not set (point it at a cluster file to run the suite against FoundationDB)"
+        ));
         return None;
     };
     let mut prefix = Vec::new();
@@ -1107,10 +1118,9 @@ mod fdb {
     #[test]
     fn skipped_reason() {
         let cluster = std::env::var("FDB_CLUSTER_FILE").ok();
-        println!(
+        super::skip_notice(&format!(
             "conformance::fdb skipped: built without the fdb feature (FDB_CLUSTER_FILE={}); run `cargo test -p tern-storage --features fdb -- conformance::fdb` on a machine with libfdb_c and a cluster",
             cluster.as_deref().unwrap_or("<unset>")
-        );
-        eprintln!("conformance::fdb skipped: built without the fdb feature");
+        ));
     }
 }
