@@ -35,6 +35,9 @@ pub struct ClusterFile {
     /// Prometheus metrics URL, if enabled.
     #[serde(default)]
     pub metrics: Option<String>,
+    /// Process id of the directory, if one runs.
+    #[serde(default)]
+    pub directory_pid: Option<u32>,
 }
 
 impl ClusterFile {
@@ -207,11 +210,16 @@ impl TernClient {
                         via: self.pops[i].name.clone(),
                     });
                 }
-                Err(s) if s.code() == tonic::Code::Unavailable && retries < CLIENT_RETRIES_MAX => {
-                    // A transport failure means our POP is gone: fail over to
-                    // the next nearest one. Otherwise retry where we are.
-                    let transport = s.metadata().is_empty() && s.message().contains("transport");
-                    if transport {
+                Err(s)
+                    if retries < CLIENT_RETRIES_MAX
+                        && (s.code() == tonic::Code::Unavailable
+                            || std::error::Error::source(&s).is_some()) =>
+                {
+                    // A status with a source came from the transport, not
+                    // from a POP: the POP is gone (maybe mid-call; the same
+                    // idempotency key makes the retry safe). Fail over to the
+                    // next nearest POP. Otherwise retry where we are.
+                    if std::error::Error::source(&s).is_some() {
                         let _ = self.current.compare_exchange(i, i + 1, Relaxed, Relaxed);
                     }
                     retries += 1;

@@ -31,9 +31,48 @@ pub enum Outcome {
     AppliedReplyDropped,
 }
 
-impl Outcome {
+/// An applied call: its outcome and the activation that ran it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// The epoch of the activation that ran it.
+    pub epoch: u64,
+    /// The POP that ran it.
+    pub pop: String,
+}
+
+impl Applied {
     fn encode(&self, seq: u64) -> Vec<u8> {
         let mut v = seq.to_le_bytes().to_vec();
+        v.extend_from_slice(&self.epoch.to_le_bytes());
+        let pop = &self.pop.as_bytes()[..self.pop.len().min(255)];
+        v.push(pop.len() as u8);
+        v.extend_from_slice(pop);
+        v.extend(self.outcome.encode());
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<(u64, Applied)> {
+        let seq = u64::from_le_bytes(v.get(..8)?.try_into().ok()?);
+        let epoch = u64::from_le_bytes(v.get(8..16)?.try_into().ok()?);
+        let n = *v.get(16)? as usize;
+        let pop = String::from_utf8_lossy(v.get(17..17 + n)?).into_owned();
+        let outcome = Outcome::decode(v.get(17 + n..)?)?;
+        Some((
+            seq,
+            Applied {
+                outcome,
+                epoch,
+                pop,
+            },
+        ))
+    }
+}
+
+impl Outcome {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::new();
         match self {
             Outcome::Reply(b) => {
                 v.push(0);
@@ -49,10 +88,9 @@ impl Outcome {
         v
     }
 
-    fn decode(v: &[u8]) -> Option<(u64, Outcome)> {
-        let seq = u64::from_le_bytes(v.get(..8)?.try_into().ok()?);
-        let body = &v[9.min(v.len())..];
-        let out = match v.get(8)? {
+    fn decode(v: &[u8]) -> Option<Outcome> {
+        let body = &v[1.min(v.len())..];
+        let out = match v.first()? {
             0 => Outcome::Reply(body.to_vec()),
             1 => Outcome::Error(
                 i32::from_le_bytes(body.get(..4)?.try_into().ok()?),
@@ -61,7 +99,7 @@ impl Outcome {
             2 => Outcome::AppliedReplyDropped,
             _ => return None,
         };
-        Some((seq, out))
+        Some(out)
     }
 }
 
@@ -69,7 +107,7 @@ impl Outcome {
 #[derive(Default)]
 pub struct IdemTable {
     order: VecDeque<String>,
-    map: HashMap<String, Outcome>,
+    map: HashMap<String, Applied>,
     next_seq: u64,
     /// Side records to commit with the next snapshot: (name, value); an
     /// empty value deletes the record.
@@ -79,11 +117,11 @@ pub struct IdemTable {
 impl IdemTable {
     /// Rebuilds the table from the side records of a snapshot.
     pub fn restore(extra: &[(String, Vec<u8>)]) -> IdemTable {
-        let mut entries: Vec<(u64, String, Outcome)> = extra
+        let mut entries: Vec<(u64, String, Applied)> = extra
             .iter()
             .filter_map(|(name, v)| {
                 let key = name.strip_prefix(PREFIX)?;
-                let (seq, out) = Outcome::decode(v)?;
+                let (seq, out) = Applied::decode(v)?;
                 Some((seq, key.to_string(), out))
             })
             .collect();
@@ -97,24 +135,29 @@ impl IdemTable {
         t
     }
 
-    /// The outcome recorded for `key`, if it was applied.
-    pub fn get(&self, key: &str) -> Option<&Outcome> {
+    /// What was recorded for `key`, if it was applied.
+    pub fn get(&self, key: &str) -> Option<&Applied> {
         self.map.get(key)
     }
 
-    /// Records that `key` was applied with `outcome`.
-    pub fn record(&mut self, key: &str, outcome: Outcome) {
+    /// Records that `key` was applied by the activation `(pop, epoch)`.
+    pub fn record(&mut self, key: &str, outcome: Outcome, pop: &str, epoch: u64) {
         let outcome = match outcome {
             Outcome::Reply(b) if b.len() > IDEMPOTENT_REPLY_BYTES_MAX => {
                 Outcome::AppliedReplyDropped
             }
             o => o,
         };
+        let applied = Applied {
+            outcome,
+            epoch,
+            pop: pop.to_string(),
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
         self.pending
-            .push((format!("{PREFIX}{key}"), outcome.encode(seq)));
-        if self.map.insert(key.to_string(), outcome).is_none() {
+            .push((format!("{PREFIX}{key}"), applied.encode(seq)));
+        if self.map.insert(key.to_string(), applied).is_none() {
             self.order.push_back(key.to_string());
         }
         while self.order.len() > IDEMPOTENCY_KEYS_MAX {
@@ -148,13 +191,25 @@ mod tests {
     #[test]
     fn idempotency_records_survive_restore_in_order() {
         let mut t = IdemTable::default();
-        t.record("a", Outcome::Reply(b"1".to_vec()));
-        t.record("b", Outcome::Error(9, "nope".into()));
-        t.record("c", Outcome::Reply(vec![0; IDEMPOTENT_REPLY_BYTES_MAX + 1]));
+        t.record("a", Outcome::Reply(b"1".to_vec()), "fra", 3);
+        t.record("b", Outcome::Error(9, "nope".into()), "iad", 4);
+        t.record(
+            "c",
+            Outcome::Reply(vec![0; IDEMPOTENT_REPLY_BYTES_MAX + 1]),
+            "nrt",
+            5,
+        );
         let r = IdemTable::restore(&t.pending());
-        assert_eq!(r.get("a"), Some(&Outcome::Reply(b"1".to_vec())));
-        assert_eq!(r.get("b"), Some(&Outcome::Error(9, "nope".into())));
-        assert_eq!(r.get("c"), Some(&Outcome::AppliedReplyDropped));
+        let a = r.get("a").unwrap();
+        assert_eq!(
+            (&a.outcome, a.pop.as_str(), a.epoch),
+            (&Outcome::Reply(b"1".to_vec()), "fra", 3)
+        );
+        assert_eq!(
+            r.get("b").unwrap().outcome,
+            Outcome::Error(9, "nope".into())
+        );
+        assert_eq!(r.get("c").unwrap().outcome, Outcome::AppliedReplyDropped);
         assert_eq!(r.order, ["a", "b", "c"]);
     }
 
@@ -162,7 +217,7 @@ mod tests {
     fn idempotency_table_is_bounded() {
         let mut t = IdemTable::default();
         for i in 0..IDEMPOTENCY_KEYS_MAX + 10 {
-            t.record(&format!("k{i}"), Outcome::Reply(Vec::new()));
+            t.record(&format!("k{i}"), Outcome::Reply(Vec::new()), "fra", 1);
         }
         assert_eq!(t.map.len(), IDEMPOTENCY_KEYS_MAX);
         assert!(t.get("k0").is_none());

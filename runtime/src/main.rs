@@ -678,6 +678,7 @@ async fn dev(
     let cluster = ClusterFile {
         pid: std::process::id(),
         directory: Some(dready.endpoint.clone()),
+        directory_pid: Some(dready.pid),
         pops: infos.clone(),
         metrics: metrics_listen.map(|a| format!("http://{a}/metrics")),
     };

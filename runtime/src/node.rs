@@ -548,10 +548,7 @@ impl Node {
             .await
             .map_err(|s| {
                 let actor = format!("{}/{}", req.actor_type, req.id);
-                if s.code() == tonic::Code::Unavailable
-                    && s.metadata().get(crate::error::NOT_HERE_METADATA).is_none()
-                    && s.message().contains("transport")
-                {
+                if std::error::Error::source(&s).is_some() {
                     RuntimeError::Transport(format!(
                         "POP {} unreachable: {}",
                         owner.pop,
@@ -1130,11 +1127,15 @@ impl Activation {
             pop: node.inner.name.clone(),
         };
         if let Some(k) = &idem
-            && let Some(out) = self.idem.get(k)
+            && let Some(applied) = self.idem.get(k)
         {
             metrics::counter!("tern_calls_deduplicated_total").increment(1);
-            return match out {
-                Outcome::Reply(b) => Ok(output(b.clone(), self.epoch)),
+            return match &applied.outcome {
+                Outcome::Reply(b) => Ok(CallOutput {
+                    payload: b.clone(),
+                    epoch: applied.epoch,
+                    pop: applied.pop.clone(),
+                }),
                 Outcome::Error(code, message) => Err(RuntimeError::Guest {
                     code: tonic::Code::from_i32(*code),
                     message: message.clone(),
@@ -1169,7 +1170,7 @@ impl Activation {
                 Ok(p) => Outcome::Reply(p.clone()),
                 Err(e) => Outcome::Error(e.code() as i32, e.to_string()),
             };
-            self.idem.record(k, outcome);
+            self.idem.record(k, outcome, &node.inner.name, self.epoch);
         }
         if self.ty.config.durability == Durability::Turn
             && (self.baseline.is_dirty() || self.idem.is_dirty())
