@@ -146,6 +146,7 @@ struct Report {
     migrations: usize,
     migrations_list: Vec<String>,
     traveller: Option<Travel>,
+    slow_calls: Vec<String>,
     errors: Vec<String>,
     ok: bool,
 }
@@ -273,6 +274,7 @@ async fn session(
         component.len() / 1024
     );
     let run_tag = format!("{:04x}", (std::process::id() ^ now_ms() as u32) & 0xffff);
+    warm_up(&cluster.file.pops, &run_tag).await;
     let specs = sim::specs(plan.players, &run_tag);
     let sh = Shared::new(cluster.file.pops.clone(), run_tag.clone(), plan.duration);
     eprintln!(
@@ -341,8 +343,6 @@ async fn session(
     for e in &sh.events.lock()[shown_events..] {
         eprintln!("{e}");
     }
-    eprintln!("auditing {} players and their matches ...", tallies.len());
-    let audit = sim::audit(&sh, &tallies).await;
     let live_endpoints: Vec<String> = cluster
         .file
         .pops
@@ -358,6 +358,8 @@ async fn session(
         .map(|(a, f, t)| format!("{a}: {f} -> {t}"))
         .collect();
 
+    eprintln!("auditing {} players and their matches ...", tallies.len());
+    let audit = sim::audit(&sh, &tallies).await;
     let c = &sh.counters;
     let mut lats = sh.latencies();
     let mut all: Vec<u64> = lats.values().flatten().copied().collect();
@@ -402,6 +404,7 @@ async fn session(
         migrations_list: migrations,
         traveller: sh.travel.lock().clone(),
         audit,
+        slow_calls: sh.slow_calls.lock().clone(),
         errors,
         ok,
     };
@@ -414,6 +417,40 @@ async fn session(
         println!("report: {}", p.display());
     }
     Ok(ok)
+}
+
+/// Activates one actor of each type at each POP, so every POP has compiled
+/// the component before the clock starts (the first activation of a type at
+/// a POP compiles it, which takes seconds).
+async fn warm_up(pops: &[tern_runtime::client::PopInfo], run: &str) {
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for p in pops {
+        for ty in ["player", "matchmaker", "match"] {
+            let pops = pops.to_vec();
+            let id = format!("warmup-{}-{run}", p.name);
+            let coords = p.coords;
+            tasks.push(tokio::spawn(async move {
+                let client = tern_runtime::client::TernClient::new(&pops, coords).ok()?;
+                client
+                    .call(ty, &id, "state", Vec::new(), None)
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }));
+        }
+    }
+    let mut ok = 0;
+    let n = tasks.len();
+    for t in tasks {
+        if let Ok(Some(())) = t.await {
+            ok += 1;
+        }
+    }
+    eprintln!(
+        "warmed up {ok}/{n} actor types at the POPs in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
 }
 
 fn now_ms() -> u64 {

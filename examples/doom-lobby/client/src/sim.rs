@@ -55,6 +55,10 @@ pub const QUEUE_WAIT_MS_MAX: u64 = 20_000;
 /// Extra rounds of retries (on top of `TernClient`'s own) for a call that
 /// carries an idempotency key or only reads.
 pub const CALL_ROUNDS_MAX: u32 = 3;
+/// Calls slower than this are listed in the report.
+pub const SLOW_CALL_MS: u64 = 1_000;
+/// How many slow calls the report lists.
+pub const SLOW_CALLS_MAX: usize = 20;
 /// After a match ends, how long a player waits for its results to be
 /// delivered.
 pub const REPORT_WAIT_MS_MAX: u64 = 10_000;
@@ -141,6 +145,8 @@ pub struct Shared {
     pub events: Mutex<Vec<String>>,
     /// The travelling player.
     pub travel: Mutex<Option<Travel>>,
+    /// The first calls that took over [`SLOW_CALL_MS`], for the report.
+    pub slow_calls: Mutex<Vec<String>>,
     travel_to: Mutex<Option<(usize, Metro, Instant)>>,
 }
 
@@ -173,6 +179,7 @@ impl Shared {
             ended: Mutex::new(HashSet::new()),
             events: Mutex::new(Vec::new()),
             travel: Mutex::new(None),
+            slow_calls: Mutex::new(Vec::new()),
             travel_to: Mutex::new(None),
         })
     }
@@ -231,6 +238,19 @@ impl Shared {
                         .or_default()
                         .push(now.duration_since(t0).as_micros() as u64);
                     let actor = format!("{ty}/{id}");
+                    let ms = now.duration_since(t0).as_millis() as u64;
+                    if ms > SLOW_CALL_MS {
+                        let mut slow = self.slow_calls.lock();
+                        if slow.len() < SLOW_CALLS_MAX {
+                            slow.push(format!(
+                                "{actor}.{method} at {:.1} s via {} ran at {}: {ms} ms, {} retries",
+                                t0.duration_since(self.started).as_secs_f64(),
+                                c.via,
+                                c.reply.pop,
+                                c.retries
+                            ));
+                        }
+                    }
                     self.seen(&actor, &c.reply.pop, t0, now);
                     let bytes: &[u8] = if c.reply.payload.is_empty() {
                         b"null"
@@ -375,6 +395,8 @@ pub struct Tally {
     pub errors: Vec<String>,
     /// Error count.
     pub error_count: u64,
+    /// Where the player ended up.
+    pub metro: Option<Metro>,
 }
 
 impl Tally {
@@ -565,6 +587,7 @@ impl PlayerRun {
             }
         }
         self.tally.name = self.spec.name.clone();
+        self.tally.metro = Some(self.metro);
         self.tally
     }
 
@@ -638,6 +661,7 @@ impl PlayerRun {
         let mut ended = false;
         while sh.playing() {
             tick.tick().await;
+            self.maybe_travel().await;
             self.maybe_act().await;
             let (kind, dir) = self.decide(view.as_ref());
             let id = self.next_id();
@@ -900,19 +924,28 @@ fn compare(acked: &[u64], unknown: &[u64], applied: &[u64], out: &mut AuditResul
 /// inputs), after play has stopped.
 pub async fn audit(sh: &Arc<Shared>, tallies: &[Tally]) -> AuditResult {
     let mut out = AuditResult::default();
-    // Any client will do: calls are routed to wherever the actor is.
-    let client = TernClient::new(&sh.pops, METROS[0].coords).expect("client");
+    // Call each player from where it ended up, so the audit does not make
+    // player actors follow it; matches stay where they are anyway.
+    let clients: Vec<TernClient> = METROS
+        .iter()
+        .map(|m| TernClient::new(&sh.pops, m.coords).expect("client"))
+        .collect();
+    let client = &clients[0];
     let mut inputs: BTreeMap<String, BTreeMap<String, (Vec<u64>, Vec<u64>)>> = BTreeMap::new();
     for t in tallies {
+        let at = t.metro.map_or(0, |m| {
+            METROS.iter().position(|x| x.city == m.city).unwrap_or(0)
+        });
+        let client = &clients[at];
         let audit = sh
-            .call::<Audit>(&client, "player", &t.name, "audit", json!(null), None, true)
+            .call::<Audit>(client, "player", &t.name, "audit", json!(null), None, true)
             .await;
         match audit {
             Ok(a) => compare(&t.acts_acked, &t.acts_unknown, &a.body.applied, &mut out),
             Err(_) => out.unaudited_actors += 1,
         }
         let state = sh
-            .call::<PlayerState>(&client, "player", &t.name, "state", json!(null), None, true)
+            .call::<PlayerState>(client, "player", &t.name, "state", json!(null), None, true)
             .await;
         if let Ok(s) = state {
             // A match it saw complete must be in its stats; the player may
@@ -944,7 +977,7 @@ pub async fn audit(sh: &Arc<Shared>, tallies: &[Tally]) -> AuditResult {
     }
     for (m, players) in &inputs {
         let a = sh
-            .call::<InputAudit>(&client, "match", m, "audit", json!(null), None, true)
+            .call::<InputAudit>(client, "match", m, "audit", json!(null), None, true)
             .await;
         let Ok(a) = a else {
             out.unaudited_actors += 1;
