@@ -3,12 +3,17 @@
 //! `cargo bench -p tern-storage --bench commit`
 //!
 //! Each actor has a 1 MiB memory (16 pages of 64 KiB); each commit changes
-//! one page. Three snapshot cases, each against a baseline measured in the
-//! same run on a fresh sqlite file: a raw KV transaction writing the same
-//! page bytes (64 KiB value + small key) with no record layer.
+//! one page. Snapshot cases, each against a baseline measured in the same
+//! run on a fresh sqlite file: a raw KV transaction writing the same page
+//! bytes (64 KiB value + small key) with no record layer.
 //! - sequential: one actor, one `commit_snapshot` after another;
 //! - batch of 32: 32 actors, one `commit_batch` of 32 requests per round
 //!   (latency is per batch: every reply in it waits for the batch).
+//!
+//! Each runs with two kinds of page: random bytes (incompressible, the
+//! worst case: stored raw) and a realistic guest page (mostly zero with a
+//! few hundred non-zero bytes, like a wasm stack, data or heap page after a
+//! small turn; page values are lz4-compressed).
 //!
 //! Counts are bounded (about 2000 commits per case); the whole run takes a
 //! few seconds. Output is a markdown table.
@@ -41,6 +46,48 @@ fn page(seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Non-zero bytes in a realistic page.
+const REALISTIC_DIRTY_BYTES: usize = 384;
+
+/// A realistic guest page: zero except for a few runs of pseudo-random
+/// bytes (a stack frame, a few heap objects, some data) that depend on
+/// `seed`, [`REALISTIC_DIRTY_BYTES`] in all.
+fn realistic_page(seed: u64) -> Vec<u8> {
+    let noise = page(seed);
+    let mut p = vec![0u8; PAGE_SIZE];
+    // Three runs: near the top (stack), in the middle (heap), near the
+    // start (data), at offsets that move with the seed.
+    let run = REALISTIC_DIRTY_BYTES / 3;
+    let shift = (seed as usize % 64) * 8;
+    for start in [PAGE_SIZE - 4096 + shift, PAGE_SIZE / 2 + shift, 256 + shift] {
+        p[start..start + run].copy_from_slice(&noise[start..start + run]);
+    }
+    p
+}
+
+/// Which pages a case commits.
+#[derive(Clone, Copy)]
+enum Pages {
+    Random,
+    Realistic,
+}
+
+impl Pages {
+    fn make(self, seed: u64) -> Vec<u8> {
+        match self {
+            Pages::Random => page(seed),
+            Pages::Realistic => realistic_page(seed),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Pages::Random => "random pages",
+            Pages::Realistic => "realistic pages",
+        }
+    }
+}
+
 fn meta() -> SnapshotMeta {
     SnapshotMeta {
         component_digest: "ab".repeat(32),
@@ -64,9 +111,11 @@ fn request(actor: &str, epoch: u64, head: u64, changed: Vec<(u32, Vec<u8>)>) -> 
 }
 
 /// An actor claimed and given its full 1 MiB first snapshot.
-fn actor(store: &Store, name: &str) -> ActivationRecord {
+fn actor(store: &Store, name: &str, kind: Pages) -> ActivationRecord {
     let a = store.claim(name, "pop-bench", 1, &|_| true).expect("claim");
-    let all = (0..MEMORY_PAGES).map(|i| (i, page(i as u64))).collect();
+    let all = (0..MEMORY_PAGES)
+        .map(|i| (i, kind.make(i as u64)))
+        .collect();
     store
         .commit_snapshot(&request(name, a.epoch, 0, all))
         .expect("first snapshot");
@@ -128,12 +177,12 @@ fn measure(store: &Store, n: usize, per_op: usize, mut op: impl FnMut(usize)) ->
 }
 
 /// One-page snapshot commits of one actor, one after another.
-fn snapshot_sequential() -> Measured {
+fn snapshot_sequential(kind: Pages) -> Measured {
     let (store, _dir) = sqlite();
-    let a = actor(&store, "bench/seq");
+    let a = actor(&store, "bench/seq", kind);
     let mut head = a.head_seq;
     measure(&store, COMMITS, 1, |i| {
-        let changed = vec![((i as u32) % MEMORY_PAGES, page(1000 + i as u64))];
+        let changed = vec![((i as u32) % MEMORY_PAGES, kind.make(1000 + i as u64))];
         head = store
             .commit_snapshot(&request("bench/seq", a.epoch, head, changed))
             .expect("commit");
@@ -142,9 +191,9 @@ fn snapshot_sequential() -> Measured {
 
 /// Raw KV transactions, each writing `values` values of one page under
 /// small keys: the same bytes as `values` one-page commits.
-fn raw(values: usize, n: usize) -> Measured {
+fn raw(values: usize, n: usize, kind: Pages) -> Measured {
     let (store, _dir) = sqlite();
-    let pages: Vec<Vec<u8>> = (0..64).map(|i| page(5000 + i)).collect();
+    let pages: Vec<Vec<u8>> = (0..64).map(|i| kind.make(5000 + i)).collect();
     let kv = store.kv().clone();
     measure(&store, n, values, |i| {
         kv.transact(|tx| {
@@ -159,13 +208,13 @@ fn raw(values: usize, n: usize) -> Measured {
 }
 
 /// `commit_batch` of one one-page commit for each of 32 actors, per round.
-fn snapshot_batched() -> Measured {
+fn snapshot_batched(kind: Pages) -> Measured {
     let (store, _dir) = sqlite();
     let mut heads = Vec::with_capacity(BATCH_ACTORS);
     let actors: Vec<(String, u64)> = (0..BATCH_ACTORS)
         .map(|i| {
             let name = format!("bench/batch/{i}");
-            let a = actor(&store, &name);
+            let a = actor(&store, &name, kind);
             heads.push(a.head_seq);
             (name, a.epoch)
         })
@@ -178,7 +227,7 @@ fn snapshot_batched() -> Measured {
             .map(|(j, ((name, epoch), head))| {
                 let changed = vec![(
                     (round as u32 + j as u32) % MEMORY_PAGES,
-                    page(((round * BATCH_ACTORS + j) as u64) << 8),
+                    kind.make(((round * BATCH_ACTORS + j) as u64) << 8),
                 )];
                 request(name, *epoch, *head, changed)
             })
@@ -195,10 +244,26 @@ fn us(d: Duration) -> String {
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is ignored.
-    let seq = snapshot_sequential();
-    let seq_base = raw(1, COMMITS);
-    let batch = snapshot_batched();
-    let batch_base = raw(BATCH_ACTORS, BATCH_ROUNDS);
+    let mut rows = Vec::new();
+    for kind in [Pages::Random, Pages::Realistic] {
+        let seq = snapshot_sequential(kind);
+        let seq_base = raw(1, COMMITS, kind);
+        let batch = snapshot_batched(kind);
+        let batch_base = raw(BATCH_ACTORS, BATCH_ROUNDS, kind);
+        rows.push((
+            format!("sequential, 1 actor, {}", kind.name()),
+            seq,
+            seq_base,
+        ));
+        rows.push((
+            format!(
+                "commit_batch, 32 actors (latency per batch), {}",
+                kind.name()
+            ),
+            batch,
+            batch_base,
+        ));
+    }
 
     println!(
         "\n### sqlite: one-page commit (1 MiB memory, 64 KiB page), {} commits per case, WAL + synchronous=NORMAL\n",
@@ -208,14 +273,7 @@ fn main() {
         "| case | commits | latency p50 (µs) | latency p99 (µs) | commits/s | bytes/commit | raw-KV baseline p50 (µs) | baseline p99 (µs) | baseline commits/s | commits/s vs baseline |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, m, b) in [
-        ("sequential, 1 actor", &seq, &seq_base),
-        (
-            "commit_batch, 32 actors (latency per batch)",
-            &batch,
-            &batch_base,
-        ),
-    ] {
+    for (name, m, b) in &rows {
         println!(
             "| {name} | {} | {} | {} | {:.0} | {} | {} | {} | {:.0} | {:.2}× |",
             m.commits,
@@ -230,6 +288,6 @@ fn main() {
         );
     }
     println!(
-        "\nBaseline: `Kv::transact` on a fresh sqlite file writing the same page bytes under small keys (1 value per transaction for the sequential case, 32 per transaction for the batched one), no record layer."
+        "\nBaseline: `Kv::transact` on a fresh sqlite file writing the same uncompressed page bytes under small keys (1 value per transaction for the sequential case, 32 per transaction for the batched one), no record layer. Realistic pages: zero except {REALISTIC_DIRTY_BYTES} pseudo-random bytes in three runs."
     );
 }

@@ -3,6 +3,14 @@
 //!
 //! Loading checks the version and the checksum, then validates the archive
 //! with bytecheck before touching it; bytes from storage are never trusted.
+//!
+//! Records are at [`FORMAT_V1`], except snapshot page values, which are at
+//! [`FORMAT_V2`]: their archive holds the page image packed by
+//! [`pack_page`] (lz4-compressed, or raw when compression does not shrink
+//! it) with a second crc32 over the *uncompressed* image, checked by
+//! [`unpack_page`] after decompression. The envelope crc catches damage to
+//! the stored bytes before they reach the decompressor; the image crc and
+//! an exact length check catch anything the decompression got wrong.
 
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
@@ -13,39 +21,51 @@ use rkyv::{Archive, Deserialize, Portable, Serialize};
 
 use crate::StorageError;
 
-/// The current envelope format.
+/// The envelope format of every record except page values.
 pub(crate) const FORMAT_V1: u8 = 1;
+/// The envelope format of snapshot page values (packed page images, see
+/// [`pack_page`]). A build that only knew V1 pages refuses these as
+/// corrupt instead of misreading them, and this build refuses V1 pages.
+pub(crate) const FORMAT_V2: u8 = 2;
 /// Bytes the envelope adds in front of the archive.
 pub(crate) const ENVELOPE_BYTES: usize = 5;
 
-/// Serializes `value` into an envelope.
+/// Serializes `value` into a [`FORMAT_V1`] envelope.
 pub(crate) fn encode<T>(value: &T) -> Vec<u8>
+where
+    T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+{
+    encode_as(FORMAT_V1, value)
+}
+
+/// Serializes `value` into an envelope of format `version`.
+pub(crate) fn encode_as<T>(version: u8, value: &T) -> Vec<u8>
 where
     T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
 {
     // Serializing plain owned data into a growable buffer cannot fail.
     let payload = rkyv::to_bytes::<rancor::Error>(value).expect("rkyv serialization of owned data");
     let mut out = Vec::with_capacity(ENVELOPE_BYTES + payload.len());
-    out.push(FORMAT_V1);
+    out.push(version);
     out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     out.extend_from_slice(&payload);
     out
 }
 
-/// Checks the envelope of `bytes` (stored at `key`) and returns the payload
-/// copied into aligned memory.
-fn open_envelope(key: &[u8], bytes: &[u8]) -> Result<AlignedVec, StorageError> {
+/// Checks the envelope of `bytes` (stored at `key`, expected at format
+/// `version`) and returns the payload copied into aligned memory.
+fn open_envelope(key: &[u8], bytes: &[u8], version: u8) -> Result<AlignedVec, StorageError> {
     if bytes.len() < ENVELOPE_BYTES {
         return Err(StorageError::corrupt(
             key,
             format!("value is {} bytes, shorter than its header", bytes.len()),
         ));
     }
-    if bytes[0] != FORMAT_V1 {
+    if bytes[0] != version {
         return Err(StorageError::corrupt(
             key,
             format!(
-                "unknown format version {} (this build reads {FORMAT_V1})",
+                "unknown format version {} (this build reads {version} here)",
                 bytes[0]
             ),
         ));
@@ -71,14 +91,16 @@ where
     T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
         + Deserialize<T, HighDeserializer<rancor::Error>>,
 {
-    let aligned = open_envelope(key, bytes)?;
+    let aligned = open_envelope(key, bytes, FORMAT_V1)?;
     rkyv::from_bytes::<T, rancor::Error>(&aligned)
         .map_err(|e| StorageError::corrupt(key, format!("invalid archive: {e}")))
 }
 
-/// Checks a value stored at `key` and hands its validated archive to `f`,
-/// without deserializing (used for page images).
+/// Checks a value stored at `key` in an envelope of format `version` and
+/// hands its validated archive to `f`, without deserializing (used for page
+/// values).
 pub(crate) fn with_archived<A, R>(
+    version: u8,
     key: &[u8],
     bytes: &[u8],
     f: impl FnOnce(&A) -> Result<R, StorageError>,
@@ -86,8 +108,232 @@ pub(crate) fn with_archived<A, R>(
 where
     A: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
 {
-    let aligned = open_envelope(key, bytes)?;
+    let aligned = open_envelope(key, bytes, version)?;
     let archived = rkyv::access::<A, rancor::Error>(&aligned)
         .map_err(|e| StorageError::corrupt(key, format!("invalid archive: {e}")))?;
     f(archived)
+}
+
+// ------------------------------------------------------------ page images
+
+/// A packed page's `data` is the image itself.
+pub(crate) const PAGE_RAW: u8 = 0;
+/// A packed page's `data` is an lz4 block (no size prefix) that
+/// decompresses to exactly the page size.
+pub(crate) const PAGE_LZ4: u8 = 1;
+
+/// A page image packed for storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PackedPage {
+    /// [`PAGE_LZ4`], or [`PAGE_RAW`] when compression did not shrink the
+    /// image (random or already-compressed bytes).
+    pub(crate) encoding: u8,
+    /// crc32 of the uncompressed image.
+    pub(crate) image_crc: u32,
+    /// The stored bytes.
+    pub(crate) data: Vec<u8>,
+}
+
+/// Packs a page image: lz4 if that makes it smaller, raw otherwise.
+pub(crate) fn pack_page(image: &[u8]) -> PackedPage {
+    let image_crc = crc32fast::hash(image);
+    let compressed = lz4_flex::block::compress(image);
+    if compressed.len() < image.len() {
+        PackedPage {
+            encoding: PAGE_LZ4,
+            image_crc,
+            data: compressed,
+        }
+    } else {
+        PackedPage {
+            encoding: PAGE_RAW,
+            image_crc,
+            data: image.to_vec(),
+        }
+    }
+}
+
+/// Restores a page image packed by [`pack_page`] (stored at `key`) into
+/// `out`, whose length is the page size. Fails with
+/// [`StorageError::Corrupt`] (never a panic) on an unknown encoding, a
+/// malformed lz4 stream, an image that is not exactly `out.len()` bytes, or
+/// an image whose crc32 is not `image_crc`. On error `out` holds garbage.
+pub(crate) fn unpack_page(
+    key: &[u8],
+    encoding: u8,
+    image_crc: u32,
+    data: &[u8],
+    out: &mut [u8],
+) -> Result<(), StorageError> {
+    match encoding {
+        PAGE_RAW => {
+            if data.len() != out.len() {
+                return Err(StorageError::corrupt(
+                    key,
+                    format!(
+                        "raw page holds {} bytes, expected {}",
+                        data.len(),
+                        out.len()
+                    ),
+                ));
+            }
+            out.copy_from_slice(data);
+        }
+        PAGE_LZ4 => match lz4_flex::block::decompress_into(data, out) {
+            Ok(n) if n == out.len() => {}
+            Ok(n) => {
+                return Err(StorageError::corrupt(
+                    key,
+                    format!(
+                        "compressed page decompresses to {n} bytes, expected {}",
+                        out.len()
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(StorageError::corrupt(
+                    key,
+                    format!("compressed page does not decompress: {e}"),
+                ));
+            }
+        },
+        other => {
+            return Err(StorageError::corrupt(
+                key,
+                format!("unknown page encoding {other}"),
+            ));
+        }
+    }
+    let got = crc32fast::hash(out);
+    if got != image_crc {
+        return Err(StorageError::corrupt(
+            key,
+            format!("page image crc32 mismatch: stored {image_crc:08x}, computed {got:08x}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const PAGE: usize = 65536;
+
+    fn sparse(writes: &[(u16, u8)]) -> Vec<u8> {
+        let mut p = vec![0u8; PAGE];
+        for &(at, b) in writes {
+            p[at as usize] = b;
+        }
+        p
+    }
+
+    #[test]
+    fn zero_heavy_page_compresses_and_unpacks() {
+        let image = sparse(&[(0, 1), (40_000, 7), (65_535, 9)]);
+        let packed = pack_page(&image);
+        assert_eq!(packed.encoding, PAGE_LZ4);
+        assert!(packed.data.len() < 512, "{} bytes", packed.data.len());
+        let mut out = vec![0xAAu8; PAGE];
+        unpack_page(
+            b"k",
+            packed.encoding,
+            packed.image_crc,
+            &packed.data,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, image);
+    }
+
+    #[test]
+    fn wrong_length_and_unknown_encoding_are_corrupt() {
+        let image = sparse(&[(5, 5)]);
+        let packed = pack_page(&image);
+        // The same stream decompressed into a buffer of another size.
+        for len in [PAGE - 1, PAGE + 1] {
+            let mut out = vec![0u8; len];
+            let r = unpack_page(b"k", PAGE_LZ4, packed.image_crc, &packed.data, &mut out);
+            assert!(
+                matches!(r, Err(StorageError::Corrupt { .. })),
+                "{len}: {r:?}"
+            );
+        }
+        let mut out = vec![0u8; PAGE];
+        let r = unpack_page(b"k", 9, packed.image_crc, &packed.data, &mut out);
+        assert!(matches!(r, Err(StorageError::Corrupt { .. })));
+        // Raw data must be exactly a page.
+        let r = unpack_page(b"k", PAGE_RAW, packed.image_crc, &image[1..], &mut out);
+        assert!(matches!(r, Err(StorageError::Corrupt { .. })));
+        // A wrong image crc.
+        let r = unpack_page(b"k", PAGE_LZ4, !packed.image_crc, &packed.data, &mut out);
+        assert!(matches!(r, Err(StorageError::Corrupt { .. })));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any page packs and unpacks to itself, compressed or raw.
+        #[test]
+        fn pack_unpack_roundtrip(
+            writes in proptest::collection::vec((any::<u16>(), any::<u8>()), 0..2000),
+            noise in any::<bool>(),
+        ) {
+            let mut image = sparse(&writes);
+            if noise {
+                let mut x = writes.len() as u64 | 1;
+                for b in image.iter_mut().step_by(3) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+            }
+            let packed = pack_page(&image);
+            prop_assert!(packed.data.len() <= PAGE);
+            let mut out = vec![0u8; PAGE];
+            unpack_page(b"k", packed.encoding, packed.image_crc, &packed.data, &mut out).unwrap();
+            prop_assert!(out == image);
+        }
+
+        /// Arbitrary bytes as an lz4 stream never panic and never unpack
+        /// unless they really produce the page the crc names.
+        #[test]
+        fn garbage_stream_is_corrupt_not_panic(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let image = vec![0u8; PAGE];
+            let crc = crc32fast::hash(&image);
+            let mut out = vec![0u8; PAGE];
+            match unpack_page(b"k", PAGE_LZ4, crc, &data, &mut out) {
+                Ok(()) => prop_assert!(out == image),
+                Err(e) => prop_assert!(matches!(e, StorageError::Corrupt { .. }), "{:?}", e),
+            }
+        }
+
+        /// A valid stream with a flipped byte, or cut short, is caught.
+        #[test]
+        fn damaged_stream_never_yields_garbage(
+            writes in proptest::collection::vec((any::<u16>(), any::<u8>()), 1..300),
+            at in any::<prop::sample::Index>(),
+            mask in 1u8..,
+            cut in any::<bool>(),
+        ) {
+            let image = sparse(&writes);
+            let packed = pack_page(&image);
+            prop_assume!(packed.encoding == PAGE_LZ4);
+            let mut data = packed.data.clone();
+            let i = at.index(data.len());
+            if cut {
+                data.truncate(i);
+            } else {
+                data[i] ^= mask;
+            }
+            let mut out = vec![0u8; PAGE];
+            match unpack_page(b"k", PAGE_LZ4, packed.image_crc, &data, &mut out) {
+                Ok(()) => prop_assert!(out == image),
+                Err(e) => prop_assert!(matches!(e, StorageError::Corrupt { .. }), "{:?}", e),
+            }
+        }
+    }
 }

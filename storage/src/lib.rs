@@ -14,7 +14,9 @@
 //!   values up to 100 kB, transactions up to 10 MB of mutations, 5 s.
 //! - The key layout (see [`keys`]) and the stored formats: rkyv archives in
 //!   a versioned envelope with a crc32, validated with bytecheck on every
-//!   load.
+//!   load. Snapshot page images are lz4-compressed (stored raw when that
+//!   does not shrink them) and carry a second crc32 over the uncompressed
+//!   image, checked with the exact page length after decompression.
 //! - The records: activations with epochs, POP membership, components,
 //!   actor types, incremental snapshots, and their garbage collection.
 //!
@@ -36,9 +38,9 @@
 //! 3. **Exactly once**: a commit re-run after `commit_unknown_result`
 //!    recognises its own token and does not apply twice.
 //! 4. **Incremental** (design invariant 7): a commit writes the changed,
-//!    non-zero pages, a manifest of 8 bytes per page, and a clear for each
-//!    page version it supersedes (only the head version is kept); nothing
-//!    else. Commits over [`STAGE_TXN_BYTES_MAX`] of pages are staged in
+//!    non-zero pages (compressed), a manifest of 8 bytes per page, and a
+//!    clear for each page version it supersedes (only the head version is
+//!    kept); nothing else. Commits over [`STAGE_TXN_BYTES_MAX`] of pages are staged in
 //!    fenced transactions of about 1 MB, then made visible by one small
 //!    manifest transaction; [`Store::gc_snapshots`] removes abandoned stages.
 //! 7. **sqlite**: WAL, `synchronous=NORMAL` (a commit survives `kill -9` of

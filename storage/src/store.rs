@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rkyv::{Archive, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::codec::{decode, encode, with_archived};
+use crate::codec::{FORMAT_V2, decode, encode, encode_as, pack_page, unpack_page, with_archived};
 use crate::keys;
 use crate::kv::memory::{FaultInjector, MemoryBackend};
 use crate::kv::sqlite::SqliteBackend;
@@ -217,10 +217,16 @@ impl ManifestV1 {
     }
 }
 
+/// A page value, in a [`FORMAT_V2`] envelope: the page image packed by
+/// [`pack_page`] (lz4 or raw).
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
-struct PageV1 {
+struct PageV2 {
     /// Epoch of the commit that wrote it (GC of abandoned stages).
     epoch: u64,
+    /// How `data` holds the image: `codec::PAGE_LZ4` or `codec::PAGE_RAW`.
+    encoding: u8,
+    /// crc32 of the uncompressed [`PAGE_SIZE`] image.
+    image_crc: u32,
     data: Vec<u8>,
 }
 
@@ -776,10 +782,16 @@ impl Store {
             .into_iter()
             .map(|((m, p), data)| {
                 let v = (!is_zero(data)).then(|| {
-                    encode(&PageV1 {
-                        epoch: req.epoch,
-                        data: data.to_vec(),
-                    })
+                    let packed = pack_page(data);
+                    encode_as(
+                        FORMAT_V2,
+                        &PageV2 {
+                            epoch: req.epoch,
+                            encoding: packed.encoding,
+                            image_crc: packed.image_crc,
+                            data: packed.data,
+                        },
+                    )
                 });
                 page_bytes += v.as_ref().map_or(0, |v| v.len() + 64);
                 (m, p, v)
@@ -1114,18 +1126,19 @@ impl Store {
                     };
                     let off = pi * PAGE_SIZE;
                     let n = PAGE_SIZE.min(len - off);
-                    with_archived::<ArchivedPageV1, ()>(&key, &v, |page| {
-                        if page.data.len() != PAGE_SIZE {
-                            return Err(StorageError::corrupt(
-                                &key,
-                                format!(
-                                    "page holds {} bytes, expected {PAGE_SIZE}",
-                                    page.data.len()
-                                ),
-                            ));
+                    with_archived::<ArchivedPageV2, ()>(FORMAT_V2, &key, &v, |page| {
+                        let (encoding, crc) = (page.encoding, page.image_crc.to_native());
+                        let data = page.data.as_slice();
+                        if n == PAGE_SIZE {
+                            unpack_page(&key, encoding, crc, data, &mut image[off..off + n])
+                        } else {
+                            // The last page of a memory whose length is
+                            // not a multiple of the page size.
+                            let mut full = vec![0u8; PAGE_SIZE];
+                            unpack_page(&key, encoding, crc, data, &mut full)?;
+                            image[off..off + n].copy_from_slice(&full[..n]);
+                            Ok(())
                         }
-                        image[off..off + n].copy_from_slice(&page.data.as_slice()[..n]);
-                        Ok(())
                     })?;
                 }
                 memories.push(image);
@@ -1239,8 +1252,13 @@ impl Store {
                     // only drop it if an older epoch (or nobody live) wrote it.
                     match tx.get(&pk)? {
                         None => false,
-                        Some(pv) => match decode::<PageV1>(&pk, &pv) {
-                            Ok(page) => page.epoch < act.epoch || !act.active,
+                        Some(pv) => match with_archived::<ArchivedPageV2, u64>(
+                            FORMAT_V2,
+                            &pk,
+                            &pv,
+                            |page| Ok(page.epoch.to_native()),
+                        ) {
+                            Ok(epoch) => epoch < act.epoch || !act.active,
                             Err(_) => true,
                         },
                     }
