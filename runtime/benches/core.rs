@@ -143,7 +143,7 @@ fn main() {
             "counter",
             &wasm,
             tern_runtime::DeployOptions {
-                durability: Durability::Turn,
+                durability: Durability::Idle, // the timed first call does not also commit
                 limits: Limits::default(),
                 ..Default::default()
             },

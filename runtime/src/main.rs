@@ -55,7 +55,7 @@ enum Cmd {
         /// gRPC listen address.
         #[arg(long, default_value = "127.0.0.1:7600")]
         listen: SocketAddr,
-        /// Store URL: `sqlite:PATH` or `memory`.
+        /// Store URL: `sqlite:PATH`, `memory`, or `fdb:CLUSTER_FILE` (built with `--features tern-storage/fdb`).
         #[arg(long)]
         store: String,
         /// POP lease, ms.
@@ -82,7 +82,7 @@ enum Cmd {
         /// gRPC listen address (loopback by default).
         #[arg(long, default_value = "127.0.0.1:7700")]
         listen: SocketAddr,
-        /// Store URL: `sqlite:PATH` or `memory`.
+        /// Store URL: `sqlite:PATH`, `memory`, or `fdb:CLUSTER_FILE` (built with `--features tern-storage/fdb`).
         #[arg(long)]
         store: String,
         /// Location as `LAT,LON`.

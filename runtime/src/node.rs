@@ -738,11 +738,25 @@ impl Node {
         let idle = Duration::from_millis(act.ty.config.limits.idle_ms);
         let mut closing = false;
         let mut moved: Option<(oneshot::Sender<Result<CallOutput>>, String)> = None;
+        // One idle timer per activation, re-armed only when it fires early
+        // (no timer work per message).
+        let idle_timer = tokio::time::sleep(idle);
+        tokio::pin!(idle_timer);
         loop {
             let msg = if closing {
                 rx.try_recv().ok()
             } else {
-                tokio::time::timeout(idle, rx.recv()).await.ok().flatten()
+                tokio::select! {
+                    m = rx.recv() => m,
+                    () = &mut idle_timer => {
+                        let deadline = act.last_turn + idle;
+                        if deadline > Instant::now() {
+                            idle_timer.as_mut().reset(deadline.into());
+                            continue;
+                        }
+                        None
+                    }
+                }
             };
             let Some(msg) = msg else {
                 if closing {
@@ -834,6 +848,16 @@ impl Node {
         if let Err(e) = self.release(&key, epoch).await {
             tracing::warn!(actor = %key, error = %e, "release failed");
         }
+        // Off the call path: drop pages no manifest needs and stages an
+        // earlier owner left behind when it crashed mid-commit (GC only
+        // removes stages of epochs older than the current one).
+        let store = self.inner.store.clone();
+        let k = key.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.gc_snapshots(&k) {
+                tracing::warn!(actor = %k, error = %e, "snapshot GC failed");
+            }
+        });
         if let Some((reply, to)) = moved {
             let _ = reply.send(Err(RuntimeError::NotHere {
                 actor: key.clone(),
@@ -1086,10 +1110,11 @@ impl ActorCaller for Node {
             chain: chain.to_vec(),
             via: None,
         };
-        self.inner
-            .rt
-            .block_on(async move { node.route(req, route).await })
-            .map(|o| o.payload)
+        let rt = self.inner.rt.clone();
+        tokio::task::block_in_place(move || {
+            rt.block_on(async move { node.route(req, route).await })
+        })
+        .map(|o| o.payload)
     }
 }
 
@@ -1150,7 +1175,10 @@ impl Activation {
         }
         let started = Instant::now();
         let limits = self.ty.config.limits;
-        let out = tokio::task::block_in_place(|| self.run_guest(node, chain, method, payload));
+        // The guest runs inline on this worker: turns are short (bounded by
+        // turn_cpu_ms_max), and the only import that blocks, `call`, moves
+        // itself off the worker with `block_in_place`.
+        let out = self.run_guest(node, chain, method, payload);
         node.inner.counters.turns.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("tern_turns_total").increment(1);
         self.last_turn = Instant::now();

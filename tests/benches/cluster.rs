@@ -28,9 +28,18 @@ fn main() {
     let data = tempfile::tempdir().unwrap();
     let dev = DevCluster::start_pops(data.path(), 3);
     let wasm = counter_wasm().to_str().unwrap();
-    dev.tern(&["deploy", "fixed", wasm, "--follow-caller", "false"]).unwrap();
-    dev.tern(&["deploy", "mover", wasm, "--follow-idle-ms", "50", "--durability", "turn"])
+    dev.tern(&["deploy", "fixed", wasm, "--follow-caller", "false"])
         .unwrap();
+    dev.tern(&[
+        "deploy",
+        "mover",
+        wasm,
+        "--follow-idle-ms",
+        "50",
+        "--durability",
+        "turn",
+    ])
+    .unwrap();
     let rt = runtime();
     println!("| benchmark | tern | baseline | ratio |");
     println!("|---|---|---|---|");
@@ -130,4 +139,3 @@ fn main() {
         );
     });
 }
-

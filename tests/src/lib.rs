@@ -60,6 +60,11 @@ impl DevCluster {
     /// Starts `tern dev --pops N --data DATA --base-port 0` and waits
     /// (bounded) for the cluster file it writes once every POP listens.
     pub fn start_pops(data: &Path, pops: usize) -> DevCluster {
+        DevCluster::start_with(data, pops, &[])
+    }
+
+    /// Starts `tern dev` with extra arguments.
+    pub fn start_with(data: &Path, pops: usize, extra: &[&str]) -> DevCluster {
         let file = data.join("cluster.json");
         let _ = std::fs::remove_file(&file);
         let log = std::fs::File::create(data.join("dev.log")).expect("log file");
@@ -73,6 +78,7 @@ impl DevCluster {
                 "--data",
             ])
             .arg(data)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

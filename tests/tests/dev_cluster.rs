@@ -77,3 +77,36 @@ fn cli_errors_are_clear() {
     let status = dev.tern(&["status", "--json"]).expect("status");
     assert_eq!(json(&status)["pop"], "fra");
 }
+
+#[test]
+fn metrics_are_scrapeable() {
+    use std::io::{Read, Write};
+    // A free port, chosen at run time.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let dev = DevCluster::start_with(data.path(), 1, &["--metrics-listen", &listen]);
+    assert_eq!(
+        dev.cluster.metrics.as_deref(),
+        Some(format!("http://{listen}/metrics").as_str())
+    );
+    dev.tern(&["deploy", "counter", counter_wasm().to_str().unwrap()])
+        .expect("deploy");
+    dev.tern(&["call", "counter/m", "incr", "{\"by\": 1}"])
+        .expect("incr");
+    let mut s = std::net::TcpStream::connect(&listen).expect("metrics listener");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(
+        body.starts_with("HTTP/1.1 200") || body.starts_with("HTTP/1.0 200"),
+        "{body}"
+    );
+    assert!(body.contains("tern_turns_total"), "{body}");
+    assert!(body.contains("tern_commits_total"), "{body}");
+}
