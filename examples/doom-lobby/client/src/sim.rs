@@ -206,9 +206,10 @@ impl Shared {
     }
 
     /// One call, with an idempotency key for writes. `TernClient` retries
-    /// UNAVAILABLE and transport errors; on top of that a call that is safe
-    /// to repeat (it has a key, or it only reads) gets a few more rounds
-    /// across a failover.
+    /// UNAVAILABLE and transport errors; on top of that the call gets a few
+    /// more rounds across a failover. Every call the simulation makes is
+    /// safe to repeat: it carries an idempotency key, only reads, or is
+    /// idempotent by design (`poll`, `leave`, `tick`).
     pub async fn call<T: DeserializeOwned>(
         &self,
         client: &TernClient,
@@ -217,7 +218,6 @@ impl Shared {
         method: &str,
         body: serde_json::Value,
         key: Option<String>,
-        repeatable: bool,
     ) -> Result<Reply<T>, CallError> {
         let payload = serde_json::to_vec(&body).expect("JSON encodes");
         let t0 = Instant::now();
@@ -275,7 +275,7 @@ impl Shared {
                             | tonic::Code::Aborted
                             | tonic::Code::Internal
                     );
-                    if repeatable && transient && rounds < CALL_ROUNDS_MAX {
+                    if transient && rounds < CALL_ROUNDS_MAX {
                         rounds += 1;
                         self.counters.calls_retried.fetch_add(1, Relaxed);
                         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -467,7 +467,7 @@ impl PlayerRun {
         let name = self.spec.name.clone();
         let r = self
             .sh
-            .call(&self.client, "player", &name, method, body, key, true)
+            .call(&self.client, "player", &name, method, body, key)
             .await;
         if r.is_ok() {
             self.ok();
@@ -599,7 +599,7 @@ impl PlayerRun {
         let body = json!({"player": self.spec.name, "rating": self.rating});
         let key = Some(format!("{}:enqueue:{round}", self.spec.name));
         let mut ticket = match sh
-            .call::<Ticket>(&self.client, "matchmaker", &mm, "enqueue", body, key, true)
+            .call::<Ticket>(&self.client, "matchmaker", &mm, "enqueue", body, key)
             .await
         {
             Ok(t) => {
@@ -623,7 +623,7 @@ impl PlayerRun {
             {
                 let body = json!({"player": self.spec.name});
                 let _ = sh
-                    .call::<Ticket>(&self.client, "matchmaker", &mm, "leave", body, None, true)
+                    .call::<Ticket>(&self.client, "matchmaker", &mm, "leave", body, None)
                     .await;
                 return None;
             }
@@ -634,7 +634,7 @@ impl PlayerRun {
             tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
             let body = json!({"player": self.spec.name});
             match sh
-                .call::<Ticket>(&self.client, "matchmaker", &mm, "poll", body, None, true)
+                .call::<Ticket>(&self.client, "matchmaker", &mm, "poll", body, None)
                 .await
             {
                 Ok(t) => {
@@ -675,7 +675,6 @@ impl PlayerRun {
                     "input",
                     body,
                     key,
-                    true,
                 )
                 .await
             {
@@ -721,15 +720,7 @@ impl PlayerRun {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
             match sh
-                .call::<MatchState>(
-                    &self.client,
-                    "match",
-                    match_id,
-                    "tick",
-                    json!(null),
-                    None,
-                    true,
-                )
+                .call::<MatchState>(&self.client, "match", match_id, "tick", json!(null), None)
                 .await
             {
                 Ok(r) => {
@@ -894,6 +885,9 @@ pub struct AuditResult {
     pub result_mismatches: u64,
 }
 
+/// Acknowledged and unknown-outcome ids.
+type IdLists = (Vec<u64>, Vec<u64>);
+
 /// Compares one actor's applied ids with the client's tally.
 fn compare(acked: &[u64], unknown: &[u64], applied: &[u64], out: &mut AuditResult) {
     let mut count: HashMap<u64, u64> = HashMap::new();
@@ -931,21 +925,22 @@ pub async fn audit(sh: &Arc<Shared>, tallies: &[Tally]) -> AuditResult {
         .map(|m| TernClient::new(&sh.pops, m.coords).expect("client"))
         .collect();
     let client = &clients[0];
-    let mut inputs: BTreeMap<String, BTreeMap<String, (Vec<u64>, Vec<u64>)>> = BTreeMap::new();
+    // match -> player -> (acknowledged, unknown) input ids.
+    let mut inputs: BTreeMap<String, BTreeMap<String, IdLists>> = BTreeMap::new();
     for t in tallies {
         let at = t.metro.map_or(0, |m| {
             METROS.iter().position(|x| x.city == m.city).unwrap_or(0)
         });
         let client = &clients[at];
         let audit = sh
-            .call::<Audit>(client, "player", &t.name, "audit", json!(null), None, true)
+            .call::<Audit>(client, "player", &t.name, "audit", json!(null), None)
             .await;
         match audit {
             Ok(a) => compare(&t.acts_acked, &t.acts_unknown, &a.body.applied, &mut out),
             Err(_) => out.unaudited_actors += 1,
         }
         let state = sh
-            .call::<PlayerState>(client, "player", &t.name, "state", json!(null), None, true)
+            .call::<PlayerState>(client, "player", &t.name, "state", json!(null), None)
             .await;
         if let Ok(s) = state {
             // A match it saw complete must be in its stats; the player may
@@ -977,7 +972,7 @@ pub async fn audit(sh: &Arc<Shared>, tallies: &[Tally]) -> AuditResult {
     }
     for (m, players) in &inputs {
         let a = sh
-            .call::<InputAudit>(client, "match", m, "audit", json!(null), None, true)
+            .call::<InputAudit>(client, "match", m, "audit", json!(null), None)
             .await;
         let Ok(a) = a else {
             out.unaudited_actors += 1;
