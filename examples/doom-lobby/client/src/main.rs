@@ -332,7 +332,7 @@ async fn session(
         bar.set_position(sh.started.elapsed().as_millis() as u64);
         bar.set_message(live(&sh));
     }
-    bar.set_message(format!("{} | finishing", live(&sh)));
+    bar.set_message(format!("{} | stopping", live(&sh)));
     sh.stop();
     let mut tallies = Vec::new();
     for t in tasks {
@@ -474,7 +474,7 @@ fn progress_bar(d: Duration) -> indicatif::ProgressBar {
 fn live(sh: &Arc<Shared>) -> String {
     let c = &sh.counters;
     format!(
-        "in match {:>3} | matches {:>3} | calls ok {:>6} retried {:>4} failed {:>3} | actions {:>5} inputs {:>6}",
+        "playing {:>3} | matches {:>3} | calls {:>6} ok {:>4} retried {:>3} failed | acts {:>5} inputs {:>6}",
         c.playing.load(Relaxed),
         c.matches_completed.load(Relaxed),
         c.calls_ok.load(Relaxed),

@@ -550,7 +550,7 @@ impl PlayerRun {
             {
                 travel.followed_after_ms = Some(at.elapsed().as_millis() as u64);
                 self.sh.event(format!(
-                    "player/{} followed its player to {to_pop} after {} ms",
+                    "actor player/{} followed its client to {to_pop} in {} ms",
                     self.spec.name,
                     at.elapsed().as_millis()
                 ));
