@@ -208,3 +208,102 @@ impl Directory {
         Ok(self.store.get_activation(actor)?.filter(|r| r.active))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn errors_map_to_codes_by_what_the_caller_does_next() {
+        let code = |e: DirectoryError| server::grpc_code(&e);
+        let retry = [
+            StorageError::NotCommitted,
+            StorageError::CommitUnknownResult,
+            StorageError::Busy { detail: "x".into() },
+            StorageError::RetriesExhausted {
+                attempts: 3,
+                last: Box::new(StorageError::NotCommitted),
+            },
+        ];
+        for e in retry {
+            assert_eq!(code(DirectoryError::from_storage(e)), Code::Unavailable);
+        }
+        let fenced = StorageError::Fenced {
+            actor: "a".into(),
+            epoch_given: 1,
+            epoch_current: 2,
+        };
+        assert_eq!(
+            code(DirectoryError::from_storage(fenced.clone())),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(DirectoryError::Storage(fenced)),
+            Code::FailedPrecondition
+        );
+        let lapsed = DirectoryError::LeaseLapsed {
+            pop: "p".into(),
+            incarnation: 1,
+            why: "x".into(),
+        };
+        assert_eq!(code(lapsed), Code::FailedPrecondition);
+        assert_eq!(
+            code(DirectoryError::UnknownPop { pop: "p".into() }),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(DirectoryError::from_storage(StorageError::InvalidArgument(
+                "x".into()
+            ))),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(DirectoryError::Storage(StorageError::Corrupt {
+                key: "k".into(),
+                reason: "r".into()
+            })),
+            Code::Internal
+        );
+        assert_eq!(
+            code(DirectoryError::Contended {
+                actor: "a".into(),
+                attempts: 4
+            }),
+            Code::Unavailable
+        );
+    }
+
+    #[test]
+    fn endpoints_must_look_like_http_host_port() {
+        for ok in [
+            "http://127.0.0.1:7000",
+            "https://pop.example:443",
+            "http://[::1]:7000",
+        ] {
+            server::check_endpoint(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "127.0.0.1:7000",
+            "http://h",
+            "http://:1",
+            "http://h:0",
+            "http://h:x",
+            "http://h:1/p",
+        ] {
+            assert!(server::check_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn local_directory_claims_and_releases() {
+        let d = Directory::new(Store::memory(), "solo");
+        let c = d.claim("a", 1).unwrap();
+        assert_eq!(c.epoch, 1);
+        assert_eq!(d.lookup("a").unwrap().unwrap().pop, "solo");
+        assert!(d.release("a", 0).is_err());
+        d.release("a", 1).unwrap();
+        assert!(d.lookup("a").unwrap().is_none());
+    }
+}

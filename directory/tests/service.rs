@@ -458,3 +458,100 @@ async fn watch_streams_changes() {
     // The stream ends when the directory stops.
     assert!(matches!(w.message().await, Ok(None) | Err(_)));
 }
+
+/// A server over a [`GrpcDirectory`] whose core the test drives directly.
+async fn start_core(
+    clock: Arc<AtomicU64>,
+) -> (
+    Arc<tern_directory::server::Core>,
+    DirectoryServiceClient<Channel>,
+    oneshot::Sender<()>,
+) {
+    use tern_directory::server::GrpcDirectory;
+    use tern_proto::directory::directory_service_server::DirectoryServiceServer;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = DirectoryConfig {
+        lease_ms: LEASE_MS,
+        heartbeat_ms: 1000,
+        clock: Arc::new(move || clock.load(Ordering::SeqCst)),
+    };
+    let dir = GrpcDirectory::new(Store::memory(), cfg);
+    let core = dir.core().clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(DirectoryServiceServer::new(dir))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = rx.await;
+                },
+            ),
+    );
+    let c = DirectoryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    (core, c, tx)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn lagging_watch_ends_with_aborted() {
+    let (core, mut c, _stop) = start_core(Arc::new(AtomicU64::new(T0))).await;
+    let mut w = c.watch(WatchRequest {}).await.unwrap().into_inner();
+    let n = tern_directory::server::WATCH_BUFFER_CHANGES_MAX + 10;
+    // Publish on the runtime's only thread, so the server cannot drain the
+    // subscriber meanwhile: it falls behind by construction.
+    let inc = core
+        .register("fra", "http://127.0.0.1:7001", (0.0, 0.0))
+        .unwrap()
+        .incarnation;
+    for _ in 0..n {
+        core.claim("counter/x", "fra", inc).unwrap();
+    }
+    let mut seen = 0;
+    let err = loop {
+        match w.message().await {
+            Ok(Some(_)) => seen += 1,
+            Ok(None) => panic!("the stream ended without an error after {seen} changes"),
+            Err(e) => break e,
+        }
+    };
+    assert!(seen < n, "{seen} changes of {n} before the error");
+    assert_eq!(err.code(), Code::Aborted);
+    assert!(err.message().contains("reconnect"), "{}", err.message());
+    assert!(w.message().await.unwrap().is_none(), "the stream ends");
+}
+
+#[tokio::test]
+async fn sweep_announces_lapsed_pop_once() {
+    let clock = Arc::new(AtomicU64::new(T0));
+    let (core, mut c, _stop) = start_core(clock.clone()).await;
+    let mut w = c.watch(WatchRequest {}).await.unwrap().into_inner();
+    let core2 = core.clone();
+    tokio::task::spawn_blocking(move || {
+        let inc = core2
+            .register("fra", "http://127.0.0.1:7001", (0.0, 0.0))
+            .unwrap()
+            .incarnation;
+        core2.claim("counter/x", "fra", inc).unwrap();
+        core2.sweep().unwrap(); // alive: nothing
+    })
+    .await
+    .unwrap();
+    clock.fetch_add(LEASE_MS + 1, Ordering::SeqCst);
+    tokio::task::spawn_blocking(move || {
+        core.sweep().unwrap();
+        core.sweep().unwrap(); // already announced: nothing more
+        core.release("counter/x", 1).unwrap(); // a marker after the sweeps
+    })
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let m = w.message().await.unwrap().unwrap();
+        got.push((m.pop, m.epoch));
+    }
+    let s = |p: &str, e| (p.to_string(), e);
+    assert_eq!(got, [s("fra", 1), s("", 1), s("", 1)]);
+}
