@@ -31,11 +31,7 @@ struct NoCalls;
 impl ActorCaller for NoCalls {
     fn call_blocking(
         &self,
-        _: &[String],
-        _: &str,
-        _: &str,
-        _: &str,
-        _: Vec<u8>,
+        _: tern_runtime::instance::NestedCall<'_>,
     ) -> tern_runtime::Result<Vec<u8>> {
         Err(tern_runtime::RuntimeError::InvalidArgument(
             "no calls in benches".into(),
@@ -86,7 +82,7 @@ fn main() {
     let mut inst = ActorInstance::new(engine.engine(), &prep, &params, &[]).unwrap();
     let t = Instant::now();
     for _ in 0..DIRECT_CALLS {
-        inst.call(Vec::new(), "get", b"", &params.limits)
+        inst.call(Vec::new(), "get", b"", &params.limits, None)
             .unwrap()
             .unwrap();
     }
@@ -178,7 +174,7 @@ fn main() {
             let t = Instant::now();
             let mut inst = ActorInstance::new(engine.engine(), &prep, &params, &lens).unwrap();
             inst.write_memories(&images).unwrap();
-            inst.call(Vec::new(), "get", b"", &params.limits)
+            inst.call(Vec::new(), "get", b"", &params.limits, None)
                 .unwrap()
                 .unwrap();
             floor += t.elapsed();

@@ -20,18 +20,39 @@ wasmtime::component::bindgen!({
 pub use tern::actor::host::Level;
 pub use tern::actor::types::ErrorKind;
 
+/// One nested call from a running turn.
+#[derive(Debug, Clone)]
+pub struct NestedCall<'a> {
+    /// The call chain (outermost first, ending with the caller).
+    pub chain: &'a [String],
+    /// Callee type.
+    pub ty: &'a str,
+    /// Callee id.
+    pub id: &'a str,
+    /// Method.
+    pub method: &'a str,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Derived from the calling turn's idempotency key, so a turn retried
+    /// after a crash re-sends its nested calls with the same keys.
+    pub idempotency_key: Option<String>,
+}
+
 /// How a running turn reaches other actors (the node implements it).
 pub trait ActorCaller: Send + Sync {
-    /// Calls `ty/id.method(payload)` on behalf of the turn whose call chain
-    /// (outermost first, ending with the caller) is `chain`. Blocks.
-    fn call_blocking(
-        &self,
-        chain: &[String],
-        ty: &str,
-        id: &str,
-        method: &str,
-        payload: Vec<u8>,
-    ) -> Result<Vec<u8>>;
+    /// Makes a nested call and waits for its reply. Blocks.
+    fn call_blocking(&self, call: NestedCall<'_>) -> Result<Vec<u8>>;
+}
+
+/// The idempotency key of the `n`-th nested call of a turn keyed `base`.
+pub fn nested_key(base: &str, n: u32) -> String {
+    let suffix = format!("#{n}");
+    if base.len() + suffix.len() <= crate::idem::IDEMPOTENCY_KEY_BYTES_MAX {
+        format!("{base}{suffix}")
+    } else {
+        let h = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(base.as_bytes()));
+        format!("{}{suffix}", &h[..32])
+    }
 }
 
 /// The store data of an actor instance.
@@ -49,6 +70,16 @@ pub struct HostState {
     caller: Arc<dyn ActorCaller>,
     /// The last panic message the guest logged, attached to its trap.
     last_error_log: Option<String>,
+    /// When the current turn started.
+    turn_started: std::time::Instant,
+    /// Time the current turn spent blocked in nested calls (not charged to
+    /// its CPU budget).
+    blocked: std::time::Duration,
+    /// The current turn's CPU budget.
+    budget: std::time::Duration,
+    /// The current turn's idempotency key, and its nested calls so far.
+    idem_base: Option<String>,
+    nested_calls: u32,
 }
 
 impl WasiView for HostState {
@@ -127,9 +158,19 @@ impl tern::actor::host::Host for HostState {
         method: String,
         payload: Vec<u8>,
     ) -> std::result::Result<Vec<u8>, ActorError> {
-        self.caller
-            .call_blocking(&self.chain, &actor_type, &id, &method, payload)
-            .map_err(|e| ActorError {
+        let idempotency_key = self.idem_base.as_deref().map(|b| nested_key(b, self.nested_calls));
+        self.nested_calls += 1;
+        let started = std::time::Instant::now();
+        let res = self.caller.call_blocking(NestedCall {
+            chain: &self.chain,
+            ty: &actor_type,
+            id: &id,
+            method: &method,
+            payload,
+            idempotency_key,
+        });
+        self.blocked += started.elapsed();
+        res.map_err(|e| ActorError {
                 kind: error_kind(&e),
                 message: e.to_string(),
             })
@@ -258,10 +299,28 @@ impl ActorInstance {
             chain: Vec::new(),
             caller: params.caller.clone(),
             last_error_log: None,
+            turn_started: std::time::Instant::now(),
+            blocked: std::time::Duration::ZERO,
+            budget: std::time::Duration::from_millis(params.limits.turn_cpu_ms_max),
+            idem_base: None,
+            nested_calls: 0,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| s);
         store.set_epoch_deadline(deadline_ticks(&params.limits));
+        // The budget counts the turn's own running time: time blocked in
+        // nested calls is given back.
+        store.epoch_deadline_callback(|ctx| {
+            let d = ctx.data();
+            let used = d.turn_started.elapsed().saturating_sub(d.blocked);
+            if used >= d.budget {
+                return Ok(wasmtime::UpdateDeadline::Interrupt);
+            }
+            let left_ms = (d.budget - used).as_millis() as u64;
+            Ok(wasmtime::UpdateDeadline::Continue(
+                left_ms.div_ceil(EPOCH_TICK_MS).max(1),
+            ))
+        });
         let (bindings, memories) = hostmem::capture(presize, || prep.pre.instantiate(&mut store));
         let bindings =
             bindings.map_err(|e| RuntimeError::Engine(format!("cannot instantiate: {e:#}")))?;
@@ -312,6 +371,7 @@ impl ActorInstance {
         method: &str,
         payload: &[u8],
         limits: &Limits,
+        idempotency_key: Option<&str>,
     ) -> Result<TurnOutput> {
         {
             let data = self.store.data_mut();
@@ -319,6 +379,11 @@ impl ActorInstance {
             data.memory_cap_hit = false;
             data.last_error_log = None;
             data.memory_bytes_max = limits.memory_bytes_max as usize;
+            data.turn_started = std::time::Instant::now();
+            data.blocked = std::time::Duration::ZERO;
+            data.budget = std::time::Duration::from_millis(limits.turn_cpu_ms_max);
+            data.idem_base = idempotency_key.map(str::to_string);
+            data.nested_calls = 0;
         }
         self.store.set_epoch_deadline(deadline_ticks(limits));
         let res = self.bindings.call_handle(&mut self.store, method, payload);
@@ -377,4 +442,20 @@ fn root_cause(e: &wasmtime::Error) -> String {
 
 fn deadline_ticks(limits: &Limits) -> u64 {
     limits.turn_cpu_ms_max.div_ceil(EPOCH_TICK_MS).max(1) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_calls_get_stable_bounded_keys() {
+        assert_eq!(nested_key("op-1", 0), "op-1#0");
+        assert_eq!(nested_key("op-1", 7), "op-1#7");
+        let long = "x".repeat(crate::idem::IDEMPOTENCY_KEY_BYTES_MAX);
+        let k = nested_key(&long, 3);
+        assert!(k.len() <= crate::idem::IDEMPOTENCY_KEY_BYTES_MAX, "{k}");
+        assert_eq!(k, nested_key(&long, 3), "keys must be stable across retries");
+        assert_ne!(k, nested_key(&long, 4));
+    }
 }

@@ -33,7 +33,9 @@ use crate::config::{Durability, Limits, Placement, TypeConfig};
 use crate::engine::{ENGINE_VERSION, TernEngine};
 use crate::error::{Result, RuntimeError};
 use crate::idem::{IDEMPOTENCY_KEY_BYTES_MAX, IdemTable, Outcome};
-use crate::instance::{ActorCaller, ActorInstance, InstanceParams, Prepared, guest_error};
+use crate::instance::{
+    ActorCaller, ActorInstance, InstanceParams, NestedCall, Prepared, guest_error,
+};
 use crate::snapshot::Baseline;
 
 /// Longest actor type or id, in bytes.
@@ -1084,37 +1086,29 @@ impl Node {
 }
 
 impl ActorCaller for Node {
-    fn call_blocking(
-        &self,
-        chain: &[String],
-        ty: &str,
-        id: &str,
-        method: &str,
-        payload: Vec<u8>,
-    ) -> Result<Vec<u8>> {
-        let target = format!("{ty}/{id}");
-        if chain.contains(&target) {
-            let mut names = chain.to_vec();
+    fn call_blocking(&self, call: NestedCall<'_>) -> Result<Vec<u8>> {
+        let target = format!("{}/{}", call.ty, call.id);
+        if call.chain.contains(&target) {
+            let mut names = call.chain.to_vec();
             names.push(target);
             return Err(RuntimeError::CallCycle(names.join(" -> ")));
         }
-        if chain.len() >= CALL_DEPTH_MAX {
+        if call.chain.len() >= CALL_DEPTH_MAX {
             return Err(RuntimeError::CallCycle(format!(
                 "call chain deeper than CALL_DEPTH_MAX = {CALL_DEPTH_MAX}: {} -> {target}",
-                chain.join(" -> ")
+                call.chain.join(" -> ")
             )));
         }
-        let req = CallRequest::new(ty, id, method, payload);
+        let mut req = CallRequest::new(call.ty, call.id, call.method, call.payload);
+        req.idempotency_key = call.idempotency_key;
         let node = self.clone();
         let route = Route {
-            chain: chain.to_vec(),
+            chain: call.chain.to_vec(),
             via: None,
         };
         let rt = self.inner.rt.clone();
-        tokio::task::block_in_place(move || {
-            rt.block_on(async move { node.route(req, route).await })
-        })
-        .map(|o| o.payload)
+        tokio::task::block_in_place(move || rt.block_on(async move { node.route(req, route).await }))
+            .map(|o| o.payload)
     }
 }
 
@@ -1178,7 +1172,7 @@ impl Activation {
         // The guest runs inline on this worker: turns are short (bounded by
         // turn_cpu_ms_max), and the only import that blocks, `call`, moves
         // itself off the worker with `block_in_place`.
-        let out = self.run_guest(node, chain, method, payload);
+        let out = self.run_guest(node, chain, method, payload, idem.as_deref());
         node.inner.counters.turns.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("tern_turns_total").increment(1);
         self.last_turn = Instant::now();
@@ -1217,6 +1211,7 @@ impl Activation {
         chain: Vec<String>,
         method: &str,
         payload: &[u8],
+        idem: Option<&str>,
     ) -> Result<crate::instance::TurnOutput> {
         if self.instance.is_none() {
             let lens = self.baseline.lens();
@@ -1230,7 +1225,7 @@ impl Activation {
             self.instance = Some(inst);
         }
         let inst = self.instance.as_mut().expect("instance present");
-        match inst.call(chain, method, payload, &self.ty.config.limits) {
+        match inst.call(chain, method, payload, &self.ty.config.limits, idem) {
             Ok(out) => {
                 if let Err(e) = inst.check_snapshottable() {
                     self.instance = None;

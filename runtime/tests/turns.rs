@@ -290,3 +290,40 @@ async fn commit_writes_only_dirty_pages() {
         "a one-value turn wrote {written} bytes for a {mem_bytes}-byte memory"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_call_wait_is_not_charged_to_caller_budget() {
+    let fast = Limits {
+        turn_cpu_ms_max: 20,
+        ..limits()
+    };
+    let slow = Limits {
+        turn_cpu_ms_max: 150,
+        ..limits()
+    };
+    let node = node_with_counter(Store::memory(), "fast", Durability::Turn, fast);
+    node.deploy(
+        "slow",
+        counter_wasm(),
+        tern_runtime::DeployOptions {
+            durability: Durability::Turn,
+            limits: slow,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // fast/a waits ~150 ms on slow/b, which then runs out of its own budget.
+    let err = call(
+        &node,
+        "fast",
+        "a",
+        "call_other",
+        json!({"type": "slow", "id": "b", "method": "spin"}),
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("slow/b.spin ran past its CPU budget of turn_cpu_ms_max = 150 ms"), "{msg}");
+    assert!(!msg.contains("fast/a.call_other ran past"), "the caller was charged for waiting: {msg}");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# A walkthrough with the counter actor: starts a local tern cluster on the embedded
+# store, builds and deploys the counter actor, calls it, restarts the
+# cluster and shows the state survived. Exits non-zero if anything fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+cargo build -q -p tern-runtime --bin tern
+TERN="$PWD/target/debug/tern"
+DATA="$(mktemp -d)"
+PID=""
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null || true; rm -rf "$DATA"; }
+trap cleanup EXIT
+
+start() {
+  rm -f "$DATA/cluster.json"
+  "$TERN" dev --data "$DATA" --base-port 0 2>"$DATA/dev.log" &
+  PID=$!
+  # Wait (bounded) for the cluster file that `tern dev` writes once it listens.
+  for _ in $(seq 1 300); do
+    [ -s "$DATA/cluster.json" ] && break
+    kill -0 "$PID" 2>/dev/null || { cat "$DATA/dev.log"; echo "tern dev exited" >&2; exit 1; }
+    sleep 0.1
+  done
+  [ -s "$DATA/cluster.json" ] || { echo "tern dev did not start" >&2; exit 1; }
+  export TERN_ENDPOINT
+  TERN_ENDPOINT="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pops"][0]["endpoint"])' "$DATA/cluster.json")"
+}
+
+start
+echo "== cluster at $TERN_ENDPOINT"
+WASM="$("$TERN" build examples/counter | tail -n 1)"
+echo "== built $WASM"
+"$TERN" deploy counter "$WASM"
+for n in 1 2 3; do "$TERN" call counter/demo incr "{\"by\": $n}"; done
+echo "== SIGKILL the cluster and start it again on the same data"
+kill -9 "$PID"; wait "$PID" 2>/dev/null || true
+start
+GOT="$("$TERN" call counter/demo get)"
+echo "$GOT"
+"$TERN" status
+python3 -c 'import json,sys; v=json.loads(sys.argv[1])["value"]; sys.exit(0 if v==6 else f"expected 6, got {v}")' "$GOT"
+kill -TERM "$PID"; wait "$PID" || true; PID=""
+echo "== demo OK: state survived SIGKILL"
