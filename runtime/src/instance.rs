@@ -158,7 +158,10 @@ impl tern::actor::host::Host for HostState {
         method: String,
         payload: Vec<u8>,
     ) -> std::result::Result<Vec<u8>, ActorError> {
-        let idempotency_key = self.idem_base.as_deref().map(|b| nested_key(b, self.nested_calls));
+        let idempotency_key = self
+            .idem_base
+            .as_deref()
+            .map(|b| nested_key(b, self.nested_calls));
         self.nested_calls += 1;
         let started = std::time::Instant::now();
         let res = self.caller.call_blocking(NestedCall {
@@ -171,9 +174,9 @@ impl tern::actor::host::Host for HostState {
         });
         self.blocked += started.elapsed();
         res.map_err(|e| ActorError {
-                kind: error_kind(&e),
-                message: e.to_string(),
-            })
+            kind: error_kind(&e),
+            message: e.to_string(),
+        })
     }
 }
 
@@ -455,7 +458,11 @@ mod tests {
         let long = "x".repeat(crate::idem::IDEMPOTENCY_KEY_BYTES_MAX);
         let k = nested_key(&long, 3);
         assert!(k.len() <= crate::idem::IDEMPOTENCY_KEY_BYTES_MAX, "{k}");
-        assert_eq!(k, nested_key(&long, 3), "keys must be stable across retries");
+        assert_eq!(
+            k,
+            nested_key(&long, 3),
+            "keys must be stable across retries"
+        );
         assert_ne!(k, nested_key(&long, 4));
     }
 }

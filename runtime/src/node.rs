@@ -1107,8 +1107,10 @@ impl ActorCaller for Node {
             via: None,
         };
         let rt = self.inner.rt.clone();
-        tokio::task::block_in_place(move || rt.block_on(async move { node.route(req, route).await }))
-            .map(|o| o.payload)
+        tokio::task::block_in_place(move || {
+            rt.block_on(async move { node.route(req, route).await })
+        })
+        .map(|o| o.payload)
     }
 }
 

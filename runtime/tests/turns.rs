@@ -323,7 +323,13 @@ async fn nested_call_wait_is_not_charged_to_caller_budget() {
     .await
     .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("slow/b.spin ran past its CPU budget of turn_cpu_ms_max = 150 ms"), "{msg}");
-    assert!(!msg.contains("fast/a.call_other ran past"), "the caller was charged for waiting: {msg}");
+    assert!(
+        msg.contains("slow/b.spin ran past its CPU budget of turn_cpu_ms_max = 150 ms"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("fast/a.call_other ran past"),
+        "the caller was charged for waiting: {msg}"
+    );
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
 }
