@@ -285,8 +285,10 @@ async fn commit_writes_only_dirty_pages() {
     let written = store.stats().since(&before).bytes_written;
     eprintln!("one incr on a {mem_bytes}-byte memory wrote {written} bytes");
     let page = tern_storage::PAGE_SIZE as u64;
+    // About one page plus the manifest: the turn dirties its stack, data
+    // and a heap page, which compress to a few KB together.
     assert!(
-        written <= 3 * page + 16 * 1024,
+        written <= page + 16 * 1024,
         "a one-value turn wrote {written} bytes for a {mem_bytes}-byte memory"
     );
 }
