@@ -231,7 +231,7 @@ fn main() {
             "counter",
             &wasm,
             tern_runtime::DeployOptions {
-                durability: durability,
+                durability,
                 limits: Limits::default(),
                 ..Default::default()
             },

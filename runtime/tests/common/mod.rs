@@ -41,8 +41,8 @@ pub fn node_with_counter(store: Store, ty: &str, durability: Durability, limits:
         ty,
         counter_wasm(),
         tern_runtime::DeployOptions {
-            durability: durability,
-            limits: limits,
+            durability,
+            limits,
             ..Default::default()
         },
     )
