@@ -972,9 +972,8 @@ impl Node {
         });
     }
 
-    /// Drops every activation without persisting or releasing them.
-    async fn abandon_all(&self) {
-        metrics::counter!("tern_lease_losses_total").increment(1);
+    /// Sends `msg()` to every activation and waits until each has ended.
+    async fn end_all(&self, msg: fn() -> Msg) {
         let handles: Vec<_> = self
             .inner
             .actors
@@ -982,7 +981,7 @@ impl Node {
             .map(|e| e.value().clone())
             .collect();
         for h in &handles {
-            let _ = h.tx.send(Msg::Abandon).await;
+            let _ = h.tx.send(msg()).await;
         }
         for h in handles {
             let mut done = h.done.clone();
@@ -990,22 +989,16 @@ impl Node {
         }
     }
 
+    /// Drops every activation without persisting or releasing them.
+    async fn abandon_all(&self) {
+        metrics::counter!("tern_lease_losses_total").increment(1);
+        self.end_all(|| Msg::Abandon).await;
+    }
+
     /// Evicts every actor (persisting them) and refuses new calls.
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Release);
-        let handles: Vec<_> = self
-            .inner
-            .actors
-            .iter()
-            .map(|e| e.value().clone())
-            .collect();
-        for h in &handles {
-            let _ = h.tx.send(Msg::Evict).await;
-        }
-        for h in handles {
-            let mut done = h.done.clone();
-            let _ = done.wait_for(|d| *d).await;
-        }
+        self.end_all(|| Msg::Evict).await;
     }
 
     /// Evicts one actor now (persisting it). Returns whether it was active.

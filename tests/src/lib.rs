@@ -43,6 +43,20 @@ pub fn counter_wasm() -> &'static Path {
     })
 }
 
+/// Runs `tern ARGS --endpoint ENDPOINT`: stdout, or stderr on failure.
+fn run_tern(args: &[&str], endpoint: &str) -> Result<String, String> {
+    let out = Command::new(tern_bin())
+        .args(args)
+        .args(["--endpoint", endpoint])
+        .output()
+        .expect("run tern");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
 /// A `tern dev` process on a data directory.
 pub struct DevCluster {
     child: Option<Child>,
@@ -115,33 +129,15 @@ impl DevCluster {
         &self.cluster.pops[0].endpoint
     }
 
-    /// Runs `tern ARGS --endpoint E`, returning stdout, or stderr on failure.
+    /// Runs `tern ARGS --endpoint E` against the first POP, returning
+    /// stdout, or stderr on failure.
     pub fn tern(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(tern_bin())
-            .args(args)
-            .args(["--endpoint", self.endpoint()])
-            .output()
-            .expect("run tern");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
+        run_tern(args, self.endpoint())
     }
 
     /// Runs `tern ARGS` against the POP named `pop`.
     pub fn tern_at(&self, pop: &str, args: &[&str]) -> Result<String, String> {
-        let endpoint = &self.pop(pop).endpoint;
-        let out = Command::new(tern_bin())
-            .args(args)
-            .args(["--endpoint", endpoint])
-            .output()
-            .expect("run tern");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
+        run_tern(args, &self.pop(pop).endpoint)
     }
 
     /// The POP named `name`.

@@ -53,6 +53,21 @@ async fn tick(
     })
 }
 
+/// Ticks through `c` until the reply comes from POP `pop` (the actor has
+/// followed its caller there), at most 10 times; returns every ack.
+async fn tick_until_at(c: &TernClient, ty: &str, id: &str, pop: &str) -> Vec<Ack> {
+    let mut acks = Vec::new();
+    for _ in 0..10 {
+        let a = tick(c, ty, id, None).await.unwrap();
+        let arrived = a.pop == pop;
+        acks.push(a);
+        if arrived {
+            break;
+        }
+    }
+    acks
+}
+
 async fn history(c: &TernClient, ty: &str, id: &str) -> Vec<(u64, u64)> {
     let r = c
         .call(ty, id, "history", Vec::new(), None)
@@ -121,14 +136,7 @@ fn actor_follows_moving_caller() {
         }
         // The player travels to Seoul: its calls now come through Tokyo.
         let seoul = dev.client(SEOUL);
-        for _ in 0..10 {
-            let a = tick(&seoul, "player", "alice", None).await.unwrap();
-            let moved = a.pop == "nrt";
-            acks.push(a);
-            if moved {
-                break;
-            }
-        }
+        acks.extend(tick_until_at(&seoul, "player", "alice", "nrt").await);
         assert_eq!(
             acks.last().unwrap().pop,
             "nrt",
@@ -435,14 +443,7 @@ fn directory_restart_loses_nothing() {
         let paris = dev.client(PARIS);
         let ny = dev.client(NEW_YORK);
         acks.push(tick(&paris, "player", "bob", None).await.unwrap());
-        for _ in 0..10 {
-            let a = tick(&ny, "player", "bob", None).await.unwrap();
-            let moved = a.pop == "iad";
-            acks.push(a);
-            if moved {
-                break;
-            }
-        }
+        acks.extend(tick_until_at(&ny, "player", "bob", "iad").await);
         assert_eq!(acks.last().unwrap().pop, "iad", "{acks:?}");
     });
     let before = dev.status("fra");

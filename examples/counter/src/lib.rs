@@ -368,7 +368,11 @@ mod tests {
         let e = c.dispatch("nope", b"").unwrap_err();
         assert_eq!(e.kind, ErrorKind::NotFound);
         assert!(e.message.contains("`nope`"), "{e}");
-        assert!(e.message.contains("incr, get, tick, history, put, remove, digest"), "{e}");
+        assert!(
+            e.message
+                .contains("incr, get, tick, history, put, remove, digest"),
+            "{e}"
+        );
         let e = c.dispatch("incr", b"{\"by\": -1}").unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidArgument);
         assert!(e.message.contains("invalid value"), "{e}");
