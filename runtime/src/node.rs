@@ -856,7 +856,12 @@ impl Node {
         let store = self.inner.store.clone();
         let k = key.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.gc_snapshots(&k) {
+            let collected = match store.needs_gc(&k) {
+                Ok(false) => return,
+                Ok(true) => store.gc_snapshots(&k).map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = collected {
                 tracing::warn!(actor = %k, error = %e, "snapshot GC failed");
             }
         });

@@ -1109,6 +1109,10 @@ pub(crate) fn gc_removes_unreferenced_pages_and_orphaned_stages(h: &Harness) {
         .count();
     assert_eq!(manifests, 1, "only the head manifest is kept");
     let before = h.load_snapshot("gc/1").unwrap();
+    assert!(
+        !h.needs_gc("gc/1").unwrap(),
+        "commits left nothing to collect"
+    );
     let st = h.gc_snapshots("gc/1").unwrap();
     assert_eq!((st.manifests_deleted, st.pages_deleted), (0, 0), "{st:?}");
     assert_eq!(
@@ -1130,6 +1134,10 @@ pub(crate) fn gc_removes_unreferenced_pages_and_orphaned_stages(h: &Harness) {
         })
         .unwrap();
     assert_eq!(count_pages(h, "gc/1"), 5);
+    assert!(
+        h.needs_gc("gc/1").unwrap(),
+        "an old manifest needs collecting"
+    );
     let st = h.gc_snapshots("gc/1").unwrap();
     assert_eq!((st.manifests_deleted, st.pages_deleted), (1, 2), "{st:?}");
     assert_eq!(count_pages(h, "gc/1"), 3);
@@ -1140,6 +1148,7 @@ pub(crate) fn gc_removes_unreferenced_pages_and_orphaned_stages(h: &Harness) {
     h.stage_without_manifest(&req("gc/1", a.epoch, 3, 20, &big))
         .unwrap();
     assert_eq!(count_pages(h, "gc/1"), 23);
+    assert!(h.needs_gc("gc/1").unwrap(), "a stage is left behind");
     // Still the current epoch: it may be in flight, so gc keeps it.
     let st = h.gc_snapshots("gc/1").unwrap();
     assert_eq!(

@@ -1165,6 +1165,36 @@ impl Store {
         })
     }
 
+    /// Whether [`Store::gc_snapshots`] has anything to do for `actor`: staged
+    /// pages left by an unfinished commit, or manifests older than the head.
+    /// One read-only transaction, so callers can skip the write transaction
+    /// of a collection in the common case where commits left nothing behind.
+    pub fn needs_gc(&self, actor: &str) -> Result<bool, StorageError> {
+        self.kv_().read(|tx| {
+            if !tx
+                .get_range(
+                    &keys::stage_prefix(actor),
+                    &crate::tuple::range_end(&keys::stage_prefix(actor)),
+                    Some(1),
+                    false,
+                )?
+                .is_empty()
+            {
+                return Ok(true);
+            }
+            let Some(act) = Self::read_act(tx, actor)? else {
+                return Ok(false);
+            };
+            let older = tx.get_range(
+                &keys::manifest(actor, 0),
+                &keys::manifest(actor, act.head_seq),
+                Some(1),
+                false,
+            )?;
+            Ok(!older.is_empty())
+        })
+    }
+
     /// Removes what the head snapshot no longer needs. Commits already drop
     /// the versions they supersede; this sweeps the rest: older manifests,
     /// pages they referenced that the head does not, and pages of staged
