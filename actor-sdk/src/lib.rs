@@ -340,3 +340,9 @@ impl From<ActorError> for wit::ActorError {
         }
     }
 }
+
+/// The README's Rust examples, compiled and run as doctests so they stay
+/// true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,6 +1,11 @@
 //! The runtime's one error type, and its mapping to gRPC status codes.
 
+use std::path::PathBuf;
+use std::process::ExitStatus;
+
 use tern_storage::StorageError;
+
+use crate::build::GUEST_TARGET;
 
 /// Everything a call, a deploy or an activation can fail with.
 ///
@@ -151,6 +156,62 @@ pub enum RuntimeError {
     /// A storage failure.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    /// `cargo` (or `rustc`) could not be started.
+    #[error("could not run `{program}`: {source}")]
+    BuildSpawn {
+        /// The program.
+        program: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `crate_dir` has no `Cargo.toml`.
+    #[error("{0} is not a cargo crate (no Cargo.toml)")]
+    NotACrate(PathBuf),
+    /// `cargo metadata` failed or said something unexpected.
+    #[error("`cargo metadata` for {dir} failed: {message}")]
+    CargoMetadata {
+        /// The crate directory.
+        dir: PathBuf,
+        /// What went wrong (cargo's stderr or a parse error).
+        message: String,
+    },
+    /// The crate has no `cdylib` library target.
+    #[error(
+        "crate `{package}` is not a cdylib, so it cannot be built into a component: \
+         add `[lib] crate-type = [\"cdylib\", \"rlib\"]` to {manifest}"
+    )]
+    NotCdylib {
+        /// The package name.
+        package: String,
+        /// Its Cargo.toml.
+        manifest: PathBuf,
+    },
+    /// The `wasm32-wasip2` standard library is not installed.
+    #[error(
+        "the `{GUEST_TARGET}` target is not installed for this toolchain: \
+         run `rustup target add {GUEST_TARGET}`"
+    )]
+    TargetMissing,
+    /// cargo reported a failed build (its diagnostics went to stderr).
+    #[error(
+        "`cargo build --target {GUEST_TARGET}` of `{package}` failed ({status}); see cargo's output above"
+    )]
+    CargoFailed {
+        /// The package name.
+        package: String,
+        /// cargo's exit status.
+        status: ExitStatus,
+    },
+    /// cargo succeeded but reported no `.wasm` file for the cdylib.
+    #[error("`cargo build` of `{package}` succeeded but reported no .wasm artifact for its cdylib")]
+    NoArtifact {
+        /// The package name.
+        package: String,
+    },
+    /// Reading cargo's output failed.
+    #[error("reading cargo's output: {0}")]
+    BuildIo(#[from] std::io::Error),
     /// A wasmtime failure outside a turn (compile, instantiate).
     #[error("engine: {0}")]
     Engine(String),
@@ -187,7 +248,15 @@ impl RuntimeError {
             RuntimeError::Storage(e) if e.is_retryable() => Code::Unavailable,
             RuntimeError::Storage(StorageError::Fenced { .. }) => Code::Unavailable,
             RuntimeError::Storage(StorageError::Corrupt { .. }) => Code::DataLoss,
-            RuntimeError::Storage(_) | RuntimeError::Engine(_) => Code::Internal,
+            RuntimeError::NotACrate(_) | RuntimeError::NotCdylib { .. } => Code::InvalidArgument,
+            RuntimeError::TargetMissing
+            | RuntimeError::CargoFailed { .. }
+            | RuntimeError::CargoMetadata { .. }
+            | RuntimeError::NoArtifact { .. } => Code::FailedPrecondition,
+            RuntimeError::Storage(_)
+            | RuntimeError::Engine(_)
+            | RuntimeError::BuildSpawn { .. }
+            | RuntimeError::BuildIo(_) => Code::Internal,
         }
     }
 }
