@@ -577,17 +577,35 @@ impl Node {
         route: &Route,
     ) -> Result<CallOutput> {
         let (reply_tx, reply_rx) = oneshot::channel();
-        let mut msg = Msg::Call {
+        let msg = Msg::Call {
             method: req.method.clone(),
             payload: req.payload.clone(),
             idem: req.idempotency_key.clone(),
             route: route.clone(),
             reply: reply_tx,
         };
+        self.deliver(key, &req.actor_type, &req.id, ty, msg).await?;
+        reply_rx.await.map_err(|_| RuntimeError::Superseded {
+            actor: key.to_string(),
+            epoch: 0,
+        })?
+    }
+
+    /// Queues `msg` on the actor's mailbox, activating it here if needed.
+    /// An activation that is being evicted is waited out (it persists and
+    /// releases, and leaves the table itself) and a new one is started.
+    async fn deliver(
+        &self,
+        key: &str,
+        actor_type: &str,
+        id: &str,
+        ty: &Arc<ActorType>,
+        mut msg: Msg,
+    ) -> Result<()> {
         loop {
-            let handle = self.activation(key, &req.actor_type, &req.id, ty);
+            let handle = self.activation(key, actor_type, id, ty);
             match handle.tx.try_send(msg) {
-                Ok(()) => break,
+                Ok(()) => return Ok(()),
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     return Err(RuntimeError::MailboxFull {
                         actor: key.to_string(),
@@ -595,21 +613,12 @@ impl Node {
                     });
                 }
                 Err(mpsc::error::TrySendError::Closed(m)) => {
-                    // The activation is being evicted: wait until it has
-                    // persisted and released, then start a new one.
                     msg = m;
                     let mut done = handle.done.clone();
                     let _ = done.wait_for(|d| *d).await;
-                    self.inner
-                        .actors
-                        .remove_if(key, |_, h| Arc::ptr_eq(h, &handle));
                 }
             }
         }
-        reply_rx.await.map_err(|_| RuntimeError::Superseded {
-            actor: key.to_string(),
-            epoch: 0,
-        })?
     }
 
     fn activation(
@@ -1015,7 +1024,6 @@ impl Node {
         let _ = h.tx.send(Msg::Evict).await;
         let mut done = h.done.clone();
         let _ = done.wait_for(|d| *d).await;
-        self.inner.actors.remove_if(&key, |_, x| Arc::ptr_eq(x, &h));
         true
     }
 
@@ -1061,25 +1069,13 @@ impl Node {
     pub async fn memory_images(&self, actor_type: &str, id: &str) -> Result<Vec<Vec<u8>>> {
         let key = format!("{actor_type}/{id}");
         let ty = tokio::task::block_in_place(|| self.load_type(actor_type))?;
-        loop {
-            let (tx, rx) = oneshot::channel();
-            let handle = self.activation(&key, actor_type, id, &ty);
-            match handle.tx.send(Msg::Images { reply: tx }).await {
-                Ok(()) => {
-                    return rx.await.map_err(|_| RuntimeError::Superseded {
-                        actor: key,
-                        epoch: 0,
-                    });
-                }
-                Err(_) => {
-                    let mut done = handle.done.clone();
-                    let _ = done.wait_for(|d| *d).await;
-                    self.inner
-                        .actors
-                        .remove_if(&key, |_, h| Arc::ptr_eq(h, &handle));
-                }
-            }
-        }
+        let (tx, rx) = oneshot::channel();
+        self.deliver(&key, actor_type, id, &ty, Msg::Images { reply: tx })
+            .await?;
+        rx.await.map_err(|_| RuntimeError::Superseded {
+            actor: key,
+            epoch: 0,
+        })
     }
 }
 
