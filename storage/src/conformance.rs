@@ -972,6 +972,49 @@ pub(crate) fn commit_batch_fences_each_request_alone(h: &Harness) {
     assert!(h.stats().transaction_bytes_max < 2 * STAGE_TXN_BYTES_MAX as u64);
 }
 
+pub(crate) fn shrinking_memory_leaves_no_pages_beyond_its_length(h: &Harness) {
+    let e = claim(h, "shrink/1", "pop-a").epoch;
+    let mut r = req(
+        "shrink/1",
+        e,
+        0,
+        40,
+        &(0..40).map(|i| (i, page(7, i))).collect::<Vec<_>>(),
+    );
+    r.memories.push(MemoryDelta {
+        len_bytes: 4 * PAGE_SIZE as u64,
+        changed_pages: (0..4).map(|i| (i, page(8, i))).collect(),
+    });
+    assert_eq!(h.commit_snapshot(&r), Ok(1));
+    assert_eq!(raw_prefix(h, &keys::page_prefix("shrink/1")).len(), 44);
+    // Memory 0 shrinks to 2 pages, memory 1 is gone: a constant number of
+    // mutations, not one per dropped page.
+    let before = h.stats();
+    let r = req("shrink/1", e, 1, 2, &[(1, page(9, 1))]);
+    assert_eq!(h.commit_snapshot(&r), Ok(2));
+    let d = h.stats().since(&before);
+    assert!(d.keys_written <= 8, "range clears, not one per page: {d:?}");
+    let left = raw_prefix(h, &keys::page_prefix("shrink/1"));
+    assert_eq!(
+        keys_of(&left),
+        vec![
+            keys::page("shrink/1", 0, 0, 1),
+            keys::page("shrink/1", 0, 1, 2)
+        ],
+        "only the head's pages remain"
+    );
+    let s = h.load_snapshot("shrink/1").unwrap().unwrap();
+    assert_eq!(s.memories.len(), 1);
+    assert_eq!(s.memories[0][..PAGE_SIZE], page(7, 0)[..]);
+    assert_eq!(s.memories[0][PAGE_SIZE..], page(9, 1)[..]);
+    // Growing again reads zeros where the dropped pages were.
+    let r = req("shrink/1", e, 2, 40, &[]);
+    assert_eq!(h.commit_snapshot(&r), Ok(3));
+    let s = h.load_snapshot("shrink/1").unwrap().unwrap();
+    assert!(s.memories[0][2 * PAGE_SIZE..].iter().all(|&b| b == 0));
+    assert!(!h.needs_gc("shrink/1").unwrap());
+}
+
 pub(crate) fn corrupted_snapshot_detected(h: &Harness) {
     let a = claim(h, "c/1", "pop-a");
     // Pages 0 and 1 are stored raw (incompressible), page 2 compressed.
@@ -1310,6 +1353,13 @@ macro_rules! conformance_suite {
                 run(
                     "commit_batch_fences_each_request_alone",
                     super::commit_batch_fences_each_request_alone,
+                );
+            }
+            #[test]
+            fn shrinking_memory_leaves_no_pages_beyond_its_length() {
+                run(
+                    "shrinking_memory_leaves_no_pages_beyond_its_length",
+                    super::shrinking_memory_leaves_no_pages_beyond_its_length,
                 );
             }
             #[test]

@@ -89,6 +89,10 @@ pub fn page(actor: &str, memory: u32, page: u32, seq: u64) -> Vec<u8> {
 pub fn page_prefix(actor: &str) -> Vec<u8> {
     key(&[Str("snap"), Str(actor), Str("p")])
 }
+/// All page images of one memory of an actor.
+pub(crate) fn page_memory_prefix(actor: &str, memory: u32) -> Vec<u8> {
+    key(&[Str("snap"), Str(actor), Str("p"), Int(memory.into())])
+}
 pub(crate) fn stage_prefix(actor: &str) -> Vec<u8> {
     key(&[Str("snap"), Str(actor), Str("s")])
 }

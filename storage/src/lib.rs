@@ -52,6 +52,11 @@
 //!    the key, never a panic or silent garbage.
 //! 6. **Everything has a limit**: retries (`retries_max`), value, key and
 //!    transaction sizes, staging and GC batch sizes are named constants.
+//!    Every commit transaction (a group commit, a small commit, the manifest
+//!    transaction of a staged one) is bounded before it runs by
+//!    [`GROUP_TXN_BYTES_MAX`], counting every record it writes (pages,
+//!    manifest, `extra` records, clears, activation record); a request
+//!    that cannot fit is refused alone.
 
 // The only unsafe code is in the `fdb` backend (booting FoundationDB's
 // network thread once per process); without that feature none is allowed.
@@ -77,8 +82,9 @@ pub use kv::memory::{Fault, FaultInjector};
 pub use kv::{Kv, Stats, Transaction};
 pub use migrations::{MIGRATIONS_LIST_MAX, MigrationRecord};
 pub use store::{
-    ActivationRecord, CommitRequest, EXTRA_BYTES_MAX, GcStats, LoadedSnapshot, MemoryDelta,
-    PAGE_SIZE, PopRecord, STAGE_TXN_BYTES_MAX, SnapshotMeta, Store, TypeRecord, VALUE_CHUNK_BYTES,
+    ActivationRecord, CommitRequest, EXTRA_BYTES_MAX, GROUP_TXN_BYTES_MAX, GcStats, LoadedSnapshot,
+    MemoryDelta, PAGE_SIZE, POP_NAME_BYTES_MAX, PopRecord, STAGE_TXN_BYTES_MAX, SnapshotMeta,
+    Store, TypeRecord, VALUE_CHUNK_BYTES,
 };
 
 /// A random-enough u64 for commit tokens (not for cryptography): std's

@@ -13,7 +13,7 @@ use crate::codec::{FORMAT_V2, decode, encode, encode_as, pack_page, unpack_page,
 use crate::keys;
 use crate::kv::memory::{FaultInjector, MemoryBackend};
 use crate::kv::sqlite::SqliteBackend;
-use crate::kv::{KeyValue, Kv, Stats, Transaction, VALUE_BYTES_MAX};
+use crate::kv::{KeyValue, Kv, Stats, TRANSACTION_BYTES_MAX, Transaction, VALUE_BYTES_MAX};
 use crate::{StorageError, random_u64};
 
 /// Size of one snapshot page, in bytes (a wasm page).
@@ -25,6 +25,27 @@ pub const VALUE_CHUNK_BYTES: usize = 90_000;
 pub const STAGE_TXN_BYTES_MAX: usize = 1_000_000;
 /// Largest value of one `extra` side record, in bytes.
 pub const EXTRA_BYTES_MAX: usize = 65_536;
+/// The most bytes of mutations (keys and values of every set, keys of every
+/// clear, both ends of every range clear) that one commit transaction may
+/// carry, counted with an upper bound computed before it runs: a group
+/// commit of several requests, the single transaction of a small commit, or
+/// the manifest transaction of a staged one. Groups are split to stay under
+/// it, and a request whose records other than pages (manifest, `extra`
+/// records, page-version clears, activation record) alone exceed it is
+/// refused up front.
+///
+/// Half of [`TRANSACTION_BYTES_MAX`] on purpose: FoundationDB advises
+/// transactions far below its 10 MB hard limit (big ones are slow to commit,
+/// and risk its 5 s duration limit and `transaction_too_old` on retries); a
+/// retry resends every request of the group; and the other half is slack
+/// for a backend whose accounting differs from ours. It is still big enough
+/// for the manifest transaction of a commit that rewrites every page of a
+/// 4 GiB memory (about 55 bytes of page-version clear and 8 bytes of
+/// manifest per page).
+pub const GROUP_TXN_BYTES_MAX: usize = 5_000_000;
+/// Longest POP name a claim accepts, in bytes. The activation record holds
+/// the name, so this bounds what a commit's rewrite of that record costs.
+pub const POP_NAME_BYTES_MAX: usize = 1024;
 /// Old manifests one garbage-collection transaction processes at most.
 pub const GC_MANIFESTS_PER_TXN_MAX: usize = 64;
 /// Keys one listing transaction reads at most (listings page through
@@ -34,6 +55,14 @@ pub const LIST_BATCH_KEYS_MAX: usize = 1000;
 const _: () = assert!(
     PAGE_SIZE + 64 < VALUE_BYTES_MAX,
     "a page must fit in one value"
+);
+const _: () = assert!(
+    (GROUP_TXN_BYTES_MAX as u64) * 2 <= TRANSACTION_BYTES_MAX,
+    "a group commit must stay well under the transaction limit"
+);
+const _: () = assert!(
+    STAGE_TXN_BYTES_MAX < GROUP_TXN_BYTES_MAX,
+    "a group's pages fit its budget"
 );
 
 // ---------------------------------------------------------------- records
@@ -266,7 +295,51 @@ struct Prepared<'a> {
     token: u64,
     /// (memory, page, page value or None for an all-zero page), deduplicated.
     pages: Vec<(u32, u32, Option<Vec<u8>>)>,
+    /// Page values plus 64 bytes each: what decides staging.
     page_bytes: usize,
+    /// Encoded `extra` records: (key, value, or None to clear).
+    extras: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Upper bound of the bytes of mutations the commit's manifest
+    /// transaction adds when the pages are staged before it: manifest parts,
+    /// the previous manifest's clear, page-version clears, stage token
+    /// clear, extras, activation record.
+    side_bytes: usize,
+    /// Upper bound of the bytes of mutations of the whole commit in one
+    /// transaction: `side_bytes` plus the keys and values of its pages.
+    txn_bytes: usize,
+}
+
+impl Prepared<'_> {
+    /// Whether the pages go through staging transactions first.
+    fn staged(&self) -> bool {
+        self.page_bytes > STAGE_TXN_BYTES_MAX || self.txn_bytes > GROUP_TXN_BYTES_MAX
+    }
+
+    /// Upper bound of the bytes [`Store::apply_commit`] writes.
+    fn apply_bytes(&self, staged: bool) -> usize {
+        if staged {
+            self.side_bytes
+        } else {
+            self.txn_bytes
+        }
+    }
+}
+
+/// Upper bound of an encoded activation record (its POP name is at most
+/// [`POP_NAME_BYTES_MAX`]; the other fields have a fixed size).
+fn act_value_bytes_bound() -> usize {
+    static BOUND: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BOUND.get_or_init(|| {
+        encode(&ActV1 {
+            epoch: u64::MAX,
+            pop: "p".repeat(POP_NAME_BYTES_MAX),
+            head_seq: u64::MAX,
+            active: true,
+            since_ms: u64::MAX,
+            claim_token: u64::MAX,
+        })
+        .len()
+    })
 }
 
 enum StageOutcome {
@@ -565,6 +638,12 @@ impl Store {
                 "claim needs a non-empty actor and pop".into(),
             ));
         }
+        if pop.len() > POP_NAME_BYTES_MAX {
+            return Err(StorageError::InvalidArgument(format!(
+                "claim: POP name is {} bytes, over POP_NAME_BYTES_MAX ({POP_NAME_BYTES_MAX} bytes)",
+                pop.len()
+            )));
+        }
         let token = random_u64();
         let act_key = keys::act(actor);
         self.kv_().transact(|tx| {
@@ -777,8 +856,20 @@ impl Store {
                 dedup.insert((m as u32, *p), data);
             }
         }
+        // The manifest holds 8 bytes per page of every memory: refuse a
+        // length whose manifest alone breaks the budget before allocating it.
+        let manifest_pages: usize = req
+            .memories
+            .iter()
+            .map(|mem| pages_for(mem.len_bytes))
+            .sum();
+        if manifest_pages.saturating_mul(8) > GROUP_TXN_BYTES_MAX {
+            return bad(format!(
+                "memories of {manifest_pages} pages in all need a manifest over GROUP_TXN_BYTES_MAX ({GROUP_TXN_BYTES_MAX} bytes)"
+            ));
+        }
         let mut page_bytes = 0;
-        let pages = dedup
+        let pages: Vec<(u32, u32, Option<Vec<u8>>)> = dedup
             .into_iter()
             .map(|((m, p), data)| {
                 let v = (!is_zero(data)).then(|| {
@@ -797,12 +888,102 @@ impl Store {
                 (m, p, v)
             })
             .collect();
+        let extras: Vec<(Vec<u8>, Option<Vec<u8>>)> = req
+            .extra
+            .iter()
+            .map(|(name, v)| {
+                let value = (!v.is_empty()).then(|| encode(&ExtraV1 { data: v.clone() }));
+                (keys::extra(&req.actor, name), value)
+            })
+            .collect();
+        let token = random_u64();
+        let (page_set_bytes, side_bytes) = Self::commit_bytes_bound(req, token, &pages, &extras);
+        if side_bytes > GROUP_TXN_BYTES_MAX {
+            return bad(format!(
+                "its records other than pages (manifest, {} extra records, page-version clears, activation record) need up to {side_bytes} bytes in one transaction, over GROUP_TXN_BYTES_MAX ({GROUP_TXN_BYTES_MAX} bytes); commit fewer or smaller extra records at a time",
+                req.extra.len()
+            ));
+        }
         Ok(Prepared {
             req,
-            token: random_u64(),
+            token,
             pages,
             page_bytes,
+            extras,
+            side_bytes,
+            txn_bytes: page_set_bytes + side_bytes,
         })
+    }
+
+    /// An upper bound of what [`Store::apply_commit`] writes for a request,
+    /// counted the way [`Transaction`] does: `(page sets, the rest)`. Page
+    /// sets are the keys and values of the non-zero pages (written by the
+    /// staging transactions instead when the commit is staged).
+    fn commit_bytes_bound(
+        req: &CommitRequest,
+        token: u64,
+        pages: &[(u32, u32, Option<Vec<u8>>)],
+        extras: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> (usize, usize) {
+        let actor = &req.actor;
+        let head = req.expected_head_seq;
+        let seq = head + 1;
+        let range = |begin: &[u8], end_prefix: &[u8]| begin.len() + end_prefix.len() + 1;
+        let mut page_sets = 0;
+        let mut side = 0;
+        for (m, pg, v) in pages {
+            // The key of the new version; the version it supersedes has a
+            // seq <= head, so a key no longer (integers grow with value).
+            let key = keys::page(actor, *m, *pg, seq).len();
+            if let Some(v) = v {
+                page_sets += key + v.len();
+            }
+            side += key; // clear of the superseded version
+        }
+        // Pages beyond a memory's new length, and memories that are gone:
+        // one range clear each.
+        for (m, mem) in req.memories.iter().enumerate() {
+            let n = u32::try_from(pages_for(mem.len_bytes)).unwrap_or(u32::MAX);
+            side += range(
+                &keys::page(actor, m as u32, n, 0),
+                &keys::page_memory_prefix(actor, m as u32),
+            );
+        }
+        side += range(
+            &keys::page_memory_prefix(actor, req.memories.len() as u32),
+            &keys::page_prefix(actor),
+        );
+        // The new manifest (rkyv's size does not depend on the integers'
+        // values, so a zeroed manifest of the same shape is exact), its
+        // part keys, and the clear of the previous one.
+        let manifest = encode(&ManifestV1 {
+            epoch: req.epoch,
+            token,
+            component_digest: req.meta.component_digest.clone(),
+            engine_version: req.meta.engine_version.clone(),
+            globals: req.meta.globals.clone(),
+            memories: req
+                .memories
+                .iter()
+                .map(|mem| MemMapV1 {
+                    len_bytes: mem.len_bytes,
+                    pages: vec![0; pages_for(mem.len_bytes)],
+                })
+                .collect(),
+        })
+        .len();
+        let parts = manifest.div_ceil(VALUE_CHUNK_BYTES).max(1);
+        side += manifest + parts * keys::manifest_part(actor, seq, parts as u64).len();
+        let prev = keys::manifest(actor, head);
+        side += range(&prev, &prev);
+        // The stage token's clear (staged commits only; counted always).
+        let stage = keys::stage_token(actor, seq, req.epoch, token);
+        side += range(&stage, &stage);
+        for (key, value) in extras {
+            side += key.len() + value.as_ref().map_or(0, Vec::len);
+        }
+        side += keys::act(actor).len() + act_value_bytes_bound();
+        (page_sets, side)
     }
 
     /// Checks the fence for `p` inside `tx`. Ok(Some(seq)) means our own
@@ -855,6 +1036,7 @@ impl Store {
         if let Some(seq) = done {
             return Ok(seq);
         }
+        let bytes_before = tx.bytes_written();
         let prev = if req.expected_head_seq == 0 {
             None
         } else {
@@ -897,14 +1079,33 @@ impl Store {
         // go in the same transaction (a clear per changed page). Nothing
         // writes at a seq <= head any more, so this cannot race; readers
         // of the old head hold a consistent snapshot.
+        // Pages beyond a memory's new length, and memories that are gone,
+        // go by range clears: a shrinking memory costs two keys, not one
+        // clear per page. Nothing valid lives there: this commit's pages
+        // are all below the new lengths, and no commit stages at a seq
+        // above this one before it is the head.
         if let Some(pm) = &prev {
             for (m, mm) in pm.memories.iter().enumerate() {
-                for (i, &s) in mm.pages.iter().enumerate() {
-                    let kept = memories.get(m).and_then(|nm| nm.pages.get(i)) == Some(&s);
-                    if s != 0 && !kept {
+                let Some(nm) = memories.get(m) else { continue };
+                for (i, (&s, &now)) in mm.pages.iter().zip(&nm.pages).enumerate() {
+                    if s != 0 && now != s {
                         tx.clear(&keys::page(&req.actor, m as u32, i as u32, s));
                     }
                 }
+                if mm.pages.iter().skip(nm.pages.len()).any(|&s| s != 0) {
+                    let n = u32::try_from(nm.pages.len()).expect("prepare bounds the page count");
+                    tx.clear_range(
+                        &keys::page(&req.actor, m as u32, n, 0),
+                        &crate::tuple::range_end(&keys::page_memory_prefix(&req.actor, m as u32)),
+                    );
+                }
+            }
+            let gone = pm.memories.iter().skip(memories.len());
+            if gone.flat_map(|mm| &mm.pages).any(|&s| s != 0) {
+                tx.clear_range(
+                    &keys::page_memory_prefix(&req.actor, memories.len() as u32),
+                    &crate::tuple::range_end(&keys::page_prefix(&req.actor)),
+                );
             }
             tx.clear_prefix(&keys::manifest(&req.actor, req.expected_head_seq));
         }
@@ -920,16 +1121,21 @@ impl Store {
         if staged {
             tx.clear_prefix(&keys::stage_token(&req.actor, seq, req.epoch, p.token));
         }
-        for (name, v) in &req.extra {
-            let key = keys::extra(&req.actor, name);
-            if v.is_empty() {
-                tx.clear(&key);
-            } else {
-                tx.set(&key, &encode(&ExtraV1 { data: v.clone() }));
+        for (key, value) in &p.extras {
+            match value {
+                Some(v) => tx.set(key, v),
+                None => tx.clear(key),
             }
         }
         act.head_seq = seq;
         tx.set(&keys::act(&req.actor), &encode(&act));
+        let written = (tx.bytes_written() - bytes_before) as usize;
+        assert!(
+            written <= p.apply_bytes(staged),
+            "commit of {:?} wrote {written} bytes, over its bound of {} bytes: the group budget would be wrong",
+            req.actor,
+            p.apply_bytes(staged)
+        );
         Ok(seq)
     }
 
@@ -937,11 +1143,14 @@ impl Store {
     /// `Fenced` unless `req.epoch` is the current, active claim, and with
     /// `HeadMismatch` unless the head is `req.expected_head_seq`. Returns
     /// the new head (`expected_head_seq + 1`). Only changed pages are
-    /// written; commits with more than [`STAGE_TXN_BYTES_MAX`] of pages are
-    /// staged first. Never applies twice, even after `commit_unknown_result`.
+    /// written; commits with more than [`STAGE_TXN_BYTES_MAX`] of pages, or
+    /// whose single transaction could exceed [`GROUP_TXN_BYTES_MAX`], are
+    /// staged first. A request whose records other than pages alone could
+    /// exceed [`GROUP_TXN_BYTES_MAX`] is refused with `InvalidArgument`.
+    /// Never applies twice, even after `commit_unknown_result`.
     pub fn commit_snapshot(&self, req: &CommitRequest) -> Result<u64, StorageError> {
         let p = Self::prepare(req)?;
-        if p.page_bytes > STAGE_TXN_BYTES_MAX {
+        if p.staged() {
             self.commit_staged(&p)
         } else {
             self.kv_().transact(|tx| Self::apply_commit(tx, &p, false))
@@ -961,16 +1170,18 @@ impl Store {
     fn stage_parts(&self, p: &Prepared<'_>) -> Result<Option<u64>, StorageError> {
         let req = p.req;
         let seq = req.expected_head_seq + 1;
-        // Split the non-zero pages into transactions under the byte limit.
+        // Split the non-zero pages into transactions under the byte limit
+        // (page keys and values, plus 8 bytes per page of stage marker).
         let mut groups: Vec<Vec<(u32, u32, &Vec<u8>)>> = vec![Vec::new()];
         let mut bytes = 0;
         for (m, pg, v) in &p.pages {
             let Some(v) = v else { continue };
-            if bytes + v.len() > STAGE_TXN_BYTES_MAX && !groups.last().is_some_and(Vec::is_empty) {
+            let cost = keys::page(&req.actor, *m, *pg, seq).len() + v.len() + 8;
+            if bytes + cost > STAGE_TXN_BYTES_MAX && !groups.last().is_some_and(Vec::is_empty) {
                 groups.push(Vec::new());
                 bytes = 0;
             }
-            bytes += v.len();
+            bytes += cost;
             groups.last_mut().expect("non-empty").push((*m, *pg, v));
         }
         for (part, group) in groups.iter().enumerate() {
@@ -1009,15 +1220,19 @@ impl Store {
     /// Group commit: commits many requests (typically of different actors)
     /// in as few transactions as possible: consecutive small requests of
     /// distinct actors share one transaction of up to about
-    /// [`STAGE_TXN_BYTES_MAX`] of pages (a second request for the same actor
-    /// starts a new transaction);
-    /// big ones are staged alone. Each request is fenced on its own: a
-    /// fenced or mismatched request gets its error without failing the
+    /// [`STAGE_TXN_BYTES_MAX`] of pages and at most [`GROUP_TXN_BYTES_MAX`]
+    /// of everything it writes (pages, manifests, `extra` records, clears,
+    /// activation records, each counted with an upper bound before the
+    /// transaction runs); a second request for the same actor starts a new
+    /// transaction. Big ones are staged alone. Each request is fenced and
+    /// checked on its own: a fenced, mismatched or oversized request (see
+    /// [`Store::commit_snapshot`]) gets its error without failing the
     /// others. Results are in request order.
     pub fn commit_batch(&self, reqs: &[CommitRequest]) -> Vec<Result<u64, StorageError>> {
         let mut results: Vec<Option<Result<u64, StorageError>>> = vec![None; reqs.len()];
         let mut group: Vec<(usize, Prepared<'_>)> = Vec::new();
         let mut group_bytes = 0;
+        let mut group_txn_bytes = 0;
         for (i, req) in reqs.iter().enumerate() {
             let p = match Self::prepare(req) {
                 Ok(p) => p,
@@ -1026,19 +1241,25 @@ impl Store {
                     continue;
                 }
             };
-            let staged = p.page_bytes > STAGE_TXN_BYTES_MAX;
+            let staged = p.staged();
             // One request per actor per transaction: a chained second
             // commit would hide the first one's token from the
             // commit_unknown_result check.
             let repeat = group.iter().any(|(_, g)| g.req.actor == req.actor);
-            if staged || repeat || group_bytes + p.page_bytes > STAGE_TXN_BYTES_MAX {
+            if staged
+                || repeat
+                || group_bytes + p.page_bytes > STAGE_TXN_BYTES_MAX
+                || group_txn_bytes + p.txn_bytes > GROUP_TXN_BYTES_MAX
+            {
                 self.flush_group(std::mem::take(&mut group), &mut results);
                 group_bytes = 0;
+                group_txn_bytes = 0;
             }
             if staged {
                 results[i] = Some(self.commit_staged(&p));
             } else {
                 group_bytes += p.page_bytes;
+                group_txn_bytes += p.txn_bytes;
                 group.push((i, p));
             }
         }
@@ -1057,6 +1278,12 @@ impl Store {
         if group.is_empty() {
             return;
         }
+        let bound: usize = group.iter().map(|(_, p)| p.txn_bytes).sum();
+        assert!(
+            bound <= GROUP_TXN_BYTES_MAX,
+            "a group of {} requests is bounded by {bound} bytes, over GROUP_TXN_BYTES_MAX",
+            group.len()
+        );
         let r = self.kv_().transact(|tx| {
             let mut out = Vec::with_capacity(group.len());
             for (_, p) in &group {
@@ -1065,6 +1292,7 @@ impl Store {
                     r => out.push(r),
                 }
             }
+            assert!(tx.bytes_written() <= bound as u64);
             Ok(out)
         });
         match r {

@@ -1,0 +1,219 @@
+//! Bounds on what the record layer writes: every commit transaction stays
+//! under `GROUP_TXN_BYTES_MAX`, whatever records it carries.
+
+use crate::conformance::{claim, page, random_page, req, sparse_page};
+use crate::kv::TRANSACTION_BYTES_MAX;
+use crate::*;
+
+/// An `extra` record of `len` bytes that depend on `seed`.
+fn extra(name: &str, seed: u64, len: usize) -> (String, Vec<u8>) {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let data = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    (name.to_string(), data)
+}
+
+/// A first commit for `actor` (claimed here) with two small pages and
+/// `n_extra` extra records of `extra_len` bytes.
+fn small_req_with_extras(
+    store: &Store,
+    actor: &str,
+    n_extra: usize,
+    extra_len: usize,
+) -> CommitRequest {
+    let epoch = claim(store, actor, "pop-a").epoch;
+    let seed = actor.bytes().map(u64::from).sum::<u64>();
+    let mut r = req(
+        actor,
+        epoch,
+        0,
+        4,
+        &[(0, sparse_page(seed, 0)), (3, sparse_page(seed, 3))],
+    );
+    r.extra = (0..n_extra)
+        .map(|i| extra(&format!("idem-{i}"), seed + i as u64, extra_len))
+        .collect();
+    r
+}
+
+#[test]
+fn group_commit_respects_transaction_limit() {
+    let store = Store::memory();
+    let reqs: Vec<CommitRequest> = (0..200)
+        .map(|i| small_req_with_extras(&store, &format!("grp/{i}"), 4, 60_000))
+        .collect();
+    let total_extra: usize = reqs
+        .iter()
+        .flat_map(|r| &r.extra)
+        .map(|(_, v)| v.len())
+        .sum();
+    assert!(
+        total_extra as u64 > 4 * TRANSACTION_BYTES_MAX,
+        "the batch carries far more than one transaction can hold"
+    );
+    let before = store.stats();
+    let out = store.commit_batch(&reqs);
+    let d = store.stats().since(&before);
+    assert!(
+        out.iter().all(|r| r == &Ok(1)),
+        "every request commits: {out:?}"
+    );
+    for r in &reqs {
+        assert_eq!(store.get_activation(&r.actor).unwrap().unwrap().head_seq, 1);
+    }
+    assert!(
+        d.transactions > 1,
+        "the batch took more than one transaction: {d:?}"
+    );
+    assert!(
+        d.bytes_written as usize > total_extra,
+        "every extra record was written: {d:?}"
+    );
+    assert!(
+        d.transaction_bytes_max <= GROUP_TXN_BYTES_MAX as u64,
+        "no transaction went over the group budget: {d:?}"
+    );
+    // The records are all there.
+    let s = store.load_snapshot("grp/199").unwrap().unwrap();
+    assert_eq!(s.extra.len(), 4);
+    assert_eq!(s.extra, {
+        let mut e = reqs[199].extra.clone();
+        e.sort();
+        e
+    });
+}
+
+#[test]
+fn oversized_request_is_refused_alone_in_its_batch() {
+    let store = Store::memory();
+    let ok1 = small_req_with_extras(&store, "ovr/1", 2, 60_000);
+    // 180 records of 60 kB: 10.8 MB, more than a whole transaction.
+    let big = small_req_with_extras(&store, "ovr/2", 180, 60_000);
+    let ok3 = small_req_with_extras(&store, "ovr/3", 2, 60_000);
+    let out = store.commit_batch(&[ok1.clone(), big.clone(), ok3.clone()]);
+    assert_eq!(out[0], Ok(1));
+    assert_eq!(out[2], Ok(1));
+    match &out[1] {
+        Err(StorageError::InvalidArgument(msg)) => {
+            assert!(
+                msg.contains("GROUP_TXN_BYTES_MAX"),
+                "names the limit: {msg}"
+            );
+            assert!(msg.contains("ovr/2"), "names the actor: {msg}");
+        }
+        other => panic!("the oversized request must be refused: {other:?}"),
+    }
+    assert_eq!(store.get_activation("ovr/2").unwrap().unwrap().head_seq, 0);
+    assert_eq!(store.load_snapshot("ovr/2").unwrap(), None);
+    assert_eq!(
+        store.load_snapshot("ovr/1").unwrap().unwrap().extra.len(),
+        2
+    );
+    // Alone, through commit_snapshot, the same refusal, and nothing written.
+    let before = store.stats();
+    assert!(matches!(
+        store.commit_snapshot(&big),
+        Err(StorageError::InvalidArgument(_))
+    ));
+    assert_eq!(store.stats().since(&before).transactions, 0);
+}
+
+#[test]
+fn staged_commit_manifest_transaction_respects_limit() {
+    let store = Store::memory();
+    // Big pages (staged) plus 4.2 MB of extra records.
+    let e = claim(&store, "stg/1", "pop-a").epoch;
+    let pages: Vec<(u32, Vec<u8>)> = (0..32).map(|i| (i, random_page(i as u64 + 1))).collect();
+    let mut r = req("stg/1", e, 0, 32, &pages);
+    r.extra = (0..70)
+        .map(|i| extra(&format!("k{i}"), i, 60_000))
+        .collect();
+    let before = store.stats();
+    assert_eq!(store.commit_snapshot(&r), Ok(1));
+    let d = store.stats().since(&before);
+    assert!(d.transactions > 2, "staged: {d:?}");
+    assert!(
+        d.transaction_bytes_max <= GROUP_TXN_BYTES_MAX as u64,
+        "{d:?}"
+    );
+    let s = store.load_snapshot("stg/1").unwrap().unwrap();
+    assert_eq!(s.extra.len(), 70);
+    assert_eq!(s.memories[0][..PAGE_SIZE], random_page(1)[..]);
+
+    // Pages under the staging threshold, but pages and extras together over
+    // the group budget: staged, so no transaction goes over it.
+    let e = claim(&store, "stg/2", "pop-a").epoch;
+    let pages: Vec<(u32, Vec<u8>)> = (0..14).map(|i| (i, random_page(i as u64 + 100))).collect();
+    let mut r = req("stg/2", e, 0, 14, &pages);
+    r.extra = (0..75)
+        .map(|i| extra(&format!("k{i}"), i, 60_000))
+        .collect();
+    let before = store.stats();
+    assert_eq!(store.commit_batch(std::slice::from_ref(&r)), vec![Ok(1)]);
+    let d = store.stats().since(&before);
+    assert!(
+        d.bytes_written > GROUP_TXN_BYTES_MAX as u64,
+        "the commit as a whole is over the budget: {d:?}"
+    );
+    assert!(
+        d.transaction_bytes_max <= GROUP_TXN_BYTES_MAX as u64,
+        "{d:?}"
+    );
+    let s = store.load_snapshot("stg/2").unwrap().unwrap();
+    assert_eq!(s.extra.len(), 75);
+    assert_eq!(s.memories[0][13 * PAGE_SIZE..], random_page(113)[..]);
+}
+
+#[test]
+fn commit_bound_covers_what_it_writes() {
+    // apply_commit asserts that it wrote no more than its bound; walk a
+    // history that exercises every kind of record: pages set, superseded,
+    // zeroed, a memory shrinking and a memory dropped, extras set and
+    // cleared, a long POP name.
+    let store = Store::memory();
+    let pop = "p".repeat(POP_NAME_BYTES_MAX);
+    let e = store.claim("hist/1", &pop, 1, &|_| true).unwrap().epoch;
+    let mut r = req(
+        "hist/1",
+        e,
+        0,
+        8,
+        &(0..8).map(|i| (i, page(1, i))).collect::<Vec<_>>(),
+    );
+    r.memories.push(MemoryDelta {
+        len_bytes: 3 * PAGE_SIZE as u64,
+        changed_pages: vec![(2, page(2, 2))],
+    });
+    r.extra = vec![extra("a", 1, 100), extra("b", 2, EXTRA_BYTES_MAX)];
+    assert_eq!(store.commit_snapshot(&r), Ok(1));
+    let mut r = req(
+        "hist/1",
+        e,
+        1,
+        3,
+        &[(1, vec![0; PAGE_SIZE]), (2, page(3, 2))],
+    );
+    r.extra = vec![("a".into(), vec![])];
+    assert_eq!(store.commit_batch(std::slice::from_ref(&r)), vec![Ok(2)]);
+    let s = store.load_snapshot("hist/1").unwrap().unwrap();
+    assert_eq!(s.memories.len(), 1);
+    assert_eq!(s.memories[0].len(), 3 * PAGE_SIZE);
+    assert_eq!(s.memories[0][..PAGE_SIZE], page(1, 0)[..]);
+    assert!(
+        s.memories[0][PAGE_SIZE..2 * PAGE_SIZE]
+            .iter()
+            .all(|&b| b == 0)
+    );
+    assert_eq!(s.extra.len(), 1);
+    // A POP name over the limit is refused at claim time.
+    assert!(matches!(
+        store.claim("hist/2", &format!("{pop}x"), 1, &|_| true),
+        Err(StorageError::InvalidArgument(_))
+    ));
+}
