@@ -80,7 +80,10 @@ mod tests;
 pub use error::StorageError;
 pub use kv::memory::{Fault, FaultInjector};
 pub use kv::{Kv, Stats, Transaction};
-pub use migrations::{MIGRATIONS_LIST_MAX, MigrationRecord};
+pub use migrations::{
+    MIGRATION_AGE_MS_MAX, MIGRATION_TRIM_BATCH_MAX, MIGRATION_TRIM_EVERY, MIGRATIONS_KEPT_MAX,
+    MIGRATIONS_LIST_MAX, MigrationRecord,
+};
 pub use store::{
     ActivationRecord, CommitRequest, EXTRA_BYTES_MAX, GROUP_TXN_BYTES_MAX, GcStats, LoadedSnapshot,
     MemoryDelta, PAGE_SIZE, POP_NAME_BYTES_MAX, PopRecord, STAGE_TXN_BYTES_MAX, SnapshotMeta,

@@ -288,6 +288,9 @@ pub struct Store {
 struct Inner {
     kv: Kv,
     faults: Option<FaultInjector>,
+    /// Migration records appended through this handle (and its clones):
+    /// every `MIGRATION_TRIM_EVERY`-th append trims them.
+    migrations_appended: std::sync::atomic::AtomicU64,
 }
 
 struct Prepared<'a> {
@@ -430,7 +433,11 @@ impl Store {
     /// A store over any KV (e.g. a custom backend).
     pub fn from_kv(kv: Kv, faults: Option<FaultInjector>) -> Store {
         Store {
-            inner: Arc::new(Inner { kv, faults }),
+            inner: Arc::new(Inner {
+                kv,
+                faults,
+                migrations_appended: std::sync::atomic::AtomicU64::new(0),
+            }),
         }
     }
 
@@ -462,6 +469,13 @@ impl Store {
 
     fn kv_(&self) -> &Kv {
         &self.inner.kv
+    }
+
+    /// How many migration records this handle appended before this one.
+    pub(crate) fn next_migration_append(&self) -> u64 {
+        self.inner
+            .migrations_appended
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reads every pair under `prefix`, paging through several read
