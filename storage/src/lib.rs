@@ -20,6 +20,38 @@
 //! - The records: activations with epochs, POP membership, components,
 //!   actor types, incremental snapshots, and their garbage collection.
 //!
+//! ## Record sets and what bounds them
+//! Every set of records either has a bound and a collector here, or says
+//! who owns its lifetime:
+//! - `snap/<actor>/p`, `snap/<actor>/m` (pages, manifests): only the head
+//!   version is kept; a commit clears what it supersedes in the same
+//!   transaction (pages beyond a shrunken memory, and memories that are
+//!   gone, by range clears); [`Store::gc_snapshots`] sweeps the rest.
+//! - `snap/<actor>/s` (stage markers) and the pages of abandoned staged
+//!   commits: at most one unfinished staged commit per crash;
+//!   [`Store::gc_snapshots`] removes them (the runtime runs it when
+//!   [`Store::needs_gc`] says so, on eviction).
+//! - `snap/<actor>/x` (`extra` side records): at most [`EXTRA_BYTES_MAX`]
+//!   each and [`GROUP_TXN_BYTES_MAX`] per commit; how many an actor keeps
+//!   is the caller's policy (the runtime's idempotency table keeps a
+//!   bounded number and deletes the rest with empty values). This crate
+//!   does not count them.
+//! - `act_by_pop/<pop>/<actor>`: exactly one entry per active claim; the
+//!   claim that moves an actor and the release remove it in the same
+//!   transaction, so no entry outlives its claim.
+//! - `act/<actor>`: one per actor ever claimed, never deleted: it carries
+//!   the epoch counter of the fence (see [`Store::release`]).
+//! - `mig/<at_ms>/<token>` (migration log): kept by count and age
+//!   ([`MIGRATIONS_KEPT_MAX`], [`MIGRATION_AGE_MS_MAX`]), trimmed on append
+//!   and by [`Store::trim_migrations`].
+//! - `pop/<pop>`, `type/<name>`: one per name, replaced in place;
+//!   [`Store::remove_pop`] and [`Store::delete_type`] remove them.
+//! - `comp/<digest>` (components): content-addressed, one per distinct
+//!   deployed build, and not collected here: a snapshot may still be bound
+//!   to an old build (actors stay on the version that persisted them), and
+//!   only the deployer knows when none is. Collecting them is the
+//!   deployer's job, once no type and no actor's head refers to a digest.
+//!
 //! ## What it must not know
 //! Nothing about wasm, wasmtime, gRPC, protobuf, or the runtime's config:
 //! memories are byte pages, globals are `u64` bits, a type's config is

@@ -694,6 +694,14 @@ impl Store {
     /// Releases the claim `epoch` of `actor`: marks it inactive and removes
     /// its `act_by_pop` entry. Releasing twice is fine; a stale epoch fails
     /// with `Fenced`.
+    ///
+    /// The `act/<actor>` record itself stays, on purpose, for as long as the
+    /// actor exists: it holds the epoch counter the fence depends on (and
+    /// the head of the actor's snapshots). Deleting an inactive one would
+    /// restart the count, so the next claim would reuse an epoch a paused
+    /// "zombie" POP may still hold, and that zombie's commits and releases
+    /// would pass the fence again. One small record per actor ever claimed
+    /// is the price; it goes only together with the actor's snapshots.
     pub fn release(&self, actor: &str, epoch: u64) -> Result<(), StorageError> {
         let act_key = keys::act(actor);
         self.kv_().transact(|tx| {

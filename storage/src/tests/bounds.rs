@@ -217,3 +217,58 @@ fn commit_bound_covers_what_it_writes() {
         Err(StorageError::InvalidArgument(_))
     ));
 }
+
+#[test]
+fn activation_index_matches_active_claims() {
+    // `act_by_pop` has an entry exactly for each active claim: claims that
+    // move, re-claims by the holder, releases (twice, and stale ones) leave
+    // no entry behind, so the index never outgrows the live activations.
+    let store = Store::memory();
+    let pops = ["pop-a", "pop-b", "pop-c"];
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    for step in 0..600u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let actor = format!("idx/{}", x % 13);
+        let pop = pops[(x >> 8) as usize % pops.len()];
+        match (x >> 16) % 3 {
+            0 | 1 => {
+                store.claim(&actor, pop, step, &|_| true).unwrap();
+            }
+            _ => {
+                if let Some(a) = store.get_activation(&actor).unwrap() {
+                    // The current epoch, or a stale one (refused, no change).
+                    let epoch = if (x >> 24).is_multiple_of(4) {
+                        a.epoch.saturating_sub(1)
+                    } else {
+                        a.epoch
+                    };
+                    let r = store.release(&actor, epoch);
+                    assert!(r.is_ok() || matches!(r, Err(StorageError::Fenced { .. })));
+                }
+            }
+        }
+        if step % 50 == 49 {
+            for pop in pops {
+                let mut want: Vec<String> = store
+                    .list_activations()
+                    .unwrap()
+                    .into_iter()
+                    .filter(|(_, a)| a.active && a.pop == pop)
+                    .map(|(actor, _)| actor)
+                    .collect();
+                want.sort();
+                assert_eq!(
+                    store.list_activations_by_pop(pop).unwrap(),
+                    want,
+                    "{pop} at step {step}"
+                );
+            }
+        }
+    }
+    // Every actor ever claimed keeps its activation record (the epoch).
+    let all = store.list_activations().unwrap();
+    assert_eq!(all.len(), 13);
+    assert!(all.iter().all(|(_, a)| a.epoch >= 1));
+}
