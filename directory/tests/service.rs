@@ -526,6 +526,19 @@ impl Gate {
         self.0.1.notify_all();
     }
 
+    /// Shuts the gate until the returned guard drops (so a failing test
+    /// does not leave blocking threads stuck, hanging the runtime's drop).
+    fn shut(&self) -> impl Drop + '_ {
+        struct Open<'a>(&'a Gate);
+        impl Drop for Open<'_> {
+            fn drop(&mut self) {
+                self.0.set_shut(false);
+            }
+        }
+        self.set_shut(true);
+        Open(self)
+    }
+
     fn pass(&self) {
         let (m, cv) = &*self.0;
         let _g = cv.wait_while(m.lock().unwrap(), |shut| *shut).unwrap();
@@ -550,21 +563,21 @@ async fn directory_request_has_deadline() {
     let (_core, mut c, _stop) = start_edge(cfg, REQUEST_MS, Some(2 * REQUEST_MS)).await;
     let mut w = c.watch(WatchRequest {}).await.unwrap().into_inner();
 
-    gate.set_shut(true);
-    // Two hung requests in a row: together they outlast both timeouts
+    let shut = gate.shut();
+    // Three hung requests in a row: together they outlast both timeouts
     // since the watch opened (their failures are the evidence; no sleep).
-    for _ in 0..2 {
+    for _ in 0..3 {
         let hung = c.lookup(LookupRequest {
             actor: "counter/x".into(),
         });
-        let e = tokio::time::timeout(Duration::from_secs(60), hung)
+        let e = tokio::time::timeout(Duration::from_secs(20), hung)
             .await
             .expect("a hung request must fail at its deadline, not hang")
             .unwrap_err();
         assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
         assert!(e.message().contains("deadline"), "{}", e.message());
     }
-    gate.set_shut(false);
+    drop(shut);
 
     // The service still answers, and the long-lived watch still streams.
     let inc = c
