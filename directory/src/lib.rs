@@ -11,13 +11,16 @@
 //!   every activation the POP name held), leases renewed by heartbeats, and
 //!   liveness (`now <= lease_until_ms` of the current incarnation).
 //! - Migration records, for `tern status`.
-//! - Two front ends over the same store: the in-process [`Directory`] used
-//!   by a single-POP runtime, and the gRPC `DirectoryService` in
-//!   [`server`] (`tern directory`), with a watch stream of activation
-//!   changes so POPs can drop cached lookups.
+//! - One decision core, [`Core`] (module [`core`]): every rule above
+//!   lives there once. It is synchronous, speaks only storage records, and
+//!   reads time only from [`DirectoryConfig::clock`], so a POP can embed it
+//!   in-process and a deterministic simulator can drive it.
+//! - The gRPC `DirectoryService` in [`server`] (`tern directory`): a thin
+//!   tonic edge over `Arc<Core>`, with a watch stream of activation changes
+//!   so POPs can drop cached lookups.
 //!
 //! ## What it must not know
-//! No database: all state lives in `tern-storage`'s record layer ([`Store`]),
+//! No database: all state lives in `tern-storage`'s record layer ([`Store`](tern_storage::Store)),
 //! so restarting the directory loses nothing and the same code runs on
 //! sqlite or FoundationDB. No wire types outside [`server`]: protobuf
 //! messages are converted at the tonic edge. Nothing about wasm or the
@@ -36,14 +39,21 @@
 //!    claim read the holder's liveness outside the claim transaction.
 //! 4. Registering voids every activation held by that POP name (each
 //!    released at its current epoch), before the new incarnation can claim.
-//! 5. Only a registered, alive incarnation may claim (service only).
+//! 5. Only a registered, alive incarnation may claim.
 //! 6. A release with a stale epoch changes nothing.
+//! 7. Everything has a limit: name, endpoint and reason lengths, listing
+//!    sizes, watch subscribers and their buffer, the sweep's memory of
+//!    announced lapses, and on the server request and reply sizes, requests
+//!    and streams per connection, a per-request deadline and keepalives
+//!    (constants in [`core`] and [`server`]).
 
+pub mod core;
 pub mod server;
 
-use tern_storage::{ActivationRecord, StorageError, Store};
+use tern_storage::StorageError;
 
-pub use server::{DirectoryConfig, serve, service};
+pub use crate::core::{Change, ClaimOutcome, Core, DirectoryConfig, Holder, Registered};
+pub use server::{serve, serve_core, service};
 
 /// Errors of the directory. [`server`] maps each one to a gRPC code by
 /// what the caller should do next (see [`server::grpc_code`]).
@@ -104,6 +114,22 @@ pub enum DirectoryError {
         /// Attempts made.
         attempts: u32,
     },
+    /// A bounded resource is full (e.g. open watch streams): retry later,
+    /// or elsewhere.
+    #[error("directory overloaded: {what} at their maximum of {max}; retry later")]
+    Overloaded {
+        /// What is full.
+        what: &'static str,
+        /// Its limit.
+        max: usize,
+    },
+    /// The request did not finish within the directory's per-request
+    /// deadline (the work may still complete): retry, then re-read.
+    #[error("directory request exceeded its deadline of {ms} ms")]
+    Deadline {
+        /// The deadline, in ms.
+        ms: u64,
+    },
     /// The server could not bind, serve, or run a blocking task.
     #[error("directory server: {0}")]
     Server(String),
@@ -136,76 +162,11 @@ impl DirectoryError {
             DirectoryError::Storage(e) => {
                 e.is_retryable() || matches!(e, StorageError::RetriesExhausted { .. })
             }
-            DirectoryError::Contended { .. } => true,
+            DirectoryError::Contended { .. }
+            | DirectoryError::Overloaded { .. }
+            | DirectoryError::Deadline { .. } => true,
             _ => false,
         }
-    }
-}
-
-/// A granted claim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Claim {
-    /// The new epoch; every snapshot commit must carry it.
-    pub epoch: u64,
-    /// The actor's snapshot head at the time of the claim.
-    pub head_seq: u64,
-}
-
-/// The directory as seen by one POP.
-#[derive(Clone)]
-pub struct Directory {
-    store: Store,
-    pop: String,
-}
-
-impl Directory {
-    /// A directory over `store`, acting for POP `pop`.
-    pub fn new(store: Store, pop: impl Into<String>) -> Directory {
-        Directory {
-            store,
-            pop: pop.into(),
-        }
-    }
-
-    /// The POP this directory acts for.
-    pub fn pop(&self) -> &str {
-        &self.pop
-    }
-
-    /// Claims `actor` for this POP with a new epoch.
-    pub fn claim(&self, actor: &str, now_ms: u64) -> Result<Claim, DirectoryError> {
-        let me = self.pop.clone();
-        let rec = self
-            .store
-            .claim(actor, &self.pop, now_ms, &|held: &ActivationRecord| {
-                // An earlier incarnation of this very POP (say, before a
-                // crash) holds it: that incarnation is gone.
-                held.pop == me
-            });
-        match rec {
-            Ok(rec) => Ok(Claim {
-                epoch: rec.epoch,
-                head_seq: rec.head_seq,
-            }),
-            Err(StorageError::HeldElsewhere { pop, epoch, .. }) => {
-                Err(DirectoryError::HeldElsewhere {
-                    actor: actor.to_string(),
-                    pop,
-                    epoch,
-                })
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Releases `actor` if `epoch` is still current.
-    pub fn release(&self, actor: &str, epoch: u64) -> Result<(), DirectoryError> {
-        Ok(self.store.release(actor, epoch)?)
-    }
-
-    /// Where `actor` is active, if anywhere.
-    pub fn lookup(&self, actor: &str) -> Result<Option<ActivationRecord>, DirectoryError> {
-        Ok(self.store.get_activation(actor)?.filter(|r| r.active))
     }
 }
 
@@ -272,6 +233,17 @@ mod tests {
             }),
             Code::Unavailable
         );
+        assert_eq!(
+            code(DirectoryError::Overloaded {
+                what: "watch subscribers",
+                max: 1
+            }),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            code(DirectoryError::Deadline { ms: 5 }),
+            Code::DeadlineExceeded
+        );
     }
 
     #[test]
@@ -281,7 +253,7 @@ mod tests {
             "https://pop.example:443",
             "http://[::1]:7000",
         ] {
-            server::check_endpoint(ok).unwrap();
+            crate::core::check_endpoint(ok).unwrap();
         }
         for bad in [
             "",
@@ -292,18 +264,7 @@ mod tests {
             "http://h:x",
             "http://h:1/p",
         ] {
-            assert!(server::check_endpoint(bad).is_err(), "{bad}");
+            assert!(crate::core::check_endpoint(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn local_directory_claims_and_releases() {
-        let d = Directory::new(Store::memory(), "solo");
-        let c = d.claim("a", 1).unwrap();
-        assert_eq!(c.epoch, 1);
-        assert_eq!(d.lookup("a").unwrap().unwrap().pop, "solo");
-        assert!(d.release("a", 0).is_err());
-        d.release("a", 1).unwrap();
-        assert!(d.lookup("a").unwrap().is_none());
     }
 }

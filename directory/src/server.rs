@@ -1,80 +1,68 @@
-//! The gRPC `DirectoryService` (`tern directory`): POP membership with
-//! leases, claims, lookups, releases, migrations and a watch stream.
+//! The gRPC `DirectoryService` (`tern directory`): a thin tonic edge over
+//! [`Core`], which makes every decision.
 //!
-//! The decisions live in [`Core`], which speaks only `tern-storage` records
-//! and is called on blocking threads (storage calls are synchronous). The
-//! [`DirectoryService`] impl below is the tonic edge: it validates and
-//! converts wire types and maps [`DirectoryError`] to gRPC codes
-//! ([`grpc_code`]).
+//! This module validates nothing itself and decides nothing: it converts
+//! wire types, runs each [`Core`] call on a blocking thread (storage calls
+//! are synchronous) under a per-request deadline, maps [`DirectoryError`]
+//! to gRPC codes ([`grpc_code`]), streams the core's changes to `Watch`
+//! subscribers, and drives [`Core::sweep`] every heartbeat period.
+//!
+//! Deadlines: tonic's `Server::timeout` (and the client's `grpc-timeout`
+//! header, which tonic's server always honours, taking the shorter of the
+//! two) bounds a request only until its response headers are returned; the
+//! body of a streaming response is not timed (tonic 0.14.9,
+//! `transport/service/grpc_timeout.rs`). So a long-lived `Watch` stream is
+//! not cut by it, while every unary call is bounded.
 
-use std::collections::HashSet;
 use std::future::Future;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use tern_proto::directory as pb;
 use tern_proto::directory::directory_service_server::{DirectoryService, DirectoryServiceServer};
-use tern_storage::{ActivationRecord, MigrationRecord, PopRecord, StorageError, Store};
+use tern_storage::{MigrationRecord, StorageError, Store};
 use tokio::sync::{broadcast, watch};
 use tonic::{Code, Request, Response, Status};
 
 use crate::DirectoryError;
+use crate::core::{ClaimOutcome, Core, Holder, WATCH_BUFFER_CHANGES_MAX};
 
-/// Changes a watch subscriber may fall behind by before its stream ends
-/// with `ABORTED` (it then reconnects and drops its cached lookups).
-pub const WATCH_BUFFER_CHANGES_MAX: usize = 4096;
+pub use crate::core::DirectoryConfig;
+
 /// Migrations `ListMigrations` returns when the request gives no limit.
 pub const MIGRATIONS_LIST_DEFAULT: usize = 100;
-/// Times a claim re-reads the holder when it changes under it.
-pub const CLAIM_ATTEMPTS_MAX: u32 = 4;
-/// Longest POP or actor name accepted, in bytes.
-pub const NAME_BYTES_MAX: usize = 1024;
-/// Lock stripes serialising `Register` and `Claim` of the same POP name.
-const POP_LOCK_STRIPES: usize = 64;
-
-/// Configuration of the directory service.
-#[derive(Clone)]
-pub struct DirectoryConfig {
-    /// How long a registration or heartbeat keeps a POP alive, in ms.
-    pub lease_ms: u64,
-    /// How often POPs should heartbeat, in ms (told to them at register).
-    pub heartbeat_ms: u64,
-    /// The clock: ms since the Unix epoch. Injectable for tests.
-    pub clock: Arc<dyn Fn() -> u64 + Send + Sync>,
-}
-
-impl Default for DirectoryConfig {
-    fn default() -> Self {
-        DirectoryConfig {
-            lease_ms: 3000,
-            heartbeat_ms: 1000,
-            clock: Arc::new(system_now_ms),
-        }
-    }
-}
-
-impl std::fmt::Debug for DirectoryConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DirectoryConfig")
-            .field("lease_ms", &self.lease_ms)
-            .field("heartbeat_ms", &self.heartbeat_ms)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Wall-clock ms since the Unix epoch.
-pub fn system_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// The longest a unary request may take, in ms, before it fails with
+/// `DEADLINE_EXCEEDED` (a client's shorter `grpc-timeout` wins).
+pub const DIRECTORY_REQUEST_MS_MAX: u64 = 5_000;
+/// Slack of the server-wide backstop deadline over
+/// [`DIRECTORY_REQUEST_MS_MAX`], in ms: the handler's own deadline fires
+/// first and answers `DEADLINE_EXCEEDED`; the backstop (tonic's
+/// `Server::timeout`, answered `CANCELLED`) covers anything outside it.
+pub const DIRECTORY_DEADLINE_BACKSTOP_SLACK_MS: u64 = 1_000;
+/// Interval of HTTP/2 keepalive pings to each client, in ms.
+pub const HTTP2_KEEPALIVE_INTERVAL_MS: u64 = 10_000;
+/// How long a keepalive ping may go unanswered before the connection is
+/// closed, in ms.
+pub const HTTP2_KEEPALIVE_TIMEOUT_MS: u64 = 5_000;
+/// Requests in flight per connection; more wait for a slot.
+pub const REQUESTS_PER_CONNECTION_MAX: usize = 256;
+/// Concurrent HTTP/2 streams per connection (open `Watch` streams count).
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 512;
+/// Largest request message accepted, in bytes.
+pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
+/// Largest reply message sent, in bytes (a listing past it fails with
+/// `RESOURCE_EXHAUSTED` rather than sending without bound).
+pub const REPLY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Shortest lease sweep period, in ms, whatever `heartbeat_ms` says.
+const SWEEP_PERIOD_MS_MIN: u64 = 10;
 
 /// The gRPC code of an error, by what the caller should do next.
 pub fn grpc_code(e: &DirectoryError) -> Code {
     match e {
+        DirectoryError::Overloaded { .. } => Code::ResourceExhausted,
+        DirectoryError::Deadline { .. } => Code::DeadlineExceeded,
         e if e.is_retryable() => Code::Unavailable,
         DirectoryError::LeaseLapsed { .. }
         | DirectoryError::UnknownPop { .. }
@@ -93,43 +81,68 @@ impl From<DirectoryError> for Status {
     }
 }
 
-/// The directory service over `store`, ready to add to a tonic server.
-pub fn service(store: Store, cfg: DirectoryConfig) -> DirectoryServiceServer<GrpcDirectory> {
-    DirectoryServiceServer::new(GrpcDirectory::new(store, cfg))
+/// The directory service over `dir`, with its message size limits, ready
+/// to add to a tonic server. Call [`GrpcDirectory::close`] at shutdown to
+/// end its watch streams.
+pub fn service(dir: GrpcDirectory) -> DirectoryServiceServer<GrpcDirectory> {
+    DirectoryServiceServer::new(dir)
+        .max_decoding_message_size(REQUEST_BYTES_MAX)
+        .max_encoding_message_size(REPLY_BYTES_MAX)
 }
 
-/// Serves the directory on `listener` until `shutdown` completes. At
-/// shutdown, open watch streams end (subscribers reconnect elsewhere or
-/// later) and in-flight requests finish.
+/// Serves a directory over `store` on `listener` until `shutdown`
+/// completes. See [`serve_core`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Store,
     cfg: DirectoryConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DirectoryError> {
-    let dir = GrpcDirectory::new(store, cfg);
-    let core = dir.core.clone();
+    serve_core(listener, Arc::new(Core::new(store, cfg)), shutdown).await
+}
+
+/// Serves `core` on `listener` until `shutdown` completes, sweeping leases
+/// every heartbeat period. At shutdown, open watch streams end
+/// (subscribers reconnect elsewhere or later) and in-flight requests
+/// finish.
+pub async fn serve_core(
+    listener: tokio::net::TcpListener,
+    core: Arc<Core>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DirectoryError> {
+    let dir = GrpcDirectory::new(core.clone());
     let addr = listener.local_addr().ok();
-    tracing::info!(?addr, lease_ms = core.cfg.lease_ms, "directory serving");
+    tracing::info!(
+        ?addr,
+        lease_ms = core.config().lease_ms,
+        "directory serving"
+    );
     let sweeper = tokio::spawn(sweep_loop(core.clone()));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let closer = dir.clone();
     let res = tonic::transport::Server::builder()
-        .add_service(DirectoryServiceServer::new(dir))
-        .serve_with_incoming_shutdown(incoming, async {
+        .timeout(Duration::from_millis(
+            DIRECTORY_REQUEST_MS_MAX + DIRECTORY_DEADLINE_BACKSTOP_SLACK_MS,
+        ))
+        .http2_keepalive_interval(Some(Duration::from_millis(HTTP2_KEEPALIVE_INTERVAL_MS)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(HTTP2_KEEPALIVE_TIMEOUT_MS)))
+        .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
+        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
+        .add_service(service(dir.clone()))
+        .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
-            core.close();
+            closer.close();
         })
         .await;
     sweeper.abort();
-    core.close();
+    dir.close();
     tracing::info!(?addr, "directory stopped");
     res.map_err(|e| DirectoryError::Server(format!("serving on {addr:?}: {e}")))
 }
 
-/// Every heartbeat period, notices POPs whose lease lapsed, logs them once
-/// per incarnation and tells watchers their actors are gone.
+/// Every heartbeat period, runs the core's lease sweep.
 async fn sweep_loop(core: Arc<Core>) {
-    let period = std::time::Duration::from_millis(core.cfg.heartbeat_ms.max(10));
+    let period = Duration::from_millis(core.config().heartbeat_ms.max(SWEEP_PERIOD_MS_MIN));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -143,514 +156,60 @@ async fn sweep_loop(core: Arc<Core>) {
     }
 }
 
-// ------------------------------------------------------------------- core
-
-/// A change of where an actor is active (`pop: None`: it became inactive).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    /// The actor.
-    pub actor: String,
-    /// Where it is active now, if anywhere.
-    pub pop: Option<String>,
-    /// The epoch of the claim this change is about.
-    pub epoch: u64,
-}
-
-/// An actor active at a POP, as the directory sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Holder {
-    /// The actor.
-    pub actor: String,
-    /// The POP.
-    pub pop: String,
-    /// The POP's endpoint ("" if the POP is unknown).
-    pub endpoint: String,
-    /// The claim's epoch.
-    pub epoch: u64,
-    /// Whether the POP's lease is current.
-    pub pop_alive: bool,
-}
-
-/// What a claim decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClaimOutcome {
-    /// Claimed: a new epoch and the actor's snapshot head.
-    Granted {
-        /// The new epoch.
-        epoch: u64,
-        /// The actor's snapshot head.
-        head_seq: u64,
-    },
-    /// A live POP holds it: send the call there.
-    Held(Holder),
-}
-
-/// A registration's result.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Registered {
-    /// The new incarnation.
-    pub incarnation: u64,
-    /// The lease end.
-    pub lease_until_ms: u64,
-    /// Activations voided (held by earlier incarnations).
-    pub voided: usize,
-}
-
-/// The directory's decisions, over storage records only. Every method
-/// blocks on storage: call it from a blocking thread.
-pub struct Core {
-    store: Store,
-    cfg: DirectoryConfig,
-    changes: broadcast::Sender<Change>,
-    closing: watch::Sender<bool>,
-    pop_locks: Vec<Mutex<()>>,
-    /// (pop, incarnation) lapses already logged by the sweep.
-    lapsed_seen: Mutex<HashSet<(String, u64)>>,
-}
-
-fn alive(rec: &PopRecord, now: u64) -> bool {
-    now <= rec.lease_until_ms
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn check_name(what: &str, name: &str) -> Result<(), DirectoryError> {
-    if name.is_empty() {
-        return Err(DirectoryError::InvalidArgument(format!(
-            "{what} must not be empty"
-        )));
-    }
-    if name.len() > NAME_BYTES_MAX || name.chars().any(char::is_control) {
-        return Err(DirectoryError::InvalidArgument(format!(
-            "{what} {name:?} must be at most {NAME_BYTES_MAX} bytes without control characters"
-        )));
-    }
-    Ok(())
-}
-
-/// Checks that `endpoint` looks like `http://host:port` (or `https://`).
-pub fn check_endpoint(endpoint: &str) -> Result<(), DirectoryError> {
-    let bad = || {
-        DirectoryError::InvalidArgument(format!(
-            "endpoint {endpoint:?} must look like http://host:port"
-        ))
-    };
-    let rest = endpoint
-        .strip_prefix("http://")
-        .or_else(|| endpoint.strip_prefix("https://"))
-        .ok_or_else(bad)?;
-    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
-    if host.is_empty() || !port_ok || host.contains(['/', ' ', '@']) {
-        return Err(bad());
-    }
-    Ok(())
-}
-
-impl Core {
-    fn new(store: Store, cfg: DirectoryConfig) -> Core {
-        let (changes, _) = broadcast::channel(WATCH_BUFFER_CHANGES_MAX);
-        let (closing, _) = watch::channel(false);
-        Core {
-            store,
-            cfg,
-            changes,
-            closing,
-            pop_locks: (0..POP_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            lapsed_seen: Mutex::new(HashSet::new()),
-        }
-    }
-
-    fn now(&self) -> u64 {
-        (self.cfg.clock)()
-    }
-
-    /// Serialises `Register` and `Claim` of one POP name, so a claim of the
-    /// new incarnation cannot be voided by its own registration.
-    fn pop_lock(&self, pop: &str) -> MutexGuard<'_, ()> {
-        let mut h = DefaultHasher::new();
-        pop.hash(&mut h);
-        lock(&self.pop_locks[(h.finish() as usize) % POP_LOCK_STRIPES])
-    }
-
-    fn publish(&self, c: Change) {
-        // No subscribers is fine.
-        let _ = self.changes.send(c);
-    }
-
-    fn close(&self) {
-        self.closing.send_replace(true);
-    }
-
-    /// Registers (or re-registers) `pop`: voids every activation it held,
-    /// then starts incarnation + 1 with a fresh lease.
-    pub fn register(
-        &self,
-        pop: &str,
-        endpoint: &str,
-        coords: (f64, f64),
-    ) -> Result<Registered, DirectoryError> {
-        check_name("POP name", pop)?;
-        check_endpoint(endpoint)?;
-        let (lat, lon) = coords;
-        if !(lat.is_finite() && lon.is_finite() && lat.abs() <= 90.0 && lon.abs() <= 180.0) {
-            return Err(DirectoryError::InvalidArgument(format!(
-                "coordinates ({lat}, {lon}) must be a latitude in [-90, 90] and a longitude in [-180, 180]"
-            )));
-        }
-        let _g = self.pop_lock(pop);
-        let mut voided = Vec::new();
-        for actor in self.store.list_activations_by_pop(pop)? {
-            let Some(rec) = self.store.get_activation(&actor)? else {
-                continue;
-            };
-            if !rec.active || rec.pop != pop {
-                continue;
-            }
-            match self.store.release(&actor, rec.epoch) {
-                Ok(()) => voided.push((actor, rec.epoch)),
-                // Someone took it over meanwhile: not ours to void.
-                Err(StorageError::Fenced { .. }) => {}
-                Err(e) => return Err(DirectoryError::from_storage(e)),
-            }
-        }
-        let now = self.now();
-        let lease_until_ms = now.saturating_add(self.cfg.lease_ms);
-        let addr = endpoint.to_string();
-        let (incarnation, previous) = self.store.update_pop(pop, |cur| {
-            let previous = cur.as_ref().map(|c| c.incarnation);
-            let rec = PopRecord {
-                addr: addr.clone(),
-                coords,
-                lease_until_ms,
-                incarnation: previous.unwrap_or(0) + 1,
-            };
-            let inc = rec.incarnation;
-            Ok((Some(rec), (inc, previous)))
-        })?;
-        metrics::counter!("tern_directory_registrations_total").increment(1);
-        tracing::info!(
-            pop,
-            endpoint,
-            incarnation,
-            previous_incarnation = ?previous,
-            voided = voided.len(),
-            lease_until_ms,
-            "POP registered"
-        );
-        let n = voided.len();
-        for (actor, epoch) in voided {
-            self.publish(Change {
-                actor,
-                pop: None,
-                epoch,
-            });
-        }
-        Ok(Registered {
-            incarnation,
-            lease_until_ms,
-            voided: n,
-        })
-    }
-
-    /// Renews the lease of `pop`'s `incarnation` if it is still current.
-    /// Returns (alive, lease_until_ms).
-    pub fn heartbeat(&self, pop: &str, incarnation: u64) -> Result<(bool, u64), DirectoryError> {
-        check_name("POP name", pop)?;
-        let now = self.now();
-        let lease_ms = self.cfg.lease_ms;
-        let (alive_now, until, seen) = self.store.update_pop(pop, |cur| match cur {
-            None => Ok((None, (false, 0, None))),
-            Some(mut rec) => {
-                let seen = Some((rec.incarnation, rec.lease_until_ms));
-                if rec.incarnation == incarnation && alive(&rec, now) {
-                    rec.lease_until_ms = now.saturating_add(lease_ms);
-                    let until = rec.lease_until_ms;
-                    Ok((Some(rec), (true, until, seen)))
-                } else {
-                    let until = rec.lease_until_ms;
-                    Ok((Some(rec), (false, until, seen)))
-                }
-            }
-        })?;
-        if !alive_now {
-            match seen {
-                None => tracing::warn!(pop, incarnation, "heartbeat from an unregistered POP"),
-                Some((cur, until)) if cur == incarnation => tracing::warn!(
-                    pop,
-                    incarnation,
-                    late_by_ms = now.saturating_sub(until),
-                    "lease lapsed; the POP must register again"
-                ),
-                Some((cur, _)) => tracing::warn!(
-                    pop,
-                    incarnation,
-                    current_incarnation = cur,
-                    "heartbeat from a superseded incarnation"
-                ),
-            }
-        }
-        Ok((alive_now, until))
-    }
-
-    fn holder(
-        &self,
-        actor: &str,
-        rec: &ActivationRecord,
-        now: u64,
-    ) -> Result<Holder, DirectoryError> {
-        let pop = self.store.get_pop(&rec.pop)?;
-        Ok(Holder {
-            actor: actor.to_string(),
-            pop: rec.pop.clone(),
-            endpoint: pop.as_ref().map(|p| p.addr.clone()).unwrap_or_default(),
-            epoch: rec.epoch,
-            pop_alive: pop.as_ref().is_some_and(|p| alive(p, now)),
-        })
-    }
-
-    /// Claims `actor` for `pop`'s `incarnation`, which must be alive.
-    pub fn claim(
-        &self,
-        actor: &str,
-        pop: &str,
-        incarnation: u64,
-    ) -> Result<ClaimOutcome, DirectoryError> {
-        check_name("actor", actor)?;
-        check_name("POP name", pop)?;
-        let _g = self.pop_lock(pop);
-        let now = self.now();
-        let me = self
-            .store
-            .get_pop(pop)?
-            .ok_or_else(|| DirectoryError::UnknownPop {
-                pop: pop.to_string(),
-            })?;
-        if me.incarnation != incarnation {
-            return Err(DirectoryError::LeaseLapsed {
-                pop: pop.to_string(),
-                incarnation,
-                why: format!("the current incarnation is {}", me.incarnation),
-            });
-        }
-        if !alive(&me, now) {
-            tracing::warn!(pop, incarnation, "claim from a POP whose lease lapsed");
-            return Err(DirectoryError::LeaseLapsed {
-                pop: pop.to_string(),
-                incarnation,
-                why: format!(
-                    "its lease lapsed {} ms ago",
-                    now.saturating_sub(me.lease_until_ms)
-                ),
-            });
-        }
-        for _ in 0..CLAIM_ATTEMPTS_MAX {
-            // The holder's liveness, read outside the claim transaction:
-            // safe because a lapsed lease never comes back.
-            let cur = self.store.get_activation(actor)?;
-            let other = match &cur {
-                Some(r) if r.active && r.pop != pop => Some(self.holder(actor, r, now)?),
-                _ => None,
-            };
-            let taken_from = other.as_ref().map(|h| h.pop.clone());
-            let dead_holder = other
-                .as_ref()
-                .filter(|h| !h.pop_alive)
-                .map(|h| h.pop.clone());
-            let may_take_over = |held: &ActivationRecord| {
-                held.pop == pop || dead_holder.as_deref() == Some(&held.pop)
-            };
-            match self.store.claim(actor, pop, now, &may_take_over) {
-                Ok(rec) => {
-                    metrics::counter!("tern_directory_claims_total").increment(1);
-                    if let Some(from) = taken_from {
-                        metrics::counter!("tern_directory_takeovers_total").increment(1);
-                        tracing::info!(
-                            actor,
-                            pop,
-                            from = %from,
-                            epoch = rec.epoch,
-                            "claim took over an actor from a POP whose lease lapsed"
-                        );
-                    }
-                    self.publish(Change {
-                        actor: actor.to_string(),
-                        pop: Some(pop.to_string()),
-                        epoch: rec.epoch,
-                    });
-                    return Ok(ClaimOutcome::Granted {
-                        epoch: rec.epoch,
-                        head_seq: rec.head_seq,
-                    });
-                }
-                Err(StorageError::HeldElsewhere {
-                    pop: holder, epoch, ..
-                }) => {
-                    if let Some(h) = other.filter(|h| h.pop == holder && h.epoch == epoch) {
-                        return Ok(ClaimOutcome::Held(h));
-                    }
-                    // The holder changed between our read and the claim:
-                    // look again.
-                }
-                Err(e) => return Err(DirectoryError::from_storage(e)),
-            }
-        }
-        Err(DirectoryError::Contended {
-            actor: actor.to_string(),
-            attempts: CLAIM_ATTEMPTS_MAX,
-        })
-    }
-
-    /// Where `actor` is active, if its POP is alive.
-    pub fn lookup(&self, actor: &str) -> Result<Option<Holder>, DirectoryError> {
-        check_name("actor", actor)?;
-        let now = self.now();
-        match self.store.get_activation(actor)? {
-            Some(r) if r.active => Ok(Some(self.holder(actor, &r, now)?).filter(|h| h.pop_alive)),
-            _ => Ok(None),
-        }
-    }
-
-    /// Releases `actor` if `epoch` is still current.
-    pub fn release(&self, actor: &str, epoch: u64) -> Result<(), DirectoryError> {
-        check_name("actor", actor)?;
-        self.store
-            .release(actor, epoch)
-            .map_err(DirectoryError::from_storage)?;
-        self.publish(Change {
-            actor: actor.to_string(),
-            pop: None,
-            epoch,
-        });
-        Ok(())
-    }
-
-    /// Every active activation (of `pop` only, if given), with whether its
-    /// POP is alive. Activations of dead POPs are listed with
-    /// `pop_alive = false`: they are claimable.
-    pub fn list_activations(&self, pop: Option<&str>) -> Result<Vec<Holder>, DirectoryError> {
-        let now = self.now();
-        let pops: std::collections::HashMap<String, PopRecord> =
-            self.store.list_pops()?.into_iter().collect();
-        let recs: Vec<(String, ActivationRecord)> = match pop {
-            None => self.store.list_activations()?,
-            Some(p) => {
-                let mut out = Vec::new();
-                for a in self.store.list_activations_by_pop(p)? {
-                    if let Some(r) = self.store.get_activation(&a)? {
-                        out.push((a, r));
-                    }
-                }
-                out
-            }
-        };
-        Ok(recs
-            .into_iter()
-            .filter(|(_, r)| r.active && pop.is_none_or(|p| p == r.pop))
-            .map(|(actor, r)| {
-                let p = pops.get(&r.pop);
-                Holder {
-                    actor,
-                    endpoint: p.map(|p| p.addr.clone()).unwrap_or_default(),
-                    pop_alive: p.is_some_and(|p| alive(p, now)),
-                    pop: r.pop,
-                    epoch: r.epoch,
-                }
-            })
-            .collect())
-    }
-
-    /// Every registered POP, and the time it was read at.
-    pub fn list_pops(&self) -> Result<(Vec<(String, PopRecord)>, u64), DirectoryError> {
-        let now = self.now();
-        Ok((self.store.list_pops()?, now))
-    }
-
-    /// Records a migration (`at_ms = 0`: now).
-    pub fn record_migration(&self, mut m: MigrationRecord) -> Result<(), DirectoryError> {
-        check_name("actor", &m.actor)?;
-        check_name("to_pop", &m.to_pop)?;
-        if m.at_ms == 0 {
-            m.at_ms = self.now();
-        }
-        self.store
-            .record_migration(&m)
-            .map_err(DirectoryError::from_storage)
-    }
-
-    /// The latest `limit` migrations, newest first.
-    pub fn list_migrations(&self, limit: usize) -> Result<Vec<MigrationRecord>, DirectoryError> {
-        Ok(self.store.list_migrations(limit)?)
-    }
-
-    /// Logs POPs whose lease lapsed (once per incarnation) and tells
-    /// watchers that their actors are no longer reachable there.
-    pub fn sweep(&self) -> Result<(), DirectoryError> {
-        let now = self.now();
-        for (name, rec) in self.store.list_pops()? {
-            if alive(&rec, now) {
-                continue;
-            }
-            if !lock(&self.lapsed_seen).insert((name.clone(), rec.incarnation)) {
-                continue;
-            }
-            let actors = self.store.list_activations_by_pop(&name)?;
-            tracing::warn!(
-                pop = %name,
-                incarnation = rec.incarnation,
-                late_by_ms = now.saturating_sub(rec.lease_until_ms),
-                actors = actors.len(),
-                "POP lease lapsed; its activations are void"
-            );
-            for actor in actors {
-                if let Some(r) = self.store.get_activation(&actor)?
-                    && r.active
-                    && r.pop == name
-                {
-                    self.publish(Change {
-                        actor,
-                        pop: None,
-                        epoch: r.epoch,
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 // -------------------------------------------------------------- tonic edge
 
 /// The tonic implementation of `DirectoryService`.
 #[derive(Clone)]
 pub struct GrpcDirectory {
     core: Arc<Core>,
+    closing: Arc<watch::Sender<bool>>,
+    request_timeout: Duration,
 }
 
 impl GrpcDirectory {
-    /// A service over `store`.
-    pub fn new(store: Store, cfg: DirectoryConfig) -> GrpcDirectory {
+    /// The edge over `core`, with the [`DIRECTORY_REQUEST_MS_MAX`] deadline.
+    pub fn new(core: Arc<Core>) -> GrpcDirectory {
         GrpcDirectory {
-            core: Arc::new(Core::new(store, cfg)),
+            core,
+            closing: Arc::new(watch::channel(false).0),
+            request_timeout: Duration::from_millis(DIRECTORY_REQUEST_MS_MAX),
         }
     }
 
-    /// The decision core (for embedding and tests).
+    /// The same edge with another per-request deadline (tests).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> GrpcDirectory {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The decision core.
     pub fn core(&self) -> &Arc<Core> {
         &self.core
     }
 
+    /// Ends every open watch stream (at shutdown); new ones end at once.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Runs `f` on a blocking thread, within the per-request deadline. At
+    /// the deadline the caller gets `DEADLINE_EXCEEDED`; the blocking call
+    /// itself cannot be cancelled and finishes on its own.
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Core) -> Result<T, DirectoryError> + Send + 'static,
     ) -> Result<T, Status> {
         let core = self.core.clone();
-        tokio::task::spawn_blocking(move || f(&core))
-            .await
-            .map_err(|e| DirectoryError::Server(format!("blocking task failed: {e}")))?
-            .map_err(Status::from)
+        let task = tokio::task::spawn_blocking(move || f(&core));
+        match tokio::time::timeout(self.request_timeout, task).await {
+            Ok(joined) => joined
+                .map_err(|e| DirectoryError::Server(format!("blocking task failed: {e}")))?
+                .map_err(Status::from),
+            Err(_) => Err(DirectoryError::Deadline {
+                ms: self.request_timeout.as_millis() as u64,
+            }
+            .into()),
+        }
     }
 }
 
@@ -679,8 +238,8 @@ impl DirectoryService for GrpcDirectory {
             .await?;
         Ok(Response::new(pb::RegisterReply {
             incarnation: reg.incarnation,
-            lease_ms: self.core.cfg.lease_ms,
-            heartbeat_ms: self.core.cfg.heartbeat_ms,
+            lease_ms: self.core.config().lease_ms,
+            heartbeat_ms: self.core.config().heartbeat_ms,
             lease_until_ms: reg.lease_until_ms,
         }))
     }
@@ -757,7 +316,7 @@ impl DirectoryService for GrpcDirectory {
         _req: Request<pb::ListPopsRequest>,
     ) -> Result<Response<pb::ListPopsReply>, Status> {
         let (pops, now) = self.run(|c| c.list_pops()).await?;
-        let lease_ms = self.core.cfg.lease_ms;
+        let lease_ms = self.core.config().lease_ms;
         let pops = pops
             .into_iter()
             .map(|(name, p)| pb::Pop {
@@ -767,7 +326,7 @@ impl DirectoryService for GrpcDirectory {
                 lon: p.coords.1,
                 incarnation: p.incarnation,
                 lease_until_ms: p.lease_until_ms,
-                alive: alive(&p, now),
+                alive: Core::pop_alive(&p, now),
                 lease_age_ms: now.saturating_sub(p.lease_until_ms.saturating_sub(lease_ms)),
             })
             .collect();
@@ -821,8 +380,8 @@ impl DirectoryService for GrpcDirectory {
         &self,
         _req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let rx = self.core.changes.subscribe();
-        let closing = self.core.closing.subscribe();
+        let rx = self.core.try_subscribe()?;
+        let closing = self.closing.subscribe();
         let stream = futures::stream::unfold(Some((rx, closing)), |state| async move {
             let (mut rx, mut closing) = state?;
             if *closing.borrow() {

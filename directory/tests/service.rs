@@ -1,10 +1,13 @@
 //! The DirectoryService end to end: the real tonic server on 127.0.0.1:0,
 //! the generated client, and a manual clock (no sleeps as synchronisation).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
-use tern_directory::{DirectoryConfig, DirectoryError, serve};
+use tern_directory::core::WATCH_BUFFER_CHANGES_MAX;
+use tern_directory::server::{DIRECTORY_REQUEST_MS_MAX, GrpcDirectory};
+use tern_directory::{Core, DirectoryConfig, DirectoryError, serve, service};
 use tern_proto::directory::claim_reply::Outcome;
 use tern_proto::directory::directory_service_client::DirectoryServiceClient;
 use tern_proto::directory::*;
@@ -463,25 +466,42 @@ async fn watch_streams_changes() {
 async fn start_core(
     clock: Arc<AtomicU64>,
 ) -> (
-    Arc<tern_directory::server::Core>,
+    Arc<Core>,
     DirectoryServiceClient<Channel>,
     oneshot::Sender<()>,
 ) {
-    use tern_directory::server::GrpcDirectory;
-    use tern_proto::directory::directory_service_server::DirectoryServiceServer;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let cfg = DirectoryConfig {
         lease_ms: LEASE_MS,
         heartbeat_ms: 1000,
         clock: Arc::new(move || clock.load(Ordering::SeqCst)),
     };
-    let dir = GrpcDirectory::new(Store::memory(), cfg);
-    let core = dir.core().clone();
+    start_edge(cfg, DIRECTORY_REQUEST_MS_MAX, None).await
+}
+
+/// A tonic server over a fresh core, with the edge's per-request deadline
+/// `request_ms` and, optionally, tonic's server-wide `Server::timeout`.
+async fn start_edge(
+    cfg: DirectoryConfig,
+    request_ms: u64,
+    server_timeout_ms: Option<u64>,
+) -> (
+    Arc<Core>,
+    DirectoryServiceClient<Channel>,
+    oneshot::Sender<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let core = Arc::new(Core::new(Store::memory(), cfg));
+    let dir =
+        GrpcDirectory::new(core.clone()).with_request_timeout(Duration::from_millis(request_ms));
     let (tx, rx) = oneshot::channel::<()>();
+    let mut server = tonic::transport::Server::builder();
+    if let Some(ms) = server_timeout_ms {
+        server = server.timeout(Duration::from_millis(ms));
+    }
     tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(DirectoryServiceServer::new(dir))
+        server
+            .add_service(service(dir))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async {
@@ -495,11 +515,101 @@ async fn start_core(
     (core, c, tx)
 }
 
+/// A clock that blocks every caller while shut: it stands in for a store
+/// call that hangs.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    fn set_shut(&self, shut: bool) {
+        *self.0.0.lock().unwrap() = shut;
+        self.0.1.notify_all();
+    }
+
+    /// Shuts the gate until the returned guard drops (so a failing test
+    /// does not leave blocking threads stuck, hanging the runtime's drop).
+    fn shut(&self) -> impl Drop + '_ {
+        struct Open<'a>(&'a Gate);
+        impl Drop for Open<'_> {
+            fn drop(&mut self) {
+                self.0.set_shut(false);
+            }
+        }
+        self.set_shut(true);
+        Open(self)
+    }
+
+    fn pass(&self) {
+        let (m, cv) = &*self.0;
+        let _g = cv.wait_while(m.lock().unwrap(), |shut| *shut).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn directory_request_has_deadline() {
+    const REQUEST_MS: u64 = 200;
+    let gate = Gate::default();
+    let g = gate.clone();
+    let cfg = DirectoryConfig {
+        lease_ms: LEASE_MS,
+        heartbeat_ms: 1000,
+        clock: Arc::new(move || {
+            g.pass();
+            T0
+        }),
+    };
+    // tonic's own server-wide timeout too, longer than the edge's, to show
+    // it does not cut a streaming reply either.
+    let (_core, mut c, _stop) = start_edge(cfg, REQUEST_MS, Some(2 * REQUEST_MS)).await;
+    let mut w = c.watch(WatchRequest {}).await.unwrap().into_inner();
+
+    let shut = gate.shut();
+    // Three hung requests in a row: together they outlast both timeouts
+    // since the watch opened (their failures are the evidence; no sleep).
+    for _ in 0..3 {
+        let hung = c.lookup(LookupRequest {
+            actor: "counter/x".into(),
+        });
+        let e = tokio::time::timeout(Duration::from_secs(20), hung)
+            .await
+            .expect("a hung request must fail at its deadline, not hang")
+            .unwrap_err();
+        assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+        assert!(e.message().contains("deadline"), "{}", e.message());
+    }
+    drop(shut);
+
+    // The service still answers, and the long-lived watch still streams.
+    let inc = c
+        .register(RegisterRequest {
+            name: "fra".into(),
+            endpoint: "http://127.0.0.1:7001".into(),
+            lat: 0.0,
+            lon: 0.0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .incarnation;
+    c.claim(ClaimRequest {
+        actor: "counter/x".into(),
+        pop: "fra".into(),
+        incarnation: inc,
+    })
+    .await
+    .unwrap();
+    let m = w.message().await.unwrap().expect("the watch is still open");
+    assert_eq!(
+        (m.actor.as_str(), m.pop.as_str(), m.epoch),
+        ("counter/x", "fra", 1)
+    );
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn lagging_watch_ends_with_aborted() {
     let (core, mut c, _stop) = start_core(Arc::new(AtomicU64::new(T0))).await;
     let mut w = c.watch(WatchRequest {}).await.unwrap().into_inner();
-    let n = tern_directory::server::WATCH_BUFFER_CHANGES_MAX + 10;
+    let n = WATCH_BUFFER_CHANGES_MAX + 10;
     // Publish on the runtime's only thread, so the server cannot drain the
     // subscriber meanwhile: it falls behind by construction.
     let inc = core
