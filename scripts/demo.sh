@@ -7,6 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-cargo build -q -p tern-runtime --bin tern
+cargo build -q -p tern-cli --bin tern
 cargo build -q -p doom-lobby
 exec target/debug/doom-lobby demo "$@"

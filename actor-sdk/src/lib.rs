@@ -150,7 +150,7 @@
 //! `-zstack-size=65536` gives the guest a 64 KiB shadow stack instead of
 //! Rust's default 1 MiB, so a small actor starts at 128 KiB of linear memory
 //! (two 64 KiB pages) instead of about 1.1 MiB, which is what every snapshot
-//! and every activation pays for. `tern_runtime::build::build_guest` sets it
+//! and every activation pays for. `tern_cli::build::build_guest` sets it
 //! for you; an actor crate can also make it its own default with a build
 //! script (see `examples/counter/build.rs`) that prints
 //! `cargo::rustc-link-arg-cdylib=-zstack-size=65536` when

@@ -668,7 +668,11 @@ impl Core {
                 );
             }
         }
-        // TODO(trim_migrations): self.store.trim_migrations(now)?; once tern-storage has `Store::trim_migrations(now_ms) -> Result<usize, StorageError>`.
+        // Migration records are kept by count and age.
+        let trimmed = self.store.trim_migrations(now)?;
+        if trimmed > 0 {
+            tracing::debug!(trimmed, "migration records trimmed");
+        }
         Ok(())
     }
 }

@@ -14,3 +14,30 @@ pub mod directory {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("tern.directory.v1");
 }
+
+use std::time::Duration;
+
+/// Largest gRPC message a tern server or client accepts, in bytes.
+pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 << 20;
+
+/// HTTP/2 keepalive ping interval on every tern channel and server, ms.
+pub const KEEPALIVE_INTERVAL_MS: u64 = 1_000;
+
+/// A keepalive ping unanswered this long closes the connection, ms: a dead
+/// or frozen peer is noticed within interval + timeout.
+pub const KEEPALIVE_TIMEOUT_MS: u64 = 2_000;
+
+/// Time limit for opening a connection, ms.
+pub const CONNECT_MS_MAX: u64 = 1_000;
+
+/// An endpoint to `url` with tern's connection settings: connect timeout,
+/// HTTP/2 keepalive (also while idle), no Nagle delay.
+pub fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, String> {
+    Ok(tonic::transport::Channel::from_shared(url.to_string())
+        .map_err(|e| format!("bad endpoint `{url}`: {e}"))?
+        .connect_timeout(Duration::from_millis(CONNECT_MS_MAX))
+        .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))
+        .keep_alive_timeout(Duration::from_millis(KEEPALIVE_TIMEOUT_MS))
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true))
+}

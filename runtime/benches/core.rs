@@ -49,13 +49,24 @@ fn req(id: &str, method: &str, payload: &str) -> CallRequest {
     }
 }
 
+/// A `get` turn with no key and no deadline.
+fn get_turn() -> tern_runtime::instance::TurnInput<'static> {
+    tern_runtime::instance::TurnInput {
+        chain: Vec::new(),
+        method: "get",
+        payload: b"",
+        idempotency_key: None,
+        deadline: None,
+    }
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let wasm_path = tern_runtime::build::build_guest(
+    let wasm_path = tern_cli::build::build_guest(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/counter"),
         true,
     )
@@ -78,13 +89,12 @@ fn main() {
         pop: "bench".into(),
         epoch: 1,
         caller: Arc::new(NoCalls),
+        world: tern_runtime::clock::World::default(),
     };
     let mut inst = ActorInstance::new(engine.engine(), &prep, &params, &[]).unwrap();
     let t = Instant::now();
     for _ in 0..DIRECT_CALLS {
-        inst.call(Vec::new(), "get", b"", &params.limits, None)
-            .unwrap()
-            .unwrap();
+        inst.call(get_turn(), &params.limits).unwrap().unwrap();
     }
     let direct = DIRECT_CALLS as f64 / t.elapsed().as_secs_f64();
 
@@ -174,9 +184,7 @@ fn main() {
             let t = Instant::now();
             let mut inst = ActorInstance::new(engine.engine(), &prep, &params, &lens).unwrap();
             inst.write_memories(&images).unwrap();
-            inst.call(Vec::new(), "get", b"", &params.limits, None)
-                .unwrap()
-                .unwrap();
+            inst.call(get_turn(), &params.limits).unwrap().unwrap();
             floor += t.elapsed();
             drop(inst);
         }
@@ -200,9 +208,7 @@ fn main() {
             let lens: Vec<usize> = snap.memories.iter().map(Vec::len).collect();
             let mut inst = ActorInstance::new(engine.engine(), &prep, &params, &lens).unwrap();
             inst.write_memories(&snap.memories).unwrap();
-            inst.call(Vec::new(), "get", b"", &params.limits, None)
-                .unwrap()
-                .unwrap();
+            inst.call(get_turn(), &params.limits).unwrap().unwrap();
             restore += t.elapsed();
         }
         let restore = restore / COLD_ROUNDS as u32;

@@ -27,7 +27,26 @@ pub struct Limits {
     pub mailbox_depth_max: u64,
     /// Idle time after which an actor is persisted and evicted.
     pub idle_ms: u64,
+    /// How long an applied idempotency key is remembered: a retry within
+    /// it is applied at most once.
+    pub idempotency_ms: u64,
+    /// Most idempotency keys remembered per actor; past it the oldest are
+    /// forgotten first.
+    pub idempotency_keys_max: u64,
 }
+
+/// The largest value each limit may be deployed with. A deploy outside
+/// `1..=max` (after zero takes the default) is refused with
+/// INVALID_ARGUMENT.
+pub const LIMITS_MAX: Limits = Limits {
+    turn_cpu_ms_max: 10_000,
+    memory_bytes_max: 4 << 30,
+    payload_bytes_max: 16 << 20,
+    mailbox_depth_max: 65_536,
+    idle_ms: 86_400_000,
+    idempotency_ms: 30 * 86_400_000,
+    idempotency_keys_max: 16_384,
+};
 
 impl Default for Limits {
     fn default() -> Self {
@@ -37,6 +56,8 @@ impl Default for Limits {
             payload_bytes_max: 1 << 20,
             mailbox_depth_max: 1024,
             idle_ms: 30_000,
+            idempotency_ms: 86_400_000,
+            idempotency_keys_max: 4_096,
         }
     }
 }
@@ -52,9 +73,86 @@ impl Limits {
             payload_bytes_max: pick(self.payload_bytes_max, d.payload_bytes_max),
             mailbox_depth_max: pick(self.mailbox_depth_max, d.mailbox_depth_max),
             idle_ms: pick(self.idle_ms, d.idle_ms),
+            idempotency_ms: pick(self.idempotency_ms, d.idempotency_ms),
+            idempotency_keys_max: pick(self.idempotency_keys_max, d.idempotency_keys_max),
         }
     }
+
+    /// Refuses any limit above its maximum in [`LIMITS_MAX`] (call after
+    /// [`Limits::or_defaults`]).
+    pub fn validate(&self) -> Result<(), String> {
+        let m = LIMITS_MAX;
+        let checks = [
+            (
+                "turn_cpu_ms_max",
+                self.turn_cpu_ms_max,
+                m.turn_cpu_ms_max,
+                "ms",
+            ),
+            (
+                "memory_bytes_max",
+                self.memory_bytes_max,
+                m.memory_bytes_max,
+                "bytes",
+            ),
+            (
+                "payload_bytes_max",
+                self.payload_bytes_max,
+                m.payload_bytes_max,
+                "bytes",
+            ),
+            (
+                "mailbox_depth_max",
+                self.mailbox_depth_max,
+                m.mailbox_depth_max,
+                "calls",
+            ),
+            ("idle_ms", self.idle_ms, m.idle_ms, "ms"),
+            (
+                "idempotency_ms",
+                self.idempotency_ms,
+                m.idempotency_ms,
+                "ms",
+            ),
+            (
+                "idempotency_keys_max",
+                self.idempotency_keys_max,
+                m.idempotency_keys_max,
+                "keys",
+            ),
+        ];
+        for (name, v, max, unit) in checks {
+            if v == 0 || v > max {
+                return Err(format!(
+                    "{name} = {v} is out of range: it must be between 1 and {max} {unit}"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
+
+impl Placement {
+    /// Refuses out-of-range placement settings.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.window == 0 || self.window > PLACEMENT_WINDOW_MAX {
+            return Err(format!(
+                "placement window = {} is out of range: it must be between 1 and {PLACEMENT_WINDOW_MAX} calls",
+                self.window
+            ));
+        }
+        if self.share_pct == 0 || self.share_pct > 100 {
+            return Err(format!(
+                "placement share_pct = {} is out of range: it must be between 1 and 100",
+                self.share_pct
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Longest placement window, in calls.
+pub const PLACEMENT_WINDOW_MAX: u32 = 1_024;
 
 /// Placement that follows the caller (see `Placement` in actor.proto).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +250,26 @@ mod tests {
             ..p
         };
         assert!(!off.should_move(&calls(&["nrt"; 8]), 1_000_000, "fra"));
+    }
+
+    #[test]
+    fn limits_have_documented_maximums() {
+        Limits::default().validate().unwrap();
+        LIMITS_MAX.validate().unwrap();
+        let over = Limits {
+            mailbox_depth_max: u64::MAX,
+            ..Limits::default()
+        };
+        let e = over.validate().unwrap_err();
+        assert!(
+            e.contains("mailbox_depth_max") && e.contains("65536"),
+            "{e}"
+        );
+        let p = Placement {
+            share_pct: 101,
+            ..Placement::default()
+        };
+        assert!(p.validate().is_err());
     }
 
     #[test]

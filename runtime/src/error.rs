@@ -1,16 +1,67 @@
 //! The runtime's one error type, and its mapping to gRPC status codes.
 
-use std::path::PathBuf;
-use std::process::ExitStatus;
-
 use tern_storage::StorageError;
 
-use crate::build::GUEST_TARGET;
+/// What the caller should do next, independent of any wire protocol.
+/// The gRPC edge maps each kind to a status code one to one; idempotency
+/// records store it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The named thing does not exist (type, method): fix the call.
+    NotFound,
+    /// The request is malformed: fix it, do not retry as is.
+    InvalidArgument,
+    /// A limit was hit: retry later or with less.
+    ResourceExhausted,
+    /// The turn trapped and was rolled back.
+    Aborted,
+    /// The actor or system is not in a state to run this call.
+    FailedPrecondition,
+    /// Transient: retry (with the same idempotency key).
+    Unavailable,
+    /// The deadline passed; the outcome is unknown.
+    DeadlineExceeded,
+    /// Stored data is damaged.
+    DataLoss,
+    /// A bug or an unexpected failure.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Every kind, for exhaustive tests and decoding.
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::NotFound,
+        ErrorKind::InvalidArgument,
+        ErrorKind::ResourceExhausted,
+        ErrorKind::Aborted,
+        ErrorKind::FailedPrecondition,
+        ErrorKind::Unavailable,
+        ErrorKind::DeadlineExceeded,
+        ErrorKind::DataLoss,
+        ErrorKind::Internal,
+    ];
+
+    /// A stable one-byte encoding (idempotency records).
+    pub fn to_u8(self) -> u8 {
+        ErrorKind::ALL
+            .iter()
+            .position(|k| *k == self)
+            .expect("listed") as u8
+    }
+
+    /// Decodes [`ErrorKind::to_u8`]; unknown bytes are `Internal`.
+    pub fn from_u8(b: u8) -> ErrorKind {
+        ErrorKind::ALL
+            .get(b as usize)
+            .copied()
+            .unwrap_or(ErrorKind::Internal)
+    }
+}
 
 /// Everything a call, a deploy or an activation can fail with.
 ///
 /// Each variant's message says what happened and what to do about it; the
-/// gRPC code (see [`RuntimeError::code`]) says what the caller should do next.
+/// kind (see [`RuntimeError::kind`]) says what the caller should do next.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// No actor type of that name has been deployed.
@@ -76,12 +127,12 @@ pub enum RuntimeError {
         /// The trap message (with the guest's panic message when known).
         reason: String,
     },
-    /// The actor answered with an error of its own; `code` follows the
+    /// The actor answered with an error of its own; `kind` follows the
     /// guest's error kind.
     #[error("{message}")]
     Guest {
-        /// The gRPC code for the guest's error kind.
-        code: tonic::Code,
+        /// The guest's error kind.
+        kind: ErrorKind,
         /// The guest's message.
         message: String,
     },
@@ -136,11 +187,11 @@ pub enum RuntimeError {
         /// Its epoch.
         epoch: u64,
     },
-    /// An error from another POP, passed through with its code.
+    /// An error from another POP, passed through with its kind.
     #[error("{message}")]
     Remote {
-        /// The remote gRPC code.
-        code: tonic::Code,
+        /// The remote error's kind.
+        kind: ErrorKind,
         /// The remote message.
         message: String,
     },
@@ -150,68 +201,23 @@ pub enum RuntimeError {
         "this POP lost its directory lease ({0}); retry the call, another POP will take the actor"
     )]
     LeaseLost(String),
+    /// A POP-wide budget (activations, resident actor memory) is used up
+    /// and nothing could be evicted to make room.
+    #[error("{0}")]
+    PopBudget(String),
+    /// The call's deadline passed before it finished.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// A bug: a panic in an activation's task or turn. The activation was
+    /// removed; the next call reactivates the actor from the store.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The node is shutting down.
     #[error("this POP is shutting down; retry at another POP")]
     ShuttingDown,
     /// A storage failure.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
-    /// `cargo` (or `rustc`) could not be started.
-    #[error("could not run `{program}`: {source}")]
-    BuildSpawn {
-        /// The program.
-        program: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// `crate_dir` has no `Cargo.toml`.
-    #[error("{0} is not a cargo crate (no Cargo.toml)")]
-    NotACrate(PathBuf),
-    /// `cargo metadata` failed or said something unexpected.
-    #[error("`cargo metadata` for {dir} failed: {message}")]
-    CargoMetadata {
-        /// The crate directory.
-        dir: PathBuf,
-        /// What went wrong (cargo's stderr or a parse error).
-        message: String,
-    },
-    /// The crate has no `cdylib` library target.
-    #[error(
-        "crate `{package}` is not a cdylib, so it cannot be built into a component: \
-         add `[lib] crate-type = [\"cdylib\", \"rlib\"]` to {manifest}"
-    )]
-    NotCdylib {
-        /// The package name.
-        package: String,
-        /// Its Cargo.toml.
-        manifest: PathBuf,
-    },
-    /// The `wasm32-wasip2` standard library is not installed.
-    #[error(
-        "the `{GUEST_TARGET}` target is not installed for this toolchain: \
-         run `rustup target add {GUEST_TARGET}`"
-    )]
-    TargetMissing,
-    /// cargo reported a failed build (its diagnostics went to stderr).
-    #[error(
-        "`cargo build --target {GUEST_TARGET}` of `{package}` failed ({status}); see cargo's output above"
-    )]
-    CargoFailed {
-        /// The package name.
-        package: String,
-        /// cargo's exit status.
-        status: ExitStatus,
-    },
-    /// cargo succeeded but reported no `.wasm` file for the cdylib.
-    #[error("`cargo build` of `{package}` succeeded but reported no .wasm artifact for its cdylib")]
-    NoArtifact {
-        /// The package name.
-        package: String,
-    },
-    /// Reading cargo's output failed.
-    #[error("reading cargo's output: {0}")]
-    BuildIo(#[from] std::io::Error),
     /// A wasmtime failure outside a turn (compile, instantiate).
     #[error("engine: {0}")]
     Engine(String),
@@ -221,80 +227,37 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
-    /// The gRPC code, chosen by what the caller should do next.
-    pub fn code(&self) -> tonic::Code {
-        use tonic::Code;
+    /// The kind, chosen by what the caller should do next.
+    pub fn kind(&self) -> ErrorKind {
+        use ErrorKind as K;
         match self {
-            RuntimeError::UnknownType(_) => Code::NotFound,
+            RuntimeError::UnknownType(_) => K::NotFound,
             RuntimeError::InvalidArgument(_) | RuntimeError::ComponentRejected(_) => {
-                Code::InvalidArgument
+                K::InvalidArgument
             }
             RuntimeError::PayloadTooLarge { .. }
             | RuntimeError::MailboxFull { .. }
             | RuntimeError::CpuBudget { .. }
-            | RuntimeError::MemoryCap { .. } => Code::ResourceExhausted,
-            RuntimeError::Trap { .. } => Code::Aborted,
-            RuntimeError::Guest { code, .. } => *code,
+            | RuntimeError::MemoryCap { .. }
+            | RuntimeError::PopBudget(_) => K::ResourceExhausted,
+            RuntimeError::Trap { .. } => K::Aborted,
+            RuntimeError::Guest { kind, .. } | RuntimeError::Remote { kind, .. } => *kind,
             RuntimeError::CodeMismatch { .. }
             | RuntimeError::NotSnapshottable(_)
-            | RuntimeError::CallCycle(_) => Code::FailedPrecondition,
-            RuntimeError::Remote { code, .. } => *code,
+            | RuntimeError::CallCycle(_) => K::FailedPrecondition,
             RuntimeError::Superseded { .. }
             | RuntimeError::NotHere { .. }
             | RuntimeError::HeldElsewhere { .. }
             | RuntimeError::LeaseLost(_)
             | RuntimeError::ShuttingDown
-            | RuntimeError::Transport(_) => Code::Unavailable,
-            RuntimeError::Storage(e) if e.is_retryable() => Code::Unavailable,
-            RuntimeError::Storage(StorageError::Fenced { .. }) => Code::Unavailable,
-            RuntimeError::Storage(StorageError::Corrupt { .. }) => Code::DataLoss,
-            RuntimeError::NotACrate(_) | RuntimeError::NotCdylib { .. } => Code::InvalidArgument,
-            RuntimeError::TargetMissing
-            | RuntimeError::CargoFailed { .. }
-            | RuntimeError::CargoMetadata { .. }
-            | RuntimeError::NoArtifact { .. } => Code::FailedPrecondition,
-            RuntimeError::Storage(_)
-            | RuntimeError::Engine(_)
-            | RuntimeError::BuildSpawn { .. }
-            | RuntimeError::BuildIo(_) => Code::Internal,
-        }
-    }
-}
-
-/// gRPC metadata key marking a "not here" answer to a forwarded call.
-pub const NOT_HERE_METADATA: &str = "x-tern-not-here";
-
-impl From<RuntimeError> for tonic::Status {
-    fn from(e: RuntimeError) -> Self {
-        let mut status = tonic::Status::new(e.code(), e.to_string());
-        if let RuntimeError::NotHere { moved_to, .. } = &e {
-            let v = moved_to.clone().unwrap_or_default();
-            if let Ok(v) = v.parse() {
-                status.metadata_mut().insert(NOT_HERE_METADATA, v);
+            | RuntimeError::Transport(_) => K::Unavailable,
+            RuntimeError::DeadlineExceeded(_) => K::DeadlineExceeded,
+            RuntimeError::Storage(e) if e.is_retryable() => K::Unavailable,
+            RuntimeError::Storage(StorageError::Fenced { .. }) => K::Unavailable,
+            RuntimeError::Storage(StorageError::Corrupt { .. }) => K::DataLoss,
+            RuntimeError::Storage(_) | RuntimeError::Engine(_) | RuntimeError::Internal(_) => {
+                K::Internal
             }
-        }
-        status
-    }
-}
-
-impl RuntimeError {
-    /// The error a forwarding POP reconstructs from a peer's status.
-    pub fn from_peer(actor: &str, s: tonic::Status) -> RuntimeError {
-        if let Some(v) = s.metadata().get(NOT_HERE_METADATA) {
-            let to = v.to_str().unwrap_or_default().to_string();
-            return RuntimeError::NotHere {
-                actor: actor.to_string(),
-                moved_to: (!to.is_empty()).then_some(to),
-            };
-        }
-        match s.code() {
-            tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
-                RuntimeError::Transport(format!("{actor}: {}", s.message()))
-            }
-            code => RuntimeError::Remote {
-                code,
-                message: s.message().to_string(),
-            },
         }
     }
 }

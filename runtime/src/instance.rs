@@ -18,7 +18,10 @@ wasmtime::component::bindgen!({
 });
 
 pub use tern::actor::host::Level;
-pub use tern::actor::types::ErrorKind;
+pub use tern::actor::types::ErrorKind as GuestErrorKind;
+
+use crate::clock::World;
+use crate::error::ErrorKind;
 
 /// One nested call from a running turn.
 #[derive(Debug, Clone)]
@@ -36,6 +39,8 @@ pub struct NestedCall<'a> {
     /// Derived from the calling turn's idempotency key, so a turn retried
     /// after a crash re-sends its nested calls with the same keys.
     pub idempotency_key: Option<String>,
+    /// The calling turn's deadline: a nested call inherits it.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// How a running turn reaches other actors (the node implements it).
@@ -80,6 +85,9 @@ pub struct HostState {
     /// The current turn's idempotency key, and its nested calls so far.
     idem_base: Option<String>,
     nested_calls: u32,
+    /// The current turn's deadline.
+    deadline: Option<tokio::time::Instant>,
+    world: World,
 }
 
 impl WasiView for HostState {
@@ -133,14 +141,11 @@ impl tern::actor::host::Host for HostState {
     }
 
     fn now_ms(&mut self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        self.world.clock.wall_ms()
     }
 
     fn random_u64(&mut self) -> u64 {
-        rand::random()
+        self.world.entropy.next_u64()
     }
 
     fn self_address(&mut self) -> (String, String) {
@@ -171,6 +176,7 @@ impl tern::actor::host::Host for HostState {
             method: &method,
             payload,
             idempotency_key,
+            deadline: self.deadline,
         });
         self.blocked += started.elapsed();
         res.map_err(|e| ActorError {
@@ -181,31 +187,31 @@ impl tern::actor::host::Host for HostState {
 }
 
 /// The WIT error kind for a runtime error crossing into a guest.
-fn error_kind(e: &RuntimeError) -> ErrorKind {
-    match e.code() {
-        tonic::Code::NotFound => ErrorKind::NotFound,
-        tonic::Code::InvalidArgument => ErrorKind::InvalidArgument,
-        tonic::Code::FailedPrecondition => ErrorKind::FailedPrecondition,
-        tonic::Code::ResourceExhausted => ErrorKind::ResourceExhausted,
-        tonic::Code::Unavailable => ErrorKind::Unavailable,
-        tonic::Code::Aborted => ErrorKind::Aborted,
-        _ => ErrorKind::Internal,
+fn error_kind(e: &RuntimeError) -> GuestErrorKind {
+    match e.kind() {
+        ErrorKind::NotFound => GuestErrorKind::NotFound,
+        ErrorKind::InvalidArgument => GuestErrorKind::InvalidArgument,
+        ErrorKind::FailedPrecondition => GuestErrorKind::FailedPrecondition,
+        ErrorKind::ResourceExhausted => GuestErrorKind::ResourceExhausted,
+        ErrorKind::Unavailable | ErrorKind::DeadlineExceeded => GuestErrorKind::Unavailable,
+        ErrorKind::Aborted => GuestErrorKind::Aborted,
+        ErrorKind::DataLoss | ErrorKind::Internal => GuestErrorKind::Internal,
     }
 }
 
-/// Maps a guest's own error onto the runtime's, keeping its kind's code.
+/// Maps a guest's own error onto the runtime's, keeping its kind.
 pub fn guest_error(e: ActorError) -> RuntimeError {
-    let code = match e.kind {
-        ErrorKind::NotFound => tonic::Code::NotFound,
-        ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
-        ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
-        ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
-        ErrorKind::Unavailable => tonic::Code::Unavailable,
-        ErrorKind::Aborted => tonic::Code::Aborted,
-        ErrorKind::Internal => tonic::Code::Internal,
+    let kind = match e.kind {
+        GuestErrorKind::NotFound => ErrorKind::NotFound,
+        GuestErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
+        GuestErrorKind::FailedPrecondition => ErrorKind::FailedPrecondition,
+        GuestErrorKind::ResourceExhausted => ErrorKind::ResourceExhausted,
+        GuestErrorKind::Unavailable => ErrorKind::Unavailable,
+        GuestErrorKind::Aborted => ErrorKind::Aborted,
+        GuestErrorKind::Internal => ErrorKind::Internal,
     };
     RuntimeError::Guest {
-        code,
+        kind,
         message: e.message,
     }
 }
@@ -269,6 +275,23 @@ pub struct InstanceParams {
     pub epoch: u64,
     /// How its `call` import reaches other actors.
     pub caller: Arc<dyn ActorCaller>,
+    /// The clock and randomness its host imports read.
+    pub world: World,
+}
+
+/// What one turn is asked to do.
+#[derive(Debug, Clone)]
+pub struct TurnInput<'a> {
+    /// The call chain, ending with this actor.
+    pub chain: Vec<String>,
+    /// The method.
+    pub method: &'a str,
+    /// The payload.
+    pub payload: &'a [u8],
+    /// The call's idempotency key, if any.
+    pub idempotency_key: Option<&'a str>,
+    /// The call's deadline, inherited by nested calls.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// How one turn ended when the guest did not trap.
@@ -307,6 +330,8 @@ impl ActorInstance {
             budget: std::time::Duration::from_millis(params.limits.turn_cpu_ms_max),
             idem_base: None,
             nested_calls: 0,
+            deadline: None,
+            world: params.world.clone(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| s);
@@ -368,16 +393,17 @@ impl ActorInstance {
     /// Runs one turn. `Ok(output)` means the guest returned (its memory
     /// changes stand); `Err` means it trapped, ran out of CPU or memory, and
     /// this instance must be discarded (the caller rolls back).
-    pub fn call(
-        &mut self,
-        chain: Vec<String>,
-        method: &str,
-        payload: &[u8],
-        limits: &Limits,
-        idempotency_key: Option<&str>,
-    ) -> Result<TurnOutput> {
+    pub fn call(&mut self, turn: TurnInput<'_>, limits: &Limits) -> Result<TurnOutput> {
+        let TurnInput {
+            chain,
+            method,
+            payload,
+            idempotency_key,
+            deadline,
+        } = turn;
         {
             let data = self.store.data_mut();
+            data.deadline = deadline;
             data.chain = chain;
             data.memory_cap_hit = false;
             data.last_error_log = None;

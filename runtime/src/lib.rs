@@ -1,25 +1,30 @@
 //! tern's POP runtime: the wasmtime engine, actor activations, turns,
-//! snapshots, limits, the ActorService gRPC server and the `tern` CLI.
+//! snapshots, limits, routing, and the ActorService gRPC edge.
 //!
-//! It must not know a database (it uses `tern-storage`'s record layer) nor
-//! define wire types (they come from `tern-proto`; conversion happens in
-//! [`server`] and [`client`]).
+//! It must not know a database (it uses `tern-storage`'s record layer).
+//! Only [`grpc`] knows proto and tonic types; the rest of the POP core
+//! talks to the world through seams ([`directory::Directory`],
+//! [`peers::Peers`], [`clock::World`]) that a simulator can replace.
 
-pub mod build;
-pub mod client;
-pub mod cluster;
+mod activation;
+pub mod clock;
 pub mod committer;
 pub mod config;
+pub mod directory;
 pub mod engine;
 pub mod error;
+pub mod grpc;
 pub mod hostmem;
 pub mod idem;
 pub mod instance;
 pub mod node;
-pub mod server;
+pub mod peers;
+pub mod route;
 pub mod snapshot;
+mod table;
+pub mod turnpool;
 
 pub use config::{Durability, Limits, Placement, TypeConfig};
 pub use engine::TernEngine;
-pub use error::{Result, RuntimeError};
-pub use node::{CallOutput, CallRequest, DeployOptions, Node, Route};
+pub use error::{ErrorKind, Result, RuntimeError};
+pub use node::{CallOutput, CallRequest, DeployOptions, Node, NodeConfig, Route};

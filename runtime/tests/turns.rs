@@ -22,7 +22,7 @@ async fn trap_rolls_back_turn() {
         .await
         .unwrap_err();
     assert!(matches!(err, RuntimeError::Trap { .. }), "{err:?}");
-    assert_eq!(err.code(), tonic::Code::Aborted);
+    assert_eq!(err.kind(), tern_runtime::ErrorKind::Aborted);
     assert!(err.to_string().contains("rolled back"), "{err}");
     assert_eq!(
         value(&node, "counter", "t").await,
@@ -48,7 +48,7 @@ async fn trap_rolls_back_turn_in_idle_durability() {
     let err = call(&node, "counter", "t", "incr_then_panic", json!({"by": 10}))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Aborted, "{err}");
+    assert_eq!(err.kind(), tern_runtime::ErrorKind::Aborted, "{err}");
     assert_eq!(value(&node, "counter", "t").await, 2);
 }
 
@@ -66,7 +66,7 @@ async fn runaway_loop_hits_cpu_budget() {
         .await
         .unwrap_err();
     assert!(matches!(err, RuntimeError::CpuBudget { .. }), "{err:?}");
-    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(err.kind(), tern_runtime::ErrorKind::ResourceExhausted);
     assert!(err.to_string().contains("turn_cpu_ms_max = 20 ms"), "{err}");
     assert_eq!(
         value(&node, "counter", "r").await,
@@ -96,7 +96,7 @@ async fn memory_bomb_hits_cap() {
         .await
         .unwrap_err();
     assert!(matches!(err, RuntimeError::MemoryCap { .. }), "{err:?}");
-    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(err.kind(), tern_runtime::ErrorKind::ResourceExhausted);
     assert!(
         err.to_string().contains("memory_bytes_max = 8388608"),
         "{err}"
@@ -141,14 +141,18 @@ async fn malformed_component_rejected() {
                 },
             )
             .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err}");
+        assert_eq!(
+            err.kind(),
+            tern_runtime::ErrorKind::InvalidArgument,
+            "{what}: {err}"
+        );
         assert!(err.to_string().contains(needle), "{what}: {err}");
     }
     // Nothing was stored: the type stays unknown.
     let err = call(&node, "bad", "x", "get", json!(null))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    assert_eq!(err.kind(), tern_runtime::ErrorKind::NotFound, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +176,7 @@ async fn oversized_payload_rejected() {
         matches!(err, RuntimeError::PayloadTooLarge { .. }),
         "{err:?}"
     );
-    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(err.kind(), tern_runtime::ErrorKind::ResourceExhausted);
     assert!(
         err.to_string().contains("payload_bytes_max = 1024"),
         "{err}"
@@ -196,17 +200,21 @@ async fn unknown_method_is_not_found() {
     let err = call(&node, "counter", "u", "no_such_method", json!(null))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    assert_eq!(err.kind(), tern_runtime::ErrorKind::NotFound, "{err}");
     assert!(err.to_string().contains("no_such_method"), "{err}");
     let err = call(&node, "nosuchtype", "u", "get", json!(null))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    assert_eq!(err.kind(), tern_runtime::ErrorKind::NotFound, "{err}");
     assert!(err.to_string().contains("tern deploy nosuchtype"), "{err}");
     let err = call(&node, "counter", "u", "incr", json!({"by": "three"}))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert_eq!(
+        err.kind(),
+        tern_runtime::ErrorKind::InvalidArgument,
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,7 +244,7 @@ async fn corrupted_snapshot_detected() {
     let err = call(&node, "counter", "c", "get", json!(null))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::DataLoss, "{err}");
+    assert_eq!(err.kind(), tern_runtime::ErrorKind::DataLoss, "{err}");
     assert!(err.to_string().contains("corrupt"), "{err}");
 }
 
@@ -256,7 +264,7 @@ async fn stale_epoch_commit_refused() {
     let err = call(&node, "counter", "z", "incr", json!({"by": 100}))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    assert_eq!(err.kind(), tern_runtime::ErrorKind::Unavailable, "{err}");
     let snap = store.load_snapshot("counter/z").unwrap().unwrap();
     assert_eq!(snap.epoch, 1, "the zombie's commit landed");
     // And the new owner sees only the state committed under epoch 1.
@@ -333,5 +341,9 @@ async fn nested_call_wait_is_not_charged_to_caller_budget() {
         !msg.contains("fast/a.call_other ran past"),
         "the caller was charged for waiting: {msg}"
     );
-    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    assert_eq!(
+        err.kind(),
+        tern_runtime::ErrorKind::ResourceExhausted,
+        "{err}"
+    );
 }

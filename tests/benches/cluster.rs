@@ -7,7 +7,7 @@
 //! 3. failover: from SIGKILL of a POP to the first successful call of each
 //!    of its actors at another POP, against the lease (3 s) + 1 s target.
 //!
-//! Run: `cargo build --release -p tern-runtime --bin tern &&
+//! Run: `cargo build --release -p tern-cli --bin tern &&
 //! cargo bench -p tern-tests --bench cluster`. Counts are bounded.
 
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use tern_runtime::client::{ClusterFile, PopInfo, TernClient};
+use tern_client::{ClusterFile, PopInfo, TernClient};
 
 /// How long a cluster may take to write its cluster file.
 pub const STARTUP_MS_MAX: u64 = 60_000;
@@ -28,7 +28,7 @@ pub fn tern_bin() -> PathBuf {
     let bin = dir.join("tern");
     assert!(
         bin.exists(),
-        "{} is missing: run `cargo build -p tern-runtime --bin tern` (scripts/test.sh does)",
+        "{} is missing: run `cargo build -p tern-cli --bin tern` (scripts/test.sh does)",
         bin.display()
     );
     bin
@@ -38,7 +38,7 @@ pub fn tern_bin() -> PathBuf {
 pub fn counter_wasm() -> &'static Path {
     static WASM: OnceLock<PathBuf> = OnceLock::new();
     WASM.get_or_init(|| {
-        tern_runtime::build::build_guest(&workspace().join("examples/counter"), true)
+        tern_cli::build::build_guest(&workspace().join("examples/counter"), true)
             .expect("build examples/counter")
     })
 }
@@ -232,4 +232,99 @@ impl Drop for DevCluster {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The `p`-th percentile (0..=100) of `v` (sorted in place); 0 if empty.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[((s.len() as f64 - 1.0) * p / 100.0).round() as usize]
+}
+
+/// What [`storm`] saw.
+#[derive(Debug, Default)]
+pub struct StormReport {
+    /// Spinning turns the CPU budget stopped.
+    pub spins: usize,
+    /// Latencies of the unrelated actor's calls, ms.
+    pub calm_ms: Vec<f64>,
+    /// Errors the unrelated actor's calls got.
+    pub calm_errors: Vec<String>,
+    /// Calls (of either kind) that failed because the POP lost its lease.
+    pub lease_errors: usize,
+}
+
+/// Pause between the unrelated actor's calls, ms.
+const CALM_PACE_MS: u64 = 20;
+
+/// A CPU storm against the POP at `endpoint` (type `counter` deployed):
+/// `spinners` concurrent callers each call `spin` on their own actor, and
+/// re-send at once when the 50 ms budget stops it; meanwhile an unrelated
+/// actor (`counter/calm`) is called every [`CALM_PACE_MS`] and its latency
+/// recorded. Bounded by `duration`. With `spinners = 0` it measures the
+/// baseline.
+pub async fn storm(endpoint: &str, spinners: usize, duration: std::time::Duration) -> StormReport {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tern_client::{call_request, connect};
+    let client = connect(endpoint).await.expect("connect");
+    // Activate everything first, so the storm measures turns, not restores.
+    let mut c = client.clone();
+    c.call(call_request("counter", "calm", "get", Vec::new()))
+        .await
+        .expect("calm actor");
+    let deadline = tokio::time::Instant::now() + duration;
+    let spins = Arc::new(AtomicUsize::new(0));
+    let lease_errors = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..spinners {
+        let mut c = client.clone();
+        let (spins, lease_errors) = (spins.clone(), lease_errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = format!("spin-{i}");
+            while tokio::time::Instant::now() < deadline {
+                match c
+                    .call(call_request("counter", &id, "spin", Vec::new()))
+                    .await
+                {
+                    Err(s) if s.message().contains("CPU budget") => {
+                        spins.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(s) if s.message().contains("lease") => {
+                        lease_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+        }));
+    }
+    let mut report = StormReport::default();
+    let mut c = client.clone();
+    while tokio::time::Instant::now() < deadline {
+        let started = Instant::now();
+        match c
+            .call(call_request("counter", "calm", "get", Vec::new()))
+            .await
+        {
+            Ok(_) => report.calm_ms.push(started.elapsed().as_secs_f64() * 1e3),
+            Err(s) => {
+                if s.message().contains("lease") {
+                    lease_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                report
+                    .calm_errors
+                    .push(format!("{:?}: {}", s.code(), s.message()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(CALM_PACE_MS)).await;
+    }
+    for t in tasks {
+        t.await.expect("spinner task");
+    }
+    report.spins = spins.load(Ordering::Relaxed);
+    report.lease_errors = lease_errors.load(Ordering::Relaxed);
+    report
 }

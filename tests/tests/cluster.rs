@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use tern_runtime::client::TernClient;
+use tern_client::TernClient;
 use tern_tests::metro::*;
 use tern_tests::{DevCluster, counter_wasm, runtime};
 
@@ -289,12 +289,12 @@ fn zombie_pop_cannot_commit() {
         dev.signal_pop("fra", Signal::SIGCONT);
         // Drive the zombie directly, without retries: whatever it answers,
         // it must not commit at its old epoch.
-        let mut zombie = tern_runtime::client::connect(&dev.pop("fra").endpoint)
+        let mut zombie = tern_client::connect(&dev.pop("fra").endpoint)
             .await
             .unwrap();
         for _ in 0..5 {
             let r = zombie
-                .call(tern_runtime::client::call_request(
+                .call(tern_client::call_request(
                     "acct",
                     "z",
                     "tick",

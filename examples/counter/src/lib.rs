@@ -30,6 +30,7 @@
 //! | `incr_then_panic` | `{"by": n}` | adds `n` to the counter, then panics: the runtime must roll the change back (`get` shows the old value) and answer `aborted` |
 //! | `spin` | (ignored) | adds 1 to the counter, then loops forever doing opaque work: the CPU budget must stop it and roll the change back |
 //! | `grow` | `{"mb": n}` | allocates n MiB, writes every byte (0xA5, so no page is all-zero) and keeps it; replies `{"held_mb": total}`. Past the memory cap the allocation fails and the actor panics (a trap): the turn rolls back |
+//! | `print` | (ignored) | adds 1, then `println!`s to WASI stdout: the runtime refuses the turn (a handle to stdout cannot survive a restore) and rolls it back |
 //! | `echo` | raw bytes | the same bytes |
 //! | `call_other` | `{"type": t, "id": i, "method": m, "payload": any JSON (optional)}` | calls `t/i.m` through the host with `payload` encoded as JSON (empty if absent) and returns the callee's reply bytes verbatim; the callee's error is passed through |
 
@@ -279,6 +280,14 @@ impl Counter {
         );
     }
 
+    /// Writes a line to WASI stdout with `println!` (which actors should
+    /// not do: the runtime refuses the turn with a clear error).
+    fn print(&mut self) -> Result<Value, ActorError> {
+        self.value = self.value.wrapping_add(1);
+        println!("counter: value is now {}", self.value);
+        Ok(Value { value: self.value })
+    }
+
     fn spin(&mut self) -> Result<Value, ActorError> {
         self.value = self.value.wrapping_add(1);
         std::hint::black_box(&mut self.value);
@@ -333,6 +342,7 @@ actor!(Counter {
     json0 digest,
     json incr_then_panic,
     json0 spin,
+    json0 print,
     json grow,
     raw echo,
     raw call_other,

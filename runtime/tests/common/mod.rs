@@ -20,7 +20,7 @@ pub fn workspace() -> PathBuf {
 pub fn counter_wasm() -> &'static [u8] {
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();
     WASM.get_or_init(|| {
-        let path = tern_runtime::build::build_guest(&workspace().join("examples/counter"), true)
+        let path = tern_cli::build::build_guest(&workspace().join("examples/counter"), true)
             .expect("build examples/counter");
         std::fs::read(path).expect("read counter.wasm")
     })

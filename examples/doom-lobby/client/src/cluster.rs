@@ -6,10 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use tern_proto::actor as pb;
-use tern_runtime::client::{ClusterFile, connect};
-use tern_runtime::config::{Durability, Limits, Placement};
-use tern_runtime::server::{durability_to_pb, limits_to_pb, placement_to_pb};
+use tern_client::pb;
+use tern_client::{ClusterFile, connect};
 
 /// How long `tern dev` may take to write its cluster file.
 pub const STARTUP_MS_MAX: u64 = 60_000;
@@ -48,14 +46,14 @@ pub fn tern_bin(explicit: Option<&Path>) -> Result<PathBuf> {
             return Ok(bin);
         }
     }
-    eprintln!("building tern (cargo build -p tern-runtime --bin tern) ...");
+    eprintln!("building tern (cargo build -p tern-cli --bin tern) ...");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "-p", "tern-runtime", "--bin", "tern"])
+        .args(["build", "-p", "tern-cli", "--bin", "tern"])
         .current_dir(workspace())
         .status()
         .context("cannot run cargo")?;
     if !status.success() {
-        bail!("cargo build -p tern-runtime --bin tern failed ({status})");
+        bail!("cargo build -p tern-cli --bin tern failed ({status})");
     }
     let bin = dir.join("tern");
     if bin.is_file() {
@@ -207,10 +205,28 @@ impl Drop for Cluster {
     }
 }
 
-/// Builds the actor component (release).
-pub fn build_actors() -> Result<PathBuf> {
-    tern_runtime::build::build_guest(&actors_dir(), true)
-        .map_err(|e| anyhow!("building {}: {e}", actors_dir().display()))
+/// Builds the actor component (release) with `tern build`, which prints
+/// the component's path last.
+pub fn build_actors(tern: &Path) -> Result<PathBuf> {
+    let out = Command::new(tern)
+        .arg("build")
+        .arg(actors_dir())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", tern.display()))?;
+    if !out.status.success() {
+        bail!(
+            "`tern build {}` failed ({})",
+            actors_dir().display(),
+            out.status
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let path = text
+        .lines()
+        .last()
+        .context("`tern build` printed no component path")?;
+    Ok(PathBuf::from(path.trim()))
 }
 
 /// Deploys `component` as `player` (follows its caller), `matchmaker` and
@@ -225,24 +241,25 @@ pub async fn deploy(endpoint: &str, component: &[u8]) -> Result<()> {
         ("matchmaker", false, 10_000),
         ("match", false, 10_000),
     ] {
-        let limits = Limits {
+        // Zero fields take the POP's defaults.
+        let limits = pb::Limits {
             turn_cpu_ms_max: cpu_ms,
-            ..Limits::default()
+            ..Default::default()
         };
-        let placement = Placement {
+        let placement = pb::Placement {
             follow_caller: follow,
-            ..Placement::default()
+            ..Default::default()
         };
         client
             .deploy(pb::DeployRequest {
                 r#type: ty.to_string(),
                 component: component.to_vec(),
-                durability: durability_to_pb(Durability::Turn) as i32,
-                limits: Some(limits_to_pb(limits)),
+                durability: pb::Durability::Turn as i32,
+                limits: Some(limits),
                 // Every run uses fresh actor ids, so restoring actors of an
                 // earlier build of this code never happens in practice.
                 upgrade: true,
-                placement: Some(placement_to_pb(placement)),
+                placement: Some(placement),
             })
             .await
             .map_err(|s| anyhow!("deploy {ty}: {:?}: {}", s.code(), s.message()))?;

@@ -263,7 +263,8 @@ async fn session(
         Some(p) => p.clone(),
         None => {
             eprintln!("building the actors (examples/doom-lobby/actors) ...");
-            tokio::task::block_in_place(cluster::build_actors)?
+            let tern = cluster::tern_bin(common.tern.as_deref())?;
+            tokio::task::block_in_place(|| cluster::build_actors(&tern))?
         }
     };
     let component = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
@@ -422,7 +423,7 @@ async fn session(
 /// Activates one actor of each type at each POP, so every POP has compiled
 /// the component before the clock starts (the first activation of a type at
 /// a POP compiles it, which takes seconds).
-async fn warm_up(pops: &[tern_runtime::client::PopInfo], run: &str) {
+async fn warm_up(pops: &[tern_client::PopInfo], run: &str) {
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for p in pops {
@@ -431,7 +432,7 @@ async fn warm_up(pops: &[tern_runtime::client::PopInfo], run: &str) {
             let id = format!("warmup-{}-{run}", p.name);
             let coords = p.coords;
             tasks.push(tokio::spawn(async move {
-                let client = tern_runtime::client::TernClient::new(&pops, coords).ok()?;
+                let client = tern_client::TernClient::new(&pops, coords).ok()?;
                 client
                     .call(ty, &id, "state", Vec::new(), None)
                     .await

@@ -12,7 +12,7 @@ use doom_lobby_actors::player::{Audit, ITEMS, PlayerState};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tern_runtime::client::{PopInfo, TernClient, by_distance};
+use tern_client::{PopInfo, TernClient, by_distance};
 
 /// Where simulated players come from.
 #[derive(Clone, Copy, Debug)]

@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use tern_client::{ClusterFile, PopInfo, call_request, connect};
 use tern_proto::actor as pb;
-use tern_runtime::client::{ClusterFile, PopInfo, call_request, connect};
-use tern_runtime::cluster::DirectoryLink;
 use tern_runtime::config::Placement;
 use tern_runtime::config::{Durability, Limits};
-use tern_runtime::server::{durability_to_pb, limits_to_pb, placement_to_pb};
-use tern_runtime::{Node, TernEngine};
+use tern_runtime::grpc::{
+    DirectoryLink, GrpcPeers, durability_to_pb, limits_to_pb, placement_to_pb,
+};
+use tern_runtime::{Node, NodeConfig, TernEngine};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 /// tern: durable virtual actors on WebAssembly.
 #[derive(Parser)]
@@ -91,6 +91,8 @@ enum Cmd {
         /// Serve Prometheus metrics on this address.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        #[command(flatten)]
+        budgets: BudgetArgs,
     },
     /// Deploy a component as an actor type.
     Deploy {
@@ -144,6 +146,44 @@ enum Cmd {
 }
 
 #[derive(Args)]
+struct BudgetArgs {
+    /// Most activations on this POP (default: sized from memory).
+    #[arg(long)]
+    activations_max: Option<usize>,
+    /// Budget of resident actor memory on this POP, bytes (default: half
+    /// the machine's memory).
+    #[arg(long)]
+    resident_bytes_max: Option<u64>,
+    /// Guest turns run at once (default: one per core).
+    #[arg(long)]
+    turn_slots: Option<usize>,
+}
+
+impl BudgetArgs {
+    fn config(&self) -> Result<NodeConfig, String> {
+        let d = NodeConfig::default();
+        let cfg = NodeConfig {
+            activations_max: self.activations_max.unwrap_or(d.activations_max),
+            resident_bytes_max: self.resident_bytes_max.unwrap_or(d.resident_bytes_max),
+            turn_slots: self.turn_slots.unwrap_or(d.turn_slots),
+            ..d
+        };
+        if cfg.activations_max == 0 || cfg.resident_bytes_max == 0 || cfg.turn_slots == 0 {
+            return Err(
+                "--activations-max, --resident-bytes-max and --turn-slots must be positive".into(),
+            );
+        }
+        if cfg.turn_slots > tern_runtime::turnpool::TURN_SLOTS_MAX {
+            return Err(format!(
+                "--turn-slots must be at most {}",
+                tern_runtime::turnpool::TURN_SLOTS_MAX
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
+#[derive(Args)]
 struct LimitArgs {
     /// CPU budget per turn, ms (default 50).
     #[arg(long)]
@@ -160,6 +200,12 @@ struct LimitArgs {
     /// Idle time before eviction, ms (default 30000).
     #[arg(long)]
     idle_ms: Option<u64>,
+    /// How long idempotency keys are remembered, ms (default 86400000).
+    #[arg(long)]
+    idempotency_ms: Option<u64>,
+    /// Most idempotency keys remembered per actor (default 4096).
+    #[arg(long)]
+    idempotency_keys_max: Option<u64>,
 }
 
 impl LimitArgs {
@@ -170,6 +216,8 @@ impl LimitArgs {
             payload_bytes_max: self.payload_bytes_max.unwrap_or(0),
             mailbox_depth_max: self.mailbox_depth_max.unwrap_or(0),
             idle_ms: self.idle_ms.unwrap_or(0),
+            idempotency_ms: self.idempotency_ms.unwrap_or(0),
+            idempotency_keys_max: self.idempotency_keys_max.unwrap_or(0),
         }
         .or_defaults()
     }
@@ -240,7 +288,7 @@ fn status_error(s: tonic::Status) -> String {
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
         Cmd::Build { path, debug } => {
-            let out = tern_runtime::build::build_guest(&path, !debug).map_err(|e| e.to_string())?;
+            let out = tern_cli::build::build_guest(&path, !debug).map_err(|e| e.to_string())?;
             println!("{}", out.display());
             Ok(())
         }
@@ -282,9 +330,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             store,
             coords,
             metrics_listen,
+            budgets,
         } => {
             die_with_parent();
             let coords = parse_coords(&coords)?;
+            let cfg = budgets.config()?;
             if let Some(addr) = metrics_listen {
                 start_metrics(addr)?;
             }
@@ -297,15 +347,18 @@ async fn run(cli: Cli) -> Result<(), String> {
                 "http://{}",
                 listener.local_addr().map_err(|e| e.to_string())?
             );
+            let builder = Node::builder(name.clone(), store, engine).config(cfg);
             let node = match directory {
                 Some(url) => {
                     let link = DirectoryLink::connect(&url, &name, &endpoint, coords)
                         .await
                         .map_err(|e| e.to_string())?;
-                    Node::with_directory(name, store, engine, link)
+                    link.spawn_watch();
+                    builder.directory(link).peers(GrpcPeers::new(&name)).start()
                 }
-                None => Node::new(name, store, engine),
-            };
+                None => builder.start(),
+            }
+            .map_err(|e| e.to_string())?;
             write_ready(ready_file.as_deref(), &endpoint)?;
             serve(node, listener).await
         }
@@ -400,6 +453,8 @@ async fn run(cli: Cli) -> Result<(), String> {
                         "pop": s.pop, "version": s.version, "active_actors": s.active_actors,
                         "actors": s.actors, "types": types, "turns_total": s.turns_total,
                         "commits_total": s.commits_total, "store_bytes_written": s.store_bytes_written,
+                        "lease_ok": s.lease_ok, "resident_bytes": s.resident_bytes,
+                        "resident_bytes_max": s.resident_bytes_max, "activations_max": s.activations_max,
                         "pops": s.pops.iter().map(|p| serde_json::json!({
                             "name": p.name, "endpoint": p.endpoint, "alive": p.alive,
                             "lease_age_ms": p.lease_age_ms, "actors": p.actors,
@@ -413,8 +468,16 @@ async fn run(cli: Cli) -> Result<(), String> {
             } else {
                 println!("POP {} ({})", s.pop, s.version);
                 println!(
-                    "  active actors: {}   turns: {}   commits: {}   store bytes written: {}",
-                    s.active_actors, s.turns_total, s.commits_total, s.store_bytes_written
+                    "  active actors: {} of {}   resident: {} of {} bytes   lease: {}",
+                    s.active_actors,
+                    s.activations_max,
+                    s.resident_bytes,
+                    s.resident_bytes_max,
+                    if s.lease_ok { "current" } else { "LAPSED" }
+                );
+                println!(
+                    "  turns: {}   commits: {}   store bytes written: {}",
+                    s.turns_total, s.commits_total, s.store_bytes_written
                 );
                 for t in &s.types {
                     println!(
@@ -483,12 +546,7 @@ fn start_metrics(addr: SocketAddr) -> Result<(), String> {
 async fn serve(node: Node, listener: TcpListener) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(pop = node.name(), %addr, "serving ActorService");
-    let svc = tern_runtime::server::service(node.clone());
-    tonic::transport::Server::builder()
-        .add_service(svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
+    tern_runtime::grpc::serve(node.clone(), listener, shutdown_signal()).await?;
     tracing::info!("shutting down: persisting actors");
     node.shutdown().await;
     Ok(())

@@ -1,17 +1,23 @@
-//! The POP's link to the DirectoryService: registration, the lease, claims,
-//! lookups with a cache invalidated by the directory's watch stream, and
-//! migration records.
+//! The POP's link to the DirectoryService over gRPC: registration, the
+//! lease, claims, lookups with a bounded cache invalidated by the
+//! directory's watch stream, and migration records. It implements the
+//! [`Directory`] seam.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use async_trait::async_trait;
 use dashmap::DashMap;
-use parking_lot::Mutex;
 use tern_proto::directory as pb;
 use tern_proto::directory::directory_service_client::DirectoryServiceClient;
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::directory::{
+    ActivationView, CLUSTER_VIEW_MIGRATIONS, ClaimOutcome, ClusterView, Directory,
+    LOOKUP_CACHE_ENTRIES_MAX, LeaseClock, MigrationInfo, Owner, PopView,
+};
 use crate::error::{Result, RuntimeError};
 
 /// Time limit of one directory RPC.
@@ -19,31 +25,6 @@ pub const DIRECTORY_RPC_MS_MAX: u64 = 2_000;
 
 /// How long a POP keeps trying to register at startup.
 pub const REGISTER_MS_MAX: u64 = 30_000;
-
-/// Where an actor is active.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner {
-    /// POP name.
-    pub pop: String,
-    /// Its ActorService endpoint.
-    pub endpoint: String,
-    /// The activation epoch.
-    pub epoch: u64,
-}
-
-/// The outcome of a claim.
-#[derive(Debug, Clone)]
-pub enum ClaimOutcome {
-    /// Ours, with a new epoch.
-    Granted {
-        /// The epoch.
-        epoch: u64,
-        /// The snapshot head at claim time.
-        head_seq: u64,
-    },
-    /// A live POP holds it.
-    Held(Owner),
-}
 
 /// A link to the directory for one POP.
 pub struct DirectoryLink {
@@ -56,7 +37,7 @@ pub struct DirectoryLink {
     heartbeat_ms: AtomicU64,
     /// When our lease ends, by our own clock (conservatively: from the time
     /// the renewing request was sent).
-    lease_deadline: Mutex<Option<Instant>>,
+    lease: LeaseClock,
     cache: DashMap<String, Owner>,
 }
 
@@ -79,10 +60,9 @@ impl DirectoryLink {
         endpoint: &str,
         coords: [f64; 2],
     ) -> Result<Arc<DirectoryLink>> {
-        let channel = Channel::from_shared(url.to_string())
-            .map_err(|e| RuntimeError::InvalidArgument(format!("bad directory URL `{url}`: {e}")))?
+        let channel = super::endpoint(url)
+            .map_err(|e| RuntimeError::InvalidArgument(format!("bad directory URL: {e}")))?
             .timeout(Duration::from_millis(DIRECTORY_RPC_MS_MAX))
-            .connect_timeout(Duration::from_millis(DIRECTORY_RPC_MS_MAX))
             .connect_lazy();
         let link = Arc::new(DirectoryLink {
             client: DirectoryServiceClient::new(channel),
@@ -92,13 +72,13 @@ impl DirectoryLink {
             incarnation: AtomicU64::new(0),
             lease_ms: AtomicU64::new(3_000),
             heartbeat_ms: AtomicU64::new(1_000),
-            lease_deadline: Mutex::new(None),
+            lease: LeaseClock::default(),
             cache: DashMap::new(),
         });
         let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
         loop {
-            match link.register().await {
+            match Directory::register(link.as_ref()).await {
                 Ok(()) => return Ok(link),
                 Err(e) if started.elapsed() < Duration::from_millis(REGISTER_MS_MAX) => {
                     tracing::warn!(error = %e, "cannot register with the directory yet; retrying");
@@ -110,66 +90,81 @@ impl DirectoryLink {
         }
     }
 
-    /// Registers (again): a new incarnation; earlier activations are void.
-    pub async fn register(&self) -> Result<()> {
+    fn cache_owner(&self, actor: &str, owner: Owner) {
+        if self.cache.len() >= LOOKUP_CACHE_ENTRIES_MAX {
+            metrics::counter!("tern_lookup_cache_clears_total").increment(1);
+            self.cache.clear();
+        }
+        self.cache.insert(actor.to_string(), owner);
+    }
+
+    /// A request with the directory RPC deadline.
+    fn req<T>(msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.set_timeout(Duration::from_millis(DIRECTORY_RPC_MS_MAX));
+        r
+    }
+}
+
+#[async_trait]
+impl Directory for DirectoryLink {
+    fn pop(&self) -> &str {
+        &self.pop
+    }
+
+    async fn register(&self) -> Result<()> {
         let sent = Instant::now();
         let r = self
             .client
             .clone()
-            .register(pb::RegisterRequest {
+            .register(Self::req(pb::RegisterRequest {
                 name: self.pop.clone(),
                 endpoint: self.endpoint.clone(),
                 lat: self.coords[0],
                 lon: self.coords[1],
-            })
+            }))
             .await
             .map_err(|s| status_err("register", s))?
             .into_inner();
         self.incarnation.store(r.incarnation, Ordering::Release);
         self.lease_ms.store(r.lease_ms, Ordering::Release);
         self.heartbeat_ms.store(r.heartbeat_ms, Ordering::Release);
-        *self.lease_deadline.lock() = Some(sent + Duration::from_millis(r.lease_ms));
+        self.lease.renewed(sent, r.lease_ms);
         self.cache.clear();
         tracing::info!(pop = %self.pop, incarnation = r.incarnation, "registered with the directory");
         Ok(())
     }
 
-    /// Whether our lease is current by our own clock.
-    pub fn lease_ok(&self) -> bool {
-        self.lease_deadline
-            .lock()
-            .is_some_and(|d| Instant::now() < d)
-    }
-
-    /// Renews the lease. `Ok(false)`: it had lapsed (re-register).
-    pub async fn heartbeat(&self) -> Result<bool> {
+    async fn heartbeat(&self) -> Result<bool> {
         let sent = Instant::now();
         let r = self
             .client
             .clone()
-            .heartbeat(pb::HeartbeatRequest {
+            .heartbeat(Self::req(pb::HeartbeatRequest {
                 name: self.pop.clone(),
                 incarnation: self.incarnation.load(Ordering::Acquire),
-            })
+            }))
             .await
             .map_err(|s| status_err("heartbeat", s))?
             .into_inner();
         if r.alive {
-            *self.lease_deadline.lock() =
-                Some(sent + Duration::from_millis(self.lease_ms.load(Ordering::Acquire)));
+            self.lease
+                .renewed(sent, self.lease_ms.load(Ordering::Acquire));
         } else {
-            *self.lease_deadline.lock() = None;
+            self.lease.lapsed();
         }
         Ok(r.alive)
     }
 
-    /// The heartbeat interval the directory asked for.
-    pub fn heartbeat_interval(&self) -> Duration {
+    fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms.load(Ordering::Acquire).max(50))
     }
 
-    /// Claims `actor` for this POP.
-    pub async fn claim(&self, actor: &str) -> Result<ClaimOutcome> {
+    fn lease_ok(&self) -> bool {
+        self.lease.ok()
+    }
+
+    async fn claim(&self, actor: &str) -> Result<ClaimOutcome> {
         if !self.lease_ok() {
             return Err(RuntimeError::LeaseLost(format!(
                 "POP {} has no current lease; it cannot take actors",
@@ -179,18 +174,18 @@ impl DirectoryLink {
         let r = self
             .client
             .clone()
-            .claim(pb::ClaimRequest {
+            .claim(Self::req(pb::ClaimRequest {
                 actor: actor.to_string(),
                 pop: self.pop.clone(),
                 incarnation: self.incarnation.load(Ordering::Acquire),
-            })
+            }))
             .await
             .map_err(|s| status_err("claim", s))?
             .into_inner();
         match r.outcome {
             Some(pb::claim_reply::Outcome::Granted(g)) => {
-                self.cache.insert(
-                    actor.to_string(),
+                self.cache_owner(
+                    actor,
                     Owner {
                         pop: self.pop.clone(),
                         endpoint: self.endpoint.clone(),
@@ -208,7 +203,7 @@ impl DirectoryLink {
                     endpoint: a.endpoint,
                     epoch: a.epoch,
                 };
-                self.cache.insert(actor.to_string(), owner.clone());
+                self.cache_owner(actor, owner.clone());
                 Ok(ClaimOutcome::Held(owner))
             }
             None => Err(RuntimeError::Transport(
@@ -217,31 +212,29 @@ impl DirectoryLink {
         }
     }
 
-    /// Releases `actor` at `epoch`.
-    pub async fn release(&self, actor: &str, epoch: u64) -> Result<()> {
+    async fn release(&self, actor: &str, epoch: u64) -> Result<()> {
         self.cache.remove(actor);
         self.client
             .clone()
-            .release(pb::ReleaseRequest {
+            .release(Self::req(pb::ReleaseRequest {
                 actor: actor.to_string(),
                 epoch,
-            })
+            }))
             .await
             .map_err(|s| status_err("release", s))?;
         Ok(())
     }
 
-    /// Where `actor` is active: from the cache unless `fresh`.
-    pub async fn lookup(&self, actor: &str, fresh: bool) -> Result<Option<Owner>> {
+    async fn lookup(&self, actor: &str, fresh: bool) -> Result<Option<Owner>> {
         if !fresh && let Some(o) = self.cache.get(actor) {
             return Ok(Some(o.clone()));
         }
         let r = self
             .client
             .clone()
-            .lookup(pb::LookupRequest {
+            .lookup(Self::req(pb::LookupRequest {
                 actor: actor.to_string(),
-            })
+            }))
             .await
             .map_err(|s| status_err("lookup", s))?
             .into_inner();
@@ -251,9 +244,7 @@ impl DirectoryLink {
             epoch: a.epoch,
         });
         match &owner {
-            Some(o) => {
-                self.cache.insert(actor.to_string(), o.clone());
-            }
+            Some(o) => self.cache_owner(actor, o.clone()),
             None => {
                 self.cache.remove(actor);
             }
@@ -261,47 +252,85 @@ impl DirectoryLink {
         Ok(owner)
     }
 
-    /// Drops a cached lookup.
-    pub fn invalidate(&self, actor: &str) {
+    fn invalidate(&self, actor: &str) {
         self.cache.remove(actor);
     }
 
-    /// Records a migration.
-    pub async fn record_migration(&self, m: pb::Migration) -> Result<()> {
+    async fn record_migration(&self, m: MigrationInfo) -> Result<()> {
         self.client
             .clone()
-            .record_migration(m)
+            .record_migration(Self::req(pb::Migration {
+                actor: m.actor,
+                from_pop: m.from_pop,
+                to_pop: m.to_pop,
+                at_ms: m.at_ms,
+                duration_ms: m.duration_ms,
+                reason: m.reason,
+            }))
             .await
             .map_err(|s| status_err("record migration", s))?;
         Ok(())
     }
 
-    /// POPs, activations and recent migrations, for `status`.
-    pub async fn cluster_view(
-        &self,
-    ) -> Result<(Vec<pb::Pop>, Vec<pb::Activation>, Vec<pb::Migration>)> {
+    async fn cluster_view(&self) -> Result<ClusterView> {
         let mut c = self.client.clone();
         let pops = c
-            .list_pops(pb::ListPopsRequest {})
+            .list_pops(Self::req(pb::ListPopsRequest {}))
             .await
             .map_err(|s| status_err("list pops", s))?
             .into_inner()
             .pops;
         let acts = c
-            .list_activations(pb::ListActivationsRequest { pop: String::new() })
+            .list_activations(Self::req(pb::ListActivationsRequest { pop: String::new() }))
             .await
             .map_err(|s| status_err("list activations", s))?
             .into_inner()
             .activations;
         let migs = c
-            .list_migrations(pb::ListMigrationsRequest { limit: 50 })
+            .list_migrations(Self::req(pb::ListMigrationsRequest {
+                limit: CLUSTER_VIEW_MIGRATIONS as u32,
+            }))
             .await
             .map_err(|s| status_err("list migrations", s))?
             .into_inner()
             .migrations;
-        Ok((pops, acts, migs))
+        Ok(ClusterView {
+            pops: pops
+                .into_iter()
+                .map(|p| PopView {
+                    name: p.name,
+                    endpoint: p.endpoint,
+                    alive: p.alive,
+                    lease_age_ms: p.lease_age_ms,
+                    lat: p.lat,
+                    lon: p.lon,
+                })
+                .collect(),
+            activations: acts
+                .into_iter()
+                .filter(|a| a.pop_alive)
+                .map(|a| ActivationView {
+                    actor: a.actor,
+                    pop: a.pop,
+                    epoch: a.epoch,
+                })
+                .collect(),
+            migrations: migs
+                .into_iter()
+                .map(|m| MigrationInfo {
+                    actor: m.actor,
+                    from_pop: m.from_pop,
+                    to_pop: m.to_pop,
+                    at_ms: m.at_ms,
+                    duration_ms: m.duration_ms,
+                    reason: m.reason,
+                })
+                .collect(),
+        })
     }
+}
 
+impl DirectoryLink {
     /// Follows the directory's change stream, dropping cached lookups that
     /// changed; reconnects (clearing the cache) when the stream ends.
     pub fn spawn_watch(self: &Arc<Self>) {

@@ -1,14 +1,47 @@
-//! A small Rust client for the ActorService, used by the CLI and tests.
+//! # tern-client
+//!
+//! A small Rust client for tern's ActorService, used by the `tern` CLI, the
+//! tests and doom-lobby. It owns the cluster file format, the choice of the
+//! nearest POP, retries of `UNAVAILABLE` with the same idempotency key, and
+//! a deadline on every call. It must not know wasmtime or the runtime's
+//! internals: it speaks only the wire types of `tern-proto` (re-exported as
+//! [`pb`]).
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tern_proto::actor as pb;
+use tern_proto::GRPC_MESSAGE_BYTES_MAX;
+pub use tern_proto::actor as pb;
 use tern_proto::actor::actor_service_client::ActorServiceClient;
 use tonic::transport::Channel;
 
-use crate::error::{Result, RuntimeError};
-use crate::server::GRPC_MESSAGE_BYTES_MAX;
+/// The client's errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A malformed endpoint or argument.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The POP could not be reached.
+    #[error("{0}")]
+    Transport(String),
+}
+
+impl ClientError {
+    /// The gRPC code the CLI reports for it.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            ClientError::InvalidArgument(_) => tonic::Code::InvalidArgument,
+            ClientError::Transport(_) => tonic::Code::Unavailable,
+        }
+    }
+}
+
+/// Result alias.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// The deadline of one call attempt unless the caller sets another, ms.
+pub const CALL_MS_DEFAULT: u64 = 30_000;
 
 /// One POP in `cluster.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -60,13 +93,15 @@ impl ClusterFile {
     }
 }
 
-/// Connects to a POP.
+/// Connects to a POP (connect timeout, keepalive, and a default deadline of
+/// [`CALL_MS_DEFAULT`] on every request).
 pub async fn connect(endpoint: &str) -> Result<ActorServiceClient<Channel>> {
-    let ch = Channel::from_shared(endpoint.to_string())
-        .map_err(|e| RuntimeError::InvalidArgument(format!("bad endpoint `{endpoint}`: {e}")))?
+    let ch = tern_proto::endpoint(endpoint)
+        .map_err(ClientError::InvalidArgument)?
+        .timeout(Duration::from_millis(CALL_MS_DEFAULT))
         .connect()
         .await
-        .map_err(|e| RuntimeError::Transport(format!("cannot connect to {endpoint}: {e}")))?;
+        .map_err(|e| ClientError::Transport(format!("cannot connect to {endpoint}: {e}")))?;
     Ok(ActorServiceClient::new(ch)
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX))
@@ -139,18 +174,15 @@ impl TernClient {
     pub fn new(pops: &[PopInfo], coords: [f64; 2]) -> Result<TernClient> {
         let pops = by_distance(pops, coords);
         if pops.is_empty() {
-            return Err(RuntimeError::InvalidArgument(
+            return Err(ClientError::InvalidArgument(
                 "the cluster has no POPs".into(),
             ));
         }
         let clients = pops
             .iter()
             .map(|p| {
-                let ch = Channel::from_shared(p.endpoint.clone())
-                    .map_err(|e| {
-                        RuntimeError::InvalidArgument(format!("bad endpoint `{}`: {e}", p.endpoint))
-                    })?
-                    .connect_timeout(std::time::Duration::from_millis(1_000))
+                let ch = tern_proto::endpoint(&p.endpoint)
+                    .map_err(ClientError::InvalidArgument)?
                     .connect_lazy();
                 Ok(ActorServiceClient::new(ch)
                     .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
@@ -185,7 +217,7 @@ impl TernClient {
 
     /// Calls an actor. UNAVAILABLE answers are retried (bounded, with
     /// backoff) with the same idempotency key, so a retried call is applied
-    /// at most once.
+    /// at most once. Each attempt has a deadline of [`CALL_MS_DEFAULT`].
     pub async fn call(
         &self,
         actor_type: &str,
@@ -202,7 +234,9 @@ impl TernClient {
         loop {
             let i = self.current.load(Relaxed) % self.pops.len();
             let mut c = self.clients[i].clone();
-            match c.call(req.clone()).await {
+            let mut r = tonic::Request::new(req.clone());
+            r.set_timeout(Duration::from_millis(CALL_MS_DEFAULT));
+            match c.call(r).await {
                 Ok(r) => {
                     return Ok(Called {
                         reply: r.into_inner(),
@@ -223,7 +257,7 @@ impl TernClient {
                         let _ = self.current.compare_exchange(i, i + 1, Relaxed, Relaxed);
                     }
                     retries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(backoff)).await;
+                    tokio::time::sleep(Duration::from_millis(backoff)).await;
                     backoff = (backoff * 2).min(CLIENT_BACKOFF_MS_MAX);
                 }
                 Err(s) => return Err(s),

@@ -1,14 +1,21 @@
-//! The ActorService gRPC server: converts wire types to node calls.
+//! The ActorService gRPC server: converts wire types to node calls and
+//! runtime errors to statuses.
+
+use std::time::Duration;
 
 use tern_proto::actor as pb;
 use tern_proto::actor::actor_service_server::{ActorService, ActorServiceServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
-use crate::config::{Durability, Limits, Placement};
+use super::{
+    CONCURRENT_REQUESTS_PER_CONNECTION_MAX, GRPC_MESSAGE_BYTES_MAX, KEEPALIVE_INTERVAL_MS,
+    KEEPALIVE_TIMEOUT_MS, NOT_HERE_METADATA, durability_from_pb, durability_to_pb, limits_from_pb,
+    limits_to_pb, placement_from_pb, request_timeout,
+};
 use crate::node::{CallRequest, DeployOptions, Node, Route};
-
-/// Largest gRPC message accepted, in bytes (components can be large).
-pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 << 20;
+use crate::route::Routed;
 
 /// The service.
 pub struct ActorServiceImpl {
@@ -22,87 +29,32 @@ pub fn service(node: Node) -> ActorServiceServer<ActorServiceImpl> {
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
 }
 
-/// Wire durability to the runtime's.
-pub fn durability_from_pb(d: i32) -> Durability {
-    match pb::Durability::try_from(d) {
-        Ok(pb::Durability::Idle) => Durability::Idle,
-        _ => Durability::Turn,
-    }
-}
-
-/// The runtime's durability on the wire.
-pub fn durability_to_pb(d: Durability) -> pb::Durability {
-    match d {
-        Durability::Turn => pb::Durability::Turn,
-        Durability::Idle => pb::Durability::Idle,
-    }
-}
-
-/// Wire limits to the runtime's (zero means default).
-pub fn limits_from_pb(l: Option<pb::Limits>) -> Limits {
-    let l = l.unwrap_or_default();
-    Limits {
-        turn_cpu_ms_max: l.turn_cpu_ms_max,
-        memory_bytes_max: l.memory_bytes_max,
-        payload_bytes_max: l.payload_bytes_max,
-        mailbox_depth_max: l.mailbox_depth_max,
-        idle_ms: l.idle_ms,
-    }
-    .or_defaults()
-}
-
-/// Wire placement to the runtime's (absent: defaults).
-pub fn placement_from_pb(p: Option<pb::Placement>) -> Placement {
-    match p {
-        None => Placement::default(),
-        Some(p) => {
-            let d = Placement::default();
-            Placement {
-                follow_caller: p.follow_caller,
-                window: if p.window == 0 { d.window } else { p.window },
-                share_pct: if p.share_pct == 0 {
-                    d.share_pct
-                } else {
-                    p.share_pct
-                },
-                idle_move_ms: if p.idle_move_ms == 0 {
-                    d.idle_move_ms
-                } else {
-                    p.idle_move_ms
-                },
-            }
-        }
-    }
-}
-
-/// The runtime's placement on the wire.
-pub fn placement_to_pb(p: Placement) -> pb::Placement {
-    pb::Placement {
-        follow_caller: p.follow_caller,
-        window: p.window,
-        share_pct: p.share_pct,
-        idle_move_ms: p.idle_move_ms,
-    }
-}
-
-/// The runtime's limits on the wire.
-pub fn limits_to_pb(l: Limits) -> pb::Limits {
-    pb::Limits {
-        turn_cpu_ms_max: l.turn_cpu_ms_max,
-        memory_bytes_max: l.memory_bytes_max,
-        payload_bytes_max: l.payload_bytes_max,
-        mailbox_depth_max: l.mailbox_depth_max,
-        idle_ms: l.idle_ms,
-    }
+/// Serves `node` on `listener` until `shutdown` completes, with keepalive
+/// and a bounded number of concurrent requests per connection.
+pub async fn serve(
+    node: Node,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_millis(KEEPALIVE_INTERVAL_MS)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(KEEPALIVE_TIMEOUT_MS)))
+        .concurrency_limit_per_connection(CONCURRENT_REQUESTS_PER_CONNECTION_MAX)
+        .tcp_nodelay(true)
+        .add_service(service(node))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[tonic::async_trait]
 impl ActorService for ActorServiceImpl {
     async fn call(&self, req: Request<pb::CallRequest>) -> Result<Response<pb::CallReply>, Status> {
+        let deadline = request_timeout(&req).map(|d| tokio::time::Instant::now() + d);
         let r = req.into_inner();
-        let out = self
+        let routed = self
             .node
-            .route(
+            .dispatch(
                 CallRequest {
                     actor_type: r.r#type,
                     id: r.id,
@@ -113,9 +65,27 @@ impl ActorService for ActorServiceImpl {
                 Route {
                     chain: r.chain,
                     via: (!r.via_pop.is_empty()).then_some(r.via_pop),
+                    deadline,
                 },
             )
             .await?;
+        let out = match routed {
+            Routed::Done(out) => out,
+            Routed::NotHere { moved_to } => {
+                let mut status = Status::unavailable(format!(
+                    "{} is not active at this POP{}; look it up again",
+                    "the actor",
+                    moved_to
+                        .as_ref()
+                        .map(|p| format!(" (it moved to {p})"))
+                        .unwrap_or_default()
+                ));
+                if let Ok(v) = moved_to.unwrap_or_default().parse() {
+                    status.metadata_mut().insert(NOT_HERE_METADATA, v);
+                }
+                return Err(status);
+            }
+        };
         Ok(Response::new(pb::CallReply {
             payload: out.payload,
             pop: out.pop,
@@ -154,7 +124,17 @@ impl ActorService for ActorServiceImpl {
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
         let s = self.node.status().await;
-        let (pops, acts, migs) = s.cluster.unwrap_or_default();
+        let view = s.cluster.clone().unwrap_or_default();
+        // A single POP with its directory in process shows no cluster.
+        let (pops, acts, migs) = if view
+            .pops
+            .iter()
+            .any(|p| p.endpoint == crate::directory::LOCAL_ENDPOINT)
+        {
+            Default::default()
+        } else {
+            (view.pops, view.activations, view.migrations)
+        };
         let pops = pops
             .into_iter()
             .map(|p| pb::ClusterPop {
@@ -198,6 +178,10 @@ impl ActorService for ActorServiceImpl {
             store_bytes_written: s.store_bytes_written,
             pops,
             migrations,
+            resident_bytes: s.resident_bytes,
+            resident_bytes_max: s.config.resident_bytes_max,
+            activations_max: s.config.activations_max as u64,
+            lease_ok: s.lease_ok,
         }))
     }
 }

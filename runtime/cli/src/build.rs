@@ -22,7 +22,7 @@
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 
 /// The guest target triple.
 pub const GUEST_TARGET: &str = "wasm32-wasip2";
@@ -33,13 +33,68 @@ pub const GUEST_RUSTFLAGS: &str = "-C link-arg=-zstack-size=65536";
 /// Overrides the guest target directory.
 pub const GUEST_TARGET_DIR_ENV: &str = "TERN_GUEST_TARGET_DIR";
 
-use crate::error::RuntimeError;
-
 const TARGET_RUSTFLAGS_ENV: &str = "CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS";
 
-/// Why a guest build failed: the runtime's one error type (see
-/// [`RuntimeError`]'s guest-build variants).
-pub type BuildError = RuntimeError;
+/// Why a guest build failed: the CLI crate's one error type.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// `cargo` (or `rustc`) could not be started.
+    #[error("could not run `{program}`: {source}")]
+    BuildSpawn {
+        /// The program.
+        program: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `crate_dir` has no `Cargo.toml`.
+    #[error("{0} is not a cargo crate (no Cargo.toml)")]
+    NotACrate(PathBuf),
+    /// `cargo metadata` failed or said something unexpected.
+    #[error("`cargo metadata` for {dir} failed: {message}")]
+    CargoMetadata {
+        /// The crate directory.
+        dir: PathBuf,
+        /// What went wrong (cargo's stderr or a parse error).
+        message: String,
+    },
+    /// The crate has no `cdylib` library target.
+    #[error(
+        "crate `{package}` is not a cdylib, so it cannot be built into a component: \
+         add `[lib] crate-type = [\"cdylib\", \"rlib\"]` to {manifest}"
+    )]
+    NotCdylib {
+        /// The package name.
+        package: String,
+        /// Its Cargo.toml.
+        manifest: PathBuf,
+    },
+    /// The `wasm32-wasip2` standard library is not installed.
+    #[error(
+        "the `{GUEST_TARGET}` target is not installed for this toolchain: \
+         run `rustup target add {GUEST_TARGET}`"
+    )]
+    TargetMissing,
+    /// cargo reported a failed build (its diagnostics went to stderr).
+    #[error(
+        "`cargo build --target {GUEST_TARGET}` of `{package}` failed ({status}); see cargo's output above"
+    )]
+    CargoFailed {
+        /// The package name.
+        package: String,
+        /// cargo's exit status.
+        status: ExitStatus,
+    },
+    /// cargo succeeded but reported no `.wasm` file for the cdylib.
+    #[error("`cargo build` of `{package}` succeeded but reported no .wasm artifact for its cdylib")]
+    NoArtifact {
+        /// The package name.
+        package: String,
+    },
+    /// Reading cargo's output failed.
+    #[error("reading cargo's output: {0}")]
+    BuildIo(#[from] std::io::Error),
+}
 
 /// What `cargo metadata` says about the crate to build.
 #[derive(Debug)]

@@ -1,0 +1,677 @@
+//! One active actor: its mailbox loop, its turns and their commits.
+//!
+//! Each activation has one tokio task that takes messages from a bounded
+//! mailbox, so it runs one turn at a time. The guest itself never runs on
+//! the task: restores and turns are shipped to the [`TurnPool`] with the
+//! activation's virtual time (fair scheduling), and come back with the
+//! CPU time they used. After a turn the changed pages are folded into the
+//! baseline; in `turn` durability they are committed through the group
+//! committer before the reply is released. A trap drops the instance: the
+//! next turn re-instantiates from the baseline. An actor idle for
+//! `idle_ms` is persisted, released and removed.
+//!
+//! [`TurnPool`]: crate::turnpool::TurnPool
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tern_storage::{CommitRequest, SnapshotMeta};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::Durability;
+use crate::directory::{ClaimOutcome, MigrationInfo};
+use crate::engine::ENGINE_VERSION;
+use crate::error::{Result, RuntimeError};
+use crate::idem::{
+    Applied, CLIENT_PREFIX, FORWARD_KEY_MARK, FORWARD_KEYS_RETENTION, FORWARD_PREFIX,
+    IDEM_PENDING_BYTES_MAX, IdemTable, Outcome, Retention, fingerprint,
+};
+use crate::instance::{ActorInstance, InstanceParams, TurnInput, TurnOutput, guest_error};
+use crate::node::{ActorType, CallOutput, CallRequest, Node, Route};
+use crate::snapshot::Baseline;
+use crate::table::{Delivered, Handle, Msg};
+
+/// One active actor, owned by its task (and lent to a turn thread for
+/// each turn).
+pub(crate) struct Activation {
+    key: String,
+    ty: Arc<ActorType>,
+    params: InstanceParams,
+    epoch: u64,
+    head_seq: u64,
+    /// `None` after a trap: rebuilt from the baseline on the next turn.
+    instance: Option<ActorInstance>,
+    baseline: Baseline,
+    /// Client idempotency keys.
+    idem: IdemTable,
+    /// Keys forwarding POPs gave unkeyed calls (kept briefly, apart).
+    fwd: IdemTable,
+    /// POPs the most recent calls came through, oldest first.
+    recent_pops: Vec<String>,
+    last_turn: Instant,
+    /// CPU time used, ns: this activation's virtual time in the turn pool.
+    vtime: u64,
+}
+
+fn retention(ty: &ActorType) -> Retention {
+    Retention {
+        ms: ty.config.limits.idempotency_ms,
+        keys_max: ty.config.limits.idempotency_keys_max as usize,
+    }
+}
+
+fn internal_after_panic(key: &str, what: &str, msg: &str) -> RuntimeError {
+    RuntimeError::Internal(format!(
+        "the activation of {key} panicked during {what} ({msg}); it was removed and the next call restores the actor from the store"
+    ))
+}
+
+/// Fails every queued call with `err()`, closing the mailbox. After
+/// `close`, `recv` returns every message already sent (including sends
+/// racing with the close) and then `None`.
+async fn fail_queued(rx: &mut mpsc::Receiver<Msg>, err: impl Fn() -> Delivered) {
+    rx.close();
+    while let Some(m) = rx.recv().await {
+        if let Msg::Call { reply, .. } = m {
+            let _ = reply.send(err());
+        }
+    }
+}
+
+/// Persist attempts at eviction before the activation gives up.
+const EVICT_PERSIST_ATTEMPTS: u32 = 3;
+
+impl Node {
+    pub(crate) async fn run_activation(
+        &self,
+        actor_type: String,
+        id: String,
+        handle: Arc<Handle>,
+        mut rx: mpsc::Receiver<Msg>,
+    ) {
+        let key = handle.key.clone();
+        let started = Instant::now();
+        handle.busy.store(true, Ordering::Release);
+        let claim = match self.inner.dir.claim(&key).await {
+            Ok(ClaimOutcome::Granted { epoch, head_seq }) => (epoch, head_seq),
+            Ok(ClaimOutcome::Held(o)) => {
+                // Every queued caller re-routes to the holder.
+                self.inner.peers.learn(&o.endpoint);
+                fail_queued(&mut rx, || Delivered::Held(o.clone())).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(actor = %key, error = %e, "claim failed");
+                let msg = e.to_string();
+                let kind = e.kind();
+                fail_queued(&mut rx, || {
+                    Delivered::Reply(Err(RuntimeError::Remote {
+                        kind,
+                        message: msg.clone(),
+                    }))
+                })
+                .await;
+                return;
+            }
+        };
+        let node = self.clone();
+        let (at, idc) = (actor_type.clone(), id.clone());
+        let vclock = self.inner.turns.vclock();
+        let act = self
+            .inner
+            .turns
+            .run(vclock, move || node.activate(&at, &idc, claim))
+            .await;
+        let mut act = match act {
+            Ok((Ok(a), _)) => Box::new(a),
+            Ok((Err(e), _)) => {
+                tracing::warn!(actor = %key, error = %e, "activation failed");
+                let _ = self.inner.dir.release(&key, claim.0).await;
+                let msg = e.to_string();
+                let kind = e.kind();
+                fail_queued(&mut rx, || {
+                    Delivered::Reply(Err(RuntimeError::Remote {
+                        kind,
+                        message: msg.clone(),
+                    }))
+                })
+                .await;
+                return;
+            }
+            Err(p) => {
+                tracing::error!(actor = %key, panic = %p.0, "restore panicked");
+                let _ = self.inner.dir.release(&key, claim.0).await;
+                fail_queued(&mut rx, || {
+                    Delivered::Reply(Err(internal_after_panic(&key, "restore", &p.0)))
+                })
+                .await;
+                return;
+            }
+        };
+        self.inner.table.set_resident(&handle, act.resident_bytes());
+        metrics::histogram!("tern_activation_seconds").record(started.elapsed().as_secs_f64());
+        tracing::debug!(actor = %key, epoch = act.epoch, "activated");
+        handle.busy.store(false, Ordering::Release);
+        let idle = Duration::from_millis(act.ty.config.limits.idle_ms);
+        let mut closing = false;
+        let mut moved: Option<(tokio::sync::oneshot::Sender<Delivered>, String)> = None;
+        // One idle timer per activation, re-armed only when it fires early.
+        let idle_timer = tokio::time::sleep(idle);
+        tokio::pin!(idle_timer);
+        loop {
+            let msg = if closing {
+                rx.recv().await
+            } else {
+                tokio::select! {
+                    m = rx.recv() => m,
+                    () = &mut idle_timer => {
+                        let deadline = act.last_turn + idle;
+                        if deadline > Instant::now() {
+                            idle_timer.as_mut().reset(deadline);
+                            continue;
+                        }
+                        None
+                    }
+                }
+            };
+            let Some(msg) = msg else {
+                if closing {
+                    break;
+                }
+                // Idle (or every sender gone): stop taking calls, then run
+                // what is already queued before persisting.
+                closing = true;
+                rx.close();
+                continue;
+            };
+            handle.busy.store(true, Ordering::Release);
+            match msg {
+                Msg::Evict => {
+                    closing = true;
+                    rx.close();
+                }
+                Msg::Panic => panic!("fault injected: the activation of {key} panics"),
+                Msg::Abandon => {
+                    tracing::warn!(actor = %key, "activation abandoned: lease lost");
+                    fail_queued(&mut rx, || {
+                        Delivered::Reply(Err(RuntimeError::LeaseLost("abandoned".into())))
+                    })
+                    .await;
+                    return;
+                }
+                Msg::Images { reply } => {
+                    let _ = reply.send(act.baseline.images().to_vec());
+                }
+                Msg::Call { req, route, reply } => {
+                    if !self.lease_ok() {
+                        let _ = reply.send(Delivered::Reply(Err(RuntimeError::LeaseLost(
+                            "lease expired by the POP's own clock".into(),
+                        ))));
+                        fail_queued(&mut rx, || {
+                            Delivered::Reply(Err(RuntimeError::LeaseLost(
+                                "lease expired by the POP's own clock".into(),
+                            )))
+                        })
+                        .await;
+                        return;
+                    }
+                    if route.deadline.is_some_and(|d| d <= Instant::now()) {
+                        let _ = reply.send(Delivered::Reply(Err(RuntimeError::DeadlineExceeded(
+                            format!(
+                                "{key}: the call's deadline passed while it waited in the mailbox"
+                            ),
+                        ))));
+                        handle.busy.store(false, Ordering::Release);
+                        continue;
+                    }
+                    let caller_pop = route.via.clone().unwrap_or_else(|| self.inner.name.clone());
+                    let idle_ms = act.last_turn.elapsed().as_millis() as u64;
+                    act.recent_pops.push(caller_pop.clone());
+                    let window = act.ty.config.placement.window.max(1) as usize;
+                    if act.recent_pops.len() > window {
+                        act.recent_pops.remove(0);
+                    }
+                    if !closing
+                        && route.via.is_some()
+                        && act.ty.config.placement.should_move(
+                            &act.recent_pops,
+                            idle_ms,
+                            &self.inner.name,
+                        )
+                    {
+                        // Move to the caller's POP: persist, release, then
+                        // tell the caller to claim it.
+                        closing = true;
+                        rx.close();
+                        moved = Some((reply, caller_pop));
+                        continue;
+                    }
+                    let (back, res, fatal) = self.turn(act, &req, route).await;
+                    let Some(back) = back else {
+                        // The turn panicked on its thread: the activation
+                        // is gone.
+                        let _ = reply.send(Delivered::Reply(res));
+                        let msg = "a turn panicked".to_string();
+                        fail_queued(&mut rx, || {
+                            Delivered::Reply(Err(internal_after_panic(&key, "a turn", &msg)))
+                        })
+                        .await;
+                        let _ = self.inner.dir.release(&key, claim.0).await;
+                        return;
+                    };
+                    act = back;
+                    let _ = reply.send(Delivered::Reply(res));
+                    handle
+                        .last_used_ms
+                        .store(self.since_start_ms(), Ordering::Release);
+                    self.inner.table.set_resident(&handle, act.resident_bytes());
+                    if fatal {
+                        // The store no longer matches our memory (fenced or
+                        // a failed commit): drop this activation; the next
+                        // call restores from the store.
+                        tracing::warn!(actor = %key, "activation dropped after a commit failure");
+                        let epoch = act.epoch;
+                        fail_queued(&mut rx, || {
+                            Delivered::Reply(Err(RuntimeError::Superseded {
+                                actor: key.clone(),
+                                epoch,
+                            }))
+                        })
+                        .await;
+                        let _ = self.inner.dir.release(&key, act.epoch).await;
+                        return;
+                    }
+                    self.shed_if_over(&key);
+                }
+            }
+            handle.busy.store(false, Ordering::Release);
+        }
+        let mut persisted = act.persist(self).await;
+        for attempt in 1..EVICT_PERSIST_ATTEMPTS {
+            match &persisted {
+                Err(e)
+                    if e.kind() == crate::error::ErrorKind::Unavailable
+                        && !matches!(e, RuntimeError::Superseded { .. }) =>
+                {
+                    tracing::warn!(actor = %key, error = %e, attempt, "persist on eviction failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                    persisted = act.persist(self).await;
+                }
+                _ => break,
+            }
+        }
+        if let Err(e) = &persisted {
+            tracing::error!(actor = %key, error = %e, "persist on eviction failed; changes since the last commit are lost");
+        }
+        let epoch = act.epoch;
+        drop(act);
+        if let Err(e) = self.inner.dir.release(&key, epoch).await {
+            tracing::warn!(actor = %key, error = %e, "release failed");
+        }
+        // Off the call path: drop pages no manifest needs and stages an
+        // earlier owner left behind when it crashed mid-commit.
+        let store = self.inner.store.clone();
+        let k = key.clone();
+        tokio::task::spawn_blocking(move || {
+            let collected = match store.needs_gc(&k) {
+                Ok(false) => return,
+                Ok(true) => store.gc_snapshots(&k).map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = collected {
+                tracing::warn!(actor = %k, error = %e, "snapshot GC failed");
+            }
+        });
+        if let Some((reply, to)) = moved {
+            // Tell the caller to claim only if the store has everything.
+            let _ = reply.send(match persisted {
+                Ok(()) => Delivered::Moved(to),
+                Err(e) => Delivered::Reply(Err(e)),
+            });
+        }
+        tracing::debug!(actor = %key, "evicted");
+    }
+
+    /// Runs one call's turn: the idempotency check, the guest (on the turn
+    /// pool) and, in `turn` durability, the commit. Returns the activation
+    /// (`None` if the turn panicked and took it down), the result, and
+    /// whether the activation must end (its memory may be ahead of the
+    /// store).
+    async fn turn(
+        &self,
+        mut act: Box<Activation>,
+        req: &CallRequest,
+        mut route: Route,
+    ) -> (Option<Box<Activation>>, Result<CallOutput>, bool) {
+        let now_ms = self.now_ms();
+        let fp = fingerprint(&req.method, &req.payload);
+        if let Some(k) = &req.idempotency_key {
+            match act.keys(k).check(k, &fp, now_ms) {
+                Ok(Some(applied)) => {
+                    metrics::counter!("tern_calls_deduplicated_total").increment(1);
+                    let out = applied.replay(k).map(|payload| CallOutput {
+                        payload,
+                        epoch: applied.epoch,
+                        pop: applied.pop.clone(),
+                    });
+                    return (Some(act), out, false);
+                }
+                Ok(None) => {}
+                Err(e) => return (Some(act), Err(e), false),
+            }
+        }
+        route.chain.push(act.key.clone());
+        let started = std::time::Instant::now();
+        let prio = act.vtime.max(self.inner.turns.vclock());
+        let node = self.clone();
+        let method = req.method.clone();
+        let payload = req.payload.clone();
+        let idem_key = req.idempotency_key.clone();
+        let deadline = route.deadline;
+        let chain = route.chain;
+        let ran = self
+            .inner
+            .turns
+            .run(prio, move || {
+                let out = act.run_guest(
+                    &node,
+                    TurnInput {
+                        chain,
+                        method: &method,
+                        payload: &payload,
+                        idempotency_key: idem_key.as_deref(),
+                        deadline,
+                    },
+                );
+                (act, out)
+            })
+            .await;
+        let (mut act, out) = match ran {
+            Ok(((act, out), used)) => {
+                let mut act = act;
+                act.vtime = prio.saturating_add(used.as_nanos() as u64);
+                (act, out)
+            }
+            Err(p) => {
+                metrics::counter!("tern_turn_panics_total").increment(1);
+                tracing::error!(actor = %format!("{}/{}", req.actor_type, req.id), panic = %p.0, "a turn panicked");
+                let key = format!("{}/{}", req.actor_type, req.id);
+                return (None, Err(internal_after_panic(&key, "a turn", &p.0)), true);
+            }
+        };
+        self.inner.counters.turns.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tern_turns_total").increment(1);
+        act.last_turn = Instant::now();
+        let limits = act.ty.config.limits;
+        // A rolled-back turn (trap, CPU or memory limit) applied nothing:
+        // a retry with its key runs again.
+        let applied = out.is_ok();
+        let result = match out {
+            Err(e) => Err(e),
+            Ok(Ok(p)) if p.len() as u64 > limits.payload_bytes_max => {
+                Err(RuntimeError::PayloadTooLarge {
+                    what: "reply payload",
+                    size: p.len(),
+                    limit: limits.payload_bytes_max,
+                })
+            }
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(guest_error(e)),
+        };
+        if let Some(k) = &req.idempotency_key
+            && applied
+        {
+            let outcome = match &result {
+                Ok(p) => Outcome::Reply(p.clone()),
+                Err(e) => Outcome::Error(e.kind(), e.to_string()),
+            };
+            let applied = Applied {
+                outcome,
+                epoch: act.epoch,
+                pop: self.inner.name.clone(),
+                at_ms: now_ms,
+                fingerprint: fp,
+            };
+            act.keys(k).record(k, applied);
+        }
+        let must_persist = match act.ty.config.durability {
+            Durability::Turn => act.is_dirty(),
+            // Keep one commit's side records small.
+            Durability::Idle => {
+                act.idem.pending_bytes() + act.fwd.pending_bytes() > IDEM_PENDING_BYTES_MAX
+            }
+        };
+        // A POP whose lease ended by its own clock commits nothing and
+        // answers nothing: a newer activation may exist (or be about to).
+        if !self.lease_ok() {
+            return (
+                Some(act),
+                Err(RuntimeError::LeaseLost(
+                    "lease expired by the POP's own clock during the turn; the turn is not applied"
+                        .into(),
+                )),
+                true,
+            );
+        }
+        if must_persist && let Err(e) = act.persist(self).await {
+            // Memory is ahead of the store: the activation must end.
+            return (Some(act), Err(e), true);
+        }
+        metrics::histogram!("tern_turn_seconds").record(started.elapsed().as_secs_f64());
+        let epoch = act.epoch;
+        (
+            Some(act),
+            result.map(|p| CallOutput {
+                payload: p,
+                epoch,
+                pop: self.inner.name.clone(),
+            }),
+            false,
+        )
+    }
+
+    /// Loads and instantiates an actor this POP has claimed. Runs on a turn
+    /// thread.
+    fn activate(&self, actor_type: &str, id: &str, claim: (u64, u64)) -> Result<Activation> {
+        let key = format!("{actor_type}/{id}");
+        let ty = self.load_type(actor_type)?;
+        let snap = self.inner.store.load_snapshot(&key)?;
+        let params = InstanceParams {
+            actor_type: actor_type.to_string(),
+            actor_id: id.to_string(),
+            limits: ty.config.limits,
+            pop: self.inner.name.clone(),
+            epoch: claim.0,
+            caller: Arc::new(self.clone()),
+            world: self.inner.world.clone(),
+        };
+        let (epoch, claimed_head) = claim;
+        let now_ms = self.now_ms();
+        let (instance, baseline, head_seq, (idem, fwd)) = match snap {
+            Some(snap) => {
+                let digest = ty.prep.digest();
+                if snap.meta.component_digest != digest
+                    && !ty
+                        .config
+                        .restores_from
+                        .contains(&snap.meta.component_digest)
+                {
+                    return Err(RuntimeError::CodeMismatch {
+                        actor: key,
+                        ty: actor_type.to_string(),
+                        snapshot_digest: snap.meta.component_digest,
+                        snapshot_engine: snap.meta.engine_version,
+                        current_digest: digest.to_string(),
+                    });
+                }
+                let lens: Vec<usize> = snap.memories.iter().map(Vec::len).collect();
+                let mut inst =
+                    ActorInstance::new(self.inner.engine.engine(), &ty.prep, &params, &lens)?;
+                inst.write_memories(&snap.memories)?;
+                let idem = IdemTable::restore(CLIENT_PREFIX, &snap.extra, retention(&ty), now_ms);
+                let fwd =
+                    IdemTable::restore(FORWARD_PREFIX, &snap.extra, FORWARD_KEYS_RETENTION, now_ms);
+                (
+                    Some(inst),
+                    Baseline::restored(snap.memories),
+                    snap.seq,
+                    (idem, fwd),
+                )
+            }
+            None if claimed_head > 0 => {
+                return Err(RuntimeError::Storage(tern_storage::StorageError::Corrupt {
+                    key,
+                    reason: format!(
+                        "the activation record says snapshot {claimed_head} is the head, but no snapshot was found"
+                    ),
+                }));
+            }
+            None => {
+                let inst = ActorInstance::new(self.inner.engine.engine(), &ty.prep, &params, &[])?;
+                let mut b = Baseline::default();
+                // SAFETY: the instance runs no guest code right now.
+                unsafe { b.absorb(inst.memories()) };
+                b.mark_all_dirty();
+                (
+                    Some(inst),
+                    b,
+                    claimed_head,
+                    (
+                        IdemTable::new(CLIENT_PREFIX, retention(&ty)),
+                        IdemTable::new(FORWARD_PREFIX, FORWARD_KEYS_RETENTION),
+                    ),
+                )
+            }
+        };
+        Ok(Activation {
+            key,
+            ty,
+            params,
+            epoch,
+            head_seq,
+            instance,
+            baseline,
+            idem,
+            fwd,
+            recent_pops: Vec::new(),
+            last_turn: Instant::now(),
+            vtime: self.inner.turns.vclock(),
+        })
+    }
+
+    /// Records that `actor` moved here from `from`.
+    pub(crate) async fn record_migration(&self, actor: &str, from: &str, started: Instant) {
+        let ms = started.elapsed().as_millis() as u64;
+        metrics::counter!("tern_migrations_total").increment(1);
+        metrics::histogram!("tern_migration_seconds").record(ms as f64 / 1e3);
+        tracing::info!(actor, from, to = %self.inner.name, ms, "actor moved to its caller's POP");
+        let m = MigrationInfo {
+            actor: actor.to_string(),
+            from_pop: from.to_string(),
+            to_pop: self.inner.name.clone(),
+            at_ms: self.now_ms(),
+            duration_ms: ms,
+            reason: "follows its callers".into(),
+        };
+        if let Err(e) = self.inner.dir.record_migration(m).await {
+            tracing::warn!(actor, error = %e, "cannot record migration");
+        }
+    }
+}
+
+impl Activation {
+    /// The key table `key` belongs to.
+    fn keys(&mut self, key: &str) -> &mut IdemTable {
+        if key.starts_with(FORWARD_KEY_MARK) {
+            &mut self.fwd
+        } else {
+            &mut self.idem
+        }
+    }
+
+    /// Whether anything waits for a commit.
+    fn is_dirty(&self) -> bool {
+        self.baseline.is_dirty() || self.idem.is_dirty() || self.fwd.is_dirty()
+    }
+
+    /// Bytes this activation holds: its instance's memories and the
+    /// committed baseline.
+    fn resident_bytes(&self) -> u64 {
+        let mem: u64 = self.baseline.lens().iter().map(|l| *l as u64).sum();
+        2 * mem
+    }
+
+    /// Runs the guest (blocking, on a turn thread). On a trap, drops the
+    /// instance so the actor rolls back to the baseline.
+    fn run_guest(&mut self, node: &Node, turn: TurnInput<'_>) -> Result<TurnOutput> {
+        if self.instance.is_none() {
+            let lens = self.baseline.lens();
+            let mut inst = ActorInstance::new(
+                node.inner.engine.engine(),
+                &self.ty.prep,
+                &self.params,
+                &lens,
+            )?;
+            inst.write_memories(self.baseline.images())?;
+            self.instance = Some(inst);
+        }
+        let inst = self.instance.as_mut().expect("instance present");
+        match inst.call(turn, &self.ty.config.limits) {
+            Ok(out) => {
+                if let Err(e) = inst.check_snapshottable() {
+                    self.instance = None;
+                    return Err(e);
+                }
+                // SAFETY: the turn is over; no guest code runs.
+                unsafe { self.baseline.absorb(inst.memories()) };
+                Ok(out)
+            }
+            Err(e) => {
+                tracing::info!(actor = %self.key, error = %e, "turn rolled back");
+                metrics::counter!("tern_turns_rolled_back_total").increment(1);
+                self.instance = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits the dirty pages, fenced by this activation's epoch.
+    async fn persist(&mut self, node: &Node) -> Result<()> {
+        if !self.is_dirty() {
+            return Ok(());
+        }
+        let mut extra = self.idem.pending();
+        extra.extend(self.fwd.pending());
+        let req = CommitRequest {
+            actor: self.key.clone(),
+            epoch: self.epoch,
+            expected_head_seq: self.head_seq,
+            meta: SnapshotMeta {
+                component_digest: self.ty.prep.digest().to_string(),
+                engine_version: ENGINE_VERSION.to_string(),
+                globals: Vec::new(),
+            },
+            memories: self.baseline.delta(),
+            extra,
+        };
+        match node.inner.committer.commit(req).await {
+            Ok(seq) => {
+                node.inner.counters.commits.fetch_add(1, Ordering::Relaxed);
+                self.head_seq = seq;
+                self.baseline.committed();
+                self.idem.committed();
+                self.fwd.committed();
+                Ok(())
+            }
+            Err(RuntimeError::Storage(tern_storage::StorageError::Fenced { .. })) => {
+                Err(RuntimeError::Superseded {
+                    actor: self.key.clone(),
+                    epoch: self.epoch,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

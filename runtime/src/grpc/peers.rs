@@ -1,0 +1,148 @@
+//! Forwarding calls to other POPs over gRPC: one multiplexed connection
+//! per peer, opened once (concurrent first calls share it) and ahead of
+//! need when the POP learns of a peer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use tern_proto::actor as pb;
+use tern_proto::actor::actor_service_client::ActorServiceClient;
+use tokio::sync::OnceCell;
+use tonic::transport::Channel;
+
+use super::{GRPC_MESSAGE_BYTES_MAX, NOT_HERE_METADATA, endpoint, from_peer};
+use crate::directory::Owner;
+use crate::error::{Result, RuntimeError};
+use crate::node::{CallOutput, CallRequest, Route};
+use crate::peers::{Forwarded, Peers};
+
+/// Peers a POP keeps connections to; past it the least useful are dropped
+/// (all of them: connections reopen on demand).
+pub const PEER_CONNECTIONS_MAX: usize = 1_024;
+
+type Client = ActorServiceClient<Channel>;
+
+/// Other POPs, reached over gRPC.
+pub struct GrpcPeers {
+    me: String,
+    conns: DashMap<String, Arc<OnceCell<Client>>>,
+}
+
+impl GrpcPeers {
+    /// Peers of the POP named `me`.
+    pub fn new(me: &str) -> Arc<GrpcPeers> {
+        Arc::new(GrpcPeers {
+            me: me.to_string(),
+            conns: DashMap::new(),
+        })
+    }
+
+    fn cell(&self, url: &str) -> Arc<OnceCell<Client>> {
+        if let Some(c) = self.conns.get(url) {
+            return c.clone();
+        }
+        if self.conns.len() >= PEER_CONNECTIONS_MAX {
+            metrics::counter!("tern_peer_connections_dropped_total").increment(1);
+            self.conns.clear();
+        }
+        self.conns
+            .entry(url.to_string())
+            .or_insert_with(|| Arc::new(OnceCell::new()))
+            .clone()
+    }
+
+    /// The connection to `url`, opening it if needed. Concurrent callers
+    /// wait for the same connection attempt.
+    async fn client(&self, url: &str) -> Result<Client> {
+        let cell = self.cell(url);
+        let c = cell.get_or_try_init(|| open(url)).await?;
+        Ok(c.clone())
+    }
+}
+
+/// Opens a connection to the POP at `url`.
+async fn open(url: &str) -> Result<Client> {
+    let ch = endpoint(url)?
+        .connect()
+        .await
+        .map_err(|e| RuntimeError::Transport(format!("cannot connect to POP at {url}: {e}")))?;
+    metrics::counter!("tern_peer_connections_opened_total").increment(1);
+    Ok(ActorServiceClient::new(ch)
+        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX))
+}
+
+#[async_trait]
+impl Peers for GrpcPeers {
+    async fn forward(&self, owner: &Owner, req: &CallRequest, route: &Route) -> Result<Forwarded> {
+        let actor = format!("{}/{}", req.actor_type, req.id);
+        let left = route
+            .deadline
+            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
+            .unwrap_or(Duration::from_millis(crate::node::CALL_DEADLINE_MS_DEFAULT));
+        if left.is_zero() {
+            return Err(RuntimeError::DeadlineExceeded(format!(
+                "{actor}: the call's deadline passed before it could be forwarded to POP {}",
+                owner.pop
+            )));
+        }
+        let call = async {
+            let mut client = self.client(&owner.endpoint).await?;
+            let mut request = tonic::Request::new(pb::CallRequest {
+                r#type: req.actor_type.clone(),
+                id: req.id.clone(),
+                method: req.method.clone(),
+                payload: req.payload.clone(),
+                idempotency_key: req.idempotency_key.clone().unwrap_or_default(),
+                chain: route.chain.clone(),
+                via_pop: self.me.clone(),
+            });
+            request.set_timeout(left);
+            metrics::counter!("tern_calls_forwarded_total").increment(1);
+            match client.call(request).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    Ok(Forwarded::Reply(CallOutput {
+                        payload: r.payload,
+                        epoch: r.epoch,
+                        pop: r.pop,
+                    }))
+                }
+                Err(s) => {
+                    if let Some(v) = s.metadata().get(NOT_HERE_METADATA) {
+                        let to = v.to_str().unwrap_or_default().to_string();
+                        return Ok(Forwarded::NotHere {
+                            moved_to: (!to.is_empty()).then_some(to),
+                        });
+                    }
+                    Err(from_peer(&actor, &owner.pop, s))
+                }
+            }
+        };
+        match tokio::time::timeout(left, call).await {
+            Ok(r) => r,
+            Err(_) => Err(RuntimeError::DeadlineExceeded(format!(
+                "{actor}: POP {} did not answer within the call's deadline ({} ms)",
+                owner.pop,
+                left.as_millis()
+            ))),
+        }
+    }
+
+    fn learn(&self, url: &str) {
+        let cell = self.cell(url);
+        if cell.initialized() {
+            return;
+        }
+        let url = url.to_string();
+        // Open the connection in the background; a call meanwhile waits for
+        // this same attempt instead of opening its own.
+        tokio::spawn(async move {
+            if let Err(e) = cell.get_or_try_init(|| open(&url)).await {
+                tracing::debug!(error = %e, "cannot open a connection to a peer yet");
+            }
+        });
+    }
+}

@@ -1,0 +1,394 @@
+//! The turn executor: guest turns run here, never on the tokio workers
+//! that carry the lease heartbeat, the gRPC servers and the directory link.
+//!
+//! The pool has `slots` run slots (by default one per core): at most that
+//! many turns execute guest code at once. Threads are created on demand: a
+//! turn blocked in a nested actor call gives its slot back (see
+//! [`TurnPool::block`]) and keeps its thread, so the pool may hold more
+//! threads than slots, up to [`TURN_THREADS_MAX`]; idle extra threads exit.
+//!
+//! Scheduling is fair by CPU time (start-time fair queueing): each job
+//! carries a virtual time, the CPU its actor has used so far, raised to the
+//! pool's virtual clock when the actor was idle. The job with the smallest
+//! virtual time runs first. An actor that uses little CPU therefore runs
+//! ahead of actors that burn their whole budget every turn: however many
+//! spinners flood the POP, a light actor waits for at most the turns
+//! already running (one turn budget), not for the queue.
+//!
+//! Turn threads run at a lower OS priority (nice +[`TURN_THREAD_NICE`]) than
+//! the rest of the process, so the kernel prefers the lease heartbeat and
+//! gRPC threads when cores are contended.
+
+use std::cell::Cell;
+use std::collections::BinaryHeap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::oneshot;
+
+/// Most threads the pool creates (run slots plus turns blocked in nested
+/// calls).
+pub const TURN_THREADS_MAX: usize = 256;
+
+/// Most run slots a pool may be configured with.
+pub const TURN_SLOTS_MAX: usize = 64;
+
+/// Jobs waiting for a slot before `run` refuses more (each activation
+/// submits at most one job at a time, so this also bounds activations
+/// waiting to run).
+pub const TURN_QUEUE_MAX: usize = 1 << 20;
+
+/// An extra thread idle this long exits.
+const IDLE_THREAD_MS: u64 = 10_000;
+
+/// How much lower turn threads are scheduled by the OS.
+pub const TURN_THREAD_NICE: i32 = 5;
+
+thread_local! {
+    static POOL_THREAD: Cell<bool> = const { Cell::new(false) };
+    /// Time the current job spent blocked in [`TurnPool::block`].
+    static BLOCKED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+}
+
+/// A job panicked; the message is the panic's.
+#[derive(Debug, Clone)]
+pub struct Panicked(pub String);
+
+/// A job's outcome: its value and the time it ran for (not counting time
+/// blocked in nested calls).
+pub type Ran<R> = Result<(R, Duration), Panicked>;
+
+struct Job {
+    vtime: u64,
+    seq: u64,
+    run: Box<dyn FnOnce() + Send>,
+}
+
+impl PartialEq for Job {
+    fn eq(&self, other: &Self) -> bool {
+        (self.vtime, self.seq) == (other.vtime, other.seq)
+    }
+}
+impl Eq for Job {}
+impl PartialOrd for Job {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Job {
+    /// Reversed: the heap's top is the smallest (vtime, seq).
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.vtime, other.seq).cmp(&(self.vtime, self.seq))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    queue: BinaryHeap<Job>,
+    /// Turns holding a run slot.
+    running: usize,
+    /// Turns blocked in nested calls (they hold a thread, not a slot).
+    blocked: usize,
+    /// Turns back from a nested call, waiting for a slot: they go before
+    /// queued jobs.
+    retaking: usize,
+    threads: usize,
+    idle: usize,
+    vclock: u64,
+    seq: u64,
+}
+
+struct Inner {
+    slots: usize,
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+/// The turn executor. Cheap to clone.
+#[derive(Clone)]
+pub struct TurnPool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TurnPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnPool")
+            .field("slots", &self.inner.slots)
+            .finish()
+    }
+}
+
+/// Run slots sized from the machine: one per core.
+pub fn default_slots() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, TURN_SLOTS_MAX)
+}
+
+impl TurnPool {
+    /// A pool with `slots` run slots (clamped to 1..=[`TURN_SLOTS_MAX`]).
+    pub fn new(slots: usize) -> TurnPool {
+        TurnPool {
+            inner: Arc::new(Inner {
+                slots: slots.clamp(1, TURN_SLOTS_MAX),
+                state: Mutex::new(State::default()),
+                cv: Condvar::new(),
+            }),
+        }
+    }
+
+    /// Its run slots.
+    pub fn slots(&self) -> usize {
+        self.inner.slots
+    }
+
+    /// The virtual time an actor that was idle starts from.
+    pub fn vclock(&self) -> u64 {
+        self.inner.state.lock().vclock
+    }
+
+    /// Jobs waiting for a slot.
+    pub fn queued(&self) -> usize {
+        self.inner.state.lock().queue.len()
+    }
+
+    /// Runs `f` on a turn thread once a slot is free, jobs with smaller
+    /// `vtime` first. A panic in `f` is caught and returned.
+    pub async fn run<R: Send + 'static>(
+        &self,
+        vtime: u64,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Ran<R> {
+        let (tx, rx) = oneshot::channel();
+        let job = move || {
+            let started = std::time::Instant::now();
+            BLOCKED.with(|b| b.set(Duration::ZERO));
+            let out = std::panic::catch_unwind(AssertUnwindSafe(f));
+            let used = started.elapsed().saturating_sub(BLOCKED.with(Cell::get));
+            let out = match out {
+                Ok(v) => Ok((v, used)),
+                Err(p) => Err(Panicked(panic_message(&*p))),
+            };
+            let _ = tx.send(out);
+        };
+        {
+            let mut st = self.inner.state.lock();
+            if st.queue.len() >= TURN_QUEUE_MAX {
+                return Err(Panicked(format!(
+                    "turn queue is full (TURN_QUEUE_MAX = {TURN_QUEUE_MAX})"
+                )));
+            }
+            st.seq += 1;
+            let seq = st.seq;
+            st.queue.push(Job {
+                vtime,
+                seq,
+                run: Box::new(job),
+            });
+            self.maybe_spawn(&mut st);
+        }
+        self.inner.cv.notify_all();
+        metrics::gauge!("tern_turns_queued").set(self.queued() as f64);
+        rx.await
+            .unwrap_or_else(|_| Err(Panicked("turn thread ended".into())))
+    }
+
+    /// Whether a turn may block in a nested call now: refused when so many
+    /// turns already wait that their callees could find no thread.
+    pub fn may_block(&self) -> bool {
+        let st = self.inner.state.lock();
+        st.blocked + self.inner.slots < TURN_THREADS_MAX
+    }
+
+    /// Runs `f`, which blocks (a nested actor call), giving this thread's
+    /// run slot to other turns meanwhile. Outside the pool it just runs `f`.
+    pub fn block<R>(&self, f: impl FnOnce() -> R) -> R {
+        if !POOL_THREAD.with(Cell::get) {
+            return f();
+        }
+        let started = std::time::Instant::now();
+        {
+            let mut st = self.inner.state.lock();
+            assert!(st.running > 0, "a pool thread blocks without a slot");
+            st.running -= 1;
+            st.blocked += 1;
+            self.maybe_spawn(&mut st);
+        }
+        self.inner.cv.notify_all();
+        // Re-take a slot even if `f` panics, so the accounting holds.
+        struct Retake<'a>(&'a Inner, std::time::Instant);
+        impl Drop for Retake<'_> {
+            fn drop(&mut self) {
+                let mut st = self.0.state.lock();
+                st.blocked -= 1;
+                st.retaking += 1;
+                while st.running >= self.0.slots {
+                    self.0.cv.wait(&mut st);
+                }
+                st.retaking -= 1;
+                st.running += 1;
+                drop(st);
+                let waited = self.1.elapsed();
+                BLOCKED.with(|b| b.set(b.get() + waited));
+            }
+        }
+        let _retake = Retake(&self.inner, started);
+        f()
+    }
+
+    fn maybe_spawn(&self, st: &mut State) {
+        let wanted = (self.inner.slots + st.blocked).min(TURN_THREADS_MAX);
+        if st.queue.len() <= st.idle || st.threads >= wanted {
+            return;
+        }
+        st.threads += 1;
+        let inner = self.inner.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tern-turn".into())
+            .spawn(move || worker(inner));
+        if let Err(e) = spawned {
+            st.threads -= 1;
+            tracing::error!(error = %e, "cannot start a turn thread");
+        }
+    }
+}
+
+fn worker(inner: Arc<Inner>) {
+    POOL_THREAD.with(|c| c.set(true));
+    lower_priority();
+    loop {
+        let job = {
+            let mut st = inner.state.lock();
+            loop {
+                if st.running + st.retaking < inner.slots
+                    && let Some(j) = st.queue.pop()
+                {
+                    st.running += 1;
+                    st.vclock = st.vclock.max(j.vtime);
+                    break j;
+                }
+                st.idle += 1;
+                let timed_out = inner
+                    .cv
+                    .wait_for(&mut st, Duration::from_millis(IDLE_THREAD_MS))
+                    .timed_out();
+                st.idle -= 1;
+                if timed_out && st.queue.is_empty() && st.threads > inner.slots {
+                    st.threads -= 1;
+                    return;
+                }
+            }
+        };
+        (job.run)();
+        {
+            let mut st = inner.state.lock();
+            assert!(st.running > 0, "turn slot accounting broke");
+            st.running -= 1;
+        }
+        inner.cv.notify_all();
+    }
+}
+
+/// Lowers this thread's OS scheduling priority (Linux: per thread).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let tid = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), TURN_THREAD_NICE) {
+            tracing::debug!(error = %e, "cannot lower the turn thread's priority");
+        }
+    }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn turn_pool_runs_light_jobs_before_heavy_ones() {
+        let pool = TurnPool::new(1);
+        // Occupy the only slot until released.
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let p = pool.clone();
+        let holder = tokio::spawn(async move {
+            p.run(0, move || {
+                let _ = started_tx.send(());
+                let _ = hold_rx.recv();
+            })
+            .await
+        });
+        started_rx.await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut jobs = Vec::new();
+        for (name, vtime) in [("heavy1", 500u64), ("heavy2", 400), ("light", 1)] {
+            let p = pool.clone();
+            let o = order.clone();
+            jobs.push(tokio::spawn(async move {
+                p.run(vtime, move || o.lock().push(name)).await
+            }));
+            // Each job is queued before the next is submitted.
+            while pool.queued() < jobs.len() {
+                tokio::task::yield_now().await;
+            }
+        }
+        hold_tx.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        for j in jobs {
+            j.await.unwrap().unwrap();
+        }
+        assert_eq!(*order.lock(), ["light", "heavy2", "heavy1"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn turn_pool_catches_panics() {
+        let pool = TurnPool::new(1);
+        let r = pool.run(0, || panic!("boom")).await;
+        assert!(
+            matches!(&r, Err(Panicked(m)) if m == "boom"),
+            "{:?}",
+            r.err()
+        );
+        // The slot came back.
+        let (v, _) = pool.run(0, || 7).await.unwrap();
+        assert_eq!(v, 7);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocked_turn_gives_its_slot_back() {
+        // One slot: a job that blocks waiting for a second job would
+        // deadlock unless `block` releases the slot.
+        let pool = TurnPool::new(1);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let p = pool.clone();
+        let first = tokio::spawn(async move {
+            let p2 = p.clone();
+            p.run(0, move || p2.block(|| rx.recv().unwrap())).await
+        });
+        let r = ran.clone();
+        pool.run(0, move || {
+            r.fetch_add(1, Ordering::SeqCst);
+            tx.send(()).unwrap();
+        })
+        .await
+        .unwrap();
+        first.await.unwrap().unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+    }
+}
