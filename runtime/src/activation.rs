@@ -53,6 +53,8 @@ pub(crate) struct Activation {
     last_turn: Instant,
     /// CPU time used, ns: this activation's virtual time in the turn pool.
     vtime: u64,
+    /// CPU time its turns usually take, ns (a moving average).
+    cost: u64,
 }
 
 fn retention(ty: &ActorType) -> Retention {
@@ -60,6 +62,13 @@ fn retention(ty: &ActorType) -> Retention {
         ms: ty.config.limits.idempotency_ms,
         keys_max: ty.config.limits.idempotency_keys_max as usize,
     }
+}
+
+/// The CPU a turn of an actor not yet seen is assumed to take, ns: its
+/// whole budget, so a newcomer never runs ahead of actors known to be light.
+/// Each turn halves the distance to what the actor really uses.
+fn unknown_cost(limits: &crate::config::Limits) -> u64 {
+    limits.turn_cpu_ms_max.saturating_mul(1_000_000)
 }
 
 fn internal_after_panic(key: &str, what: &str, msg: &str) -> RuntimeError {
@@ -119,10 +128,15 @@ impl Node {
         let node = self.clone();
         let (at, idc) = (actor_type.clone(), id.clone());
         let vclock = self.inner.turns.vclock();
+        // A restore is unknown work: scheduled like a turn of a heavy actor.
+        let cost = self
+            .type_config(&actor_type)
+            .map(|c| unknown_cost(&c.limits))
+            .unwrap_or(0);
         let act = self
             .inner
             .turns
-            .run(vclock, move || node.activate(&at, &idc, claim))
+            .run(vclock, cost, move || node.activate(&at, &idc, claim))
             .await;
         let mut act = match act {
             Ok((Ok(a), _)) => Box::new(a),
@@ -262,6 +276,9 @@ impl Node {
                         return;
                     };
                     act = back;
+                    // Idle again before the caller hears back, so its next
+                    // call finds this activation evictable if need be.
+                    handle.busy.store(false, Ordering::Release);
                     let _ = reply.send(Delivered::Reply(res));
                     handle
                         .last_used_ms
@@ -365,6 +382,7 @@ impl Node {
         route.chain.push(act.key.clone());
         let started = std::time::Instant::now();
         let prio = act.vtime.max(self.inner.turns.vclock());
+        let cost = act.cost;
         let node = self.clone();
         let method = req.method.clone();
         let payload = req.payload.clone();
@@ -374,7 +392,7 @@ impl Node {
         let ran = self
             .inner
             .turns
-            .run(prio, move || {
+            .run(prio, cost, move || {
                 let out = act.run_guest(
                     &node,
                     TurnInput {
@@ -391,7 +409,9 @@ impl Node {
         let (mut act, out) = match ran {
             Ok(((act, out), used)) => {
                 let mut act = act;
-                act.vtime = prio.saturating_add(used.as_nanos() as u64);
+                let used = used.as_nanos() as u64;
+                act.vtime = prio.saturating_add(used);
+                act.cost = act.cost / 2 + used / 2;
                 (act, out)
             }
             Err(p) => {
@@ -489,6 +509,7 @@ impl Node {
         };
         let (epoch, claimed_head) = claim;
         let now_ms = self.now_ms();
+        let cost = unknown_cost(&ty.config.limits);
         let (instance, baseline, head_seq, (idem, fwd)) = match snap {
             Some(snap) => {
                 let digest = ty.prep.digest();
@@ -558,6 +579,7 @@ impl Node {
             recent_pops: Vec::new(),
             last_turn: Instant::now(),
             vtime: self.inner.turns.vclock(),
+            cost,
         })
     }
 

@@ -13,7 +13,9 @@ pub const GROUP_COMMIT_REQUESTS_MAX: usize = 256;
 
 type Job = (CommitRequest, oneshot::Sender<Result<u64>>);
 
-/// Handle to the committer thread.
+/// Handle to the committer thread. Its queue needs no separate bound:
+/// each activation has at most one commit in flight, so it holds at most
+/// `activations_max` requests.
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Job>,

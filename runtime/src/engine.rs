@@ -16,6 +16,9 @@ use crate::instance::{HostState, Prepared};
 /// How often the epoch ticker advances the engine's epoch.
 pub const EPOCH_TICK_MS: u64 = 2;
 
+/// Compiled components cached by digest before the cache is cleared.
+pub const COMPILED_CACHED_MAX: usize = 256;
+
 /// The version string a snapshot records with its component digest.
 pub const ENGINE_VERSION: &str = concat!("tern-", env!("CARGO_PKG_VERSION"), "/wasmtime-48");
 
@@ -25,6 +28,9 @@ pub struct TernEngine {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     compiled: Arc<DashMap<String, Arc<Prepared>>>,
+    /// One compile per digest at a time: concurrent first activations of
+    /// a type wait for the same compile instead of each compiling.
+    compiling: Arc<DashMap<String, Arc<parking_lot::Mutex<()>>>>,
 }
 
 impl TernEngine {
@@ -56,6 +62,7 @@ impl TernEngine {
             engine,
             linker: Arc::new(linker),
             compiled: Arc::new(DashMap::new()),
+            compiling: Arc::new(DashMap::new()),
         })
     }
 
@@ -70,11 +77,30 @@ impl TernEngine {
         if let Some(pre) = self.compiled.get(digest) {
             return Ok(pre.clone());
         }
+        let gate = self
+            .compiling
+            .entry(digest.to_string())
+            .or_default()
+            .clone();
+        let _one_at_a_time = gate.lock();
+        if let Some(pre) = self.compiled.get(digest) {
+            return Ok(pre.clone());
+        }
+        let out = self.compile(digest, bytes);
+        self.compiling.remove(digest);
+        out
+    }
+
+    fn compile(&self, digest: &str, bytes: &[u8]) -> Result<Arc<Prepared>> {
         validate_component(bytes)?;
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| RuntimeError::ComponentRejected(format!("does not compile: {e:#}")))?;
         let pre = Prepared::new(&self.linker, component, digest.to_string())?;
         let pre = Arc::new(pre);
+        if self.compiled.len() >= COMPILED_CACHED_MAX {
+            // Types in use keep their compiled code through `ActorType`.
+            self.compiled.clear();
+        }
         self.compiled.insert(digest.to_string(), pre.clone());
         Ok(pre)
     }

@@ -175,18 +175,6 @@ pub enum RuntimeError {
         /// The POP it moved to, when it moved because of this call.
         moved_to: Option<String>,
     },
-    /// Another live POP holds the actor (routing; callers forward).
-    #[error("{actor} is active at POP {pop} ({endpoint}); forward the call there")]
-    HeldElsewhere {
-        /// The actor.
-        actor: String,
-        /// The POP.
-        pop: String,
-        /// Its endpoint.
-        endpoint: String,
-        /// Its epoch.
-        epoch: u64,
-    },
     /// An error from another POP, passed through with its kind.
     #[error("{message}")]
     Remote {
@@ -247,7 +235,6 @@ impl RuntimeError {
             | RuntimeError::CallCycle(_) => K::FailedPrecondition,
             RuntimeError::Superseded { .. }
             | RuntimeError::NotHere { .. }
-            | RuntimeError::HeldElsewhere { .. }
             | RuntimeError::LeaseLost(_)
             | RuntimeError::ShuttingDown
             | RuntimeError::Transport(_) => K::Unavailable,

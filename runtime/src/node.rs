@@ -41,6 +41,9 @@ pub const METHOD_NAME_BYTES_MAX: usize = 256;
 /// Deepest chain of nested actor-to-actor calls.
 pub const CALL_DEPTH_MAX: usize = 16;
 
+/// Type configurations cached without their compiled component.
+const TYPE_CONFIGS_CACHED_MAX: usize = 4_096;
+
 /// A call that carries no deadline gets this one, ms.
 pub const CALL_DEADLINE_MS_DEFAULT: u64 = 30_000;
 
@@ -223,6 +226,9 @@ pub(crate) struct NodeInner {
     pub(crate) engine: TernEngine,
     pub(crate) committer: Committer,
     pub(crate) types: DashMap<String, Arc<ActorType>>,
+    /// Configurations of types this POP forwards calls for but has not
+    /// compiled.
+    pub(crate) configs: DashMap<String, TypeConfig>,
     pub(crate) table: Table,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) counters: NodeCounters,
@@ -305,6 +311,7 @@ impl NodeBuilder {
                 peers: self.peers.unwrap_or_else(|| Arc::new(NoPeers)),
                 engine: self.engine,
                 types: DashMap::new(),
+                configs: DashMap::new(),
                 table: Table::default(),
                 shutting_down: AtomicBool::new(false),
                 counters: NodeCounters::default(),
@@ -454,6 +461,7 @@ impl Node {
                 prep,
             }),
         );
+        self.inner.configs.remove(name);
         tracing::info!(actor_type = name, %digest, ?durability, "deployed");
         Ok(DeployInfo {
             digest,
@@ -461,12 +469,25 @@ impl Node {
         })
     }
 
-    /// The type of a call: from memory, else from the store.
-    pub(crate) fn actor_type(&self, name: &str) -> Result<Arc<ActorType>> {
-        match self.inner.types.get(name) {
-            Some(t) => Ok(t.clone()),
-            None => blocking(|| self.load_type(name)),
+    /// The configuration of a type: from memory, else from the store
+    /// (without compiling its component).
+    pub(crate) fn type_config(&self, name: &str) -> Result<TypeConfig> {
+        if let Some(t) = self.inner.types.get(name) {
+            return Ok(t.config.clone());
         }
+        if let Some(c) = self.inner.configs.get(name) {
+            return Ok(c.clone());
+        }
+        let rec = blocking(|| self.inner.store.get_type(name))?
+            .ok_or_else(|| RuntimeError::UnknownType(name.to_string()))?;
+        let config: TypeConfig = serde_json::from_str(&rec.config_json).map_err(|e| {
+            RuntimeError::Engine(format!("type `{name}` has an unreadable config: {e}"))
+        })?;
+        if self.inner.configs.len() >= TYPE_CONFIGS_CACHED_MAX {
+            self.inner.configs.clear();
+        }
+        self.inner.configs.insert(name.to_string(), config.clone());
+        Ok(config)
     }
 
     /// The current definition of a type, from the store (compiled on first
@@ -502,6 +523,7 @@ impl Node {
             prep,
         });
         self.inner.types.insert(name.to_string(), t.clone());
+        self.inner.configs.remove(name);
         Ok(t)
     }
 
@@ -661,7 +683,7 @@ impl Node {
     /// activating it if needed. Tests use it to prove faithful restore.
     pub async fn memory_images(&self, actor_type: &str, id: &str) -> Result<Vec<Vec<u8>>> {
         let key = format!("{actor_type}/{id}");
-        let ty = self.actor_type(actor_type)?;
+        let ty = self.type_config(actor_type)?;
         let (tx, rx) = oneshot::channel();
         self.deliver(&key, actor_type, id, &ty, Msg::Images { reply: tx })
             .await?;

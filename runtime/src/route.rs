@@ -114,8 +114,10 @@ impl Node {
             names.push(key);
             return Err(RuntimeError::CallCycle(names.join(" -> ")));
         }
-        let ty = self.actor_type(&req.actor_type)?;
-        let limit = ty.config.limits.payload_bytes_max;
+        // The type's configuration only: this POP compiles the component
+        // when (and if) it activates the actor, not to forward a call.
+        let ty = self.type_config(&req.actor_type)?;
+        let limit = ty.limits.payload_bytes_max;
         if req.payload.len() as u64 > limit {
             return Err(RuntimeError::PayloadTooLarge {
                 what: "request payload",
@@ -237,7 +239,7 @@ impl Node {
         &self,
         key: &str,
         req: &CallRequest,
-        ty: &std::sync::Arc<crate::node::ActorType>,
+        ty: &crate::config::TypeConfig,
         route: &Route,
         deadline: Instant,
     ) -> Result<Delivered> {

@@ -20,9 +20,10 @@ use dashmap::mapref::entry::Entry;
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::config::TypeConfig;
 use crate::directory::Owner;
 use crate::error::{Result, RuntimeError};
-use crate::node::{ActorType, CallOutput, CallRequest, Node, NodeInner, Route};
+use crate::node::{CallOutput, CallRequest, Node, NodeInner, Route};
 use crate::turnpool::panic_message;
 
 /// Longest time an eviction for room is waited for, ms.
@@ -209,7 +210,7 @@ impl Node {
         key: &str,
         actor_type: &str,
         id: &str,
-        ty: &Arc<ActorType>,
+        ty: &TypeConfig,
         mut msg: Msg,
     ) -> Result<()> {
         loop {
@@ -219,7 +220,7 @@ impl Node {
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     return Err(RuntimeError::MailboxFull {
                         actor: key.to_string(),
-                        limit: ty.config.limits.mailbox_depth_max,
+                        limit: ty.limits.mailbox_depth_max,
                     });
                 }
                 Err(mpsc::error::TrySendError::Closed(m)) => {
@@ -237,7 +238,7 @@ impl Node {
         key: &str,
         actor_type: &str,
         id: &str,
-        ty: &Arc<ActorType>,
+        ty: &TypeConfig,
     ) -> Result<Arc<Handle>> {
         let t = &self.inner.table;
         if let Some(h) = t.map.get(key) {
@@ -251,7 +252,7 @@ impl Node {
                 Ok(o.get().clone())
             }
             Entry::Vacant(v) => {
-                let (tx, rx) = mpsc::channel(ty.config.limits.mailbox_depth_max as usize);
+                let (tx, rx) = mpsc::channel(ty.limits.mailbox_depth_max as usize);
                 let (done_tx, done_rx) = watch::channel(false);
                 let handle = Arc::new(Handle {
                     key: key.to_string(),

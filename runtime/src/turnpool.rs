@@ -7,13 +7,16 @@
 //! [`TurnPool::block`]) and keeps its thread, so the pool may hold more
 //! threads than slots, up to [`TURN_THREADS_MAX`]; idle extra threads exit.
 //!
-//! Scheduling is fair by CPU time (start-time fair queueing): each job
-//! carries a virtual time, the CPU its actor has used so far, raised to the
-//! pool's virtual clock when the actor was idle. The job with the smallest
-//! virtual time runs first. An actor that uses little CPU therefore runs
-//! ahead of actors that burn their whole budget every turn: however many
-//! spinners flood the POP, a light actor waits for at most the turns
-//! already running (one turn budget), not for the queue.
+//! Scheduling is fair by CPU time, in the manner of EEVDF (the Linux
+//! scheduler): each job carries a virtual start time, the CPU its actor has
+//! used so far, raised to the pool's virtual clock (the latest start
+//! served) when the actor fell behind it; and a virtual deadline, its start
+//! plus the CPU its actor's turns usually take. The job with the earliest
+//! deadline runs first. An actor that uses little CPU per turn therefore
+//! runs ahead of actors that burn their whole budget every turn: however
+//! many spinners flood the POP, a light actor waits for the turns already
+//! running, not for the queue. A heavy actor still runs: its deadline is
+//! fixed while the clock, and every newcomer's deadline, moves past it.
 //!
 //! Turn threads run at a lower OS priority (nice +[`TURN_THREAD_NICE`]) than
 //! the rest of the process, so the kernel prefers the lease heartbeat and
@@ -61,14 +64,15 @@ pub struct Panicked(pub String);
 pub type Ran<R> = Result<(R, Duration), Panicked>;
 
 struct Job {
-    vtime: u64,
+    start: u64,
+    deadline: u64,
     seq: u64,
     run: Box<dyn FnOnce() + Send>,
 }
 
 impl PartialEq for Job {
     fn eq(&self, other: &Self) -> bool {
-        (self.vtime, self.seq) == (other.vtime, other.seq)
+        (self.deadline, self.seq) == (other.deadline, other.seq)
     }
 }
 impl Eq for Job {}
@@ -78,9 +82,9 @@ impl PartialOrd for Job {
     }
 }
 impl Ord for Job {
-    /// Reversed: the heap's top is the smallest (vtime, seq).
+    /// Reversed: the heap's top is the earliest (deadline, seq).
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (other.vtime, other.seq).cmp(&(self.vtime, self.seq))
+        (other.deadline, other.seq).cmp(&(self.deadline, self.seq))
     }
 }
 
@@ -145,7 +149,9 @@ impl TurnPool {
         self.inner.slots
     }
 
-    /// The virtual time an actor that was idle starts from.
+    /// The pool's virtual clock: the latest virtual start served. An actor
+    /// whose own virtual time is behind it starts from it, so it cannot
+    /// bank idle time.
     pub fn vclock(&self) -> u64 {
         self.inner.state.lock().vclock
     }
@@ -155,11 +161,14 @@ impl TurnPool {
         self.inner.state.lock().queue.len()
     }
 
-    /// Runs `f` on a turn thread once a slot is free, jobs with smaller
-    /// `vtime` first. A panic in `f` is caught and returned.
+    /// Runs `f` on a turn thread once a slot is free. `start` is the
+    /// job's virtual start, `cost` the CPU (ns) its actor's turns usually
+    /// take; the earliest `start + cost` runs first. A panic in `f` is
+    /// caught and returned.
     pub async fn run<R: Send + 'static>(
         &self,
-        vtime: u64,
+        start: u64,
+        cost: u64,
         f: impl FnOnce() -> R + Send + 'static,
     ) -> Ran<R> {
         let (tx, rx) = oneshot::channel();
@@ -184,7 +193,8 @@ impl TurnPool {
             st.seq += 1;
             let seq = st.seq;
             st.queue.push(Job {
-                vtime,
+                start,
+                deadline: start.saturating_add(cost),
                 seq,
                 run: Box::new(job),
             });
@@ -267,7 +277,7 @@ fn worker(inner: Arc<Inner>) {
                     && let Some(j) = st.queue.pop()
                 {
                     st.running += 1;
-                    st.vclock = st.vclock.max(j.vtime);
+                    st.vclock = st.vclock.max(j.start);
                     break j;
                 }
                 st.idle += 1;
@@ -327,7 +337,7 @@ mod tests {
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let p = pool.clone();
         let holder = tokio::spawn(async move {
-            p.run(0, move || {
+            p.run(0, 0, move || {
                 let _ = started_tx.send(());
                 let _ = hold_rx.recv();
             })
@@ -336,11 +346,17 @@ mod tests {
         started_rx.await.unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut jobs = Vec::new();
-        for (name, vtime) in [("heavy1", 500u64), ("heavy2", 400), ("light", 1)] {
+        // Same start; the light actor's turns are short, so its deadline
+        // is earliest; of the heavy ones, the earlier start goes first.
+        for (name, start, cost) in [
+            ("heavy1", 100u64, 50_000u64),
+            ("heavy2", 90, 50_000),
+            ("light", 100, 500),
+        ] {
             let p = pool.clone();
             let o = order.clone();
             jobs.push(tokio::spawn(async move {
-                p.run(vtime, move || o.lock().push(name)).await
+                p.run(start, cost, move || o.lock().push(name)).await
             }));
             // Each job is queued before the next is submitted.
             while pool.queued() < jobs.len() {
@@ -358,14 +374,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn turn_pool_catches_panics() {
         let pool = TurnPool::new(1);
-        let r = pool.run(0, || panic!("boom")).await;
+        let r = pool.run(0, 0, || panic!("boom")).await;
         assert!(
             matches!(&r, Err(Panicked(m)) if m == "boom"),
             "{:?}",
             r.err()
         );
         // The slot came back.
-        let (v, _) = pool.run(0, || 7).await.unwrap();
+        let (v, _) = pool.run(0, 0, || 7).await.unwrap();
         assert_eq!(v, 7);
     }
 
@@ -379,10 +395,10 @@ mod tests {
         let p = pool.clone();
         let first = tokio::spawn(async move {
             let p2 = p.clone();
-            p.run(0, move || p2.block(|| rx.recv().unwrap())).await
+            p.run(0, 0, move || p2.block(|| rx.recv().unwrap())).await
         });
         let r = ran.clone();
-        pool.run(0, move || {
+        pool.run(0, 0, move || {
             r.fetch_add(1, Ordering::SeqCst);
             tx.send(()).unwrap();
         })

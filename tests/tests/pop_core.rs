@@ -15,8 +15,17 @@ fn wasm() -> &'static str {
     counter_wasm().to_str().unwrap()
 }
 
+/// These tests measure latency on a 2-core machine: they run one at a time
+/// (each starts its own cluster).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[test]
 fn cpu_storm_does_not_starve_other_actors() {
+    let _serial = one_at_a_time();
     let data = tempfile::tempdir().unwrap();
     let dev = DevCluster::start_pops(data.path(), 1);
     dev.tern(&["deploy", "counter", wasm()]).expect("deploy");
@@ -36,7 +45,7 @@ fn cpu_storm_does_not_starve_other_actors() {
     assert!(report.calm_errors.is_empty(), "{:?}", report.calm_errors);
     // "Within a few turn budgets": the budget is 50 ms.
     assert!(
-        p99 < 8.0 * 50.0,
+        p99 < 4.0 * 50.0,
         "the unrelated actor's p99 was {p99:.1} ms during the storm"
     );
     let s = dev.status("fra");
@@ -50,6 +59,7 @@ fn cpu_storm_does_not_starve_other_actors() {
 
 #[test]
 fn frozen_owner_does_not_hang_callers() {
+    let _serial = one_at_a_time();
     let data = tempfile::tempdir().unwrap();
     let dev = DevCluster::start_pops(data.path(), 2);
     dev.tern(&["deploy", "acct", wasm(), "--follow-caller", "false"])
@@ -123,6 +133,7 @@ fn frozen_owner_does_not_hang_callers() {
 
 #[test]
 fn cold_burst_is_not_serialized() {
+    let _serial = one_at_a_time();
     const BURST: usize = 60;
     let data = tempfile::tempdir().unwrap();
     let dev = DevCluster::start_pops(data.path(), 2);

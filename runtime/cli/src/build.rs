@@ -352,9 +352,11 @@ mod tests {
     use super::*;
 
     fn workspace_dir() -> PathBuf {
+        // runtime/cli -> the workspace root.
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("runtime is in the workspace")
+            .ancestors()
+            .nth(2)
+            .expect("runtime/cli is in the workspace")
             .to_path_buf()
     }
 
