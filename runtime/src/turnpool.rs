@@ -107,7 +107,22 @@ struct State {
 struct Inner {
     slots: usize,
     state: Mutex<State>,
-    cv: Condvar,
+    /// Idle workers wait here for a job and a slot.
+    work: Condvar,
+    /// Turns back from a nested call wait here for a slot.
+    slot: Condvar,
+}
+
+impl Inner {
+    /// A slot was freed (`st` is still locked by the caller): hand it to a
+    /// turn waiting to retake one first, else to a worker.
+    fn slot_freed(&self, st: &State) {
+        if st.retaking > 0 {
+            self.slot.notify_one();
+        } else if !st.queue.is_empty() {
+            self.work.notify_one();
+        }
+    }
 }
 
 /// The turn executor. Cheap to clone.
@@ -139,7 +154,8 @@ impl TurnPool {
             inner: Arc::new(Inner {
                 slots: slots.clamp(1, TURN_SLOTS_MAX),
                 state: Mutex::new(State::default()),
-                cv: Condvar::new(),
+                work: Condvar::new(),
+                slot: Condvar::new(),
             }),
         }
     }
@@ -199,9 +215,11 @@ impl TurnPool {
                 run: Box::new(job),
             });
             self.maybe_spawn(&mut st);
+            if st.running + st.retaking < self.inner.slots {
+                self.inner.work.notify_one();
+            }
+            metrics::gauge!("tern_turns_queued").set(st.queue.len() as f64);
         }
-        self.inner.cv.notify_all();
-        metrics::gauge!("tern_turns_queued").set(self.queued() as f64);
         rx.await
             .unwrap_or_else(|_| Err(Panicked("turn thread ended".into())))
     }
@@ -226,8 +244,8 @@ impl TurnPool {
             st.running -= 1;
             st.blocked += 1;
             self.maybe_spawn(&mut st);
+            self.inner.slot_freed(&st);
         }
-        self.inner.cv.notify_all();
         // Re-take a slot even if `f` panics, so the accounting holds.
         struct Retake<'a>(&'a Inner, std::time::Instant);
         impl Drop for Retake<'_> {
@@ -236,7 +254,7 @@ impl TurnPool {
                 st.blocked -= 1;
                 st.retaking += 1;
                 while st.running >= self.0.slots {
-                    self.0.cv.wait(&mut st);
+                    self.0.slot.wait(&mut st);
                 }
                 st.retaking -= 1;
                 st.running += 1;
@@ -269,36 +287,39 @@ impl TurnPool {
 fn worker(inner: Arc<Inner>) {
     POOL_THREAD.with(|c| c.set(true));
     lower_priority();
+    let mut st = inner.state.lock();
     loop {
-        let job = {
-            let mut st = inner.state.lock();
-            loop {
-                if st.running + st.retaking < inner.slots
-                    && let Some(j) = st.queue.pop()
-                {
-                    st.running += 1;
-                    st.vclock = st.vclock.max(j.start);
-                    break j;
-                }
-                st.idle += 1;
-                let timed_out = inner
-                    .cv
-                    .wait_for(&mut st, Duration::from_millis(IDLE_THREAD_MS))
-                    .timed_out();
-                st.idle -= 1;
-                if timed_out && st.queue.is_empty() && st.threads > inner.slots {
-                    st.threads -= 1;
-                    return;
-                }
-            }
-        };
-        (job.run)();
+        if st.running + st.retaking < inner.slots
+            && let Some(job) = st.queue.pop()
         {
-            let mut st = inner.state.lock();
+            st.running += 1;
+            st.vclock = st.vclock.max(job.start);
+            // Pass the word on if there is more to run and room.
+            if !st.queue.is_empty() && st.running + st.retaking < inner.slots {
+                inner.work.notify_one();
+            }
+            drop(st);
+            (job.run)();
+            st = inner.state.lock();
             assert!(st.running > 0, "turn slot accounting broke");
             st.running -= 1;
+            // This thread takes the next job itself; only a turn waiting
+            // to retake a slot needs waking.
+            if st.retaking > 0 {
+                inner.slot.notify_one();
+            }
+            continue;
         }
-        inner.cv.notify_all();
+        st.idle += 1;
+        let timed_out = inner
+            .work
+            .wait_for(&mut st, Duration::from_millis(IDLE_THREAD_MS))
+            .timed_out();
+        st.idle -= 1;
+        if timed_out && st.queue.is_empty() && st.threads > inner.slots {
+            st.threads -= 1;
+            return;
+        }
     }
 }
 

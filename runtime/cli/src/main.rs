@@ -185,25 +185,27 @@ impl BudgetArgs {
 
 #[derive(Args)]
 struct LimitArgs {
-    /// CPU budget per turn, ms (default 50).
+    /// CPU budget per turn, ms (default 50, at most 10000).
     #[arg(long)]
     turn_cpu_ms_max: Option<u64>,
-    /// Memory cap per actor, bytes (default 64 MiB).
+    /// Memory cap per actor, bytes (default 64 MiB, at most 4 GiB).
     #[arg(long)]
     memory_bytes_max: Option<u64>,
-    /// Largest payload, bytes (default 1 MiB).
+    /// Largest payload, bytes (default 1 MiB, at most 16 MiB).
     #[arg(long)]
     payload_bytes_max: Option<u64>,
-    /// Mailbox depth (default 1024).
+    /// Mailbox depth (default 1024, at most 65536).
     #[arg(long)]
     mailbox_depth_max: Option<u64>,
-    /// Idle time before eviction, ms (default 30000).
+    /// Idle time before eviction, ms (default 30000, at most 86400000).
     #[arg(long)]
     idle_ms: Option<u64>,
-    /// How long idempotency keys are remembered, ms (default 86400000).
+    /// How long idempotency keys are remembered, ms (default 86400000 = 24 h,
+    /// at most 30 days).
     #[arg(long)]
     idempotency_ms: Option<u64>,
-    /// Most idempotency keys remembered per actor (default 4096).
+    /// Most idempotency keys remembered per actor; the oldest are forgotten
+    /// first (default 4096, at most 16384).
     #[arg(long)]
     idempotency_keys_max: Option<u64>,
 }
