@@ -90,6 +90,7 @@ fn main() {
         epoch: 1,
         caller: Arc::new(NoCalls),
         world: tern_runtime::clock::World::default(),
+        meter: tern_runtime::engine::CpuMeter::Epoch,
     };
     let mut inst = ActorInstance::new(engine.engine(), &prep, &params, &[]).unwrap();
     let t = Instant::now();

@@ -179,6 +179,7 @@ impl Node {
                 rx.recv().await
             } else {
                 tokio::select! {
+                    biased;
                     m = rx.recv() => m,
                     () = &mut idle_timer => {
                         let deadline = act.last_turn + idle;
@@ -331,7 +332,7 @@ impl Node {
         // earlier owner left behind when it crashed mid-commit.
         let store = self.inner.store.clone();
         let k = key.clone();
-        tokio::task::spawn_blocking(move || {
+        let gc = move || {
             let collected = match store.needs_gc(&k) {
                 Ok(false) => return,
                 Ok(true) => store.gc_snapshots(&k).map(|_| ()),
@@ -340,7 +341,13 @@ impl Node {
             if let Err(e) = collected {
                 tracing::warn!(actor = %k, error = %e, "snapshot GC failed");
             }
-        });
+        };
+        if self.inner.turns.is_lock_step() {
+            // One thread at a time: collect now, in order.
+            gc();
+        } else {
+            tokio::task::spawn_blocking(gc);
+        }
         if let Some((reply, to)) = moved {
             // Tell the caller to claim only if the store has everything.
             let _ = reply.send(match persisted {
@@ -364,7 +371,9 @@ impl Node {
     ) -> (Option<Box<Activation>>, Result<CallOutput>, bool) {
         let now_ms = self.now_ms();
         let fp = fingerprint(&req.method, &req.payload);
-        if let Some(k) = &req.idempotency_key {
+        if let Some(k) = &req.idempotency_key
+            && !crate::plant::ignore_idempotency()
+        {
             match act.keys(k).check(k, &fp, now_ms) {
                 Ok(Some(applied)) => {
                     metrics::counter!("tern_calls_deduplicated_total").increment(1);
@@ -506,6 +515,7 @@ impl Node {
             epoch: claim.0,
             caller: Arc::new(self.clone()),
             world: self.inner.world.clone(),
+            meter: self.inner.engine.meter(),
         };
         let (epoch, claimed_head) = claim;
         let now_ms = self.now_ms();

@@ -18,13 +18,17 @@ type Job = (CommitRequest, oneshot::Sender<Result<u64>>);
 /// `activations_max` requests.
 #[derive(Clone)]
 pub struct Committer {
-    tx: mpsc::Sender<Job>,
+    /// `None`: commit inline on the caller's task (a simulator, where no
+    /// other thread may run).
+    tx: Option<mpsc::Sender<Job>>,
+    store: Store,
 }
 
 impl Committer {
     /// Starts the committer thread over `store`.
     pub fn start(store: Store) -> Committer {
         let (tx, rx) = mpsc::channel::<Job>();
+        let handle = store.clone();
         std::thread::Builder::new()
             .name("tern-committer".into())
             .spawn(move || {
@@ -46,14 +50,29 @@ impl Committer {
                 }
             })
             .expect("spawn committer thread");
-        Committer { tx }
+        Committer {
+            tx: Some(tx),
+            store: handle,
+        }
+    }
+
+    /// A committer without a thread: each commit runs inline, alone.
+    pub fn inline(store: Store) -> Committer {
+        Committer { tx: None, store }
     }
 
     /// Commits `req` (with whatever else is pending) and returns the new
     /// head sequence number.
     pub async fn commit(&self, req: CommitRequest) -> Result<u64> {
+        let Some(queue) = &self.tx else {
+            let mut r = self.store.commit_batch(std::slice::from_ref(&req));
+            return r
+                .pop()
+                .expect("one result per request")
+                .map_err(RuntimeError::from);
+        };
         let (tx, rx) = oneshot::channel();
-        self.tx
+        queue
             .send((req, tx))
             .map_err(|_| RuntimeError::ShuttingDown)?;
         rx.await.map_err(|_| RuntimeError::ShuttingDown)?

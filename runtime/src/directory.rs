@@ -196,7 +196,7 @@ pub const LOCAL_ENDPOINT: &str = "http://in-process.invalid:1";
 
 /// The directory's decision core, embedded in this process.
 pub struct LocalDirectory {
-    core: Arc<Core>,
+    core: Mutex<Arc<Core>>,
     pop: String,
     endpoint: String,
     coords: (f64, f64),
@@ -209,7 +209,7 @@ impl LocalDirectory {
     /// [`Directory::register`] before claiming.
     pub fn new(core: Arc<Core>, pop: &str, endpoint: &str, coords: (f64, f64)) -> LocalDirectory {
         LocalDirectory {
-            core,
+            core: Mutex::new(core),
             pop: pop.to_string(),
             endpoint: endpoint.to_string(),
             coords,
@@ -219,17 +219,23 @@ impl LocalDirectory {
     }
 
     /// The embedded core.
-    pub fn core(&self) -> &Arc<Core> {
-        &self.core
+    pub fn core(&self) -> Arc<Core> {
+        self.core.lock().clone()
+    }
+
+    /// Uses `core` from now on (a restarted directory: all its state is in
+    /// the store, so this POP's incarnation and lease carry over).
+    pub fn replace_core(&self, core: Arc<Core>) {
+        *self.core.lock() = core;
     }
 
     /// Registers now (blocking on the store): a new incarnation.
     pub fn register_now(&self) -> Result<()> {
         let sent = Instant::now();
-        let r = blocking(|| self.core.register(&self.pop, &self.endpoint, self.coords))
+        let r = blocking(|| self.core().register(&self.pop, &self.endpoint, self.coords))
             .map_err(|e| dir_err("register", e))?;
         *self.incarnation.lock() = r.incarnation;
-        self.lease.renewed(sent, self.core.config().lease_ms);
+        self.lease.renewed(sent, self.core().config().lease_ms);
         Ok(())
     }
 }
@@ -247,10 +253,10 @@ impl Directory for LocalDirectory {
     async fn heartbeat(&self) -> Result<bool> {
         let sent = Instant::now();
         let inc = *self.incarnation.lock();
-        let (alive, _) = blocking(|| self.core.heartbeat(&self.pop, inc))
+        let (alive, _) = blocking(|| self.core().heartbeat(&self.pop, inc))
             .map_err(|e| dir_err("heartbeat", e))?;
         if alive {
-            self.lease.renewed(sent, self.core.config().lease_ms);
+            self.lease.renewed(sent, self.core().config().lease_ms);
         } else {
             self.lease.lapsed();
         }
@@ -258,7 +264,7 @@ impl Directory for LocalDirectory {
     }
 
     fn heartbeat_interval(&self) -> Duration {
-        Duration::from_millis(self.core.config().heartbeat_ms.max(10))
+        Duration::from_millis(self.core().config().heartbeat_ms.max(10))
     }
 
     fn lease_ok(&self) -> bool {
@@ -273,7 +279,7 @@ impl Directory for LocalDirectory {
             )));
         }
         let inc = *self.incarnation.lock();
-        match blocking(|| self.core.claim(actor, &self.pop, inc))
+        match blocking(|| self.core().claim(actor, &self.pop, inc))
             .map_err(|e| dir_err("claim", e))?
         {
             CoreClaim::Granted { epoch, head_seq } => Ok(ClaimOutcome::Granted { epoch, head_seq }),
@@ -286,11 +292,11 @@ impl Directory for LocalDirectory {
     }
 
     async fn release(&self, actor: &str, epoch: u64) -> Result<()> {
-        blocking(|| self.core.release(actor, epoch)).map_err(|e| dir_err("release", e))
+        blocking(|| self.core().release(actor, epoch)).map_err(|e| dir_err("release", e))
     }
 
     async fn lookup(&self, actor: &str, _fresh: bool) -> Result<Option<Owner>> {
-        let h = blocking(|| self.core.lookup(actor)).map_err(|e| dir_err("lookup", e))?;
+        let h = blocking(|| self.core().lookup(actor)).map_err(|e| dir_err("lookup", e))?;
         Ok(h.map(|h| Owner {
             pop: h.pop,
             endpoint: h.endpoint,
@@ -309,15 +315,16 @@ impl Directory for LocalDirectory {
             duration_ms: m.duration_ms,
             reason: m.reason,
         };
-        blocking(|| self.core.record_migration(rec)).map_err(|e| dir_err("record migration", e))
+        blocking(|| self.core().record_migration(rec)).map_err(|e| dir_err("record migration", e))
     }
 
     async fn cluster_view(&self) -> Result<ClusterView> {
-        let lease_ms = self.core.config().lease_ms;
+        let core = self.core();
+        let lease_ms = core.config().lease_ms;
         blocking(|| {
-            let (pops, now) = self.core.list_pops()?;
-            let acts = self.core.list_activations(None)?;
-            let migs = self.core.list_migrations(CLUSTER_VIEW_MIGRATIONS)?;
+            let (pops, now) = core.list_pops()?;
+            let acts = core.list_activations(None)?;
+            let migs = core.list_migrations(CLUSTER_VIEW_MIGRATIONS)?;
             Ok::<_, DirectoryError>(ClusterView {
                 pops: pops
                     .into_iter()

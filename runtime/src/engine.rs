@@ -31,14 +31,36 @@ pub struct TernEngine {
     /// One compile per digest at a time: concurrent first activations of
     /// a type wait for the same compile instead of each compiling.
     compiling: Arc<DashMap<String, Arc<parking_lot::Mutex<()>>>>,
+    /// How CPU budgets are metered.
+    meter: CpuMeter,
+}
+
+/// How an engine meters a turn's CPU budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuMeter {
+    /// Wall-clock time, by epoch interruption (a ticker thread advances the
+    /// epoch every [`EPOCH_TICK_MS`]).
+    Epoch,
+    /// Instructions, by wasmtime fuel: `per_ms` units of fuel per ms of
+    /// budget. Deterministic: a simulator uses it.
+    Fuel {
+        /// Fuel per ms of budget.
+        per_ms: u64,
+    },
 }
 
 impl TernEngine {
     /// Builds the engine: epoch interruption for CPU budgets, host-owned
     /// memories for snapshots, no threads.
     pub fn new() -> Result<TernEngine> {
+        TernEngine::with_meter(CpuMeter::Epoch)
+    }
+
+    /// Builds an engine that meters CPU budgets with `meter`.
+    pub fn with_meter(meter: CpuMeter) -> Result<TernEngine> {
         let mut cfg = Config::new();
-        cfg.epoch_interruption(true)
+        cfg.epoch_interruption(meter == CpuMeter::Epoch)
+            .consume_fuel(matches!(meter, CpuMeter::Fuel { .. }))
             .wasm_component_model(true)
             .memory_init_cow(false)
             .memory_reservation(4 << 30)
@@ -46,24 +68,32 @@ impl TernEngine {
             .cranelift_opt_level(wasmtime::OptLevel::Speed)
             .with_host_memory(Arc::new(HostMemoryCreator::default()));
         let engine = Engine::new(&cfg).map_err(|e| RuntimeError::Engine(e.to_string()))?;
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("tern-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
-                }
-            })
-            .map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        if meter == CpuMeter::Epoch {
+            let weak = engine.weak();
+            std::thread::Builder::new()
+                .name("tern-epoch".into())
+                .spawn(move || {
+                    while let Some(engine) = weak.upgrade() {
+                        engine.increment_epoch();
+                        drop(engine);
+                        std::thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
+                    }
+                })
+                .map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        }
         let linker = crate::instance::linker(&engine)?;
         Ok(TernEngine {
             engine,
             linker: Arc::new(linker),
             compiled: Arc::new(DashMap::new()),
             compiling: Arc::new(DashMap::new()),
+            meter,
         })
+    }
+
+    /// How this engine meters CPU budgets.
+    pub fn meter(&self) -> CpuMeter {
+        self.meter
     }
 
     /// The wasmtime engine.

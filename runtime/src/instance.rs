@@ -8,7 +8,7 @@ use wasmtime::{Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::Limits;
-use crate::engine::EPOCH_TICK_MS;
+use crate::engine::{CpuMeter, EPOCH_TICK_MS};
 use crate::error::{Result, RuntimeError};
 use crate::hostmem::{self, MemoryHandle};
 
@@ -277,6 +277,8 @@ pub struct InstanceParams {
     pub caller: Arc<dyn ActorCaller>,
     /// The clock and randomness its host imports read.
     pub world: World,
+    /// How its CPU budget is metered.
+    pub meter: crate::engine::CpuMeter,
 }
 
 /// What one turn is asked to do.
@@ -302,6 +304,7 @@ pub struct ActorInstance {
     store: Store<HostState>,
     bindings: Actor,
     memories: Vec<MemoryHandle>,
+    meter: CpuMeter,
 }
 
 impl ActorInstance {
@@ -335,7 +338,13 @@ impl ActorInstance {
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| s);
-        store.set_epoch_deadline(deadline_ticks(&params.limits));
+        if let CpuMeter::Fuel { per_ms } = params.meter {
+            store
+                .set_fuel(params.limits.turn_cpu_ms_max.saturating_mul(per_ms))
+                .map_err(|e| RuntimeError::Engine(format!("cannot set fuel: {e}")))?;
+        } else {
+            store.set_epoch_deadline(deadline_ticks(&params.limits));
+        }
         // The budget counts the turn's own running time: time blocked in
         // nested calls is given back.
         store.epoch_deadline_callback(|ctx| {
@@ -356,6 +365,7 @@ impl ActorInstance {
             store,
             bindings,
             memories,
+            meter: params.meter,
         })
     }
 
@@ -414,7 +424,13 @@ impl ActorInstance {
             data.idem_base = idempotency_key.map(str::to_string);
             data.nested_calls = 0;
         }
-        self.store.set_epoch_deadline(deadline_ticks(limits));
+        match self.meter {
+            CpuMeter::Fuel { per_ms } => self
+                .store
+                .set_fuel(limits.turn_cpu_ms_max.saturating_mul(per_ms))
+                .map_err(|e| RuntimeError::Engine(format!("cannot set fuel: {e}")))?,
+            CpuMeter::Epoch => self.store.set_epoch_deadline(deadline_ticks(limits)),
+        }
         let res = self.bindings.call_handle(&mut self.store, method, payload);
         let data = self.store.data_mut();
         match res {
@@ -422,29 +438,32 @@ impl ActorInstance {
             Err(e) => {
                 let actor = format!("{}/{}", data.actor_type, data.actor_id);
                 let method = method.to_string();
-                Err(if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                    RuntimeError::CpuBudget {
-                        actor,
-                        method,
-                        limit_ms: limits.turn_cpu_ms_max,
-                    }
-                } else if data.memory_cap_hit {
-                    RuntimeError::MemoryCap {
-                        actor,
-                        method,
-                        limit: limits.memory_bytes_max,
-                    }
-                } else {
-                    let reason = match data.last_error_log.take() {
-                        Some(log) => format!("{log} ({})", root_cause(&e)),
-                        None => root_cause(&e),
-                    };
-                    RuntimeError::Trap {
-                        actor,
-                        method,
-                        reason,
-                    }
-                })
+                let trap = e.downcast_ref::<Trap>();
+                Err(
+                    if trap == Some(&Trap::Interrupt) || trap == Some(&Trap::OutOfFuel) {
+                        RuntimeError::CpuBudget {
+                            actor,
+                            method,
+                            limit_ms: limits.turn_cpu_ms_max,
+                        }
+                    } else if data.memory_cap_hit {
+                        RuntimeError::MemoryCap {
+                            actor,
+                            method,
+                            limit: limits.memory_bytes_max,
+                        }
+                    } else {
+                        let reason = match data.last_error_log.take() {
+                            Some(log) => format!("{log} ({})", root_cause(&e)),
+                            None => root_cause(&e),
+                        };
+                        RuntimeError::Trap {
+                            actor,
+                            method,
+                            reason,
+                        }
+                    },
+                )
             }
         }
     }

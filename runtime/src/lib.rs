@@ -19,6 +19,7 @@ pub mod idem;
 pub mod instance;
 pub mod node;
 pub mod peers;
+pub mod plant;
 pub mod route;
 pub mod snapshot;
 mod table;

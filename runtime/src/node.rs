@@ -238,6 +238,8 @@ pub(crate) struct NodeInner {
     pub(crate) cfg: NodeConfig,
     /// When the node started (the zero of `Handle::last_used_ms`).
     pub(crate) started: tokio::time::Instant,
+    /// The same, by the wall clock.
+    pub(crate) started_wall_ms: u64,
 }
 
 /// A POP node. Cheap to clone.
@@ -255,9 +257,18 @@ pub struct NodeBuilder {
     peers: Option<Arc<dyn Peers>>,
     world: World,
     cfg: NodeConfig,
+    lock_step: bool,
 }
 
 impl NodeBuilder {
+    /// Runs everything on the caller's (single) runtime thread, one thread
+    /// at a time: turns in lock step, commits inline. For a deterministic
+    /// simulator, with a [`crate::engine::CpuMeter::Fuel`] engine.
+    pub fn lock_step(mut self) -> Self {
+        self.lock_step = true;
+        self
+    }
+
     /// Uses `dir` (default: the directory's decision core in process).
     pub fn directory(mut self, dir: Arc<dyn Directory>) -> Self {
         self.dir = Some(dir);
@@ -302,9 +313,14 @@ impl NodeBuilder {
                 Arc::new(d)
             }
         };
+        let started_wall_ms = self.world.clock.wall_ms();
         let node = Node {
             inner: Arc::new(NodeInner {
-                committer: Committer::start(self.store.clone()),
+                committer: if self.lock_step {
+                    Committer::inline(self.store.clone())
+                } else {
+                    Committer::start(self.store.clone())
+                },
                 name: self.name,
                 store: self.store,
                 dir: dir.clone(),
@@ -316,10 +332,15 @@ impl NodeBuilder {
                 shutting_down: AtomicBool::new(false),
                 counters: NodeCounters::default(),
                 rt: tokio::runtime::Handle::current(),
-                turns: TurnPool::new(self.cfg.turn_slots),
+                turns: if self.lock_step {
+                    TurnPool::lock_step()
+                } else {
+                    TurnPool::new(self.cfg.turn_slots)
+                },
                 world: self.world,
                 cfg: self.cfg,
                 started: tokio::time::Instant::now(),
+                started_wall_ms,
             }),
         };
         node.spawn_heartbeat();
@@ -387,6 +408,7 @@ impl Node {
             peers: None,
             world: World::default(),
             cfg: NodeConfig::default(),
+            lock_step: false,
         }
     }
 
@@ -529,7 +551,7 @@ impl Node {
 
     /// Whether this POP may run turns (its lease is current).
     pub fn lease_ok(&self) -> bool {
-        self.inner.dir.lease_ok()
+        self.inner.dir.lease_ok() || crate::plant::serve_after_lease()
     }
 
     /// Renews the lease every heartbeat interval. When the directory says
@@ -607,6 +629,14 @@ impl Node {
     /// Drops every activation without persisting or releasing them.
     async fn abandon_all(&self) {
         metrics::counter!("tern_lease_losses_total").increment(1);
+        self.inner.table.end_all(|| Msg::Abandon).await;
+    }
+
+    /// Fault injection (a simulator's crash): stops at once, dropping every
+    /// activation without persisting or releasing it and renewing no lease,
+    /// as if the process died.
+    pub async fn crash(&self) {
+        self.inner.shutting_down.store(true, Ordering::Release);
         self.inner.table.end_all(|| Msg::Abandon).await;
     }
 
@@ -734,20 +764,18 @@ impl ActorCaller for Node {
         // The turn gives its run slot back while it waits.
         self.inner
             .turns
-            .block(move || {
-                rt.block_on(async move {
-                    let fut = node.route(req, route);
-                    match deadline {
-                        Some(d) => tokio::time::timeout_at(d + NESTED_CALL_SLACK, fut)
-                            .await
-                            .unwrap_or_else(|_| {
-                                Err(RuntimeError::DeadlineExceeded(
-                                    "a nested call ran past its caller's deadline".into(),
-                                ))
-                            }),
-                        None => fut.await,
-                    }
-                })
+            .block_on(&rt, async move {
+                let fut = node.route(req, route);
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d + NESTED_CALL_SLACK, fut)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(RuntimeError::DeadlineExceeded(
+                                "a nested call ran past its caller's deadline".into(),
+                            ))
+                        }),
+                    None => fut.await,
+                }
             })
             .map(|o| o.payload)
     }

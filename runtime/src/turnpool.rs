@@ -18,13 +18,21 @@
 //! running, not for the queue. A heavy actor still runs: its deadline is
 //! fixed while the clock, and every newcomer's deadline, moves past it.
 //!
+//! A simulator uses [`TurnPool::lock_step`] instead: each job runs on a
+//! thread of its own while the (single) runtime thread waits for it, and a
+//! nested call hands control back to the runtime thread until its reply is
+//! in, so exactly one thread runs at any time and a run is deterministic.
+//!
 //! Turn threads run at a lower OS priority (nice +[`TURN_THREAD_NICE`]) than
 //! the rest of the process, so the kernel prefers the lease heartbeat and
 //! gRPC threads when cores are contended.
 
-use std::cell::Cell;
+use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::collections::BinaryHeap;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,8 +57,21 @@ const IDLE_THREAD_MS: u64 = 10_000;
 /// How much lower turn threads are scheduled by the OS.
 pub const TURN_THREAD_NICE: i32 = 5;
 
+/// A boxed future a lock-step turn hands to the runtime thread.
+type NestedFuture = Pin<Box<dyn Future<Output = Box<dyn Any + Send>> + Send>>;
+
+/// What a lock-step turn thread tells the runtime thread.
+enum Event {
+    /// The job ended (its boxed outcome).
+    Done(Box<dyn Any + Send>),
+    /// The job waits on this future; send its output back.
+    Nested(NestedFuture, std::sync::mpsc::Sender<Box<dyn Any + Send>>),
+}
+
 thread_local! {
     static POOL_THREAD: Cell<bool> = const { Cell::new(false) };
+    /// On a lock-step turn thread: where to send nested futures.
+    static LOCK_STEP: RefCell<Option<std::sync::mpsc::Sender<Event>>> = const { RefCell::new(None) };
     /// Time the current job spent blocked in [`TurnPool::block`].
     static BLOCKED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
 }
@@ -129,6 +150,8 @@ impl Inner {
 #[derive(Clone)]
 pub struct TurnPool {
     inner: Arc<Inner>,
+    /// Lock-step mode (a simulator): one thread runs at a time.
+    lock_step: bool,
 }
 
 impl std::fmt::Debug for TurnPool {
@@ -157,7 +180,24 @@ impl TurnPool {
                 work: Condvar::new(),
                 slot: Condvar::new(),
             }),
+            lock_step: false,
         }
+    }
+
+    /// A lock-step executor for a single-threaded simulator: `run` blocks
+    /// the runtime thread until its job ends or waits on a nested call, so
+    /// exactly one thread runs at any time. Jobs report no CPU time (the
+    /// simulator meters CPU with fuel), so they run in arrival order.
+    pub fn lock_step() -> TurnPool {
+        TurnPool {
+            lock_step: true,
+            ..TurnPool::new(1)
+        }
+    }
+
+    /// Whether this is a lock-step (simulator) executor.
+    pub fn is_lock_step(&self) -> bool {
+        self.lock_step
     }
 
     /// Its run slots.
@@ -187,6 +227,9 @@ impl TurnPool {
         cost: u64,
         f: impl FnOnce() -> R + Send + 'static,
     ) -> Ran<R> {
+        if self.lock_step {
+            return run_lock_step(f).await;
+        }
         let (tx, rx) = oneshot::channel();
         let job = move || {
             let started = std::time::Instant::now();
@@ -222,6 +265,33 @@ impl TurnPool {
         }
         rx.await
             .unwrap_or_else(|_| Err(Panicked("turn thread ended".into())))
+    }
+
+    /// Runs `fut` to completion from a turn (a nested actor call) and
+    /// returns its output, giving the turn's slot to others meanwhile. On
+    /// a pool thread it drives `fut` with `rt`; in lock-step mode it hands
+    /// `fut` to the runtime thread and waits.
+    pub fn block_on<T: Send + 'static>(
+        &self,
+        rt: &tokio::runtime::Handle,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> T {
+        if !self.lock_step {
+            return self.block(|| rt.block_on(fut));
+        }
+        let tx = LOCK_STEP
+            .with(|c| c.borrow().clone())
+            .expect("a lock-step nested call runs on a lock-step turn thread");
+        let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+        let boxed: NestedFuture =
+            Box::pin(async move { Box::new(fut.await) as Box<dyn Any + Send> });
+        tx.send(Event::Nested(boxed, reply_tx))
+            .expect("the runtime thread waits for this turn");
+        let out = reply_rx
+            .recv()
+            .expect("the runtime thread answers a nested call");
+        *out.downcast::<T>()
+            .expect("a nested call's output has its type")
     }
 
     /// Whether a turn may block in a nested call now: refused when so many
@@ -280,6 +350,45 @@ impl TurnPool {
         if let Err(e) = spawned {
             st.threads -= 1;
             tracing::error!(error = %e, "cannot start a turn thread");
+        }
+    }
+}
+
+/// Runs `f` on a thread of its own while this (runtime) thread waits,
+/// serving the nested futures `f` hands over in between.
+async fn run_lock_step<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Ran<R> {
+    let (tx, rx) = std::sync::mpsc::channel::<Event>();
+    let rt = tokio::runtime::Handle::current();
+    let spawned = std::thread::Builder::new()
+        .name("tern-turn-lockstep".into())
+        .spawn(move || {
+            // Tokio's (virtual) clock reads through the runtime's context.
+            let _enter = rt.enter();
+            LOCK_STEP.with(|c| *c.borrow_mut() = Some(tx.clone()));
+            let out = std::panic::catch_unwind(AssertUnwindSafe(f))
+                .map_err(|p| Panicked(panic_message(&*p)));
+            LOCK_STEP.with(|c| *c.borrow_mut() = None);
+            let _ = tx.send(Event::Done(Box::new(out)));
+        });
+    if let Err(e) = spawned {
+        return Err(Panicked(format!(
+            "cannot start a lock-step turn thread: {e}"
+        )));
+    }
+    loop {
+        // Blocking this thread is the point: the turn thread runs alone.
+        match rx.recv() {
+            Ok(Event::Done(out)) => {
+                let out = *out
+                    .downcast::<Result<R, Panicked>>()
+                    .expect("a lock-step job's output has its type");
+                return out.map(|v| (v, Duration::ZERO));
+            }
+            Ok(Event::Nested(fut, reply)) => {
+                let v = fut.await;
+                let _ = reply.send(v);
+            }
+            Err(_) => return Err(Panicked("the lock-step turn thread ended".into())),
         }
     }
 }
@@ -390,6 +499,27 @@ mod tests {
             j.await.unwrap().unwrap();
         }
         assert_eq!(*order.lock(), ["light", "heavy2", "heavy1"]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn lock_step_turn_serves_nested_futures_on_the_runtime_thread() {
+        let pool = TurnPool::lock_step();
+        let p = pool.clone();
+        let rt = tokio::runtime::Handle::current();
+        let ((a, b), _) = pool
+            .run(0, 0, move || {
+                let a = p.block_on(&rt, async { 20 });
+                let b = p.block_on(&rt, async {
+                    tokio::task::yield_now().await;
+                    22
+                });
+                (a, b)
+            })
+            .await
+            .unwrap();
+        assert_eq!(a + b, 42);
+        let r = pool.run(0, 0, || panic!("lock-step boom")).await;
+        assert!(matches!(&r, Err(Panicked(m)) if m == "lock-step boom"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,3 +138,31 @@ pub(crate) fn random_u64() -> u64 {
     h.write_u32(std::process::id());
     h.finish()
 }
+
+/// Planted bugs, for proving that the simulator's checker catches them.
+/// Compiled in only with the `plant` feature, which only `tern-sim` turns
+/// on; without it every switch is a constant `false`.
+pub mod plant {
+    #[cfg(feature = "plant")]
+    static SKIP_FENCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    /// Whether the store accepts a stale epoch's commit, whatever its
+    /// expected head (the planted bug `skip-fence`).
+    #[inline]
+    pub fn skip_fence() -> bool {
+        #[cfg(feature = "plant")]
+        {
+            SKIP_FENCE.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        #[cfg(not(feature = "plant"))]
+        {
+            false
+        }
+    }
+
+    /// Switches the planted bug `skip-fence` on or off.
+    #[cfg(feature = "plant")]
+    pub fn set_skip_fence(on: bool) {
+        SKIP_FENCE.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -15,6 +15,8 @@
 //! | `digest` | (ignored) | `{"entries": n, "bytes": total, "hash": h}` |
 //! | `tick` | `{"by": n}` | `{"value": v, "epoch": e, "pop": p}`; like `incr`, and records `(epoch, value)` in the actor's history |
 //! | `history` | (ignored) | `{"entries": [[epoch, value], ...]}`, oldest first |
+//! | `apply` | `{"id": n}` | `{"count": c}`; records the call id `n` (the simulator's audit trail) |
+//! | `applied` | (ignored) | `{"ids": [n, ...]}`, every recorded id in order |
 //!
 //! `hash` is FNV-1a 64 over the entries sorted by key, each fed as
 //! `key_len: u64 LE, key bytes, value_len: u64 LE, value bytes` ([`digest_of`]).
@@ -52,6 +54,28 @@ pub struct Counter {
     bytes: u64,
     hog: Vec<Vec<u8>>,
     history: Vec<(u64, u64)>,
+    applied: Vec<u64>,
+}
+
+/// `apply` request: a call id.
+#[derive(Deserialize)]
+pub struct Apply {
+    /// The caller's id for this call.
+    pub id: u64,
+}
+
+/// `apply` reply.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// How many ids have been applied, this one included.
+    pub count: u64,
+}
+
+/// `applied` reply.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub struct AppliedIds {
+    /// Every id applied, in order.
+    pub ids: Vec<u64>,
 }
 
 /// `incr` / `incr_then_panic` request.
@@ -232,6 +256,21 @@ impl Counter {
         })
     }
 
+    /// Records a call id (the simulator's audit trail).
+    fn apply(&mut self, req: Apply) -> Result<Applied, ActorError> {
+        self.applied.push(req.id);
+        Ok(Applied {
+            count: self.applied.len() as u64,
+        })
+    }
+
+    /// Every id `apply` recorded, in order.
+    fn applied(&mut self) -> Result<AppliedIds, ActorError> {
+        Ok(AppliedIds {
+            ids: self.applied.clone(),
+        })
+    }
+
     /// The `(epoch, value)` of every `tick`, oldest first.
     fn history(&mut self) -> Result<History, ActorError> {
         Ok(History {
@@ -337,6 +376,8 @@ actor!(Counter {
     json0 get,
     json tick,
     json0 history,
+    json apply,
+    json0 applied,
     json put,
     json remove,
     json0 digest,

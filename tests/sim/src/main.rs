@@ -1,0 +1,161 @@
+//! `tern-sim`: runs seeds of the deterministic cluster simulator and
+//! checks each one.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use tern_sim::{Plant, SimConfig, Workload, counter_wasm, engine, run_seed};
+
+/// tern-sim: a deterministic simulator of a whole tern cluster.
+#[derive(Parser)]
+#[command(name = "tern-sim", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run seeds and check every one. Prints a progress bar on stderr and,
+    /// last on stdout, one JSON summary. Exits 1 on a violation (under
+    /// --plant: when none is found).
+    Run {
+        /// How many seeds.
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// The first seed.
+        #[arg(long, default_value_t = 0)]
+        seed_start: u64,
+        /// The workload (counter).
+        #[arg(long, default_value = "counter")]
+        workload: Workload,
+        /// POPs.
+        #[arg(long, default_value_t = 3)]
+        pops: usize,
+        /// Switch on a bug: skip-fence, serve-after-lease or
+        /// ignore-idempotency.
+        #[arg(long)]
+        plant: Option<Plant>,
+        /// Simulated seconds of load and faults per seed.
+        #[arg(long, default_value_t = 30)]
+        fault_secs: u64,
+        /// Stop at the first violation.
+        #[arg(long)]
+        fail_fast: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Cmd::Run {
+        seeds,
+        seed_start,
+        workload,
+        pops,
+        plant,
+        fault_secs,
+        fail_fast,
+    } = cli.cmd;
+    if pops == 0 || pops > 16 {
+        eprintln!("error: --pops must be between 1 and 16");
+        return ExitCode::from(2);
+    }
+    if fault_secs == 0 || fault_secs > 3_600 {
+        eprintln!("error: --fault-secs must be between 1 and 3600");
+        return ExitCode::from(2);
+    }
+    let wasm = match counter_wasm() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: building the counter actor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let engine = match engine() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = SimConfig {
+        workload,
+        pops,
+        plant,
+        fault_secs,
+        ..SimConfig::default()
+    };
+    let bar = indicatif::ProgressBar::new(seeds);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:24} [{bar:30}] {pos}/{len} seeds, {per_sec}, eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("{workload:?} x{pops} POPs"));
+    let started = Instant::now();
+    let (mut violations, mut first_failing, mut sim_ms, mut events) = (0u64, None, 0u64, 0u64);
+    let mut first_hash = None;
+    for seed in seed_start..seed_start + seeds {
+        let r = run_seed(&cfg, seed, &engine, &wasm);
+        first_hash.get_or_insert_with(|| r.trace_hash.clone());
+        sim_ms += r.sim_ms;
+        events += r.events as u64;
+        if !r.violations.is_empty() {
+            violations += 1;
+            if first_failing.is_none() {
+                first_failing = Some(seed);
+                bar.suspend(|| {
+                    eprintln!("seed {seed}: {} violation(s):", r.violations.len());
+                    for v in r.violations.iter().take(10) {
+                        eprintln!("  - {v}");
+                    }
+                    eprintln!("  last events:");
+                    for l in &r.trace_tail {
+                        eprintln!("    {l}");
+                    }
+                    let plant = plant
+                        .map(|p| format!(" --plant {}", plant_name(p)))
+                        .unwrap_or_default();
+                    eprintln!(
+                        "  reproduce: cargo run -p tern-sim -- run --seeds 1 --seed-start {seed} --workload counter --pops {pops} --fault-secs {fault_secs}{plant}"
+                    );
+                });
+            }
+            if fail_fast {
+                bar.inc(1);
+                break;
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let wall = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "seeds": bar.position(),
+            "violations": violations,
+            "first_failing_seed": first_failing,
+            "sim_seconds": sim_ms as f64 / 1e3,
+            "wall_seconds": wall,
+            "events": events,
+            "trace_hash": first_hash,
+        })
+    );
+    let found = violations > 0;
+    if found != plant.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn plant_name(p: Plant) -> &'static str {
+    match p {
+        Plant::SkipFence => "skip-fence",
+        Plant::ServeAfterLease => "serve-after-lease",
+        Plant::IgnoreIdempotency => "ignore-idempotency",
+    }
+}
