@@ -484,8 +484,17 @@ impl Node {
                 true,
             );
         }
-        if must_persist && let Err(e) = act.persist(self).await {
-            // Memory is ahead of the store: the activation must end.
+        if must_persist {
+            if let Err(e) = act.persist(self).await {
+                // Memory is ahead of the store: the activation must end.
+                return (Some(act), Err(e), true);
+            }
+        } else if act.ty.config.durability == Durability::Turn
+            && let Err(e) = self.confirm_epoch(&act)
+        {
+            // A turn that wrote nothing is fenced by a read: a POP whose
+            // clock stood still (a paused machine) must not answer from a
+            // superseded activation's memory.
             return (Some(act), Err(e), true);
         }
         metrics::histogram!("tern_turn_seconds").record(started.elapsed().as_secs_f64());
@@ -591,6 +600,21 @@ impl Node {
             vtime: self.inner.turns.vclock(),
             cost,
         })
+    }
+
+    /// Checks that `act` still holds the actor's current claim (a store
+    /// read), for a turn that committed nothing.
+    fn confirm_epoch(&self, act: &Activation) -> Result<()> {
+        let rec = crate::directory::blocking(|| self.inner.store.get_activation(&act.key))?;
+        match rec {
+            Some(r) if r.active && r.epoch == act.epoch => Ok(()),
+            // The planted bug `skip-fence` switches this fence off too.
+            _ if tern_storage::plant::skip_fence() => Ok(()),
+            _ => Err(RuntimeError::Superseded {
+                actor: act.key.clone(),
+                epoch: act.epoch,
+            }),
+        }
     }
 
     /// Records that `actor` moved here from `from`.

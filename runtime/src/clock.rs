@@ -10,10 +10,21 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 
-/// Wall-clock time.
+/// Wall-clock and monotonic time.
 pub trait Clock: Send + Sync + 'static {
     /// Milliseconds since the Unix epoch.
     fn wall_ms(&self) -> u64;
+
+    /// Milliseconds on this POP's monotonic clock (from an arbitrary
+    /// origin). The POP's own view of its lease runs on it; a simulator
+    /// stops it to model a paused machine.
+    fn mono_ms(&self) -> u64 {
+        static ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+        let origin = *ORIGIN.get_or_init(tokio::time::Instant::now);
+        tokio::time::Instant::now()
+            .saturating_duration_since(origin)
+            .as_millis() as u64
+    }
 }
 
 /// The system's clock.

@@ -19,8 +19,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use tern_directory::{ClaimOutcome as CoreClaim, Core, DirectoryError};
-use tokio::time::Instant;
 
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, RuntimeError};
 
 /// Where an actor is active.
@@ -137,34 +137,56 @@ pub trait Directory: Send + Sync + 'static {
     async fn cluster_view(&self) -> Result<ClusterView>;
 }
 
-/// The lease as this POP's own clock sees it.
-#[derive(Debug)]
+/// The lease as this POP's own (monotonic) clock sees it.
 pub struct LeaseClock {
-    deadline: Mutex<Option<Instant>>,
+    clock: Arc<dyn Clock>,
+    /// When the lease ends, on `clock`'s monotonic scale.
+    deadline_ms: Mutex<Option<u64>>,
 }
 
 impl Default for LeaseClock {
     fn default() -> Self {
-        LeaseClock {
-            deadline: Mutex::new(None),
-        }
+        LeaseClock::new(Arc::new(SystemClock))
+    }
+}
+
+impl std::fmt::Debug for LeaseClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseClock")
+            .field("deadline_ms", &*self.deadline_ms.lock())
+            .finish()
     }
 }
 
 impl LeaseClock {
-    /// A renewal sent at `sent` granted `lease_ms`.
-    pub fn renewed(&self, sent: Instant, lease_ms: u64) {
-        *self.deadline.lock() = Some(sent + Duration::from_millis(lease_ms));
+    /// A lease kept by `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> LeaseClock {
+        LeaseClock {
+            clock,
+            deadline_ms: Mutex::new(None),
+        }
+    }
+
+    /// Now, on the lease's clock (read it when sending a renewal).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.mono_ms()
+    }
+
+    /// A renewal sent at `sent_ms` (from [`LeaseClock::now_ms`]) granted
+    /// `lease_ms`.
+    pub fn renewed(&self, sent_ms: u64, lease_ms: u64) {
+        *self.deadline_ms.lock() = Some(sent_ms.saturating_add(lease_ms));
     }
 
     /// The lease lapsed.
     pub fn lapsed(&self) {
-        *self.deadline.lock() = None;
+        *self.deadline_ms.lock() = None;
     }
 
     /// Whether the lease is current now.
     pub fn ok(&self) -> bool {
-        self.deadline.lock().is_some_and(|d| Instant::now() < d)
+        let now = self.clock.mono_ms();
+        self.deadline_ms.lock().is_some_and(|d| now < d)
     }
 }
 
@@ -218,6 +240,12 @@ impl LocalDirectory {
         }
     }
 
+    /// Keeps the lease by `clock` (default: the system's).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> LocalDirectory {
+        self.lease = LeaseClock::new(clock);
+        self
+    }
+
     /// The embedded core.
     pub fn core(&self) -> Arc<Core> {
         self.core.lock().clone()
@@ -231,7 +259,7 @@ impl LocalDirectory {
 
     /// Registers now (blocking on the store): a new incarnation.
     pub fn register_now(&self) -> Result<()> {
-        let sent = Instant::now();
+        let sent = self.lease.now_ms();
         let r = blocking(|| self.core().register(&self.pop, &self.endpoint, self.coords))
             .map_err(|e| dir_err("register", e))?;
         *self.incarnation.lock() = r.incarnation;
@@ -251,7 +279,7 @@ impl Directory for LocalDirectory {
     }
 
     async fn heartbeat(&self) -> Result<bool> {
-        let sent = Instant::now();
+        let sent = self.lease.now_ms();
         let inc = *self.incarnation.lock();
         let (alive, _) = blocking(|| self.core().heartbeat(&self.pop, inc))
             .map_err(|e| dir_err("heartbeat", e))?;

@@ -308,7 +308,8 @@ impl NodeBuilder {
                         ..DirectoryConfig::default()
                     },
                 ));
-                let d = LocalDirectory::new(core, &self.name, LOCAL_ENDPOINT, (0.0, 0.0));
+                let d = LocalDirectory::new(core, &self.name, LOCAL_ENDPOINT, (0.0, 0.0))
+                    .with_clock(self.world.clock.clone());
                 d.register_now()?;
                 Arc::new(d)
             }

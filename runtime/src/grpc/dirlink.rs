@@ -113,7 +113,7 @@ impl Directory for DirectoryLink {
     }
 
     async fn register(&self) -> Result<()> {
-        let sent = Instant::now();
+        let sent = self.lease.now_ms();
         let r = self
             .client
             .clone()
@@ -136,7 +136,7 @@ impl Directory for DirectoryLink {
     }
 
     async fn heartbeat(&self) -> Result<bool> {
-        let sent = Instant::now();
+        let sent = self.lease.now_ms();
         let r = self
             .client
             .clone()

@@ -126,7 +126,7 @@ impl Default for SimConfig {
             fault_secs: 30,
             clients: 4,
             calls_per_client: 40,
-            actors: 3,
+            actors: 6,
         }
     }
 }
@@ -162,16 +162,31 @@ const WALL_ORIGIN_MS: u64 = 1_790_000_000_000;
 
 // ----------------------------------------------------------------- world
 
-/// A POP's wall clock: simulated time plus a skew drawn from the seed.
+/// Time a POP's clocks stood still (it was paused).
+#[derive(Default)]
+struct Stopped {
+    since: Option<Instant>,
+    total: Duration,
+}
+
+/// A POP's clocks: simulated time, less the time the POP was paused (a
+/// paused machine's clocks stop), plus a skew drawn from the seed.
 struct SimClock {
     origin: Instant,
     skew_ms: i64,
+    stopped: Arc<Mutex<Stopped>>,
 }
 
 impl Clock for SimClock {
+    fn mono_ms(&self) -> u64 {
+        let s = self.stopped.lock();
+        let now = Instant::now();
+        let stopped = s.total + s.since.map_or(Duration::ZERO, |t| now - t);
+        (now - self.origin).saturating_sub(stopped).as_millis() as u64
+    }
+
     fn wall_ms(&self) -> u64 {
-        let t = WALL_ORIGIN_MS + self.origin.elapsed().as_millis() as u64;
-        t.saturating_add_signed(self.skew_ms)
+        (WALL_ORIGIN_MS + self.mono_ms()).saturating_add_signed(self.skew_ms)
     }
 }
 
@@ -198,6 +213,8 @@ struct PopSlot {
     node: Option<Node>,
     /// `true` while paused: messages to and from it wait.
     paused: watch::Sender<bool>,
+    /// Its clocks' standstill (a new life gets a new one).
+    stopped: Arc<Mutex<Stopped>>,
 }
 
 /// The shared state of one simulated cluster.
@@ -296,10 +313,10 @@ pub struct SimDirectory {
 }
 
 impl SimDirectory {
-    fn new(shared: Arc<Shared>, pop: &str) -> SimDirectory {
+    fn new(shared: Arc<Shared>, pop: &str, clock: Arc<dyn Clock>) -> SimDirectory {
         let core = shared.core.lock().clone();
         SimDirectory {
-            local: LocalDirectory::new(core, pop, &endpoint(pop), (0.0, 0.0)),
+            local: LocalDirectory::new(core, pop, &endpoint(pop), (0.0, 0.0)).with_clock(clock),
             shared,
             pop: pop.to_string(),
         }
@@ -380,6 +397,60 @@ fn over_the_wire(e: RuntimeError) -> RuntimeError {
     }
 }
 
+/// Delivers `req` from `from` to POP `to` as a message in flight: it
+/// arrives (or not) whether or not the sender still waits for the answer,
+/// as bytes in a socket would. The deadline travels as a timeout
+/// (`grpc-timeout`), so the receiver counts it from the message's arrival.
+fn send(
+    shared: &Arc<Shared>,
+    from: &str,
+    to: &str,
+    req: CallRequest,
+    route: Route,
+) -> tokio::sync::oneshot::Receiver<Result<Routed, RuntimeError>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (shared, from, to) = (shared.clone(), from.to_string(), to.to_string());
+    let timeout = route
+        .deadline
+        .map(|d| d.saturating_duration_since(Instant::now()));
+    tokio::spawn(async move {
+        let out = async {
+            shared.hop(&from, &to, route.deadline).await?;
+            let Some(target) = shared.node(&to) else {
+                return Err(RuntimeError::Transport(format!("POP {to} is down")));
+            };
+            let arrived = Route {
+                deadline: timeout.map(|t| Instant::now() + t),
+                ..route
+            };
+            let out = target.dispatch(req, arrived).await;
+            shared.hop(&to, &from, None).await?;
+            out
+        }
+        .await;
+        let _ = tx.send(out);
+    });
+    rx
+}
+
+/// Waits for the answer to a message, until `deadline`.
+async fn answer(
+    rx: tokio::sync::oneshot::Receiver<Result<Routed, RuntimeError>>,
+    deadline: Option<Instant>,
+    what: &str,
+) -> Result<Routed, RuntimeError> {
+    let until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+    match tokio::time::timeout_at(until, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(RuntimeError::Transport(format!(
+            "{what}: the connection broke"
+        ))),
+        Err(_) => Err(RuntimeError::DeadlineExceeded(format!(
+            "{what}: no answer within the deadline"
+        ))),
+    }
+}
+
 #[async_trait]
 impl Peers for SimPeers {
     async fn forward(
@@ -388,14 +459,7 @@ impl Peers for SimPeers {
         req: &CallRequest,
         route: &Route,
     ) -> tern_runtime::Result<Forwarded> {
-        let shared = self.shared.clone();
-        shared.hop(&self.pop, &owner.pop, route.deadline).await?;
-        let Some(target) = shared.node(&owner.pop) else {
-            return Err(RuntimeError::Transport(format!(
-                "POP {} is down",
-                owner.pop
-            )));
-        };
+        let shared = &self.shared;
         let fwd = Route {
             chain: route.chain.clone(),
             via: Some(self.pop.clone()),
@@ -403,18 +467,20 @@ impl Peers for SimPeers {
         };
         if shared.roll(shared.faults.lock().dup_pm) {
             // A duplicated message: the owner gets it twice.
-            let (t, r, f) = (target.clone(), req.clone(), fwd.clone());
             shared.event(format!(
                 "net dup {}->{} {}/{}",
                 self.pop, owner.pop, req.actor_type, req.id
             ));
-            tokio::spawn(async move {
-                let _ = t.dispatch(r, f).await;
-            });
+            drop(send(
+                shared,
+                &self.pop,
+                &owner.pop,
+                req.clone(),
+                fwd.clone(),
+            ));
         }
-        let out = target.dispatch(req.clone(), fwd).await;
-        shared.hop(&owner.pop, &self.pop, route.deadline).await?;
-        match out {
+        let rx = send(shared, &self.pop, &owner.pop, req.clone(), fwd);
+        match answer(rx, route.deadline, &format!("POP {}", owner.pop)).await {
             Ok(Routed::Done(o)) => Ok(Forwarded::Reply(o)),
             Ok(Routed::NotHere { moved_to }) => Ok(Forwarded::NotHere { moved_to }),
             Err(e) => Err(over_the_wire(e)),
@@ -469,20 +535,17 @@ async fn client_call(
     req: CallRequest,
     deadline: Instant,
 ) -> Result<CallOutput, RuntimeError> {
-    shared.hop("client", pop, Some(deadline)).await?;
-    let Some(node) = shared.node(pop) else {
-        return Err(RuntimeError::Transport(format!("POP {pop} is down")));
-    };
     let route = Route {
         deadline: Some(deadline),
         ..Route::default()
     };
-    let out = match tokio::time::timeout_at(deadline, node.route(req, route)).await {
-        Ok(r) => r,
-        Err(_) => Err(RuntimeError::DeadlineExceeded("client deadline".into())),
-    };
-    shared.hop(pop, "client", Some(deadline)).await?;
-    out
+    let rx = send(shared, "client", pop, req, route);
+    match answer(rx, Some(deadline), &format!("POP {pop}")).await? {
+        Routed::Done(out) => Ok(out),
+        Routed::NotHere { .. } => Err(RuntimeError::Transport(
+            "a client call was answered as forwarded".into(),
+        )),
+    }
 }
 
 /// Client retries, as `TernClient` does.
@@ -606,16 +669,20 @@ fn start_pop(shared: &Arc<Shared>, engine: &TernEngine, seed: u64, i: usize) -> 
         let mut r = shared.rng.lock();
         (r.random_range(-200..=200i64), r.random::<u64>())
     };
+    let stopped = Arc::new(Mutex::new(Stopped::default()));
+    shared.pops.lock()[i].stopped = stopped.clone();
+    let clock: Arc<dyn Clock> = Arc::new(SimClock {
+        origin: shared.origin,
+        skew_ms,
+        stopped,
+    });
     let world = World::seeded(
-        Arc::new(SimClock {
-            origin: shared.origin,
-            skew_ms,
-        }),
+        clock.clone(),
         // Each life of a POP draws its own randomness, as a restarted
         // process would.
         seed ^ life ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1)),
     );
-    let dir = SimDirectory::new(shared.clone(), &name);
+    let dir = SimDirectory::new(shared.clone(), &name, clock);
     dir.local()
         .register_now()
         .expect("a simulated POP registers");
@@ -723,6 +790,7 @@ async fn inject(
         shared.event(format!("fault {f:?}"));
         match f {
             Fault::Crash { pop, down_ms } => {
+                let pop = busiest_unless_busy(&shared, pop);
                 let node = shared.pops.lock()[pop].node.take();
                 if let Some(n) = node {
                     n.crash().await;
@@ -736,11 +804,12 @@ async fn inject(
                 });
             }
             Fault::Pause { pop, for_ms } => {
-                let _ = shared.pops.lock()[pop].paused.send(true);
+                let pop = busiest_unless_busy(&shared, pop);
+                pause(&shared, pop, true);
                 let s = shared.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(for_ms)).await;
-                    let _ = s.pops.lock()[pop].paused.send(false);
+                    pause(&s, pop, false);
                     s.event(format!("heal resume {}", pop_name(pop)));
                 });
             }
@@ -823,6 +892,7 @@ async fn run(cfg: SimConfig, seed: u64, engine: TernEngine, wasm: Vec<u8>) -> Se
                     name: pop_name(i),
                     node: None,
                     paused: watch::channel(false).0,
+                    stopped: Arc::default(),
                 })
                 .collect(),
         ),
@@ -905,8 +975,41 @@ async fn run(cfg: SimConfig, seed: u64, engine: TernEngine, wasm: Vec<u8>) -> Se
         sim_ms: shared.now_ms(),
         events: log.len(),
         trace_hash,
-        trace_tail: log[log.len().saturating_sub(25)..].to_vec(),
+        trace_tail: if std::env::var_os("TERN_SIM_TRACE").is_some() {
+            log.clone()
+        } else {
+            log[log.len().saturating_sub(25)..].to_vec()
+        },
     }
+}
+
+/// `pop` if it holds actors, else the POP that holds the most: a fault
+/// hurts where the actors are.
+fn busiest_unless_busy(shared: &Shared, pop: usize) -> usize {
+    let pops = shared.pops.lock();
+    let active = |i: usize| pops[i].node.as_ref().map_or(0, |n| n.active_actors());
+    if active(pop) > 0 {
+        return pop;
+    }
+    (0..pops.len())
+        .max_by_key(|i| (active(*i), usize::MAX - i))
+        .unwrap_or(pop)
+}
+
+/// Pauses (or resumes) POP `pop`: its messages wait and its clocks stand
+/// still, as on a paused machine.
+fn pause(shared: &Shared, pop: usize, on: bool) {
+    let slot = &shared.pops.lock()[pop];
+    let mut st = slot.stopped.lock();
+    match (on, st.since) {
+        (true, None) => st.since = Some(Instant::now()),
+        (false, Some(t)) => {
+            st.total += Instant::now() - t;
+            st.since = None;
+        }
+        _ => {}
+    }
+    let _ = slot.paused.send(on);
 }
 
 /// Resumes, reconnects and restarts everything.
@@ -932,7 +1035,7 @@ async fn heal(shared: &Arc<Shared>, engine: &TernEngine, seed: u64, injector: &F
     }
     let n = shared.pops.lock().len();
     for i in 0..n {
-        let _ = shared.pops.lock()[i].paused.send(false);
+        pause(shared, i, false);
         if shared.pops.lock()[i].node.is_none() {
             let node = start_pop(shared, engine, seed, i);
             shared.pops.lock()[i].node = Some(node);

@@ -102,6 +102,12 @@ fn main() -> ExitCode {
         first_hash.get_or_insert_with(|| r.trace_hash.clone());
         sim_ms += r.sim_ms;
         events += r.events as u64;
+        if std::env::var_os("TERN_SIM_TRACE").is_some() {
+            eprintln!("== seed {seed}");
+            for l in &r.trace_tail {
+                eprintln!("{l}");
+            }
+        }
         if !r.violations.is_empty() {
             violations += 1;
             if first_failing.is_none() {
