@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-cargo build -p tern-cli --bin tern -p doom-lobby
+cargo build -p tern-cli --bin tern -p doom-lobby -p tern-sim
 cargo test --workspace -- "$@"
