@@ -421,7 +421,7 @@ mod tests {
         assert!(e.message.contains("`nope`"), "{e}");
         assert!(
             e.message
-                .contains("incr, get, tick, history, put, remove, digest"),
+                .contains("incr, get, tick, history, apply, applied, put, remove, digest"),
             "{e}"
         );
         let e = c.dispatch("incr", b"{\"by\": -1}").unwrap_err();
