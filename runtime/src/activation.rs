@@ -608,8 +608,10 @@ impl Node {
         let rec = crate::directory::blocking(|| self.inner.store.get_activation(&act.key))?;
         match rec {
             Some(r) if r.active && r.epoch == act.epoch => Ok(()),
-            // The planted bug `skip-fence` switches this fence off too.
-            _ if tern_storage::plant::skip_fence() => Ok(()),
+            // The planted bugs `skip-fence` (no fence at all) and
+            // `serve-after-lease` (a POP trusts its activation past its
+            // lease) switch this check off too.
+            _ if tern_storage::plant::skip_fence() || crate::plant::serve_after_lease() => Ok(()),
             _ => Err(RuntimeError::Superseded {
                 actor: act.key.clone(),
                 epoch: act.epoch,

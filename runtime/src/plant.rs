@@ -10,8 +10,9 @@ static SERVE_AFTER_LEASE: AtomicBool = AtomicBool::new(false);
 #[cfg(feature = "plant")]
 static IGNORE_IDEMPOTENCY: AtomicBool = AtomicBool::new(false);
 
-/// Whether a POP keeps running turns after its lease ended (the planted
-/// bug `serve-after-lease`).
+/// Whether a POP keeps running turns after its lease ended, trusting its
+/// activation without confirming its epoch (the planted bug
+/// `serve-after-lease`).
 #[inline]
 pub fn serve_after_lease() -> bool {
     #[cfg(feature = "plant")]

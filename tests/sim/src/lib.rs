@@ -157,6 +157,8 @@ pub const FUEL_PER_MS: u64 = 200_000;
 /// After the faults heal, every actor must answer within the lease plus
 /// this, in simulated time.
 pub const RECOVERY_MS_MAX: u64 = LEASE_MS + 7_000;
+/// A directory request's deadline, ms (as the gRPC link's).
+pub const DIRECTORY_RPC_MS: u64 = 2_000;
 /// Wall clock of the simulated world at its start, ms since the epoch.
 const WALL_ORIGIN_MS: u64 = 1_790_000_000_000;
 
@@ -170,10 +172,13 @@ struct Stopped {
 }
 
 /// A POP's clocks: simulated time, less the time the POP was paused (a
-/// paused machine's clocks stop), plus a skew drawn from the seed.
+/// paused machine's clocks stop), running fast or slow by a drift and
+/// offset by a skew, both drawn from the seed.
 struct SimClock {
     origin: Instant,
     skew_ms: i64,
+    /// Parts per million the clock runs fast (negative: slow).
+    drift_ppm: i64,
     stopped: Arc<Mutex<Stopped>>,
 }
 
@@ -182,7 +187,8 @@ impl Clock for SimClock {
         let s = self.stopped.lock();
         let now = Instant::now();
         let stopped = s.total + s.since.map_or(Duration::ZERO, |t| now - t);
-        (now - self.origin).saturating_sub(stopped).as_millis() as u64
+        let ran = (now - self.origin).saturating_sub(stopped).as_millis() as i128;
+        (ran * (1_000_000 + self.drift_ppm as i128) / 1_000_000).max(0) as u64
     }
 
     fn wall_ms(&self) -> u64 {
@@ -333,7 +339,9 @@ impl SimDirectory {
     }
 
     async fn reach(&self) -> Result<&LocalDirectory, RuntimeError> {
-        self.shared.hop(&self.pop, "dir", None).await?;
+        // A directory RPC has a deadline, as the gRPC link's does.
+        let deadline = Instant::now() + Duration::from_millis(DIRECTORY_RPC_MS);
+        self.shared.hop(&self.pop, "dir", Some(deadline)).await?;
         if self.shared.faults.lock().directory_down {
             return Err(RuntimeError::Transport("the directory is down".into()));
         }
@@ -526,6 +534,8 @@ struct Record {
     acks: Vec<Ack>,
     reads: Vec<Read>,
     internal_errors: Vec<String>,
+    /// Other things that must not happen, described.
+    anomalies: Vec<String>,
 }
 
 /// Calls a POP from a client, through the network.
@@ -557,17 +567,36 @@ async fn client(shared: Arc<Shared>, cfg: SimConfig, cid: usize, rec: Arc<Mutex<
     let pops: Vec<String> = (0..cfg.pops).map(pop_name).collect();
     let mut home = cid % pops.len();
     for n in 0..cfg.calls_per_client {
-        let (actor_no, keyed, read, pause) = {
+        let (actor_no, keyed, read, slow, pause) = {
             let mut r = shared.rng.lock();
             (
                 r.random_range(0..cfg.actors),
                 r.random_bool(0.7),
                 r.random_bool(0.3),
+                r.random_bool(0.03),
                 r.random_range(10..400u64),
             )
         };
         tokio::time::sleep(Duration::from_millis(pause)).await;
         let actor = format!("a{actor_no}");
+        if slow {
+            // A turn that burns its whole CPU budget: it must roll back and
+            // leave the actor as it was.
+            let deadline = Instant::now() + Duration::from_millis(CLIENT_CALL_MS);
+            let req = CallRequest::new("counter", &actor, "spin", Vec::new());
+            let r = client_call(&shared, &pops[home], req, deadline).await;
+            shared.event(format!(
+                "c{cid} spin counter/{actor}: {:?}",
+                r.as_ref().err().map(|e| e.kind())
+            ));
+            if let Ok(out) = r {
+                rec.lock().anomalies.push(format!(
+                    "spin on counter/{actor} returned at {} instead of hitting its CPU budget",
+                    out.pop
+                ));
+            }
+            continue;
+        }
         if read {
             let sent_ms = shared.now_ms();
             let deadline = Instant::now() + Duration::from_millis(CLIENT_CALL_MS);
@@ -665,15 +694,20 @@ fn pop_name(i: usize) -> String {
 /// Builds (or rebuilds after a crash) POP `i`.
 fn start_pop(shared: &Arc<Shared>, engine: &TernEngine, seed: u64, i: usize) -> Node {
     let name = pop_name(i);
-    let (skew_ms, life) = {
+    let (skew_ms, drift_ppm, life) = {
         let mut r = shared.rng.lock();
-        (r.random_range(-200..=200i64), r.random::<u64>())
+        (
+            r.random_range(-200..=200i64),
+            r.random_range(-2_000..=2_000i64),
+            r.random::<u64>(),
+        )
     };
     let stopped = Arc::new(Mutex::new(Stopped::default()));
     shared.pops.lock()[i].stopped = stopped.clone();
     let clock: Arc<dyn Clock> = Arc::new(SimClock {
         origin: shared.origin,
         skew_ms,
+        drift_ppm,
         stopped,
     });
     let world = World::seeded(
@@ -730,7 +764,7 @@ enum Fault {
 
 fn draw_faults(rng: &mut StdRng, cfg: &SimConfig) -> Vec<(u64, Fault)> {
     let mut out = Vec::new();
-    let n = rng.random_range(2..=6);
+    let n = rng.random_range(3..=8);
     let horizon = cfg.fault_secs * 1_000;
     let node = |rng: &mut StdRng| match rng.random_range(0..cfg.pops + 2) {
         k if k < cfg.pops => pop_name(k),
@@ -739,14 +773,22 @@ fn draw_faults(rng: &mut StdRng, cfg: &SimConfig) -> Vec<(u64, Fault)> {
     };
     for _ in 0..n {
         let at = rng.random_range(500..horizon.max(1_000));
-        let f = match rng.random_range(0..5) {
+        // Weights: pauses (the zombie maker) most often.
+        let kind = match rng.random_range(0..10) {
+            0 | 1 => 0,
+            2..=5 => 1,
+            6 | 7 => 2,
+            8 => 3,
+            _ => 4,
+        };
+        let f = match kind {
             0 => Fault::Crash {
                 pop: rng.random_range(0..cfg.pops),
                 down_ms: rng.random_range(500..5_000),
             },
             1 => Fault::Pause {
                 pop: rng.random_range(0..cfg.pops),
-                for_ms: rng.random_range(1_000..8_000),
+                for_ms: rng.random_range(1_000..9_000),
             },
             2 => {
                 let a = node(rng);
@@ -1078,6 +1120,7 @@ fn check(rec: &Record, finals: &BTreeMap<String, Vec<u64>>) -> Vec<String> {
     for e in &rec.internal_errors {
         v.push(format!("a call failed with INTERNAL (a panic): {e}"));
     }
+    v.extend(rec.anomalies.iter().cloned());
     for (actor, ids) in finals {
         let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
         for id in ids {
