@@ -89,6 +89,19 @@ async fn fail_queued(rx: &mut mpsc::Receiver<Msg>, err: impl Fn() -> Delivered) 
     }
 }
 
+/// Fails every queued call with (a copy of) `e`, keeping its kind and
+/// message.
+async fn fail_queued_with(rx: &mut mpsc::Receiver<Msg>, e: &RuntimeError) {
+    let (kind, message) = (e.kind(), e.to_string());
+    fail_queued(rx, || {
+        Delivered::Reply(Err(RuntimeError::Remote {
+            kind,
+            message: message.clone(),
+        }))
+    })
+    .await;
+}
+
 /// Persist attempts at eviction before the activation gives up.
 const EVICT_PERSIST_ATTEMPTS: u32 = 3;
 
@@ -113,15 +126,7 @@ impl Node {
             }
             Err(e) => {
                 tracing::warn!(actor = %key, error = %e, "claim failed");
-                let msg = e.to_string();
-                let kind = e.kind();
-                fail_queued(&mut rx, || {
-                    Delivered::Reply(Err(RuntimeError::Remote {
-                        kind,
-                        message: msg.clone(),
-                    }))
-                })
-                .await;
+                fail_queued_with(&mut rx, &e).await;
                 return;
             }
         };
@@ -143,15 +148,7 @@ impl Node {
             Ok((Err(e), _)) => {
                 tracing::warn!(actor = %key, error = %e, "activation failed");
                 let _ = self.inner.dir.release(&key, claim.0).await;
-                let msg = e.to_string();
-                let kind = e.kind();
-                fail_queued(&mut rx, || {
-                    Delivered::Reply(Err(RuntimeError::Remote {
-                        kind,
-                        message: msg.clone(),
-                    }))
-                })
-                .await;
+                fail_queued_with(&mut rx, &e).await;
                 return;
             }
             Err(p) => {

@@ -93,6 +93,32 @@ pub struct MigrationInfo {
     pub reason: String,
 }
 
+impl From<tern_storage::MigrationRecord> for MigrationInfo {
+    fn from(m: tern_storage::MigrationRecord) -> Self {
+        MigrationInfo {
+            actor: m.actor,
+            from_pop: m.from_pop,
+            to_pop: m.to_pop,
+            at_ms: m.at_ms,
+            duration_ms: m.duration_ms,
+            reason: m.reason,
+        }
+    }
+}
+
+impl From<MigrationInfo> for tern_storage::MigrationRecord {
+    fn from(m: MigrationInfo) -> Self {
+        tern_storage::MigrationRecord {
+            actor: m.actor,
+            from_pop: m.from_pop,
+            to_pop: m.to_pop,
+            at_ms: m.at_ms,
+            duration_ms: m.duration_ms,
+            reason: m.reason,
+        }
+    }
+}
+
 /// POPs, activations and recent migrations.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterView {
@@ -335,14 +361,7 @@ impl Directory for LocalDirectory {
     fn invalidate(&self, _actor: &str) {}
 
     async fn record_migration(&self, m: MigrationInfo) -> Result<()> {
-        let rec = tern_storage::MigrationRecord {
-            actor: m.actor,
-            from_pop: m.from_pop,
-            to_pop: m.to_pop,
-            at_ms: m.at_ms,
-            duration_ms: m.duration_ms,
-            reason: m.reason,
-        };
+        let rec = tern_storage::MigrationRecord::from(m);
         blocking(|| self.core().record_migration(rec)).map_err(|e| dir_err("record migration", e))
     }
 
@@ -374,17 +393,7 @@ impl Directory for LocalDirectory {
                         epoch: h.epoch,
                     })
                     .collect(),
-                migrations: migs
-                    .into_iter()
-                    .map(|m| MigrationInfo {
-                        actor: m.actor,
-                        from_pop: m.from_pop,
-                        to_pop: m.to_pop,
-                        at_ms: m.at_ms,
-                        duration_ms: m.duration_ms,
-                        reason: m.reason,
-                    })
-                    .collect(),
+                migrations: migs.into_iter().map(MigrationInfo::from).collect(),
             })
         })
         .map_err(|e| dir_err("cluster view", e))
