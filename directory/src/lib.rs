@@ -159,9 +159,7 @@ impl DirectoryError {
     /// Whether the same request may succeed if simply retried later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            DirectoryError::Storage(e) => {
-                e.is_retryable() || matches!(e, StorageError::RetriesExhausted { .. })
-            }
+            DirectoryError::Storage(e) => e.is_transient(),
             DirectoryError::Contended { .. }
             | DirectoryError::Overloaded { .. }
             | DirectoryError::Deadline { .. } => true,
@@ -185,6 +183,9 @@ mod tests {
             StorageError::RetriesExhausted {
                 attempts: 3,
                 last: Box::new(StorageError::NotCommitted),
+            },
+            StorageError::Unavailable {
+                detail: "partitioned".into(),
             },
         ];
         for e in retry {

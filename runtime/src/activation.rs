@@ -674,6 +674,19 @@ impl Activation {
         }
         let inst = self.instance.as_mut().expect("instance present");
         match inst.call(turn, &self.ty.config.limits) {
+            // A guest that answers `unavailable` (typically passing on a
+            // nested call's failure) tells its caller to retry; the retry
+            // must find the actor as it was, so the turn is rolled back
+            // like a trap and not recorded under its idempotency key.
+            // Otherwise a transfer whose nested call timed out would keep
+            // its half-done effects, and its retry would replay the cached
+            // error instead of finishing the work.
+            Ok(Err(e)) if matches!(e.kind, crate::instance::GuestErrorKind::Unavailable) => {
+                tracing::info!(actor = %self.key, error = %e.message, "turn answered unavailable: rolled back");
+                metrics::counter!("tern_turns_rolled_back_total").increment(1);
+                self.instance = None;
+                Err(crate::instance::guest_error(e))
+            }
             Ok(out) => {
                 if let Err(e) = inst.check_snapshottable() {
                     self.instance = None;

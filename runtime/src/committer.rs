@@ -13,6 +13,21 @@ pub const GROUP_COMMIT_REQUESTS_MAX: usize = 256;
 
 type Job = (CommitRequest, oneshot::Sender<Result<u64>>);
 
+/// The path between a POP and its store, as the inline committer sees
+/// it. Production has nothing here (the threaded committer talks to the
+/// store directly); a simulator delays commits in flight, holds them while
+/// the POP is paused, and cuts them off in a partition.
+#[async_trait::async_trait]
+pub trait StoreLink: Send + Sync {
+    /// A commit request travels to the store. An error: it never got
+    /// there (nothing was applied).
+    async fn to_store(&self) -> Result<()>;
+    /// The store's answer travels back. An error: the answer was lost (the
+    /// commit may have been applied: the caller sees
+    /// `commit_unknown_result`).
+    async fn from_store(&self) -> Result<()>;
+}
+
 /// Handle to the committer thread. Its queue needs no separate bound:
 /// each activation has at most one commit in flight, so it holds at most
 /// `activations_max` requests.
@@ -22,6 +37,8 @@ pub struct Committer {
     /// other thread may run).
     tx: Option<mpsc::Sender<Job>>,
     store: Store,
+    /// Inline only: the simulated way to the store.
+    link: Option<std::sync::Arc<dyn StoreLink>>,
 }
 
 impl Committer {
@@ -53,23 +70,39 @@ impl Committer {
         Committer {
             tx: Some(tx),
             store: handle,
+            link: None,
         }
     }
 
-    /// A committer without a thread: each commit runs inline, alone.
-    pub fn inline(store: Store) -> Committer {
-        Committer { tx: None, store }
+    /// A committer without a thread: each commit runs inline, alone,
+    /// through `link` when there is one.
+    pub fn inline(store: Store, link: Option<std::sync::Arc<dyn StoreLink>>) -> Committer {
+        Committer {
+            tx: None,
+            store,
+            link,
+        }
     }
 
     /// Commits `req` (with whatever else is pending) and returns the new
     /// head sequence number.
     pub async fn commit(&self, req: CommitRequest) -> Result<u64> {
         let Some(queue) = &self.tx else {
-            let mut r = self.store.commit_batch(std::slice::from_ref(&req));
-            return r
+            if let Some(link) = &self.link {
+                link.to_store().await?;
+            }
+            let r = self
+                .store
+                .commit_batch(std::slice::from_ref(&req))
                 .pop()
-                .expect("one result per request")
-                .map_err(RuntimeError::from);
+                .expect("one result per request");
+            if let Some(link) = &self.link
+                && let Err(e) = link.from_store().await
+            {
+                tracing::debug!(error = %e, "a commit's answer was lost");
+                return Err(tern_storage::StorageError::CommitUnknownResult.into());
+            }
+            return r.map_err(RuntimeError::from);
         };
         let (tx, rx) = oneshot::channel();
         queue

@@ -239,7 +239,7 @@ impl RuntimeError {
             | RuntimeError::ShuttingDown
             | RuntimeError::Transport(_) => K::Unavailable,
             RuntimeError::DeadlineExceeded(_) => K::DeadlineExceeded,
-            RuntimeError::Storage(e) if e.is_retryable() => K::Unavailable,
+            RuntimeError::Storage(e) if e.is_transient() => K::Unavailable,
             RuntimeError::Storage(StorageError::Fenced { .. }) => K::Unavailable,
             RuntimeError::Storage(StorageError::Corrupt { .. }) => K::DataLoss,
             RuntimeError::Storage(_) | RuntimeError::Engine(_) | RuntimeError::Internal(_) => {
@@ -251,3 +251,41 @@ impl RuntimeError {
 
 /// Result alias.
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_storage_errors_tell_the_caller_to_retry() {
+        let transient = [
+            StorageError::NotCommitted,
+            StorageError::CommitUnknownResult,
+            StorageError::Busy { detail: "x".into() },
+            StorageError::RetriesExhausted {
+                attempts: 3,
+                last: Box::new(StorageError::NotCommitted),
+            },
+            StorageError::Unavailable {
+                detail: "partitioned from the store".into(),
+            },
+        ];
+        for e in transient {
+            assert_eq!(
+                RuntimeError::Storage(e.clone()).kind(),
+                ErrorKind::Unavailable,
+                "{e}"
+            );
+        }
+        let corrupt = StorageError::Corrupt {
+            key: "k".into(),
+            reason: "crc".into(),
+        };
+        assert_eq!(RuntimeError::Storage(corrupt).kind(), ErrorKind::DataLoss);
+        let backend = StorageError::Backend {
+            backend: "sqlite",
+            message: "disk I/O error".into(),
+        };
+        assert_eq!(RuntimeError::Storage(backend).kind(), ErrorKind::Internal);
+    }
+}

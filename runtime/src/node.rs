@@ -258,6 +258,7 @@ pub struct NodeBuilder {
     world: World,
     cfg: NodeConfig,
     lock_step: bool,
+    store_link: Option<Arc<dyn crate::committer::StoreLink>>,
 }
 
 impl NodeBuilder {
@@ -266,6 +267,14 @@ impl NodeBuilder {
     /// simulator, with a [`crate::engine::CpuMeter::Fuel`] engine.
     pub fn lock_step(mut self) -> Self {
         self.lock_step = true;
+        self
+    }
+
+    /// Sends lock-step commits through `link` (a simulated way to the
+    /// store: latency, pauses, partitions). Only with
+    /// [`NodeBuilder::lock_step`]; `start` refuses it otherwise.
+    pub fn store_link(mut self, link: Arc<dyn crate::committer::StoreLink>) -> Self {
+        self.store_link = Some(link);
         self
     }
 
@@ -297,6 +306,11 @@ impl NodeBuilder {
     /// if none was given) and keeps its lease. Must be called inside a
     /// tokio runtime.
     pub fn start(self) -> Result<Node> {
+        if self.store_link.is_some() && !self.lock_step {
+            return Err(RuntimeError::Internal(
+                "a store link is only for lock-step nodes (a simulator); a threaded committer talks to the store directly".into(),
+            ));
+        }
         let dir: Arc<dyn Directory> = match self.dir {
             Some(d) => d,
             None => {
@@ -318,7 +332,7 @@ impl NodeBuilder {
         let node = Node {
             inner: Arc::new(NodeInner {
                 committer: if self.lock_step {
-                    Committer::inline(self.store.clone())
+                    Committer::inline(self.store.clone(), self.store_link.clone())
                 } else {
                     Committer::start(self.store.clone())
                 },
@@ -410,6 +424,7 @@ impl Node {
             world: World::default(),
             cfg: NodeConfig::default(),
             lock_step: false,
+            store_link: None,
         }
     }
 

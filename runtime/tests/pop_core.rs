@@ -278,6 +278,40 @@ async fn retry_after_many_keys_applied_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_turn_rolls_back_and_its_retry_runs_again() {
+    // `k` adds 1, then calls `gate`, which answers `unavailable` until its
+    // own counter reaches 1. The caller is told to retry: the addition must
+    // be rolled back and the answer not cached under the key, so that the
+    // retry, once `gate` opens, does the whole turn exactly once.
+    let node = node_with(NodeConfig::default(), Limits::default());
+    let body = json!({
+        "type": "counter", "id": "gate", "method": "unavailable_below",
+        "payload": {"min": 1}, "by": 1
+    });
+    let err = node
+        .call(keyed("call_other", body.clone(), "xfer-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert_eq!(value(&node, "counter", "k").await, 0, "rolled back");
+    call(&node, "counter", "gate", "incr", json!({"by": 1}))
+        .await
+        .unwrap();
+    let out = node
+        .call(keyed("call_other", body.clone(), "xfer-1"))
+        .await
+        .expect("the retry runs the turn again, and now it succeeds");
+    let v: serde_json::Value = serde_json::from_slice(&out.payload).unwrap();
+    assert_eq!(v["value"], 1, "gate's reply");
+    assert_eq!(value(&node, "counter", "k").await, 1);
+    // Once done, the key holds: a third send is not applied again.
+    node.call(keyed("call_other", body, "xfer-1"))
+        .await
+        .unwrap();
+    assert_eq!(value(&node, "counter", "k").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_key_different_payload_refused() {
     let node = node_with(NodeConfig::default(), Limits::default());
     node.call(keyed("incr", json!({"by": 1}), "pay-1"))

@@ -135,6 +135,17 @@ pub enum StorageError {
         url: String,
     },
 
+    /// The store could not be reached, or did not answer in time
+    /// (FoundationDB `transaction_timed_out` (1031) outside a commit; a
+    /// network partition between this process and the store). Nothing was
+    /// applied. Not retried inside `transact`: waiting longer there would
+    /// only hold the caller; the caller retries later.
+    #[error("the store is unavailable: {detail}; nothing was applied, retry later")]
+    Unavailable {
+        /// What failed.
+        detail: String,
+    },
+
     /// The backend failed (I/O error, sqlite error, ...).
     #[error("{backend} backend error: {message}")]
     Backend {
@@ -158,6 +169,18 @@ impl StorageError {
                 | StorageError::TransactionTooOld { .. }
                 | StorageError::Busy { .. }
         )
+    }
+
+    /// Whether the same operation may succeed if the *caller* tries again
+    /// later: the retryable conditions, a retry loop that gave up on them,
+    /// and an unreachable store. Callers answer these as "unavailable,
+    /// retry", never as an internal error.
+    pub fn is_transient(&self) -> bool {
+        self.is_retryable()
+            || matches!(
+                self,
+                StorageError::RetriesExhausted { .. } | StorageError::Unavailable { .. }
+            )
     }
 
     /// The FoundationDB error code this corresponds to, if any.

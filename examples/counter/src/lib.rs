@@ -34,7 +34,8 @@
 //! | `grow` | `{"mb": n}` | allocates n MiB, writes every byte (0xA5, so no page is all-zero) and keeps it; replies `{"held_mb": total}`. Past the memory cap the allocation fails and the actor panics (a trap): the turn rolls back |
 //! | `print` | (ignored) | adds 1, then `println!`s to WASI stdout: the runtime refuses the turn (a handle to stdout cannot survive a restore) and rolls it back |
 //! | `echo` | raw bytes | the same bytes |
-//! | `call_other` | `{"type": t, "id": i, "method": m, "payload": any JSON (optional)}` | calls `t/i.m` through the host with `payload` encoded as JSON (empty if absent) and returns the callee's reply bytes verbatim; the callee's error is passed through |
+//! | `call_other` | `{"type": t, "id": i, "method": m, "payload": any JSON (optional), "by": n (optional)}` | adds `n` (default 0) to the counter, then calls `t/i.m` through the host with `payload` encoded as JSON (empty if absent) and returns the callee's reply bytes verbatim; the callee's error is passed through (an `unavailable` one rolls the turn back, the addition with it) |
+//! | `unavailable_below` | `{"min": n}` | `{"value": v}` if the counter is at least `n`; else answers `unavailable` (so a caller's retry can succeed later) |
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, DefaultHasher};
@@ -190,6 +191,16 @@ pub struct CallOther {
     /// Payload, sent as JSON; absent means an empty payload.
     #[serde(default)]
     pub payload: Option<serde_json::Value>,
+    /// Added to the counter before the call.
+    #[serde(default)]
+    pub by: u64,
+}
+
+/// `unavailable_below` request.
+#[derive(Deserialize)]
+pub struct Min {
+    /// The least counter value that answers.
+    pub min: u64,
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -327,6 +338,16 @@ impl Counter {
         Ok(Value { value: self.value })
     }
 
+    fn unavailable_below(&mut self, req: Min) -> Result<Value, ActorError> {
+        if self.value < req.min {
+            return Err(ActorError::unavailable(format!(
+                "the counter is {}, below {}; try again later",
+                self.value, req.min
+            )));
+        }
+        Ok(Value { value: self.value })
+    }
+
     fn spin(&mut self) -> Result<Value, ActorError> {
         self.value = self.value.wrapping_add(1);
         std::hint::black_box(&mut self.value);
@@ -366,6 +387,7 @@ impl Counter {
                 .map_err(|e| ActorError::internal(format!("call_other: {e}")))?,
             None => Vec::new(),
         };
+        self.value = self.value.wrapping_add(req.by);
         tern_actor_sdk::debug!("call_other -> {}/{}.{}", req.actor_type, req.id, req.method);
         tern_actor_sdk::call_raw(&req.actor_type, &req.id, &req.method, &body)
     }
@@ -373,6 +395,7 @@ impl Counter {
 
 actor!(Counter {
     json incr,
+    json unavailable_below,
     json0 get,
     json tick,
     json0 history,

@@ -143,9 +143,8 @@ pub fn map_error(e: FdbError, committing: bool) -> StorageError {
             limit_ms: TRANSACTION_DURATION_MS_MAX,
         },
         ERR_TRANSACTION_TIMED_OUT if committing => StorageError::CommitUnknownResult,
-        ERR_TRANSACTION_TIMED_OUT => StorageError::Backend {
-            backend: "fdb",
-            message: format!(
+        ERR_TRANSACTION_TIMED_OUT => StorageError::Unavailable {
+            detail: format!(
                 "transaction timed out after {TRANSACTION_TIMEOUT_MS} ms (1031): the cluster did not answer in time; check that the cluster file names a reachable cluster (`fdbcli --exec status`) and keep transactions short"
             ),
         },

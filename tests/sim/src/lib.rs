@@ -664,7 +664,7 @@ async fn client(shared: Arc<Shared>, cfg: SimConfig, cid: usize, rec: Arc<Mutex<
                         "c{cid} err #{id:x} attempt {attempt}: {:?}",
                         e.kind()
                     ));
-                    if e.kind() == ErrorKind::Internal {
+                    if matches!(e.kind(), ErrorKind::Internal | ErrorKind::DataLoss) {
                         rec.lock().internal_errors.push(e.to_string());
                     }
                     let retry = matches!(
