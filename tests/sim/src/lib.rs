@@ -3,14 +3,22 @@
 //! A deterministic simulator of a whole tern cluster. One process, one
 //! thread, simulated time:
 //! - N real POP cores (`tern_runtime::Node`, real wasmtime, the real
-//!   `counter` component), built in lock step (`NodeBuilder::lock_step`:
+//!   example components: `counter`, `bank`, doom-lobby), built in lock step (`NodeBuilder::lock_step`:
 //!   turns run one thread at a time, commits inline) with a fuel-metered
 //!   engine, so CPU budgets are counted in instructions, not wall time;
 //! - the directory's decision core (`tern_directory::Core`) in process,
 //!   reached through [`SimDirectory`] (the runtime's `Directory` seam);
-//! - the memory store with fault injection;
+//! - the memory store with fault injection, reached by each POP through
+//!   its own partitionable handle ([`CutKv`]) and, for commits, a delaying
+//!   link ([`SimStoreLink`], the runtime's `StoreLink` seam);
 //! - a simulated network ([`SimPeers`], the runtime's `Peers` seam, and
 //!   the clients' links) that delays, drops, duplicates and partitions.
+//!
+//! Workloads (`counter`, `bank`, `doom`) live in their own modules; each
+//! drives simulated clients through [`Caller`] (which retries as
+//! `TernClient` does) and checks its own invariants after the faults heal.
+//! The cluster-wide checks (no panics, no data loss, no commit from a
+//! superseded epoch) are here.
 //!
 //! Time is tokio's paused clock: it jumps to the next timer whenever every
 //! task waits. Everything else nondeterministic comes from the seed: the
@@ -30,16 +38,21 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tern_directory::{Core, DirectoryConfig};
 use tern_runtime::clock::{Clock, World};
+use tern_runtime::committer::StoreLink;
 use tern_runtime::directory::{
     ClaimOutcome, ClusterView, Directory, LocalDirectory, MigrationInfo, Owner,
 };
 use tern_runtime::peers::{Forwarded, Peers};
 use tern_runtime::route::Routed;
 use tern_runtime::{
-    CallOutput, CallRequest, DeployOptions, ErrorKind, Node, NodeConfig, Route, RuntimeError,
-    TernEngine,
+    CallOutput, CallRequest, ErrorKind, Node, NodeConfig, Route, RuntimeError, TernEngine,
 };
-use tern_storage::{FaultInjector, Store};
+
+mod bank;
+mod counter;
+mod doom;
+use tern_storage::kv::{KvBackend, KvTransaction};
+use tern_storage::{FaultInjector, Kv, StorageError, Store};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -48,6 +61,32 @@ use tokio::time::Instant;
 pub enum Workload {
     /// Clients record call ids on a few `counter` actors, keyed and not.
     Counter,
+    /// Clients move money between `account` actors through nested calls
+    /// with idempotency keys; the total must be conserved.
+    Bank,
+    /// Simulated players drive doom-lobby's `player`, `matchmaker` and
+    /// `match` actors.
+    Doom,
+}
+
+impl Workload {
+    /// Its command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Counter => "counter",
+            Workload::Bank => "bank",
+            Workload::Doom => "doom",
+        }
+    }
+
+    /// The example crate (under `examples/`) whose component it runs.
+    fn example(self) -> &'static str {
+        match self {
+            Workload::Counter => "counter",
+            Workload::Bank => "bank",
+            Workload::Doom => "doom-lobby/actors",
+        }
+    }
 }
 
 impl std::str::FromStr for Workload {
@@ -55,10 +94,11 @@ impl std::str::FromStr for Workload {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "counter" => Ok(Workload::Counter),
-            "bank" | "doom" => Err(format!(
-                "workload `{s}` is not implemented yet; only `counter` is"
+            "bank" => Ok(Workload::Bank),
+            "doom" => Ok(Workload::Doom),
+            other => Err(format!(
+                "unknown workload `{other}`; one of counter, bank, doom"
             )),
-            other => Err(format!("unknown workload `{other}`; try `counter`")),
         }
     }
 }
@@ -89,6 +129,15 @@ impl std::str::FromStr for Plant {
 }
 
 impl Plant {
+    /// Its command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Plant::SkipFence => "skip-fence",
+            Plant::ServeAfterLease => "serve-after-lease",
+            Plant::IgnoreIdempotency => "ignore-idempotency",
+        }
+    }
+
     fn set(self, on: bool) {
         match self {
             Plant::SkipFence => tern_storage::plant::set_skip_fence(on),
@@ -109,12 +158,51 @@ pub struct SimConfig {
     pub plant: Option<Plant>,
     /// Simulated seconds of load and faults before everything heals.
     pub fault_secs: u64,
-    /// Clients.
+    /// Clients (doom: players).
     pub clients: usize,
-    /// Calls per client.
+    /// Calls per client (doom: rounds per player).
     pub calls_per_client: usize,
-    /// Actors the clients share.
+    /// Actors the clients share (counter: counters; bank: accounts).
     pub actors: usize,
+}
+
+impl SimConfig {
+    /// The defaults for `workload`.
+    pub fn for_workload(workload: Workload) -> SimConfig {
+        let base = SimConfig {
+            workload,
+            ..SimConfig::default()
+        };
+        match workload {
+            Workload::Counter => base,
+            Workload::Bank => SimConfig {
+                clients: 4,
+                calls_per_client: 30,
+                actors: 5,
+                ..base
+            },
+            Workload::Doom => SimConfig {
+                clients: 8,
+                calls_per_client: 4,
+                actors: 0,
+                ..base
+            },
+        }
+    }
+
+    /// The command that reruns `seed` of this configuration.
+    pub fn reproduce(&self, seed: u64) -> String {
+        let plant = self
+            .plant
+            .map(|p| format!(" --plant {}", p.name()))
+            .unwrap_or_default();
+        format!(
+            "cargo run -p tern-sim -- run --seeds 1 --seed-start {seed} --workload {} --pops {} --fault-secs {}{plant}",
+            self.workload.name(),
+            self.pops,
+            self.fault_secs
+        )
+    }
 }
 
 impl Default for SimConfig {
@@ -212,6 +300,10 @@ struct Faults {
     dup_pm: u32,
     /// Network latency range, ms.
     latency_ms: (u64, u64),
+    /// Latency range of a commit's way to the store and back, ms.
+    store_latency_ms: (u64, u64),
+    /// The seed's usual store latency (a slow spell ends back at it).
+    store_latency_base: (u64, u64),
 }
 
 struct PopSlot {
@@ -223,6 +315,26 @@ struct PopSlot {
     stopped: Arc<Mutex<Stopped>>,
 }
 
+/// An epoch the directory granted.
+#[derive(Debug, Clone)]
+struct Grant {
+    actor: String,
+    epoch: u64,
+    pop: String,
+    at_ms: u64,
+}
+
+/// An acknowledged call that changes its actor (a committed turn).
+#[derive(Debug, Clone)]
+struct WriteAck {
+    actor: String,
+    epoch: u64,
+    pop: String,
+    /// When the call was first sent: its turn ran after this.
+    sent_ms: u64,
+    what: String,
+}
+
 /// The shared state of one simulated cluster.
 pub struct Shared {
     origin: Instant,
@@ -230,8 +342,19 @@ pub struct Shared {
     log: Mutex<Vec<String>>,
     pops: Mutex<Vec<PopSlot>>,
     core: Mutex<Arc<Core>>,
-    faults: Mutex<Faults>,
+    faults: Arc<Mutex<Faults>>,
+    /// The directory's handle on the store (never partitioned: the
+    /// directory sits next to it).
     store: Store,
+    /// The database every POP's handle reaches.
+    backend: Arc<dyn KvBackend>,
+    injector: FaultInjector,
+    grants: Mutex<Vec<Grant>>,
+    writes: Mutex<Vec<WriteAck>>,
+    /// Calls that failed with INTERNAL or DATA_LOSS (never expected).
+    errors: Mutex<Vec<String>>,
+    /// Workload-specific things that must not happen, described.
+    anomalies: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -251,6 +374,22 @@ impl Shared {
     fn latency(&self) -> Duration {
         let (lo, hi) = self.faults.lock().latency_ms;
         Duration::from_millis(self.rng.lock().random_range(lo..=hi))
+    }
+
+    fn store_latency(&self) -> Duration {
+        let (lo, hi) = self.faults.lock().store_latency_ms;
+        Duration::from_millis(self.rng.lock().random_range(lo..=hi))
+    }
+
+    /// A draw from the seed.
+    fn draw<T>(&self, f: impl FnOnce(&mut StdRng) -> T) -> T {
+        f(&mut self.rng.lock())
+    }
+
+    /// Records something that must not happen.
+    fn anomaly(&self, what: String) {
+        self.event(format!("anomaly: {what}"));
+        self.anomalies.lock().push(what);
     }
 
     fn cut(&self, a: &str, b: &str) -> bool {
@@ -371,7 +510,19 @@ impl Directory for SimDirectory {
         self.local().lease_ok()
     }
     async fn claim(&self, actor: &str) -> tern_runtime::Result<ClaimOutcome> {
-        self.reach().await?.claim(actor).await
+        let out = self.reach().await?.claim(actor).await;
+        if let Ok(ClaimOutcome::Granted { epoch, .. }) = &out {
+            let at_ms = self.shared.now_ms();
+            self.shared
+                .event(format!("grant {actor} epoch {epoch} to {}", self.pop));
+            self.shared.grants.lock().push(Grant {
+                actor: actor.to_string(),
+                epoch: *epoch,
+                pop: self.pop.clone(),
+                at_ms,
+            });
+        }
+        out
     }
     async fn release(&self, actor: &str, epoch: u64) -> tern_runtime::Result<()> {
         self.reach().await?.release(actor, epoch).await
@@ -385,6 +536,71 @@ impl Directory for SimDirectory {
     }
     async fn cluster_view(&self) -> tern_runtime::Result<ClusterView> {
         self.reach().await?.cluster_view().await
+    }
+}
+
+/// The runtime's `StoreLink` seam for one simulated POP: a commit waits
+/// out the store's latency each way, a paused POP neither sends nor hears
+/// the answer, and a POP cut off from the store cannot commit.
+pub struct SimStoreLink {
+    shared: Arc<Shared>,
+    pop: String,
+}
+
+#[async_trait]
+impl StoreLink for SimStoreLink {
+    async fn to_store(&self) -> tern_runtime::Result<()> {
+        self.shared.while_paused(&self.pop).await;
+        tokio::time::sleep(self.shared.store_latency()).await;
+        if self.shared.cut(&self.pop, "store") {
+            return Err(RuntimeError::Storage(StorageError::Unavailable {
+                detail: format!("POP {} is cut off from the store", self.pop),
+            }));
+        }
+        Ok(())
+    }
+
+    async fn from_store(&self) -> tern_runtime::Result<()> {
+        tokio::time::sleep(self.shared.store_latency()).await;
+        if self.shared.cut(&self.pop, "store") {
+            return Err(RuntimeError::Transport(format!(
+                "the store's answer to POP {} was lost in a partition",
+                self.pop
+            )));
+        }
+        self.shared.while_paused(&self.pop).await;
+        Ok(())
+    }
+}
+
+/// One POP's way into the shared database: while the POP is cut off from
+/// the store, every transaction fails as an unreachable FoundationDB
+/// cluster's would (`transaction_timed_out`), at once (simulated time
+/// cannot pass inside a synchronous store call).
+pub struct CutKv {
+    inner: Arc<dyn KvBackend>,
+    faults: Arc<Mutex<Faults>>,
+    pop: String,
+}
+
+impl KvBackend for CutKv {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn begin(&self, write: bool) -> Result<Box<dyn KvTransaction>, StorageError> {
+        let f = self.faults.lock();
+        let key = (self.pop.clone(), "store".to_string());
+        if f.cut.contains(&key) {
+            return Err(StorageError::Unavailable {
+                detail: format!(
+                    "POP {} cannot reach the store (simulated partition)",
+                    self.pop
+                ),
+            });
+        }
+        drop(f);
+        self.inner.begin(write)
     }
 }
 
@@ -498,47 +714,9 @@ impl Peers for SimPeers {
     fn learn(&self, _endpoint: &str) {}
 }
 
-// -------------------------------------------------------------- the run
+// ------------------------------------------------------------ clients
 
-/// One call a client sent.
-#[derive(Debug, Clone)]
-struct Sent {
-    id: u64,
-    actor: String,
-    keyed: bool,
-    sent_ms: u64,
-}
-
-/// One acknowledged call.
-#[derive(Debug, Clone)]
-struct Ack {
-    id: u64,
-    actor: String,
-    count: u64,
-    epoch: u64,
-    acked_ms: u64,
-}
-
-/// One read (`applied`) a client got an answer to.
-#[derive(Debug, Clone)]
-struct Read {
-    actor: String,
-    sent_ms: u64,
-    ids: Vec<u64>,
-    pop: String,
-}
-
-#[derive(Default)]
-struct Record {
-    sent: Vec<Sent>,
-    acks: Vec<Ack>,
-    reads: Vec<Read>,
-    internal_errors: Vec<String>,
-    /// Other things that must not happen, described.
-    anomalies: Vec<String>,
-}
-
-/// Calls a POP from a client, through the network.
+/// Calls a POP from a client, through the network: one attempt.
 async fn client_call(
     shared: &Arc<Shared>,
     pop: &str,
@@ -563,110 +741,111 @@ const CLIENT_ATTEMPTS_MAX: u32 = 12;
 /// Each attempt's deadline, ms.
 const CLIENT_CALL_MS: u64 = 5_000;
 
-async fn client(shared: Arc<Shared>, cfg: SimConfig, cid: usize, rec: Arc<Mutex<Record>>) {
-    let pops: Vec<String> = (0..cfg.pops).map(pop_name).collect();
-    let mut home = cid % pops.len();
-    for n in 0..cfg.calls_per_client {
-        let (actor_no, keyed, read, slow, pause) = {
-            let mut r = shared.rng.lock();
-            (
-                r.random_range(0..cfg.actors),
-                r.random_bool(0.7),
-                r.random_bool(0.3),
-                r.random_bool(0.03),
-                r.random_range(10..400u64),
-            )
-        };
-        tokio::time::sleep(Duration::from_millis(pause)).await;
-        let actor = format!("a{actor_no}");
-        if slow {
-            // A turn that burns its whole CPU budget: it must roll back and
-            // leave the actor as it was.
-            let deadline = Instant::now() + Duration::from_millis(CLIENT_CALL_MS);
-            let req = CallRequest::new("counter", &actor, "spin", Vec::new());
-            let r = client_call(&shared, &pops[home], req, deadline).await;
-            shared.event(format!(
-                "c{cid} spin counter/{actor}: {:?}",
-                r.as_ref().err().map(|e| e.kind())
-            ));
-            if let Ok(out) = r {
-                rec.lock().anomalies.push(format!(
-                    "spin on counter/{actor} returned at {} instead of hitting its CPU budget",
-                    out.pop
-                ));
+/// A simulated client: it has a home POP, moves to the next one when its
+/// home cannot be reached, and retries as `TernClient` does (transient
+/// errors, with backoff, a bounded number of times).
+pub(crate) struct Caller {
+    name: String,
+    home: usize,
+    pops: usize,
+}
+
+impl Caller {
+    fn new(shared: &Shared, name: String, home: usize) -> Caller {
+        let pops = shared.pops.lock().len();
+        Caller {
+            name,
+            home: home % pops,
+            pops,
+        }
+    }
+
+    fn pop(&self) -> String {
+        pop_name(self.home)
+    }
+
+    /// One attempt, no retry (for calls whose every outcome the workload
+    /// wants to see).
+    async fn once(
+        &self,
+        shared: &Arc<Shared>,
+        req: CallRequest,
+    ) -> Result<CallOutput, RuntimeError> {
+        let deadline = Instant::now() + Duration::from_millis(CLIENT_CALL_MS);
+        let what = format!("{}/{}.{}", req.actor_type, req.id, req.method);
+        let r = client_call(shared, &self.pop(), req, deadline).await;
+        self.note(shared, &what, &r);
+        r
+    }
+
+    fn note(&self, shared: &Shared, what: &str, r: &Result<CallOutput, RuntimeError>) {
+        match r {
+            Ok(out) => shared.event(format!(
+                "{} {what}: ok epoch={} pop={}",
+                self.name, out.epoch, out.pop
+            )),
+            Err(e) => {
+                shared.event(format!("{} {what}: {:?}", self.name, e.kind()));
+                if matches!(e.kind(), ErrorKind::Internal | ErrorKind::DataLoss) {
+                    shared.errors.lock().push(format!("{what}: {e}"));
+                }
             }
-            continue;
         }
-        if read {
-            let sent_ms = shared.now_ms();
-            let deadline = Instant::now() + Duration::from_millis(CLIENT_CALL_MS);
-            let req = CallRequest::new("counter", &actor, "applied", Vec::new());
-            if let Ok(out) = client_call(&shared, &pops[home], req, deadline).await {
-                let ids: Vec<u64> = serde_json::from_slice::<serde_json::Value>(&out.payload)
-                    .ok()
-                    .and_then(|v| v["ids"].as_array().cloned())
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|x| x.as_u64())
-                    .collect();
-                shared.event(format!(
-                    "c{cid} read counter/{actor} ids={} epoch={} pop={}",
-                    ids.len(),
-                    out.epoch,
-                    out.pop
-                ));
-                rec.lock().reads.push(Read {
-                    actor: actor.clone(),
-                    sent_ms,
-                    ids,
-                    pop: out.pop,
-                });
-            }
-            continue;
-        }
-        let id = (cid as u64) << 32 | n as u64;
-        let payload = serde_json::to_vec(&serde_json::json!({ "id": id })).expect("json");
-        let mut req = CallRequest::new("counter", &actor, "apply", payload);
-        if keyed {
-            req.idempotency_key = Some(format!("c{cid}-{n}"));
-        }
-        rec.lock().sent.push(Sent {
-            id,
-            actor: actor.clone(),
-            keyed,
-            sent_ms: shared.now_ms(),
-        });
-        shared.event(format!("c{cid} send #{id:x} counter/{actor} keyed={keyed}"));
+    }
+
+    /// Sends `req` until it is answered or fails for good. `writes`: the
+    /// call changes its actor, so its acknowledgement is checked against
+    /// the epochs the directory granted.
+    async fn call(
+        &mut self,
+        shared: &Arc<Shared>,
+        req: CallRequest,
+        writes: bool,
+    ) -> Result<CallOutput, RuntimeError> {
+        let now = shared.now_ms();
+        self.call_sent_at(shared, req, writes, now).await
+    }
+
+    /// [`Caller::call`] for a call first sent (with the same key) at
+    /// `sent_ms`: an answer replayed from its idempotency record carries
+    /// the epoch it first ran in.
+    async fn call_sent_at(
+        &mut self,
+        shared: &Arc<Shared>,
+        req: CallRequest,
+        writes: bool,
+        sent_ms: u64,
+    ) -> Result<CallOutput, RuntimeError> {
+        let what = format!(
+            "{}/{}.{}{}",
+            req.actor_type,
+            req.id,
+            req.method,
+            req.idempotency_key
+                .as_deref()
+                .map(|k| format!(" [{k}]"))
+                .unwrap_or_default()
+        );
         let mut backoff = 50u64;
+        let mut last = None;
         for attempt in 0..CLIENT_ATTEMPTS_MAX {
             let deadline = Instant::now() + Duration::from_millis(CLIENT_CALL_MS);
-            match client_call(&shared, &pops[home], req.clone(), deadline).await {
+            let r = client_call(shared, &self.pop(), req.clone(), deadline).await;
+            self.note(shared, &format!("{what} #{attempt}"), &r);
+            match r {
                 Ok(out) => {
-                    let count = serde_json::from_slice::<serde_json::Value>(&out.payload)
-                        .ok()
-                        .and_then(|v| v["count"].as_u64())
-                        .unwrap_or(0);
-                    shared.event(format!(
-                        "c{cid} ack #{id:x} count={count} epoch={} pop={}",
-                        out.epoch, out.pop
-                    ));
-                    rec.lock().acks.push(Ack {
-                        id,
-                        actor: actor.clone(),
-                        count,
-                        epoch: out.epoch,
-                        acked_ms: shared.now_ms(),
-                    });
-                    break;
+                    if writes {
+                        shared.writes.lock().push(WriteAck {
+                            actor: format!("{}/{}", req.actor_type, req.id),
+                            epoch: out.epoch,
+                            pop: out.pop.clone(),
+                            sent_ms,
+                            what: what.clone(),
+                        });
+                    }
+                    return Ok(out);
                 }
                 Err(e) => {
-                    shared.event(format!(
-                        "c{cid} err #{id:x} attempt {attempt}: {:?}",
-                        e.kind()
-                    ));
-                    if matches!(e.kind(), ErrorKind::Internal | ErrorKind::DataLoss) {
-                        rec.lock().internal_errors.push(e.to_string());
-                    }
                     let retry = matches!(
                         e.kind(),
                         ErrorKind::Unavailable
@@ -674,17 +853,75 @@ async fn client(shared: Arc<Shared>, cfg: SimConfig, cid: usize, rec: Arc<Mutex<
                             | ErrorKind::ResourceExhausted
                     );
                     if !retry {
-                        break;
+                        return Err(e);
                     }
                     if matches!(e, RuntimeError::Transport(_)) {
-                        home = (home + 1) % pops.len();
+                        self.home = (self.home + 1) % self.pops;
                     }
+                    last = Some(e);
                     tokio::time::sleep(Duration::from_millis(backoff)).await;
                     backoff = (backoff * 2).min(1_000);
                 }
             }
         }
+        Err(last.expect("at least one attempt"))
     }
+}
+
+/// After the faults healed: sends `req` through every POP in turn until
+/// one answers; the answer and when it came (`None`: nobody answered).
+pub(crate) async fn final_call(
+    shared: &Arc<Shared>,
+    req: CallRequest,
+) -> Option<(CallOutput, u64)> {
+    let pops = shared.pops.lock().len();
+    let what = format!("{}/{}.{}", req.actor_type, req.id, req.method);
+    for attempt in 0..40u64 {
+        let pop = pop_name((attempt as usize) % pops);
+        let deadline = Instant::now() + Duration::from_millis(CLIENT_CALL_MS);
+        match client_call(shared, &pop, req.clone(), deadline).await {
+            Ok(out) => {
+                shared.event(format!("final {what} at {pop}"));
+                return Some((out, shared.now_ms()));
+            }
+            Err(e) => {
+                shared.event(format!("final {what} at {pop}: {:?}", e.kind()));
+                if matches!(e.kind(), ErrorKind::Internal | ErrorKind::DataLoss) {
+                    shared.errors.lock().push(format!("{what}: {e}"));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    None
+}
+
+/// Checks that `actor` answered soon enough after the faults healed.
+pub(crate) fn check_recovery(
+    v: &mut Vec<String>,
+    what: &str,
+    answered: Option<u64>,
+    healed_ms: u64,
+) {
+    match answered {
+        Some(at) if at - healed_ms > RECOVERY_MS_MAX => v.push(format!(
+            "{what} answered {} ms after the faults healed (bound {RECOVERY_MS_MAX})",
+            at - healed_ms
+        )),
+        Some(_) => {}
+        None => v.push(format!("{what} did not answer after the faults healed")),
+    }
+}
+
+/// A workload: its clients, and its checks once the faults healed.
+#[async_trait]
+pub(crate) trait Load: Send + Sync {
+    /// The actor types it deploys its component under.
+    fn types(&self) -> &'static [&'static str];
+    /// Client `cid`'s session.
+    async fn client(self: Arc<Self>, shared: Arc<Shared>, cid: usize);
+    /// Final reads and the workload's own invariants: the violations.
+    async fn finish(&self, shared: &Arc<Shared>, healed_ms: u64) -> Vec<String>;
 }
 
 fn pop_name(i: usize) -> String {
@@ -720,7 +957,16 @@ fn start_pop(shared: &Arc<Shared>, engine: &TernEngine, seed: u64, i: usize) -> 
     dir.local()
         .register_now()
         .expect("a simulated POP registers");
-    Node::builder(name.clone(), shared.store.clone(), engine.clone())
+    // The POP's own handle on the shared database: partitionable.
+    let store = Store::from_kv(
+        Kv::new(Arc::new(CutKv {
+            inner: shared.backend.clone(),
+            faults: shared.faults.clone(),
+            pop: name.clone(),
+        })),
+        Some(shared.injector.clone()),
+    );
+    Node::builder(name.clone(), store, engine.clone())
         .directory(Arc::new(dir))
         .peers(Arc::new(SimPeers {
             shared: shared.clone(),
@@ -732,6 +978,10 @@ fn start_pop(shared: &Arc<Shared>, engine: &TernEngine, seed: u64, i: usize) -> 
             forward_patience_ms: 1_000,
             ..NodeConfig::default()
         })
+        .store_link(Arc::new(SimStoreLink {
+            shared: shared.clone(),
+            pop: name.clone(),
+        }))
         .lock_step()
         .start()
         .expect("a simulated POP starts")
@@ -756,6 +1006,16 @@ enum Fault {
     DirectoryDown {
         for_ms: u64,
     },
+    /// A POP cannot reach the store.
+    StoreCut {
+        pop: usize,
+        for_ms: u64,
+    },
+    /// Commits take `ms` each way.
+    StoreSlow {
+        ms: u64,
+        for_ms: u64,
+    },
     Store {
         fault: tern_storage::Fault,
         n: usize,
@@ -774,12 +1034,14 @@ fn draw_faults(rng: &mut StdRng, cfg: &SimConfig) -> Vec<(u64, Fault)> {
     for _ in 0..n {
         let at = rng.random_range(500..horizon.max(1_000));
         // Weights: pauses (the zombie maker) most often.
-        let kind = match rng.random_range(0..10) {
+        let kind = match rng.random_range(0..13) {
             0 | 1 => 0,
             2..=5 => 1,
             6 | 7 => 2,
             8 => 3,
-            _ => 4,
+            9 | 10 => 4,
+            11 => 5,
+            _ => 6,
         };
         let f = match kind {
             0 => Fault::Crash {
@@ -804,6 +1066,14 @@ fn draw_faults(rng: &mut StdRng, cfg: &SimConfig) -> Vec<(u64, Fault)> {
             }
             3 => Fault::DirectoryDown {
                 for_ms: rng.random_range(500..3_000),
+            },
+            5 => Fault::StoreCut {
+                pop: rng.random_range(0..cfg.pops),
+                for_ms: rng.random_range(500..5_000),
+            },
+            6 => Fault::StoreSlow {
+                ms: rng.random_range(100..2_000),
+                for_ms: rng.random_range(1_000..6_000),
             },
             _ => Fault::Store {
                 fault: match rng.random_range(0..3) {
@@ -870,17 +1140,32 @@ async fn inject(
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(for_ms)).await;
                     // A restarted directory: a new core over the same store.
-                    let core = Arc::new(Core::new(
-                        s.store.clone(),
-                        DirectoryConfig {
-                            lease_ms: LEASE_MS,
-                            heartbeat_ms: HEARTBEAT_MS,
-                            clock: directory_clock(s.origin),
-                        },
-                    ));
+                    let core = new_core(&s.store, s.origin);
                     *s.core.lock() = core;
                     s.faults.lock().directory_down = false;
                     s.event("heal directory".into());
+                });
+            }
+            Fault::StoreCut { pop, for_ms } => {
+                let pop = busiest_unless_busy(&shared, pop);
+                let pair = (pop_name(pop), "store".to_string());
+                shared.faults.lock().cut.insert(pair.clone());
+                let s = shared.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(for_ms)).await;
+                    s.faults.lock().cut.remove(&pair);
+                    s.event(format!("heal cut {}-store", pair.0));
+                });
+            }
+            Fault::StoreSlow { ms, for_ms } => {
+                shared.faults.lock().store_latency_ms = (ms / 2, ms);
+                let s = shared.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(for_ms)).await;
+                    let mut f = s.faults.lock();
+                    f.store_latency_ms = f.store_latency_base;
+                    drop(f);
+                    s.event("heal store latency".into());
                 });
             }
             Fault::Store { fault, n } => injector.fail_next_commits(fault, n),
@@ -888,39 +1173,87 @@ async fn inject(
     }
 }
 
+/// The example components the workloads run, built once per process.
+#[derive(Default)]
+pub struct Components {
+    built: Mutex<BTreeMap<&'static str, Arc<Vec<u8>>>>,
+}
+
+impl Components {
+    /// Nothing built yet.
+    pub fn new() -> Components {
+        Components::default()
+    }
+
+    /// The component of `workload`, built (with `cargo`, for wasm32-wasip2)
+    /// on first use.
+    pub fn get(&self, workload: Workload) -> Result<Arc<Vec<u8>>, String> {
+        let example = workload.example();
+        if let Some(w) = self.built.lock().get(example) {
+            return Ok(w.clone());
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .nth(2)
+            .ok_or("tests/sim is in the workspace")?
+            .to_path_buf();
+        let path = tern_cli::build::build_guest(&root.join("examples").join(example), true)
+            .map_err(|e| format!("building examples/{example}: {e}"))?;
+        let wasm = Arc::new(std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?);
+        self.built.lock().insert(example, wasm.clone());
+        Ok(wasm)
+    }
+}
+
 /// Runs one seed of `cfg` and checks it.
-pub fn run_seed(cfg: &SimConfig, seed: u64, engine: &TernEngine, wasm: &[u8]) -> SeedReport {
+pub fn run_seed(
+    cfg: &SimConfig,
+    seed: u64,
+    engine: &TernEngine,
+    components: &Components,
+) -> Result<SeedReport, String> {
+    let wasm = components.get(cfg.workload)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
-        .expect("a current-thread runtime");
+        .map_err(|e| format!("a current-thread runtime: {e}"))?;
     if let Some(p) = cfg.plant {
         p.set(true);
     }
-    let report = rt.block_on(run(cfg.clone(), seed, engine.clone(), wasm.to_vec()));
+    let report = rt.block_on(run(cfg.clone(), seed, engine.clone(), wasm));
     if let Some(p) = cfg.plant {
         p.set(false);
     }
-    report
+    Ok(report)
 }
 
-async fn run(cfg: SimConfig, seed: u64, engine: TernEngine, wasm: Vec<u8>) -> SeedReport {
-    let origin = Instant::now();
-    let (store, injector) = Store::memory_with_faults();
-    let core = Arc::new(Core::new(
+fn new_core(store: &Store, origin: Instant) -> Arc<Core> {
+    Arc::new(Core::new(
         store.clone(),
         DirectoryConfig {
             lease_ms: LEASE_MS,
             heartbeat_ms: HEARTBEAT_MS,
             clock: directory_clock(origin),
         },
-    ));
+    ))
+}
+
+async fn run(cfg: SimConfig, seed: u64, engine: TernEngine, wasm: Arc<Vec<u8>>) -> SeedReport {
+    let origin = Instant::now();
+    let backend = Arc::new(tern_storage::kv::memory::MemoryBackend::new());
+    let injector = backend.fault_injector();
+    let backend: Arc<dyn KvBackend> = backend;
+    let store = Store::from_kv(Kv::new(backend.clone()), Some(injector.clone()));
+    let core = new_core(&store, origin);
     let mut rng = StdRng::seed_from_u64(seed);
+    let store_latency = (0, rng.random_range(1..20));
     let faults = Faults {
         latency_ms: (1, rng.random_range(2..40)),
         loss_pm: rng.random_range(0..20),
         dup_pm: rng.random_range(0..20),
+        store_latency_ms: store_latency,
+        store_latency_base: store_latency,
         ..Faults::default()
     };
     let plan = draw_faults(&mut rng, &cfg);
@@ -939,19 +1272,34 @@ async fn run(cfg: SimConfig, seed: u64, engine: TernEngine, wasm: Vec<u8>) -> Se
                 .collect(),
         ),
         core: Mutex::new(core),
-        faults: Mutex::new(faults),
+        faults: Arc::new(Mutex::new(faults)),
         store,
+        backend,
+        injector: injector.clone(),
+        grants: Mutex::new(Vec::new()),
+        writes: Mutex::new(Vec::new()),
+        errors: Mutex::new(Vec::new()),
+        anomalies: Mutex::new(Vec::new()),
     });
     for i in 0..cfg.pops {
         let n = start_pop(&shared, &engine, seed, i);
         shared.pops.lock()[i].node = Some(n);
     }
+    let load: Arc<dyn Load> = match cfg.workload {
+        Workload::Counter => Arc::new(counter::Counter::new(&cfg)),
+        Workload::Bank => Arc::new(bank::Bank::new(&cfg)),
+        Workload::Doom => Arc::new(doom::Doom::new(&cfg)),
+    };
     let first = shared.node(&pop_name(0)).expect("p0 runs");
-    first
-        .deploy("counter", &wasm, DeployOptions::default())
-        .expect("deploy counter");
-    shared.event(format!("start seed={seed} plan={plan:?}"));
-    let rec = Arc::new(Mutex::new(Record::default()));
+    for ty in load.types() {
+        first
+            .deploy(ty, &wasm, tern_runtime::DeployOptions::default())
+            .unwrap_or_else(|e| panic!("deploy {ty}: {e}"));
+    }
+    shared.event(format!(
+        "start seed={seed} workload={} plan={plan:?}",
+        cfg.workload.name()
+    ));
     tokio::spawn(inject(
         shared.clone(),
         engine.clone(),
@@ -961,46 +1309,28 @@ async fn run(cfg: SimConfig, seed: u64, engine: TernEngine, wasm: Vec<u8>) -> Se
     ));
     let mut clients = Vec::new();
     for c in 0..cfg.clients {
-        clients.push(tokio::spawn(client(
-            shared.clone(),
-            cfg.clone(),
-            c,
-            rec.clone(),
-        )));
+        clients.push(tokio::spawn(load.clone().client(shared.clone(), c)));
     }
+    let mut violations = Vec::new();
     for c in clients {
-        let _ = c.await;
+        if let Err(e) = c.await {
+            violations.push(format!("a simulated client panicked: {e}"));
+        }
     }
     // Heal everything once the fault window is over.
     tokio::time::sleep_until(origin + Duration::from_millis(cfg.fault_secs * 1_000)).await;
     heal(&shared, &engine, seed, &injector).await;
     let healed_ms = shared.now_ms();
-    let mut finals = BTreeMap::new();
-    let mut violations = Vec::new();
-    for a in 0..cfg.actors {
-        let actor = format!("a{a}");
-        match final_read(&shared, &actor, cfg.pops).await {
-            Some((ids, at_ms)) => {
-                if at_ms - healed_ms > RECOVERY_MS_MAX {
-                    violations.push(format!(
-                        "counter/{actor} answered {} ms after the faults healed (bound {RECOVERY_MS_MAX})",
-                        at_ms - healed_ms
-                    ));
-                }
-                finals.insert(actor, ids);
-            }
-            None => violations.push(format!(
-                "counter/{actor} did not answer after the faults healed"
-            )),
-        }
-    }
+    violations.extend(load.finish(&shared, healed_ms).await);
     for slot in shared.pops.lock().iter() {
         if let Some(n) = &slot.node {
             let n = n.clone();
             tokio::spawn(async move { n.crash().await });
         }
     }
-    violations.extend(check(&rec.lock(), &finals));
+    violations.extend(check_cluster(&shared));
+    violations.sort();
+    violations.dedup();
     let log = shared.log.lock().clone();
     let trace_hash = {
         use sha2::Digest;
@@ -1023,6 +1353,33 @@ async fn run(cfg: SimConfig, seed: u64, engine: TernEngine, wasm: Vec<u8>) -> Se
             log[log.len().saturating_sub(25)..].to_vec()
         },
     }
+}
+
+/// The checks every workload shares: nothing panicked or lost data, and
+/// no acknowledged write ran in an epoch that had already been superseded
+/// when it was sent (two activations committing in overlapping epochs:
+/// the store's fence must refuse the older one).
+fn check_cluster(shared: &Shared) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in shared.errors.lock().iter() {
+        v.push(format!(
+            "a call failed with INTERNAL or DATA_LOSS (a panic or damaged state): {e}"
+        ));
+    }
+    v.extend(shared.anomalies.lock().iter().cloned());
+    let grants = shared.grants.lock();
+    for w in shared.writes.lock().iter() {
+        if let Some(g) = grants
+            .iter()
+            .find(|g| g.actor == w.actor && g.epoch > w.epoch && g.at_ms < w.sent_ms)
+        {
+            v.push(format!(
+                "{} was acknowledged from epoch {} at {}, but epoch {} had been granted to {} at {} ms, before the call was sent at {} ms (two activations committed in overlapping epochs)",
+                w.what, w.epoch, w.pop, g.epoch, g.pop, g.at_ms, w.sent_ms
+            ));
+        }
+    }
+    v
 }
 
 /// `pop` if it holds actors, else the POP that holds the most: a fault
@@ -1063,15 +1420,12 @@ async fn heal(shared: &Arc<Shared>, engine: &TernEngine, seed: u64, injector: &F
         f.loss_pm = 0;
         f.dup_pm = 0;
     }
+    {
+        let mut f = shared.faults.lock();
+        f.store_latency_ms = f.store_latency_base;
+    }
     if shared.faults.lock().directory_down {
-        let core = Arc::new(Core::new(
-            shared.store.clone(),
-            DirectoryConfig {
-                lease_ms: LEASE_MS,
-                heartbeat_ms: HEARTBEAT_MS,
-                clock: directory_clock(shared.origin),
-            },
-        ));
+        let core = new_core(&shared.store, shared.origin);
         *shared.core.lock() = core;
         shared.faults.lock().directory_down = false;
     }
@@ -1084,149 +1438,6 @@ async fn heal(shared: &Arc<Shared>, engine: &TernEngine, seed: u64, injector: &F
         }
     }
     shared.event("heal all".into());
-}
-
-/// Reads `applied` of `actor` (retrying through every POP); the ids and
-/// when it answered.
-async fn final_read(shared: &Arc<Shared>, actor: &str, pops: usize) -> Option<(Vec<u64>, u64)> {
-    for attempt in 0..40u64 {
-        let pop = pop_name((attempt as usize) % pops);
-        let deadline = Instant::now() + Duration::from_millis(CLIENT_CALL_MS);
-        let req = CallRequest::new("counter", actor, "applied", Vec::new());
-        match client_call(shared, &pop, req, deadline).await {
-            Ok(out) => {
-                let v: serde_json::Value = serde_json::from_slice(&out.payload).ok()?;
-                let ids = v["ids"]
-                    .as_array()?
-                    .iter()
-                    .filter_map(|x| x.as_u64())
-                    .collect();
-                shared.event(format!("final counter/{actor} read at {pop}"));
-                return Some((ids, shared.now_ms()));
-            }
-            Err(e) => {
-                shared.event(format!("final counter/{actor} at {pop}: {:?}", e.kind()));
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
-    }
-    None
-}
-
-/// The checker. `finals` maps each actor to the ids it applied, in order.
-fn check(rec: &Record, finals: &BTreeMap<String, Vec<u64>>) -> Vec<String> {
-    let mut v = Vec::new();
-    let sent: BTreeMap<u64, &Sent> = rec.sent.iter().map(|s| (s.id, s)).collect();
-    for e in &rec.internal_errors {
-        v.push(format!("a call failed with INTERNAL (a panic): {e}"));
-    }
-    v.extend(rec.anomalies.iter().cloned());
-    for (actor, ids) in finals {
-        let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
-        for id in ids {
-            *seen.entry(*id).or_default() += 1;
-        }
-        for (id, n) in &seen {
-            match sent.get(id) {
-                None => v.push(format!(
-                    "counter/{actor} applied #{id:x}, which was never sent"
-                )),
-                Some(s) if s.actor != *actor => v.push(format!(
-                    "counter/{actor} applied #{id:x}, which was sent to counter/{}",
-                    s.actor
-                )),
-                Some(s) if s.keyed && *n > 1 => v.push(format!(
-                    "counter/{actor} applied keyed call #{id:x} {n} times"
-                )),
-                _ => {}
-            }
-        }
-        let acks: Vec<&Ack> = rec.acks.iter().filter(|a| a.actor == *actor).collect();
-        for a in &acks {
-            let n = seen.get(&a.id).copied().unwrap_or(0);
-            if n == 0 {
-                v.push(format!(
-                    "counter/{actor} lost acknowledged call #{:x}",
-                    a.id
-                ));
-            }
-            // The acked count is the id's position in the final state.
-            let pos = ids.iter().position(|x| *x == a.id).map(|p| p as u64 + 1);
-            let keyed = sent.get(&a.id).is_some_and(|s| s.keyed);
-            if keyed && pos != Some(a.count) {
-                v.push(format!(
-                    "counter/{actor}: keyed call #{:x} was acknowledged as #{} but sits at {:?} in the final state (a lost or forked update)",
-                    a.id, a.count, pos
-                ));
-            }
-        }
-        // Acknowledged counts are unique, and epochs never go back as
-        // counts rise: no two activations committed in overlapping epochs.
-        let mut by_count: Vec<&&Ack> = acks.iter().collect();
-        by_count.sort_by_key(|a| (a.count, a.acked_ms));
-        for w in by_count.windows(2) {
-            if w[0].count == w[1].count && w[0].id != w[1].id {
-                v.push(format!(
-                    "counter/{actor}: calls #{:x} and #{:x} were both acknowledged as #{}",
-                    w[0].id, w[1].id, w[0].count
-                ));
-            }
-            if w[1].epoch < w[0].epoch {
-                v.push(format!(
-                    "counter/{actor}: #{} ran at epoch {} after #{} at epoch {} (overlapping activations)",
-                    w[1].count, w[1].epoch, w[0].count, w[0].epoch
-                ));
-            }
-        }
-        // Reads are linearizable: a read sees every call acknowledged
-        // before it was sent, and only calls that were sent.
-        for r in rec.reads.iter().filter(|r| r.actor == *actor) {
-            let got: BTreeSet<u64> = r.ids.iter().copied().collect();
-            for a in acks.iter().filter(|a| a.acked_ms < r.sent_ms) {
-                if !got.contains(&a.id) {
-                    v.push(format!(
-                        "counter/{actor}: a read sent at {} ms (answered by {}) misses #{:x}, acknowledged at {} ms (a stale read)",
-                        r.sent_ms, r.pop, a.id, a.acked_ms
-                    ));
-                }
-            }
-            for id in &got {
-                if !sent.contains_key(id) {
-                    v.push(format!(
-                        "counter/{actor}: a read saw #{id:x}, which was never sent"
-                    ));
-                }
-            }
-        }
-        // Real-time order: a call sent after another was acknowledged
-        // lands after it.
-        for a in &acks {
-            for b in &acks {
-                let b_sent = sent.get(&b.id).map_or(0, |s| s.sent_ms);
-                if a.acked_ms < b_sent && a.count >= b.count {
-                    v.push(format!(
-                        "counter/{actor}: #{:x} (acked as #{}) was sent after #{:x} (acked as #{}) was acknowledged, yet landed first",
-                        b.id, b.count, a.id, a.count
-                    ));
-                }
-            }
-        }
-    }
-    v.sort();
-    v.dedup();
-    v
-}
-
-/// Builds the counter component (once per process).
-pub fn counter_wasm() -> Result<Vec<u8>, String> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .ok_or("tests/sim is in the workspace")?
-        .to_path_buf();
-    let path = tern_cli::build::build_guest(&root.join("examples/counter"), true)
-        .map_err(|e| e.to_string())?;
-    std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The engine every seed shares: fuel-metered, no ticker thread.

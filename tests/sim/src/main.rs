@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use tern_sim::{Plant, SimConfig, Workload, counter_wasm, engine, run_seed};
+use tern_sim::{Components, Plant, SimConfig, Workload, engine, run_seed};
 
 /// tern-sim: a deterministic simulator of a whole tern cluster.
 #[derive(Parser)]
@@ -27,7 +27,7 @@ enum Cmd {
         /// The first seed.
         #[arg(long, default_value_t = 0)]
         seed_start: u64,
-        /// The workload (counter).
+        /// The workload: counter, bank or doom.
         #[arg(long, default_value = "counter")]
         workload: Workload,
         /// POPs.
@@ -65,13 +65,11 @@ fn main() -> ExitCode {
         eprintln!("error: --fault-secs must be between 1 and 3600");
         return ExitCode::from(2);
     }
-    let wasm = match counter_wasm() {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("error: building the counter actor: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let components = Components::new();
+    if let Err(e) = components.get(workload) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let engine = match engine() {
         Ok(e) => e,
         Err(e) => {
@@ -80,11 +78,10 @@ fn main() -> ExitCode {
         }
     };
     let cfg = SimConfig {
-        workload,
         pops,
         plant,
         fault_secs,
-        ..SimConfig::default()
+        ..SimConfig::for_workload(workload)
     };
     let bar = indicatif::ProgressBar::new(seeds);
     bar.set_style(
@@ -93,12 +90,18 @@ fn main() -> ExitCode {
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    bar.set_message(format!("{workload:?} x{pops} POPs"));
+    bar.set_message(format!("{} x{pops} POPs", workload.name()));
     let started = Instant::now();
     let (mut violations, mut first_failing, mut sim_ms, mut events) = (0u64, None, 0u64, 0u64);
     let mut first_hash = None;
     for seed in seed_start..seed_start + seeds {
-        let r = run_seed(&cfg, seed, &engine, &wasm);
+        let r = match run_seed(&cfg, seed, &engine, &components) {
+            Ok(r) => r,
+            Err(e) => {
+                bar.suspend(|| eprintln!("error: seed {seed}: {e}"));
+                return ExitCode::from(2);
+            }
+        };
         first_hash.get_or_insert_with(|| r.trace_hash.clone());
         sim_ms += r.sim_ms;
         events += r.events as u64;
@@ -121,12 +124,7 @@ fn main() -> ExitCode {
                     for l in &r.trace_tail {
                         eprintln!("    {l}");
                     }
-                    let plant = plant
-                        .map(|p| format!(" --plant {}", plant_name(p)))
-                        .unwrap_or_default();
-                    eprintln!(
-                        "  reproduce: cargo run -p tern-sim -- run --seeds 1 --seed-start {seed} --workload counter --pops {pops} --fault-secs {fault_secs}{plant}"
-                    );
+                    eprintln!("  reproduce: {}", cfg.reproduce(seed));
                 });
             }
             if fail_fast {
@@ -155,13 +153,5 @@ fn main() -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    }
-}
-
-fn plant_name(p: Plant) -> &'static str {
-    match p {
-        Plant::SkipFence => "skip-fence",
-        Plant::ServeAfterLease => "serve-after-lease",
-        Plant::IgnoreIdempotency => "ignore-idempotency",
     }
 }
