@@ -254,11 +254,17 @@ impl Node {
             };
             self.deliver(key, &req.actor_type, &req.id, ty, msg).await?;
             // Every path of an activation answers its queued calls; a
-            // dropped reply means its task panicked.
+            // dropped reply means its task panicked, or that this POP is
+            // going down (a crash or shutdown ends activations mid-call:
+            // that is no internal error, the caller retries elsewhere).
             rx.await.map_err(|_| {
-                RuntimeError::Internal(format!(
-                    "the activation of {key} ended without answering (its task panicked); it was removed and the next call restores the actor from the store"
-                ))
+                if self.inner.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
+                    RuntimeError::ShuttingDown
+                } else {
+                    RuntimeError::Internal(format!(
+                        "the activation of {key} ended without answering (its task panicked); it was removed and the next call restores the actor from the store"
+                    ))
+                }
             })
         };
         tokio::time::timeout_at(deadline, run).await.unwrap_or_else(|_| {

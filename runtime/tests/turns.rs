@@ -273,6 +273,28 @@ async fn stale_epoch_commit_refused() {
     assert_eq!(value(&other, "counter", "z").await, 1);
 }
 
+/// The simulator found this (seed 9, before its store faults were added):
+/// a POP whose clocks stood still still believed in its lease and answered
+/// reads from a superseded activation. A turn that commits nothing now
+/// confirms its epoch with a store read first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_from_superseded_activation_refused() {
+    let store = Store::memory();
+    let node = node_with_counter(store.clone(), "counter", Durability::Turn, limits());
+    call(&node, "counter", "r", "incr", json!({"by": 1}))
+        .await
+        .unwrap();
+    store
+        .claim("counter/r", "other-pop", 0, &|_| true)
+        .expect("take over");
+    // The old activation is still in memory, its lease fine by its own
+    // clock; a read (which commits nothing) must still be refused.
+    let err = call(&node, "counter", "r", "get", json!(null))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), tern_runtime::ErrorKind::Unavailable, "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_writes_only_dirty_pages() {
     let store = Store::memory();

@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -80,16 +79,15 @@ impl Load for Bank {
         let cfg = &self.cfg;
         let mut caller = Caller::new(&shared, format!("c{cid}"), cid);
         for n in 0..cfg.calls_per_client {
-            let (from, to, amount, pause) = shared.draw(|r| {
+            let (from, to, amount) = shared.draw(|r| {
                 let from = r.random_range(0..cfg.actors - 1);
                 (
                     from,
                     r.random_range(from + 1..cfg.actors),
                     r.random_range(1..=100i64),
-                    r.random_range(10..400u64),
                 )
             });
-            tokio::time::sleep(Duration::from_millis(pause)).await;
+            tokio::time::sleep(shared.think(cfg, cfg.calls_per_client)).await;
             let t = Sent {
                 id: (cid as u64) << 32 | n as u64,
                 from: account(from),

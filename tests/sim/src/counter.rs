@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -91,16 +90,15 @@ impl Load for Counter {
         let cfg = &self.cfg;
         let mut caller = Caller::new(&shared, format!("c{cid}"), cid);
         for n in 0..cfg.calls_per_client {
-            let (actor_no, keyed, read, slow, pause) = shared.draw(|r| {
+            let (actor_no, keyed, read, slow) = shared.draw(|r| {
                 (
                     r.random_range(0..cfg.actors),
                     r.random_bool(0.7),
                     r.random_bool(0.3),
                     r.random_bool(0.03),
-                    r.random_range(10..400u64),
                 )
             });
-            tokio::time::sleep(Duration::from_millis(pause)).await;
+            tokio::time::sleep(shared.think(cfg, cfg.calls_per_client)).await;
             let actor = format!("a{actor_no}");
             if slow {
                 // A turn that burns its whole CPU budget: it must roll back

@@ -267,7 +267,13 @@ impl Load for Doom {
             Some(format!("{}:join", s.name)),
         );
         let _ = s.caller.call(&shared, req, true).await;
+        // Play rounds for as long as the faults last (at most
+        // `calls_per_client` of them).
+        let horizon = self.cfg.fault_secs * 1_000;
         for round in 0..self.cfg.calls_per_client {
+            if shared.now_ms() >= horizon {
+                break;
+            }
             let acts = shared.draw(|r| r.random_range(1..4));
             for _ in 0..acts {
                 s.act(&shared).await;

@@ -183,7 +183,7 @@ impl SimConfig {
             },
             Workload::Doom => SimConfig {
                 clients: 8,
-                calls_per_client: 4,
+                calls_per_client: 6,
                 actors: 0,
                 ..base
             },
@@ -384,6 +384,13 @@ impl Shared {
     /// A draw from the seed.
     fn draw<T>(&self, f: impl FnOnce(&mut StdRng) -> T) -> T {
         f(&mut self.rng.lock())
+    }
+
+    /// A client's pause before its next call: `calls` calls spread over
+    /// the fault window, so the load lasts as long as the faults do.
+    fn think(&self, cfg: &SimConfig, calls: usize) -> Duration {
+        let mean = cfg.fault_secs * 1_000 / calls.max(1) as u64;
+        Duration::from_millis(self.draw(|r| r.random_range(10..(2 * mean).max(20))))
     }
 
     /// Records something that must not happen.
@@ -785,7 +792,7 @@ impl Caller {
                 self.name, out.epoch, out.pop
             )),
             Err(e) => {
-                shared.event(format!("{} {what}: {:?}", self.name, e.kind()));
+                shared.event(format!("{} {what}: {:?} {e}", self.name, e.kind()));
                 if matches!(e.kind(), ErrorKind::Internal | ErrorKind::DataLoss) {
                     shared.errors.lock().push(format!("{what}: {e}"));
                 }

@@ -48,6 +48,16 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The runtime's own logs, off unless RUST_LOG asks for them (a seed's
+    // event trace is what TERN_SIM_TRACE prints).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
     let Cmd::Run {
         seeds,
         seed_start,

@@ -1,11 +1,11 @@
 //! The simulator's own guarantees: it is deterministic, its checker
-//! catches planted bugs, the CI batch of seeds passes, and seeds that once
-//! found real bugs stay fixed.
+//! catches planted bugs, the CI batch of seeds of every workload passes,
+//! and seeds that once found real bugs stay fixed.
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use tern_runtime::TernEngine;
-use tern_sim::{Plant, SimConfig, counter_wasm, engine, run_seed};
+use tern_sim::{Components, Plant, SimConfig, Workload, engine, run_seed};
 
 /// Planted bugs are process-wide switches: tests run one at a time.
 fn one_at_a_time() -> MutexGuard<'static, ()> {
@@ -13,21 +13,20 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn setup() -> &'static (TernEngine, Vec<u8>) {
-    static S: OnceLock<(TernEngine, Vec<u8>)> = OnceLock::new();
-    S.get_or_init(|| {
-        (
-            engine().expect("engine"),
-            counter_wasm().expect("counter component"),
-        )
-    })
+fn setup() -> &'static (TernEngine, Components) {
+    static S: OnceLock<(TernEngine, Components)> = OnceLock::new();
+    S.get_or_init(|| (engine().expect("engine"), Components::new()))
+}
+
+fn run(cfg: &SimConfig, seed: u64) -> tern_sim::SeedReport {
+    let (engine, components) = setup();
+    run_seed(cfg, seed, engine, components).expect("the seed runs")
 }
 
 /// The first seed in `seeds` with a violation, if any.
 fn first_failing(cfg: &SimConfig, seeds: std::ops::Range<u64>) -> Option<(u64, Vec<String>)> {
-    let (engine, wasm) = setup();
     seeds.into_iter().find_map(|seed| {
-        let r = run_seed(cfg, seed, engine, wasm);
+        let r = run(cfg, seed);
         (!r.violations.is_empty()).then_some((seed, r.violations))
     })
 }
@@ -35,22 +34,21 @@ fn first_failing(cfg: &SimConfig, seeds: std::ops::Range<u64>) -> Option<(u64, V
 #[test]
 fn sim_is_deterministic() {
     let _one = one_at_a_time();
-    let (engine, wasm) = setup();
-    let cfg = SimConfig::default();
-    for seed in [5, 9] {
-        let a = run_seed(&cfg, seed, engine, wasm);
-        let b = run_seed(&cfg, seed, engine, wasm);
-        assert_eq!(a.trace_hash, b.trace_hash, "seed {seed}");
-        assert_eq!(a.events, b.events, "seed {seed}");
+    for w in [Workload::Counter, Workload::Bank, Workload::Doom] {
+        let cfg = SimConfig::for_workload(w);
+        let seed = 5;
+        let a = run(&cfg, seed);
+        let b = run(&cfg, seed);
+        assert_eq!(a.trace_hash, b.trace_hash, "{w:?} seed {seed}");
+        assert_eq!(a.events, b.events, "{w:?} seed {seed}");
         assert!(
             a.events > 50,
-            "seed {seed} did something ({} events)",
+            "{w:?} seed {seed} did something ({} events)",
             a.events
         );
+        let other = run(&cfg, 6);
+        assert_ne!(other.trace_hash, a.trace_hash, "{w:?}: seeds differ");
     }
-    let other = run_seed(&cfg, 6, engine, wasm);
-    let five = run_seed(&cfg, 5, engine, wasm);
-    assert_ne!(other.trace_hash, five.trace_hash, "seeds differ");
 }
 
 fn planted(bug: Plant) -> SimConfig {
@@ -58,6 +56,13 @@ fn planted(bug: Plant) -> SimConfig {
         plant: Some(bug),
         ..SimConfig::default()
     }
+}
+
+#[test]
+fn sim_finds_planted_skip_fence() {
+    let _one = one_at_a_time();
+    let found = first_failing(&planted(Plant::SkipFence), 0..200);
+    assert!(found.is_some(), "skip-fence went unnoticed for 200 seeds");
 }
 
 #[test]
@@ -81,23 +86,25 @@ fn sim_finds_planted_ignore_idempotency() {
     );
 }
 
-/// The CI batch: these seeds must pass.
+/// The CI batch: these seeds of every workload must pass.
 #[test]
 fn sim_seeds_pass() {
     let _one = one_at_a_time();
-    let found = first_failing(&SimConfig::default(), 0..60);
-    assert!(found.is_none(), "{found:?}");
+    for (w, seeds) in [
+        (Workload::Counter, 0..60),
+        (Workload::Bank, 0..40),
+        (Workload::Doom, 0..12),
+    ] {
+        let found = first_failing(&SimConfig::for_workload(w), seeds);
+        assert!(found.is_none(), "{w:?}: {found:?}");
+    }
 }
 
-/// Seed 23 found forwarding keys repeated by a restarted POP (an owner
-/// replayed an old reply to a new call); seed 9 found a paused POP, its
-/// clock stopped, answering reads from a superseded activation.
+/// Seed 11 (counter) found a POP that crashed with a call in flight
+/// answering it INTERNAL ("its task panicked") instead of UNAVAILABLE.
 #[test]
-fn sim_regression_seeds_pass() {
+fn sim_regression_crash_mid_call_is_unavailable() {
     let _one = one_at_a_time();
-    let (engine, wasm) = setup();
-    for seed in [9, 23] {
-        let r = run_seed(&SimConfig::default(), seed, engine, wasm);
-        assert!(r.violations.is_empty(), "seed {seed}: {:?}", r.violations);
-    }
+    let r = run(&SimConfig::default(), 11);
+    assert!(r.violations.is_empty(), "seed 11: {:?}", r.violations);
 }
