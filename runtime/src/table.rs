@@ -145,7 +145,10 @@ impl Table {
 
     /// Sends `msg()` to every activation and waits until each has ended.
     pub(crate) async fn end_all(&self, msg: fn() -> Msg) {
-        let handles: Vec<_> = self.map.iter().map(|e| e.value().clone()).collect();
+        // In key order: the map's own order depends on a random hasher,
+        // and a simulator must see the same order on every run.
+        let mut handles: Vec<_> = self.map.iter().map(|e| e.value().clone()).collect();
+        handles.sort_by(|a, b| a.key.cmp(&b.key));
         for h in &handles {
             let _ = h.tx.send(msg()).await;
         }
@@ -159,7 +162,12 @@ impl Table {
         self.map
             .iter()
             .filter(|e| except != Some(e.key().as_str()) && e.value().idle())
-            .min_by_key(|e| e.value().last_used_ms.load(Ordering::Acquire))
+            .min_by_key(|e| {
+                (
+                    e.value().last_used_ms.load(Ordering::Acquire),
+                    e.key().clone(),
+                )
+            })
             .map(|e| e.value().clone())
     }
 

@@ -53,7 +53,6 @@ mod counter;
 mod doom;
 use tern_storage::kv::{KvBackend, KvTransaction};
 use tern_storage::{FaultInjector, Kv, StorageError, Store};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// The workload a seed runs.
@@ -214,7 +213,7 @@ impl Default for SimConfig {
             fault_secs: 30,
             clients: 4,
             calls_per_client: 40,
-            actors: 6,
+            actors: 3,
         }
     }
 }
@@ -306,11 +305,42 @@ struct Faults {
     store_latency_base: (u64, u64),
 }
 
+/// A gate that is open or shut. Waiters wake in the order they came (a
+/// `watch` channel would not do: it spreads waiters over several queues
+/// at random, and the simulator must wake them in the same order on every
+/// run; it also drops a value sent while nobody listens).
+#[derive(Default)]
+struct Gate {
+    shut: Mutex<bool>,
+    opened: tokio::sync::Notify,
+}
+
+impl Gate {
+    fn set_shut(&self, shut: bool) {
+        *self.shut.lock() = shut;
+        if !shut {
+            self.opened.notify_waiters();
+        }
+    }
+
+    async fn wait_open(&self) {
+        loop {
+            let opened = self.opened.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            if !*self.shut.lock() {
+                return;
+            }
+            opened.await;
+        }
+    }
+}
+
 struct PopSlot {
     name: String,
     node: Option<Node>,
-    /// `true` while paused: messages to and from it wait.
-    paused: watch::Sender<bool>,
+    /// Shut while paused: messages to and from it wait.
+    paused: Arc<Gate>,
     /// Its clocks' standstill (a new life gets a new one).
     stopped: Arc<Mutex<Stopped>>,
 }
@@ -413,18 +443,18 @@ impl Shared {
             .and_then(|p| p.node.clone())
     }
 
-    fn paused(&self, pop: &str) -> Option<watch::Receiver<bool>> {
+    fn paused(&self, pop: &str) -> Option<Arc<Gate>> {
         self.pops
             .lock()
             .iter()
             .find(|p| p.name == pop)
-            .map(|p| p.paused.subscribe())
+            .map(|p| p.paused.clone())
     }
 
     /// Waits while `pop` is paused.
     async fn while_paused(&self, pop: &str) {
-        if let Some(mut rx) = self.paused(pop) {
-            let _ = rx.wait_for(|p| !*p).await;
+        if let Some(gate) = self.paused(pop) {
+            gate.wait_open().await;
         }
     }
 
@@ -1273,7 +1303,7 @@ async fn run(cfg: SimConfig, seed: u64, engine: TernEngine, wasm: Arc<Vec<u8>>) 
                 .map(|i| PopSlot {
                     name: pop_name(i),
                     node: None,
-                    paused: watch::channel(false).0,
+                    paused: Arc::default(),
                     stopped: Arc::default(),
                 })
                 .collect(),
@@ -1415,7 +1445,7 @@ fn pause(shared: &Shared, pop: usize, on: bool) {
         }
         _ => {}
     }
-    let _ = slot.paused.send(on);
+    slot.paused.set_shut(on);
 }
 
 /// Resumes, reconnects and restarts everything.
