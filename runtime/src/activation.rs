@@ -102,6 +102,34 @@ async fn fail_queued_with(rx: &mut mpsc::Receiver<Msg>, e: &RuntimeError) {
     .await;
 }
 
+/// The call that asked an activation to move to its caller's POP. Its
+/// answer comes once the actor is persisted and released; on every other
+/// way out (the lease lost meanwhile, a crash) it is answered on drop, so
+/// that no caller ever waits on a reply nobody will send.
+struct PendingMove {
+    reply: Option<tokio::sync::oneshot::Sender<Delivered>>,
+    to: String,
+}
+
+impl PendingMove {
+    fn answer(mut self, d: Delivered) {
+        if let Some(r) = self.reply.take() {
+            let _ = r.send(d);
+        }
+    }
+}
+
+impl Drop for PendingMove {
+    fn drop(&mut self) {
+        if let Some(r) = self.reply.take() {
+            let _ = r.send(Delivered::Reply(Err(RuntimeError::LeaseLost(
+                "the activation ended before it could move to the caller's POP; retry the call"
+                    .into(),
+            ))));
+        }
+    }
+}
+
 /// Persist attempts at eviction before the activation gives up.
 const EVICT_PERSIST_ATTEMPTS: u32 = 3;
 
@@ -167,7 +195,7 @@ impl Node {
         handle.busy.store(false, Ordering::Release);
         let idle = Duration::from_millis(act.ty.config.limits.idle_ms);
         let mut closing = false;
-        let mut moved: Option<(tokio::sync::oneshot::Sender<Delivered>, String)> = None;
+        let mut moved: Option<PendingMove> = None;
         // One idle timer per activation, re-armed only when it fires early.
         let idle_timer = tokio::time::sleep(idle);
         tokio::pin!(idle_timer);
@@ -257,7 +285,10 @@ impl Node {
                         // tell the caller to claim it.
                         closing = true;
                         rx.close();
-                        moved = Some((reply, caller_pop));
+                        moved = Some(PendingMove {
+                            reply: Some(reply),
+                            to: caller_pop,
+                        });
                         continue;
                     }
                     let (back, res, fatal) = self.turn(act, &req, route).await;
@@ -345,12 +376,13 @@ impl Node {
         } else {
             tokio::task::spawn_blocking(gc);
         }
-        if let Some((reply, to)) = moved {
+        if let Some(m) = moved {
             // Tell the caller to claim only if the store has everything.
-            let _ = reply.send(match persisted {
-                Ok(()) => Delivered::Moved(to),
+            let d = match persisted {
+                Ok(()) => Delivered::Moved(m.to.clone()),
                 Err(e) => Delivered::Reply(Err(e)),
-            });
+            };
+            m.answer(d);
         }
         tracing::debug!(actor = %key, "evicted");
     }

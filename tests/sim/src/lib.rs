@@ -394,6 +394,9 @@ impl Shared {
 
     fn event(&self, e: String) {
         let line = format!("{:>7} {e}", self.now_ms());
+        // Also as a log line, so that RUST_LOG interleaves the runtime's
+        // own logs with the simulator's events.
+        tracing::info!(target: "tern_sim", "{line}");
         self.log.lock().push(line);
     }
 

@@ -108,3 +108,13 @@ fn sim_regression_crash_mid_call_is_unavailable() {
     let r = run(&SimConfig::default(), 11);
     assert!(r.violations.is_empty(), "seed 11: {:?}", r.violations);
 }
+
+/// Seed 28 (counter) found a call that asked its actor to move to the
+/// caller's POP left without an answer when the activation lost its lease
+/// before the move finished (the caller saw INTERNAL).
+#[test]
+fn sim_regression_move_cut_short_is_answered() {
+    let _one = one_at_a_time();
+    let r = run(&SimConfig::default(), 28);
+    assert!(r.violations.is_empty(), "seed 28: {:?}", r.violations);
+}
