@@ -21,11 +21,11 @@ type Job = (CommitRequest, oneshot::Sender<Result<u64>>);
 pub trait StoreLink: Send + Sync {
     /// A commit request travels to the store. An error: it never got
     /// there (nothing was applied).
-    async fn to_store(&self) -> Result<()>;
+    async fn send(&self) -> Result<()>;
     /// The store's answer travels back. An error: the answer was lost (the
     /// commit may have been applied: the caller sees
     /// `commit_unknown_result`).
-    async fn from_store(&self) -> Result<()>;
+    async fn answer_back(&self) -> Result<()>;
 }
 
 /// Handle to the committer thread. Its queue needs no separate bound:
@@ -89,7 +89,7 @@ impl Committer {
     pub async fn commit(&self, req: CommitRequest) -> Result<u64> {
         let Some(queue) = &self.tx else {
             if let Some(link) = &self.link {
-                link.to_store().await?;
+                link.send().await?;
             }
             let r = self
                 .store
@@ -97,7 +97,7 @@ impl Committer {
                 .pop()
                 .expect("one result per request");
             if let Some(link) = &self.link
-                && let Err(e) = link.from_store().await
+                && let Err(e) = link.answer_back().await
             {
                 tracing::debug!(error = %e, "a commit's answer was lost");
                 return Err(tern_storage::StorageError::CommitUnknownResult.into());

@@ -18,7 +18,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use futures::FutureExt;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::TypeConfig;
 use crate::directory::Owner;
@@ -64,7 +64,12 @@ pub(crate) enum Delivered {
 pub(crate) struct Handle {
     pub(crate) key: String,
     pub(crate) tx: mpsc::Sender<Msg>,
-    done: watch::Receiver<bool>,
+    /// Set once the activation's task has ended and left the table.
+    ended: AtomicBool,
+    /// Wakes every waiter on `ended`, in the order they came (a `watch`
+    /// channel would wake them in a random order, which a deterministic
+    /// simulator cannot have).
+    ended_notify: Notify,
     /// A message is being processed.
     pub(crate) busy: AtomicBool,
     /// Last use, ms since the node started.
@@ -82,8 +87,15 @@ impl Handle {
     }
 
     async fn wait_done(&self) {
-        let mut done = self.done.clone();
-        let _ = done.wait_for(|d| *d).await;
+        loop {
+            let notified = self.ended_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.ended.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -192,7 +204,6 @@ impl Table {
 struct EntryGuard {
     node: Arc<NodeInner>,
     handle: Arc<Handle>,
-    done: watch::Sender<bool>,
 }
 
 impl Drop for EntryGuard {
@@ -205,7 +216,8 @@ impl Drop for EntryGuard {
             t.count.fetch_sub(1, Ordering::AcqRel);
         }
         t.set_resident(h, 0);
-        let _ = self.done.send(true);
+        h.ended.store(true, Ordering::Release);
+        h.ended_notify.notify_waiters();
     }
 }
 
@@ -261,11 +273,11 @@ impl Node {
             }
             Entry::Vacant(v) => {
                 let (tx, rx) = mpsc::channel(ty.limits.mailbox_depth_max as usize);
-                let (done_tx, done_rx) = watch::channel(false);
                 let handle = Arc::new(Handle {
                     key: key.to_string(),
                     tx,
-                    done: done_rx,
+                    ended: AtomicBool::new(false),
+                    ended_notify: Notify::new(),
                     busy: AtomicBool::new(false),
                     last_used_ms: AtomicU64::new(self.since_start_ms()),
                     resident: AtomicU64::new(0),
@@ -274,7 +286,6 @@ impl Node {
                 let guard = EntryGuard {
                     node: self.inner.clone(),
                     handle: handle.clone(),
-                    done: done_tx,
                 };
                 let node = self.clone();
                 let (actor_type, id) = (actor_type.to_string(), id.to_string());

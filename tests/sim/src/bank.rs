@@ -49,6 +49,10 @@ impl Sent {
     }
 }
 
+/// Each account's balance and ledger (`(transfer id, delta)`, oldest
+/// first).
+type Ledgers = BTreeMap<String, (i64, Vec<(u64, i64)>)>;
+
 /// The workload.
 pub(crate) struct Bank {
     cfg: SimConfig,
@@ -137,7 +141,7 @@ impl Load for Bank {
             }
         }
         // Read every ledger.
-        let mut ledgers: BTreeMap<String, (i64, Vec<(u64, i64)>)> = BTreeMap::new();
+        let mut ledgers = Ledgers::new();
         for a in 0..self.cfg.actors {
             let acct = account(a);
             let req = CallRequest::new("account", &acct, "ledger", Vec::new());
@@ -183,7 +187,7 @@ impl Load for Bank {
 /// Checks each transfer against the ledgers.
 fn check(
     sent: &[Sent],
-    ledgers: &BTreeMap<String, (i64, Vec<(u64, i64)>)>,
+    ledgers: &Ledgers,
     unfinished: &std::collections::BTreeSet<u64>,
 ) -> Vec<String> {
     let mut v = Vec::new();

@@ -53,6 +53,9 @@ struct Tally {
     matches_done: BTreeSet<String>,
 }
 
+/// Per match, per player: the inputs acknowledged and those unanswered.
+type InputTally = BTreeMap<String, BTreeMap<String, (Vec<u64>, Vec<u64>)>>;
+
 /// The workload.
 pub(crate) struct Doom {
     cfg: SimConfig,
@@ -289,7 +292,7 @@ impl Load for Doom {
         let mut v = Vec::new();
         let tallies = self.tallies.lock().clone();
         // match -> player -> (acknowledged, unknown) inputs.
-        let mut inputs: BTreeMap<String, BTreeMap<String, (Vec<u64>, Vec<u64>)>> = BTreeMap::new();
+        let mut inputs = InputTally::new();
         for (cid, t) in &tallies {
             let name = player(*cid);
             let req = CallRequest::new("player", &name, "audit", Vec::new());

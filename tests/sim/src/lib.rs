@@ -589,7 +589,7 @@ pub struct SimStoreLink {
 
 #[async_trait]
 impl StoreLink for SimStoreLink {
-    async fn to_store(&self) -> tern_runtime::Result<()> {
+    async fn send(&self) -> tern_runtime::Result<()> {
         self.shared.while_paused(&self.pop).await;
         tokio::time::sleep(self.shared.store_latency()).await;
         if self.shared.cut(&self.pop, "store") {
@@ -600,7 +600,7 @@ impl StoreLink for SimStoreLink {
         Ok(())
     }
 
-    async fn from_store(&self) -> tern_runtime::Result<()> {
+    async fn answer_back(&self) -> tern_runtime::Result<()> {
         tokio::time::sleep(self.shared.store_latency()).await;
         if self.shared.cut(&self.pop, "store") {
             return Err(RuntimeError::Transport(format!(
