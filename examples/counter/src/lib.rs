@@ -395,7 +395,6 @@ impl Counter {
 
 actor!(Counter {
     json incr,
-    json unavailable_below,
     json0 get,
     json tick,
     json0 history,
@@ -410,6 +409,7 @@ actor!(Counter {
     json grow,
     raw echo,
     raw call_other,
+    json unavailable_below,
 });
 
 #[cfg(test)]
