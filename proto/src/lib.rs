@@ -20,6 +20,14 @@ use std::time::Duration;
 /// Largest gRPC message a tern server or client accepts, in bytes.
 pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 << 20;
 
+/// Largest component a POP accepts by default, bytes (`tern pop
+/// --component-bytes-max`); well under [`GRPC_MESSAGE_BYTES_MAX`], so an
+/// oversized deploy gets a clear answer instead of a transport error.
+pub const COMPONENT_BYTES_MAX_DEFAULT: usize = 32 << 20;
+
+/// Room a deploy request needs besides its component, bytes.
+pub const DEPLOY_OVERHEAD_BYTES_MAX: usize = 1 << 20;
+
 /// HTTP/2 keepalive ping interval on every tern channel and server, ms.
 pub const KEEPALIVE_INTERVAL_MS: u64 = 1_000;
 

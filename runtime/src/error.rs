@@ -73,6 +73,16 @@ pub enum RuntimeError {
     /// The component cannot be run or snapshotted by tern.
     #[error("component rejected: {0}")]
     ComponentRejected(String),
+    /// A component is larger than the POP's `component_bytes_max`.
+    #[error(
+        "the component is {size} bytes, over this POP's component_bytes_max = {limit} bytes; shrink it (a release build without debug info) or start the POP with a larger --component-bytes-max"
+    )]
+    ComponentTooLarge {
+        /// Its size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// A payload is larger than the type's `payload_bytes_max`.
     #[error("{what} is {size} bytes, over the limit payload_bytes_max = {limit} bytes")]
     PayloadTooLarge {
@@ -224,6 +234,7 @@ impl RuntimeError {
                 K::InvalidArgument
             }
             RuntimeError::PayloadTooLarge { .. }
+            | RuntimeError::ComponentTooLarge { .. }
             | RuntimeError::MailboxFull { .. }
             | RuntimeError::CpuBudget { .. }
             | RuntimeError::MemoryCap { .. }

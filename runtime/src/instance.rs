@@ -216,12 +216,73 @@ pub fn guest_error(e: ActorError) -> RuntimeError {
     }
 }
 
-/// The linker every actor instance is created with: WASI (no files, no
-/// network, no environment, stdio discarded) plus the `tern:actor` host.
+/// The WASI interfaces a guest may import: what a language's standard
+/// library needs to start and to print (stdio is discarded, there is no
+/// environment, `exit` traps). Nothing that reaches files, sockets, HTTP,
+/// clocks or randomness: time and randomness come from the `tern:actor`
+/// host, which the simulator can control. Deploy refuses a component that
+/// imports anything else, and names it.
+pub const WASI_INTERFACES: &[&str] = &[
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+];
+
+/// The imports of `component` that are neither `tern:actor` nor one of
+/// [`WASI_INTERFACES`] (any version).
+pub fn refused_imports(component: &wasmtime::component::Component) -> Vec<String> {
+    let ty = component.component_type();
+    ty.imports(component.engine())
+        .map(|(name, _)| name.to_string())
+        .filter(|name| {
+            let base = name.split('@').next().unwrap_or(name);
+            !(base.starts_with("tern:actor/") || WASI_INTERFACES.contains(&base))
+        })
+        .collect()
+}
+
+/// Lends a store's resource table to the `wasi:io` host functions.
+struct HasIo;
+
+impl wasmtime::component::HasData for HasIo {
+    type Data<'a> = &'a mut wasmtime::component::ResourceTable;
+}
+
+/// The linker every actor instance is created with: the WASI interfaces
+/// of [`WASI_INTERFACES`] (and no others) plus the `tern:actor` host.
 pub fn linker(engine: &wasmtime::Engine) -> Result<Linker<HostState>> {
+    use wasmtime_wasi::WasiView;
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::p2::bindings::{cli, sync};
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-        .map_err(|e| RuntimeError::Engine(e.to_string()))?;
+    let l = &mut linker;
+    let linked = (|| -> wasmtime::Result<()> {
+        cli::environment::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+        cli::exit::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+        cli::stdin::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+        cli::stdout::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+        cli::stderr::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+        cli::terminal_input::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+        cli::terminal_output::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+        cli::terminal_stdin::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+        cli::terminal_stdout::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+        cli::terminal_stderr::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+        sync::io::error::add_to_linker::<HostState, HasIo>(l, |t| t.ctx().table)?;
+        sync::io::poll::add_to_linker::<HostState, HasIo>(l, |t| t.ctx().table)?;
+        sync::io::streams::add_to_linker::<HostState, HasIo>(l, |t| t.ctx().table)?;
+        Ok(())
+    })();
+    linked.map_err(|e| RuntimeError::Engine(e.to_string()))?;
     Actor::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
         .map_err(|e| RuntimeError::Engine(e.to_string()))?;
     Ok(linker)
@@ -241,6 +302,14 @@ impl Prepared {
         component: wasmtime::component::Component,
         digest: String,
     ) -> Result<Self> {
+        let refused = refused_imports(&component);
+        if !refused.is_empty() {
+            return Err(RuntimeError::ComponentRejected(format!(
+                "it imports {}, which tern does not provide; an actor reaches only the tern:actor host and {} (no files, sockets, HTTP, clocks or randomness: use the host's now-ms and random-u64)",
+                refused.join(", "),
+                WASI_INTERFACES.join(", ")
+            )));
+        }
         let pre = linker.instantiate_pre(&component).map_err(|e| {
             RuntimeError::ComponentRejected(format!(
                 "it imports something tern does not provide: {e:#}"

@@ -148,6 +148,9 @@ pub struct NodeConfig {
     /// How long a forwarding POP waits for an owner's answer before it
     /// starts checking whether the owner's lease lapsed, ms.
     pub forward_patience_ms: u64,
+    /// Largest component `deploy` accepts, bytes (at most
+    /// `GRPC_MESSAGE_BYTES_MAX - DEPLOY_OVERHEAD_BYTES_MAX`).
+    pub component_bytes_max: usize,
 }
 
 /// The smallest resident footprint an activation is assumed to have when
@@ -180,6 +183,7 @@ impl Default for NodeConfig {
             resident_bytes_max,
             turn_slots: default_slots(),
             forward_patience_ms: 1_000,
+            component_bytes_max: tern_proto::COMPONENT_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -459,6 +463,12 @@ impl Node {
             upgrade,
         } = opts;
         check_name("actor type", name, ACTOR_NAME_BYTES_MAX)?;
+        if component.len() > self.inner.cfg.component_bytes_max {
+            return Err(RuntimeError::ComponentTooLarge {
+                size: component.len(),
+                limit: self.inner.cfg.component_bytes_max,
+            });
+        }
         let limits = limits.or_defaults();
         limits.validate().map_err(RuntimeError::InvalidArgument)?;
         placement

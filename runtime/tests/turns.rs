@@ -248,6 +248,46 @@ async fn corrupted_snapshot_detected() {
     assert!(err.to_string().contains("corrupt"), "{err}");
 }
 
+/// An attacker (or a bad restore) that writes one actor's valid page rows
+/// over another's must not make the second actor answer with the first's
+/// state: a page's checksum is bound to its actor, page and version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_snapshot_pages_detected() {
+    let store = Store::memory();
+    let node = node_with_counter(store.clone(), "counter", Durability::Turn, limits());
+    for (id, by) in [("a", 41), ("b", 7)] {
+        call(&node, "counter", id, "incr", json!({"by": by}))
+            .await
+            .unwrap();
+        assert!(node.evict("counter", id).await);
+    }
+    let (pa, pb) = (
+        tern_storage::keys::page_prefix("counter/a"),
+        tern_storage::keys::page_prefix("counter/b"),
+    );
+    let swapped = store
+        .kv()
+        .transact(|tx| {
+            let a = tx.get_prefix(&pa)?;
+            let b = tx.get_prefix(&pb)?;
+            assert_eq!(a.len(), b.len(), "same history, same pages");
+            // Same memories, page indices and versions: pair them in order.
+            for ((ka, _), (_, vb)) in a.iter().zip(&b) {
+                tx.set(ka, vb);
+            }
+            Ok(a.len())
+        })
+        .unwrap();
+    assert!(swapped > 0, "no page was stored");
+    let err = call(&node, "counter", "a", "get", json!(null))
+        .await
+        .expect_err("counter/a must not answer with counter/b's state");
+    assert_eq!(err.kind(), tern_runtime::ErrorKind::DataLoss, "{err}");
+    assert!(err.to_string().contains("moved here"), "{err}");
+    // The untouched actor is fine.
+    assert_eq!(value(&node, "counter", "b").await, 7);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_epoch_commit_refused() {
     let store = Store::memory();

@@ -4,13 +4,17 @@
 //! Loading checks the version and the checksum, then validates the archive
 //! with bytecheck before touching it; bytes from storage are never trusted.
 //!
-//! Records are at [`FORMAT_V1`], except snapshot page values, which are at
-//! [`FORMAT_V2`]: their archive holds the page image packed by
+//! Records are at [`FORMAT_V1`], except snapshot values, which are at
+//! [`FORMAT_V3`]. A page value's archive holds the page image packed by
 //! [`pack_page`] (lz4-compressed, or raw when compression does not shrink
-//! it) with a second crc32 over the *uncompressed* image, checked by
-//! [`unpack_page`] after decompression. The envelope crc catches damage to
-//! the stored bytes before they reach the decompressor; the image crc and
-//! an exact length check catch anything the decompression got wrong.
+//! it) with a second crc32 over the *uncompressed* image **bound to where
+//! the page belongs** ([`PageBinding`]: actor, memory, page index and
+//! snapshot version), checked by [`unpack_page`] after decompression. The
+//! envelope crc catches damage to the stored bytes before they reach the
+//! decompressor; the bound image crc and an exact length check catch
+//! anything the decompression got wrong, and a valid page moved to another
+//! actor, page or version. A manifest names its own actor and version, so
+//! the envelope crc binds it the same way.
 
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
@@ -23,10 +27,12 @@ use crate::StorageError;
 
 /// The envelope format of every record except page values.
 pub(crate) const FORMAT_V1: u8 = 1;
-/// The envelope format of snapshot page values (packed page images, see
-/// [`pack_page`]). A build that only knew V1 pages refuses these as
-/// corrupt instead of misreading them, and this build refuses V1 pages.
-pub(crate) const FORMAT_V2: u8 = 2;
+/// The envelope format of snapshot values bound to their place: page
+/// values (packed page images whose crc covers their actor, page and
+/// version, see [`pack_page`]) and manifests (which name their actor and
+/// version). Older formats (V2 pages, V1 manifests, whose checksums were
+/// not bound) are refused as corrupt instead of trusted.
+pub(crate) const FORMAT_V3: u8 = 3;
 /// Bytes the envelope adds in front of the archive.
 pub(crate) const ENVELOPE_BYTES: usize = 5;
 
@@ -91,7 +97,18 @@ where
     T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
         + Deserialize<T, HighDeserializer<rancor::Error>>,
 {
-    let aligned = open_envelope(key, bytes, FORMAT_V1)?;
+    decode_as(FORMAT_V1, key, bytes)
+}
+
+/// Checks and deserializes a value stored at `key` in an envelope of
+/// format `version`.
+pub(crate) fn decode_as<T>(version: u8, key: &[u8], bytes: &[u8]) -> Result<T, StorageError>
+where
+    T: Archive,
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+        + Deserialize<T, HighDeserializer<rancor::Error>>,
+{
+    let aligned = open_envelope(key, bytes, version)?;
     rkyv::from_bytes::<T, rancor::Error>(&aligned)
         .map_err(|e| StorageError::corrupt(key, format!("invalid archive: {e}")))
 }
@@ -122,21 +139,47 @@ pub(crate) const PAGE_RAW: u8 = 0;
 /// decompresses to exactly the page size.
 pub(crate) const PAGE_LZ4: u8 = 1;
 
+/// Where a page belongs: its checksum covers these, so a valid page copied
+/// to another actor, memory, page index or snapshot version fails it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PageBinding<'a> {
+    pub(crate) actor: &'a str,
+    pub(crate) memory: u32,
+    pub(crate) page: u32,
+    pub(crate) seq: u64,
+}
+
+impl PageBinding<'_> {
+    /// crc32 over the binding, then `image`.
+    fn crc(&self, image: &[u8]) -> u32 {
+        let mut h = crc32fast::Hasher::new();
+        h.update(b"tern-page\0");
+        h.update(&(self.actor.len() as u64).to_le_bytes());
+        h.update(self.actor.as_bytes());
+        h.update(&self.memory.to_le_bytes());
+        h.update(&self.page.to_le_bytes());
+        h.update(&self.seq.to_le_bytes());
+        h.update(image);
+        h.finalize()
+    }
+}
+
 /// A page image packed for storage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PackedPage {
     /// [`PAGE_LZ4`], or [`PAGE_RAW`] when compression did not shrink the
     /// image (random or already-compressed bytes).
     pub(crate) encoding: u8,
-    /// crc32 of the uncompressed image.
+    /// crc32 of the binding and the uncompressed image.
     pub(crate) image_crc: u32,
     /// The stored bytes.
     pub(crate) data: Vec<u8>,
 }
 
-/// Packs a page image: lz4 if that makes it smaller, raw otherwise.
-pub(crate) fn pack_page(image: &[u8]) -> PackedPage {
-    let image_crc = crc32fast::hash(image);
+/// Packs a page image that belongs at `at`: lz4 if that makes it smaller,
+/// raw otherwise.
+pub(crate) fn pack_page(image: &[u8], at: &PageBinding<'_>) -> PackedPage {
+    let image_crc = at.crc(image);
     let compressed = lz4_flex::block::compress(image);
     if compressed.len() < image.len() {
         PackedPage {
@@ -157,13 +200,16 @@ pub(crate) fn pack_page(image: &[u8]) -> PackedPage {
 /// `out`, whose length is the page size. Fails with
 /// [`StorageError::Corrupt`] (never a panic) on an unknown encoding, a
 /// malformed lz4 stream, an image that is not exactly `out.len()` bytes, or
-/// an image whose crc32 is not `image_crc`. On error `out` holds garbage.
+/// an image whose crc32 bound to `at` is not `image_crc` (damaged, or a
+/// valid page of another actor, page or version). On error `out` holds
+/// garbage.
 pub(crate) fn unpack_page(
     key: &[u8],
     encoding: u8,
     image_crc: u32,
     data: &[u8],
     out: &mut [u8],
+    at: &PageBinding<'_>,
 ) -> Result<(), StorageError> {
     match encoding {
         PAGE_RAW => {
@@ -204,11 +250,14 @@ pub(crate) fn unpack_page(
             ));
         }
     }
-    let got = crc32fast::hash(out);
+    let got = at.crc(out);
     if got != image_crc {
         return Err(StorageError::corrupt(
             key,
-            format!("page image crc32 mismatch: stored {image_crc:08x}, computed {got:08x}"),
+            format!(
+                "page checksum mismatch: stored {image_crc:08x}, computed {got:08x} for actor {:?} memory {} page {} version {}; the page is damaged or was moved here from another actor, page or version",
+                at.actor, at.memory, at.page, at.seq
+            ),
         ));
     }
     Ok(())
@@ -221,6 +270,12 @@ mod tests {
     use super::*;
 
     const PAGE: usize = 65536;
+    const AT: PageBinding<'static> = PageBinding {
+        actor: "counter/a",
+        memory: 0,
+        page: 3,
+        seq: 7,
+    };
 
     fn sparse(writes: &[(u16, u8)]) -> Vec<u8> {
         let mut p = vec![0u8; PAGE];
@@ -233,7 +288,7 @@ mod tests {
     #[test]
     fn zero_heavy_page_compresses_and_unpacks() {
         let image = sparse(&[(0, 1), (40_000, 7), (65_535, 9)]);
-        let packed = pack_page(&image);
+        let packed = pack_page(&image, &AT);
         assert_eq!(packed.encoding, PAGE_LZ4);
         assert!(packed.data.len() < 512, "{} bytes", packed.data.len());
         let mut out = vec![0xAAu8; PAGE];
@@ -243,6 +298,7 @@ mod tests {
             packed.image_crc,
             &packed.data,
             &mut out,
+            &AT,
         )
         .unwrap();
         assert_eq!(out, image);
@@ -251,25 +307,71 @@ mod tests {
     #[test]
     fn wrong_length_and_unknown_encoding_are_corrupt() {
         let image = sparse(&[(5, 5)]);
-        let packed = pack_page(&image);
+        let packed = pack_page(&image, &AT);
         // The same stream decompressed into a buffer of another size.
         for len in [PAGE - 1, PAGE + 1] {
             let mut out = vec![0u8; len];
-            let r = unpack_page(b"k", PAGE_LZ4, packed.image_crc, &packed.data, &mut out);
+            let r = unpack_page(
+                b"k",
+                PAGE_LZ4,
+                packed.image_crc,
+                &packed.data,
+                &mut out,
+                &AT,
+            );
             assert!(
                 matches!(r, Err(StorageError::Corrupt { .. })),
                 "{len}: {r:?}"
             );
         }
         let mut out = vec![0u8; PAGE];
-        let r = unpack_page(b"k", 9, packed.image_crc, &packed.data, &mut out);
+        let r = unpack_page(b"k", 9, packed.image_crc, &packed.data, &mut out, &AT);
         assert!(matches!(r, Err(StorageError::Corrupt { .. })));
         // Raw data must be exactly a page.
-        let r = unpack_page(b"k", PAGE_RAW, packed.image_crc, &image[1..], &mut out);
+        let r = unpack_page(b"k", PAGE_RAW, packed.image_crc, &image[1..], &mut out, &AT);
         assert!(matches!(r, Err(StorageError::Corrupt { .. })));
         // A wrong image crc.
-        let r = unpack_page(b"k", PAGE_LZ4, !packed.image_crc, &packed.data, &mut out);
+        let r = unpack_page(
+            b"k",
+            PAGE_LZ4,
+            !packed.image_crc,
+            &packed.data,
+            &mut out,
+            &AT,
+        );
         assert!(matches!(r, Err(StorageError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn page_moved_to_another_place_is_corrupt() {
+        let image = sparse(&[(9, 9)]);
+        let packed = pack_page(&image, &AT);
+        let elsewhere = [
+            PageBinding {
+                actor: "counter/b",
+                ..AT
+            },
+            PageBinding { memory: 1, ..AT },
+            PageBinding { page: 4, ..AT },
+            PageBinding { seq: 8, ..AT },
+        ];
+        for at in elsewhere {
+            let mut out = vec![0u8; PAGE];
+            let r = unpack_page(
+                b"k",
+                packed.encoding,
+                packed.image_crc,
+                &packed.data,
+                &mut out,
+                &at,
+            );
+            match r {
+                Err(StorageError::Corrupt { reason, .. }) => {
+                    assert!(reason.contains("moved here"), "{reason}")
+                }
+                other => panic!("{at:?}: {other:?}"),
+            }
+        }
     }
 
     proptest! {
@@ -291,10 +393,10 @@ mod tests {
                     *b = x as u8;
                 }
             }
-            let packed = pack_page(&image);
+            let packed = pack_page(&image, &AT);
             prop_assert!(packed.data.len() <= PAGE);
             let mut out = vec![0u8; PAGE];
-            unpack_page(b"k", packed.encoding, packed.image_crc, &packed.data, &mut out).unwrap();
+            unpack_page(b"k", packed.encoding, packed.image_crc, &packed.data, &mut out, &AT).unwrap();
             prop_assert!(out == image);
         }
 
@@ -303,9 +405,9 @@ mod tests {
         #[test]
         fn garbage_stream_is_corrupt_not_panic(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
             let image = vec![0u8; PAGE];
-            let crc = crc32fast::hash(&image);
+            let crc = AT.crc(&image);
             let mut out = vec![0u8; PAGE];
-            match unpack_page(b"k", PAGE_LZ4, crc, &data, &mut out) {
+            match unpack_page(b"k", PAGE_LZ4, crc, &data, &mut out, &AT) {
                 Ok(()) => prop_assert!(out == image),
                 Err(e) => prop_assert!(matches!(e, StorageError::Corrupt { .. }), "{:?}", e),
             }
@@ -320,7 +422,7 @@ mod tests {
             cut in any::<bool>(),
         ) {
             let image = sparse(&writes);
-            let packed = pack_page(&image);
+            let packed = pack_page(&image, &AT);
             prop_assume!(packed.encoding == PAGE_LZ4);
             let mut data = packed.data.clone();
             let i = at.index(data.len());
@@ -330,7 +432,7 @@ mod tests {
                 data[i] ^= mask;
             }
             let mut out = vec![0u8; PAGE];
-            match unpack_page(b"k", PAGE_LZ4, packed.image_crc, &data, &mut out) {
+            match unpack_page(b"k", PAGE_LZ4, packed.image_crc, &data, &mut out, &AT) {
                 Ok(()) => prop_assert!(out == image),
                 Err(e) => prop_assert!(matches!(e, StorageError::Corrupt { .. }), "{:?}", e),
             }

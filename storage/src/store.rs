@@ -9,7 +9,10 @@ use std::sync::Arc;
 use rkyv::{Archive, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::codec::{FORMAT_V2, decode, encode, encode_as, pack_page, unpack_page, with_archived};
+use crate::codec::{
+    FORMAT_V3, PageBinding, decode, decode_as, encode, encode_as, pack_page, unpack_page,
+    with_archived,
+};
 use crate::keys;
 use crate::kv::memory::{FaultInjector, MemoryBackend};
 use crate::kv::sqlite::SqliteBackend;
@@ -223,7 +226,11 @@ struct MemMapV1 {
 }
 
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
-struct ManifestV1 {
+struct ManifestV2 {
+    /// The actor and snapshot version it belongs to (so its envelope
+    /// checksum binds it there: a manifest moved elsewhere is refused).
+    actor: String,
+    seq: u64,
     epoch: u64,
     /// Random per commit call, to recognise our own commit after
     /// `commit_unknown_result`.
@@ -234,7 +241,7 @@ struct ManifestV1 {
     memories: Vec<MemMapV1>,
 }
 
-impl ManifestV1 {
+impl ManifestV2 {
     fn refs(&self) -> impl Iterator<Item = (u32, u32, u64)> + '_ {
         self.memories.iter().enumerate().flat_map(|(m, mm)| {
             mm.pages
@@ -246,7 +253,7 @@ impl ManifestV1 {
     }
 }
 
-/// A page value, in a [`FORMAT_V2`] envelope: the page image packed by
+/// A page value, in a [`FORMAT_V3`] envelope: the page image packed by
 /// [`pack_page`] (lz4 or raw).
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
 struct PageV2 {
@@ -812,7 +819,7 @@ impl Store {
         tx: &mut Transaction,
         actor: &str,
         seq: u64,
-    ) -> Result<Option<ManifestV1>, StorageError> {
+    ) -> Result<Option<ManifestV2>, StorageError> {
         let prefix = keys::manifest(actor, seq);
         let parts = tx.get_prefix(&prefix)?;
         if parts.is_empty() {
@@ -828,11 +835,25 @@ impl Store {
             }
             bytes.extend_from_slice(v);
         }
-        decode(&prefix, &bytes).map(Some)
+        let m: ManifestV2 = decode_as(FORMAT_V3, &prefix, &bytes)?;
+        if m.actor != actor || m.seq != seq {
+            return Err(StorageError::corrupt(
+                &prefix,
+                format!(
+                    "the manifest here belongs to actor {:?} version {}; it was moved here from another actor or version",
+                    m.actor, m.seq
+                ),
+            ));
+        }
+        Ok(Some(m))
     }
 
-    fn write_manifest(tx: &mut Transaction, actor: &str, seq: u64, m: &ManifestV1) {
-        let bytes = encode(m);
+    fn write_manifest(tx: &mut Transaction, actor: &str, seq: u64, m: &ManifestV2) {
+        assert!(
+            m.actor == actor && m.seq == seq,
+            "a manifest is written where it belongs"
+        );
+        let bytes = encode_as(FORMAT_V3, m);
         for (i, part) in bytes.chunks(VALUE_CHUNK_BYTES).enumerate() {
             tx.set(&keys::manifest_part(actor, seq, i as u64), part);
         }
@@ -895,9 +916,17 @@ impl Store {
             .into_iter()
             .map(|((m, p), data)| {
                 let v = (!is_zero(data)).then(|| {
-                    let packed = pack_page(data);
+                    let packed = pack_page(
+                        data,
+                        &PageBinding {
+                            actor: &req.actor,
+                            memory: m,
+                            page: p,
+                            seq: req.expected_head_seq + 1,
+                        },
+                    );
                     encode_as(
-                        FORMAT_V2,
+                        FORMAT_V3,
                         &PageV2 {
                             epoch: req.epoch,
                             encoding: packed.encoding,
@@ -978,21 +1007,26 @@ impl Store {
         // The new manifest (rkyv's size does not depend on the integers'
         // values, so a zeroed manifest of the same shape is exact), its
         // part keys, and the clear of the previous one.
-        let manifest = encode(&ManifestV1 {
-            epoch: req.epoch,
-            token,
-            component_digest: req.meta.component_digest.clone(),
-            engine_version: req.meta.engine_version.clone(),
-            globals: req.meta.globals.clone(),
-            memories: req
-                .memories
-                .iter()
-                .map(|mem| MemMapV1 {
-                    len_bytes: mem.len_bytes,
-                    pages: vec![0; pages_for(mem.len_bytes)],
-                })
-                .collect(),
-        })
+        let manifest = encode_as(
+            FORMAT_V3,
+            &ManifestV2 {
+                actor: req.actor.clone(),
+                seq: req.expected_head_seq + 1,
+                epoch: req.epoch,
+                token,
+                component_digest: req.meta.component_digest.clone(),
+                engine_version: req.meta.engine_version.clone(),
+                globals: req.meta.globals.clone(),
+                memories: req
+                    .memories
+                    .iter()
+                    .map(|mem| MemMapV1 {
+                        len_bytes: mem.len_bytes,
+                        pages: vec![0; pages_for(mem.len_bytes)],
+                    })
+                    .collect(),
+            },
+        )
         .len();
         let parts = manifest.div_ceil(VALUE_CHUNK_BYTES).max(1);
         side += manifest + parts * keys::manifest_part(actor, seq, parts as u64).len();
@@ -1131,7 +1165,9 @@ impl Store {
             }
             tx.clear_prefix(&keys::manifest(&req.actor, req.expected_head_seq));
         }
-        let manifest = ManifestV1 {
+        let manifest = ManifestV2 {
+            actor: req.actor.clone(),
+            seq,
             epoch: req.epoch,
             token: p.token,
             component_digest: req.meta.component_digest.clone(),
@@ -1376,16 +1412,22 @@ impl Store {
                     };
                     let off = pi * PAGE_SIZE;
                     let n = PAGE_SIZE.min(len - off);
-                    with_archived::<ArchivedPageV2, ()>(FORMAT_V2, &key, &v, |page| {
+                    with_archived::<ArchivedPageV2, ()>(FORMAT_V3, &key, &v, |page| {
                         let (encoding, crc) = (page.encoding, page.image_crc.to_native());
                         let data = page.data.as_slice();
+                        let at = PageBinding {
+                            actor,
+                            memory: mi as u32,
+                            page: pi as u32,
+                            seq: s,
+                        };
                         if n == PAGE_SIZE {
-                            unpack_page(&key, encoding, crc, data, &mut image[off..off + n])
+                            unpack_page(&key, encoding, crc, data, &mut image[off..off + n], &at)
                         } else {
                             // The last page of a memory whose length is
                             // not a multiple of the page size.
                             let mut full = vec![0u8; PAGE_SIZE];
-                            unpack_page(&key, encoding, crc, data, &mut full)?;
+                            unpack_page(&key, encoding, crc, data, &mut full, &at)?;
                             image[off..off + n].copy_from_slice(&full[..n]);
                             Ok(())
                         }
@@ -1533,7 +1575,7 @@ impl Store {
                     match tx.get(&pk)? {
                         None => false,
                         Some(pv) => match with_archived::<ArchivedPageV2, u64>(
-                            FORMAT_V2,
+                            FORMAT_V3,
                             &pk,
                             &pv,
                             |page| Ok(page.epoch.to_native()),

@@ -103,6 +103,10 @@ enum Cmd {
         /// When turns reach the store.
         #[arg(long, value_enum, default_value_t = Durability::Turn)]
         durability: Durability,
+        /// Refuse, before sending, a component larger than this many bytes
+        /// (the POP's own --component-bytes-max decides in the end).
+        #[arg(long, default_value_t = tern_proto::COMPONENT_BYTES_MAX_DEFAULT)]
+        component_bytes_max: usize,
         /// Allow restoring actors persisted by the previous code of this type.
         #[arg(long)]
         upgrade: bool,
@@ -157,6 +161,9 @@ struct BudgetArgs {
     /// Guest turns run at once (default: one per core).
     #[arg(long)]
     turn_slots: Option<usize>,
+    /// Largest component a deploy may carry, bytes.
+    #[arg(long, default_value_t = tern_proto::COMPONENT_BYTES_MAX_DEFAULT)]
+    component_bytes_max: usize,
 }
 
 impl BudgetArgs {
@@ -166,8 +173,16 @@ impl BudgetArgs {
             activations_max: self.activations_max.unwrap_or(d.activations_max),
             resident_bytes_max: self.resident_bytes_max.unwrap_or(d.resident_bytes_max),
             turn_slots: self.turn_slots.unwrap_or(d.turn_slots),
+            component_bytes_max: self.component_bytes_max,
             ..d
         };
+        let component_ceiling =
+            tern_proto::GRPC_MESSAGE_BYTES_MAX - tern_proto::DEPLOY_OVERHEAD_BYTES_MAX;
+        if cfg.component_bytes_max == 0 || cfg.component_bytes_max > component_ceiling {
+            return Err(format!(
+                "--component-bytes-max must be between 1 and {component_ceiling} (the gRPC message limit less room for the request)"
+            ));
+        }
         if cfg.activations_max == 0 || cfg.resident_bytes_max == 0 || cfg.turn_slots == 0 {
             return Err(
                 "--activations-max, --resident-bytes-max and --turn-slots must be positive".into(),
@@ -369,6 +384,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             file,
             durability,
             upgrade,
+            component_bytes_max,
             follow_caller,
             follow_window,
             follow_share_pct,
@@ -383,6 +399,15 @@ async fn run(cli: Cli) -> Result<(), String> {
                 share_pct: follow_share_pct.unwrap_or(d.share_pct),
                 idle_move_ms: follow_idle_ms.unwrap_or(d.idle_move_ms),
             };
+            let size = std::fs::metadata(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+                .len();
+            if size > component_bytes_max as u64 {
+                return Err(format!(
+                    "{} is {size} bytes, over the component limit of {component_bytes_max} bytes; shrink it (a release build without debug info) or, if the POP allows more (tern pop --component-bytes-max), pass --component-bytes-max",
+                    file.display()
+                ));
+            }
             let component =
                 std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             let mut client = connect(&endpoint.resolve()?)

@@ -298,3 +298,33 @@ fn memory_old_versions_are_swept() {
     }
     assert_eq!(r.get(b"k").unwrap(), Some(999u32.to_be_bytes().to_vec()));
 }
+
+/// A valid manifest copied over another actor's is refused: it names the
+/// actor and version it belongs to, under its checksum.
+#[test]
+fn moved_manifest_detected() {
+    let store = Store::memory();
+    for (actor, seed) in [("m/a", 1), ("m/b", 2)] {
+        let e = claim(&store, actor, "pop").epoch;
+        store
+            .commit_snapshot(&req(actor, e, 0, 2, &[(0, page(seed, 0))]))
+            .unwrap();
+    }
+    store
+        .kv()
+        .transact(|tx| {
+            let a = tx.get_prefix(&crate::keys::manifest("m/a", 1))?;
+            for (i, (_, v)) in a.iter().enumerate() {
+                tx.set(&crate::keys::manifest_part("m/b", 1, i as u64), v);
+            }
+            Ok(())
+        })
+        .unwrap();
+    match store.load_snapshot("m/b") {
+        Err(StorageError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("belongs to actor \"m/a\""), "{reason}")
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(store.load_snapshot("m/a").unwrap().is_some());
+}
