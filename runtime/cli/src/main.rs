@@ -67,6 +67,11 @@ enum Cmd {
         /// Write `{"endpoint", "pid"}` here once listening.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// Allow listening on a non-loopback address without TLS (anyone
+        /// who reaches it can register POPs and claim actors): only for
+        /// experiments on a trusted network.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Run one POP node.
     Pop {
@@ -93,6 +98,11 @@ enum Cmd {
         metrics_listen: Option<SocketAddr>,
         #[command(flatten)]
         budgets: BudgetArgs,
+        /// Allow listening on a non-loopback address without TLS (anyone
+        /// who reaches it can deploy and call any actor): only for
+        /// experiments on a trusted network.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Deploy a component as an actor type.
     Deploy {
@@ -321,8 +331,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             lease_ms,
             heartbeat_ms,
             ready_file,
+            insecure,
         } => {
             die_with_parent();
+            check_listen("the directory", listen, insecure)?;
             let store = tern_storage::Store::open(&store).map_err(|e| e.to_string())?;
             let listener = TcpListener::bind(listen)
                 .await
@@ -348,8 +360,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             coords,
             metrics_listen,
             budgets,
+            insecure,
         } => {
             die_with_parent();
+            check_listen("the POP", listen, insecure)?;
+            if let Some(addr) = metrics_listen {
+                check_listen("the metrics endpoint", addr, insecure)?;
+            }
             let coords = parse_coords(&coords)?;
             let cfg = budgets.config()?;
             if let Some(addr) = metrics_listen {
@@ -560,6 +577,28 @@ fn parse_coords(s: &str) -> Result<[f64; 2], String> {
         return Err(format!("coords `{s}` out of range"));
     }
     Ok([lat, lon])
+}
+
+/// Refuses a listen address other than loopback: tern has no transport
+/// security yet, so anyone who reached such a port could act as a POP or
+/// a client. `--insecure` allows it, loudly.
+fn check_listen(what: &str, addr: SocketAddr, insecure: bool) -> Result<(), String> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if !insecure {
+        return Err(format!(
+            "refusing to start {what} on {addr}: it would accept unauthenticated, unencrypted connections from the network. Listen on 127.0.0.1, or pass --insecure for an experiment on a network you trust"
+        ));
+    }
+    tracing::warn!(
+        %addr,
+        "INSECURE: {what} listens on a non-loopback address without TLS or authentication; anyone who reaches it can act as a POP or a client"
+    );
+    eprintln!(
+        "WARNING: {what} listens on {addr} with --insecure: no TLS, no authentication. Do not use this in front of real players."
+    );
+    Ok(())
 }
 
 fn start_metrics(addr: SocketAddr) -> Result<(), String> {

@@ -1,0 +1,61 @@
+//! Security checks of the real `tern` binary, named after what they stop.
+
+use std::process::Command;
+
+use tern_tests::tern_bin;
+
+/// Without TLS, a POP or directory that listens beyond loopback would take
+/// orders from anyone on the network: it refuses to start, unless told
+/// `--insecure`, and then says so loudly.
+#[test]
+fn open_listen_without_tls_refused() {
+    for args in [
+        vec![
+            "pop",
+            "--name",
+            "p",
+            "--store",
+            "memory",
+            "--listen",
+            "0.0.0.0:0",
+        ],
+        vec!["directory", "--store", "memory", "--listen", "0.0.0.0:0"],
+    ] {
+        let out = Command::new(tern_bin())
+            .args(&args)
+            .output()
+            .expect("run tern");
+        assert!(!out.status.success(), "{args:?} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("refusing to start") && err.contains("--insecure"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// The CLI refuses an oversized component before sending it, with the
+/// limit in the message (nothing needs to listen at the endpoint).
+#[test]
+fn oversized_component_refused_by_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.wasm");
+    std::fs::write(&file, vec![0u8; 2048]).unwrap();
+    let out = Command::new(tern_bin())
+        .args(["deploy", "big"])
+        .arg(&file)
+        .args([
+            "--component-bytes-max",
+            "1024",
+            "--endpoint",
+            "http://127.0.0.1:9",
+        ])
+        .output()
+        .expect("run tern");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("2048 bytes") && err.contains("1024 bytes"),
+        "{err}"
+    );
+}
