@@ -6,7 +6,8 @@ use tern_tests::tern_bin;
 
 /// Without TLS, a POP or directory that listens beyond loopback would take
 /// orders from anyone on the network: it refuses to start, unless told
-/// `--insecure`, and then says so loudly.
+/// `--insecure`, and then says so loudly. (The README's example; the
+/// refusal comes before anything is bound.)
 #[test]
 fn open_listen_without_tls_refused() {
     for args in [
@@ -17,7 +18,7 @@ fn open_listen_without_tls_refused() {
             "--store",
             "memory",
             "--listen",
-            "0.0.0.0:0",
+            "0.0.0.0:7700",
         ],
         vec!["directory", "--store", "memory", "--listen", "0.0.0.0:0"],
     ] {
