@@ -213,6 +213,9 @@ impl Default for SimConfig {
             fault_secs: 30,
             clients: 4,
             calls_per_client: 40,
+            // Few actors: clients at different POPs contend for the same
+            // ones, so a paused owner's actors get claimed elsewhere (the
+            // zombie the fence must stop).
             actors: 3,
         }
     }
