@@ -104,7 +104,9 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut violations, mut first_failing, mut sim_ms, mut events) = (0u64, None, 0u64, 0u64);
     let mut first_hash = None;
+    let mut ran = 0u64;
     for seed in seed_start..seed_start + seeds {
+        ran += 1;
         let r = match run_seed(&cfg, seed, &engine, &components) {
             Ok(r) => r,
             Err(e) => {
@@ -149,7 +151,7 @@ fn main() -> ExitCode {
     println!(
         "{}",
         serde_json::json!({
-            "seeds": bar.position(),
+            "seeds": ran,
             "violations": violations,
             "first_failing_seed": first_failing,
             "sim_seconds": sim_ms as f64 / 1e3,
