@@ -4,8 +4,7 @@
 # cluster and shows the state survived. Exits non-zero if anything fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-cargo build -q -p tern-cli --bin tern
+bash scripts/build.sh
 TERN="$PWD/target/debug/tern"
 DATA="$(mktemp -d)"
 PID=""

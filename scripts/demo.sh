@@ -6,7 +6,5 @@
 # audits every acknowledged action. Exits non-zero if anything was lost.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-cargo build -q -p tern-cli --bin tern
-cargo build -q -p doom-lobby
+bash scripts/build.sh
 exec target/debug/doom-lobby demo "$@"

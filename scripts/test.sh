@@ -5,6 +5,5 @@
 # target/guest by the tests themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-cargo build -p tern-cli --bin tern -p doom-lobby -p tern-sim
+bash scripts/build.sh
 cargo test --workspace -- "$@"

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Builds the binaries the README's commands and the cluster tests run
+# (`tern`, `doom-lobby`, `tern-sim`), always as one set: cargo unifies
+# features per set of packages, so building them apart would compile
+# shared dependencies twice.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+cargo build -q -p tern-cli --bin tern -p doom-lobby -p tern-sim
