@@ -333,23 +333,15 @@ impl Load for Doom {
                     ));
                 }
             }
-            for (m, ids) in &t.inputs_acked {
-                inputs
-                    .entry(m.clone())
-                    .or_default()
-                    .entry(name.clone())
-                    .or_default()
-                    .0
-                    .extend(ids);
-            }
-            for (m, ids) in &t.inputs_unknown {
-                inputs
-                    .entry(m.clone())
-                    .or_default()
-                    .entry(name.clone())
-                    .or_default()
-                    .1
-                    .extend(ids);
+            for (acked, lists) in [(true, &t.inputs_acked), (false, &t.inputs_unknown)] {
+                for (m, ids) in lists {
+                    let both = inputs
+                        .entry(m.clone())
+                        .or_default()
+                        .entry(name.clone())
+                        .or_default();
+                    if acked { &mut both.0 } else { &mut both.1 }.extend(ids);
+                }
             }
         }
         for (m, players) in &inputs {
