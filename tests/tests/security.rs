@@ -60,3 +60,34 @@ fn oversized_component_refused_by_the_cli() {
         "{err}"
     );
 }
+
+/// A raw gRPC client (no CLI check) sending a component over the POP's
+/// limit, yet under the gRPC message limit, gets RESOURCE_EXHAUSTED that
+/// names the limit, not a transport error.
+#[test]
+fn oversized_component_over_grpc_refused_clearly() {
+    use tern_client::pb;
+    let data = tempfile::tempdir().unwrap();
+    let dev = tern_tests::DevCluster::start_pops(data.path(), 1);
+    let endpoint = dev.endpoint().to_string();
+    let rt = tern_tests::runtime();
+    rt.block_on(async {
+        let mut client = tern_client::connect(&endpoint).await.expect("connect");
+        let deploy = |len: usize| pb::DeployRequest {
+            r#type: "big".into(),
+            component: vec![0u8; len],
+            ..Default::default()
+        };
+        let over_pop = tern_proto::COMPONENT_BYTES_MAX_DEFAULT + 1;
+        let err = client
+            .deploy(deploy(over_pop))
+            .await
+            .expect_err("over component_bytes_max");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(
+            err.message().contains("component_bytes_max"),
+            "{}",
+            err.message()
+        );
+    });
+}
