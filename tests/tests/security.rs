@@ -63,7 +63,9 @@ fn oversized_component_refused_by_the_cli() {
 
 /// A raw gRPC client (no CLI check) sending a component over the POP's
 /// limit, yet under the gRPC message limit, gets RESOURCE_EXHAUSTED that
-/// names the limit, not a transport error.
+/// names the limit, not a transport error; one with no size limit of its
+/// own sending more than the gRPC message limit gets OUT_OF_RANGE naming
+/// both sizes.
 #[test]
 fn oversized_component_over_grpc_refused_clearly() {
     use tern_client::pb;
@@ -86,6 +88,25 @@ fn oversized_component_over_grpc_refused_clearly() {
         assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
         assert!(
             err.message().contains("component_bytes_max"),
+            "{}",
+            err.message()
+        );
+        // A client with no size limit of its own, sending more than the
+        // server's gRPC message limit.
+        let ch = tonic::transport::Endpoint::from_shared(endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut raw = pb::actor_service_client::ActorServiceClient::new(ch)
+            .max_encoding_message_size(usize::MAX);
+        let err = raw
+            .deploy(deploy(tern_proto::GRPC_MESSAGE_BYTES_MAX + 1))
+            .await
+            .expect_err("over the gRPC message limit");
+        assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+        assert!(
+            err.message().contains("too large") && err.message().contains("67108864"),
             "{}",
             err.message()
         );
