@@ -76,48 +76,9 @@ pub struct ActivationView {
     pub epoch: u64,
 }
 
-/// A migration of an actor between POPs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MigrationInfo {
-    /// The actor.
-    pub actor: String,
-    /// From POP.
-    pub from_pop: String,
-    /// To POP.
-    pub to_pop: String,
-    /// When, ms since the Unix epoch.
-    pub at_ms: u64,
-    /// How long the move took, ms.
-    pub duration_ms: u64,
-    /// Why.
-    pub reason: String,
-}
-
-impl From<tern_storage::MigrationRecord> for MigrationInfo {
-    fn from(m: tern_storage::MigrationRecord) -> Self {
-        MigrationInfo {
-            actor: m.actor,
-            from_pop: m.from_pop,
-            to_pop: m.to_pop,
-            at_ms: m.at_ms,
-            duration_ms: m.duration_ms,
-            reason: m.reason,
-        }
-    }
-}
-
-impl From<MigrationInfo> for tern_storage::MigrationRecord {
-    fn from(m: MigrationInfo) -> Self {
-        tern_storage::MigrationRecord {
-            actor: m.actor,
-            from_pop: m.from_pop,
-            to_pop: m.to_pop,
-            at_ms: m.at_ms,
-            duration_ms: m.duration_ms,
-            reason: m.reason,
-        }
-    }
-}
+/// A migration of an actor between POPs: the record layer's own record
+/// (the directory stores it as is).
+pub use tern_storage::MigrationRecord as MigrationInfo;
 
 /// POPs, activations and recent migrations.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -361,8 +322,7 @@ impl Directory for LocalDirectory {
     fn invalidate(&self, _actor: &str) {}
 
     async fn record_migration(&self, m: MigrationInfo) -> Result<()> {
-        let rec = tern_storage::MigrationRecord::from(m);
-        blocking(|| self.core().record_migration(rec)).map_err(|e| dir_err("record migration", e))
+        blocking(|| self.core().record_migration(m)).map_err(|e| dir_err("record migration", e))
     }
 
     async fn cluster_view(&self) -> Result<ClusterView> {
@@ -393,7 +353,7 @@ impl Directory for LocalDirectory {
                         epoch: h.epoch,
                     })
                     .collect(),
-                migrations: migs.into_iter().map(MigrationInfo::from).collect(),
+                migrations: migs,
             })
         })
         .map_err(|e| dir_err("cluster view", e))

@@ -13,6 +13,7 @@ pub mod config;
 pub mod directory;
 pub mod engine;
 pub mod error;
+pub mod flag;
 pub mod grpc;
 pub mod hostmem;
 pub mod idem;

@@ -18,11 +18,12 @@ use std::time::Duration;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use futures::FutureExt;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::TypeConfig;
 use crate::directory::Owner;
 use crate::error::{Result, RuntimeError};
+use crate::flag::Flag;
 use crate::node::{CallOutput, CallRequest, Node, NodeInner, Route};
 use crate::turnpool::panic_message;
 
@@ -64,12 +65,9 @@ pub(crate) enum Delivered {
 pub(crate) struct Handle {
     pub(crate) key: String,
     pub(crate) tx: mpsc::Sender<Msg>,
-    /// Set once the activation's task has ended and left the table.
-    ended: AtomicBool,
-    /// Wakes every waiter on `ended`, in the order they came (a `watch`
-    /// channel would wake them in a random order, which a deterministic
-    /// simulator cannot have).
-    ended_notify: Notify,
+    /// Set once the activation's task has ended and left the table
+    /// (waiters wake in arrival order, as a simulator needs).
+    ended: Flag,
     /// A message is being processed.
     pub(crate) busy: AtomicBool,
     /// Last use, ms since the node started.
@@ -87,15 +85,7 @@ impl Handle {
     }
 
     async fn wait_done(&self) {
-        loop {
-            let notified = self.ended_notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.ended.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
+        self.ended.wait_until(true).await;
     }
 }
 
@@ -216,8 +206,7 @@ impl Drop for EntryGuard {
             t.count.fetch_sub(1, Ordering::AcqRel);
         }
         t.set_resident(h, 0);
-        h.ended.store(true, Ordering::Release);
-        h.ended_notify.notify_waiters();
+        h.ended.set(true);
     }
 }
 
@@ -276,8 +265,7 @@ impl Node {
                 let handle = Arc::new(Handle {
                     key: key.to_string(),
                     tx,
-                    ended: AtomicBool::new(false),
-                    ended_notify: Notify::new(),
+                    ended: Flag::new(false),
                     busy: AtomicBool::new(false),
                     last_used_ms: AtomicU64::new(self.since_start_ms()),
                     resident: AtomicU64::new(0),

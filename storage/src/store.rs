@@ -848,14 +848,11 @@ impl Store {
         Ok(Some(m))
     }
 
-    fn write_manifest(tx: &mut Transaction, actor: &str, seq: u64, m: &ManifestV2) {
-        assert!(
-            m.actor == actor && m.seq == seq,
-            "a manifest is written where it belongs"
-        );
+    /// Writes `m` under its own actor and version.
+    fn write_manifest(tx: &mut Transaction, m: &ManifestV2) {
         let bytes = encode_as(FORMAT_V3, m);
         for (i, part) in bytes.chunks(VALUE_CHUNK_BYTES).enumerate() {
-            tx.set(&keys::manifest_part(actor, seq, i as u64), part);
+            tx.set(&keys::manifest_part(&m.actor, m.seq, i as u64), part);
         }
     }
 
@@ -1175,7 +1172,7 @@ impl Store {
             globals: req.meta.globals.clone(),
             memories,
         };
-        Self::write_manifest(tx, &req.actor, seq, &manifest);
+        Self::write_manifest(tx, &manifest);
         if staged {
             tx.clear_prefix(&keys::stage_token(&req.actor, seq, req.epoch, p.token));
         }

@@ -42,6 +42,7 @@ use tern_runtime::committer::StoreLink;
 use tern_runtime::directory::{
     ClaimOutcome, ClusterView, Directory, LocalDirectory, MigrationInfo, Owner,
 };
+use tern_runtime::flag::Flag;
 use tern_runtime::peers::{Forwarded, Peers};
 use tern_runtime::route::Routed;
 use tern_runtime::{
@@ -308,42 +309,19 @@ struct Faults {
     store_latency_base: (u64, u64),
 }
 
-/// A gate that is open or shut. Waiters wake in the order they came (a
-/// `watch` channel would not do: it spreads waiters over several queues
-/// at random, and the simulator must wake them in the same order on every
-/// run; it also drops a value sent while nobody listens).
-#[derive(Default)]
-struct Gate {
-    shut: Mutex<bool>,
-    opened: tokio::sync::Notify,
-}
-
-impl Gate {
-    fn set_shut(&self, shut: bool) {
-        *self.shut.lock() = shut;
-        if !shut {
-            self.opened.notify_waiters();
-        }
-    }
-
-    async fn wait_open(&self) {
-        loop {
-            let opened = self.opened.notified();
-            tokio::pin!(opened);
-            opened.as_mut().enable();
-            if !*self.shut.lock() {
-                return;
-            }
-            opened.await;
-        }
+impl Faults {
+    /// Whether `a` and `b` cannot talk (either way round).
+    fn cut(&self, a: &str, b: &str) -> bool {
+        let pair = |x: &str, y: &str| (x.to_string(), y.to_string());
+        self.cut.contains(&pair(a, b)) || self.cut.contains(&pair(b, a))
     }
 }
 
 struct PopSlot {
     name: String,
     node: Option<Node>,
-    /// Shut while paused: messages to and from it wait.
-    paused: Arc<Gate>,
+    /// Set while paused: messages to and from it wait.
+    paused: Arc<Flag>,
     /// Its clocks' standstill (a new life gets a new one).
     stopped: Arc<Mutex<Stopped>>,
 }
@@ -436,9 +414,7 @@ impl Shared {
     }
 
     fn cut(&self, a: &str, b: &str) -> bool {
-        let f = self.faults.lock();
-        f.cut.contains(&(a.to_string(), b.to_string()))
-            || f.cut.contains(&(b.to_string(), a.to_string()))
+        self.faults.lock().cut(a, b)
     }
 
     fn node(&self, pop: &str) -> Option<Node> {
@@ -449,7 +425,7 @@ impl Shared {
             .and_then(|p| p.node.clone())
     }
 
-    fn paused(&self, pop: &str) -> Option<Arc<Gate>> {
+    fn paused(&self, pop: &str) -> Option<Arc<Flag>> {
         self.pops
             .lock()
             .iter()
@@ -459,8 +435,8 @@ impl Shared {
 
     /// Waits while `pop` is paused.
     async fn while_paused(&self, pop: &str) {
-        if let Some(gate) = self.paused(pop) {
-            gate.wait_open().await;
+        if let Some(paused) = self.paused(pop) {
+            paused.wait_until(false).await;
         }
     }
 
@@ -632,9 +608,7 @@ impl KvBackend for CutKv {
     }
 
     fn begin(&self, write: bool) -> Result<Box<dyn KvTransaction>, StorageError> {
-        let f = self.faults.lock();
-        let key = (self.pop.clone(), "store".to_string());
-        if f.cut.contains(&key) {
+        if self.faults.lock().cut(&self.pop, "store") {
             return Err(StorageError::Unavailable {
                 detail: format!(
                     "POP {} cannot reach the store (simulated partition)",
@@ -642,7 +616,6 @@ impl KvBackend for CutKv {
                 ),
             });
         }
-        drop(f);
         self.inner.begin(write)
     }
 }
@@ -1451,7 +1424,7 @@ fn pause(shared: &Shared, pop: usize, on: bool) {
         }
         _ => {}
     }
-    slot.paused.set_shut(on);
+    slot.paused.set(on);
 }
 
 /// Resumes, reconnects and restarts everything.
