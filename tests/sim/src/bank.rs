@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use rand::Rng;
 use tern_runtime::CallRequest;
 
-use crate::{Caller, Load, Shared, SimConfig, check_recovery, final_call};
+use crate::{Caller, Load, Shared, SimConfig, final_call};
 
 /// One transfer a client sent.
 #[derive(Debug, Clone)]
@@ -145,14 +145,8 @@ impl Load for Bank {
         for a in 0..self.cfg.actors {
             let acct = account(a);
             let req = CallRequest::new("account", &acct, "ledger", Vec::new());
-            let got = final_call(shared, req).await;
-            check_recovery(
-                &mut v,
-                &format!("account/{acct}"),
-                got.as_ref().map(|g| g.1),
-                healed_ms,
-            );
-            let Some((out, _)) = got else { continue };
+            let got = final_call(shared, req, healed_ms, &mut v).await;
+            let Some(out) = got else { continue };
             let parsed = serde_json::from_slice::<serde_json::Value>(&out.payload)
                 .ok()
                 .and_then(|l| {

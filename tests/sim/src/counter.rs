@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use rand::Rng;
 use tern_runtime::CallRequest;
 
-use crate::{Caller, Load, Shared, SimConfig, check_recovery, final_call};
+use crate::{Caller, Load, Shared, SimConfig, final_call};
 
 /// One call a client sent.
 #[derive(Debug, Clone)]
@@ -162,14 +162,8 @@ impl Load for Counter {
         for a in 0..self.cfg.actors {
             let actor = format!("a{a}");
             let req = CallRequest::new("counter", &actor, "applied", Vec::new());
-            let got = final_call(shared, req).await;
-            check_recovery(
-                &mut v,
-                &format!("counter/{actor}"),
-                got.as_ref().map(|g| g.1),
-                healed_ms,
-            );
-            if let Some((out, _)) = got {
+            let got = final_call(shared, req, healed_ms, &mut v).await;
+            if let Some(out) = got {
                 match ids_of(&out.payload) {
                     Some(ids) => {
                         finals.insert(actor, ids);

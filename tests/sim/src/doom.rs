@@ -25,7 +25,7 @@ use rand::Rng;
 use serde::de::DeserializeOwned;
 use tern_runtime::CallRequest;
 
-use crate::{Caller, Load, Shared, SimConfig, check_recovery, final_call};
+use crate::{Caller, Load, Shared, SimConfig, final_call};
 
 /// The one region's matchmaker.
 const REGION: &str = "eu";
@@ -296,14 +296,8 @@ impl Load for Doom {
         for (cid, t) in &tallies {
             let name = player(*cid);
             let req = CallRequest::new("player", &name, "audit", Vec::new());
-            let got = final_call(shared, req).await;
-            check_recovery(
-                &mut v,
-                &format!("player/{name}"),
-                got.as_ref().map(|g| g.1),
-                healed_ms,
-            );
-            if let Some((out, _)) = got
+            let got = final_call(shared, req, healed_ms, &mut v).await;
+            if let Some(out) = got
                 && let Some(a) = decode::<Audit>(shared, "audit", &out.payload)
             {
                 compare(
@@ -315,7 +309,7 @@ impl Load for Doom {
                 );
             }
             let req = CallRequest::new("player", &name, "state", Vec::new());
-            if let Some((out, _)) = final_call(shared, req).await
+            if let Some(out) = final_call(shared, req, healed_ms, &mut v).await
                 && let Some(s) = decode::<PlayerState>(shared, "state", &out.payload)
             {
                 let (held, seen) = (s.stats.matches, t.matches_done.len() as u64);
@@ -346,14 +340,8 @@ impl Load for Doom {
         }
         for (m, players) in &inputs {
             let req = CallRequest::new("match", m, "audit", Vec::new());
-            let got = final_call(shared, req).await;
-            check_recovery(
-                &mut v,
-                &format!("match/{m}"),
-                got.as_ref().map(|g| g.1),
-                healed_ms,
-            );
-            let Some((out, _)) = got else { continue };
+            let got = final_call(shared, req, healed_ms, &mut v).await;
+            let Some(out) = got else { continue };
             let Some(a) = decode::<InputAudit>(shared, "match audit", &out.payload) else {
                 continue;
             };
