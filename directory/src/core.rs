@@ -534,6 +534,30 @@ impl Core {
         Ok(())
     }
 
+    /// Releases `actor` at `epoch` on behalf of POP `pop`, which must be the
+    /// POP that claimed that epoch: a POP may release only its own
+    /// activations. The epoch names one claim, and a claim's POP never
+    /// changes, so reading the record before the fenced release is enough:
+    /// if the epoch moved on meanwhile, the release itself is fenced.
+    pub fn release_held_by(
+        &self,
+        actor: &str,
+        epoch: u64,
+        pop: &str,
+    ) -> Result<(), DirectoryError> {
+        check_name("actor", actor)?;
+        if let Some(r) = self.store.get_activation(actor)?
+            && r.epoch == epoch
+            && r.pop != pop
+        {
+            return Err(DirectoryError::PermissionDenied(format!(
+                "POP `{pop}` cannot release {actor}: epoch {epoch} belongs to POP `{}`",
+                r.pop
+            )));
+        }
+        self.release(actor, epoch)
+    }
+
     /// Active activations (of `pop` only, if given), with whether their
     /// POP is alive, at most [`ACTIVATIONS_LIST_MAX`], sorted by actor.
     /// Activations of dead POPs are listed with `pop_alive = false`: they

@@ -41,7 +41,11 @@
 //!    released at its current epoch), before the new incarnation can claim.
 //! 5. Only a registered, alive incarnation may claim.
 //! 6. A release with a stale epoch changes nothing.
-//! 7. Everything has a limit: name, endpoint and reason lengths, listing
+//! 7. With mTLS on, a POP acts only as itself: Register, Heartbeat and
+//!    Claim only under the name in its certificate, Release only of an
+//!    activation that POP holds at that epoch (the `server` edge checks,
+//!    [`Core::release_held_by`] decides).
+//! 8. Everything has a limit: name, endpoint and reason lengths, listing
 //!    sizes, watch subscribers and their buffer, the sweep's memory of
 //!    announced lapses, and on the server request and reply sizes, requests
 //!    and streams per connection, a per-request deadline and keepalives
@@ -130,6 +134,11 @@ pub enum DirectoryError {
         /// The deadline, in ms.
         ms: u64,
     },
+    /// The authenticated POP asked for something only another POP may do
+    /// (register or renew under another name, claim for another POP,
+    /// release another POP's activation).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The server could not bind, serve, or run a blocking task.
     #[error("directory server: {0}")]
     Server(String),

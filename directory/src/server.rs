@@ -22,6 +22,7 @@ use std::time::Duration;
 use futures::Stream;
 use tern_proto::directory as pb;
 use tern_proto::directory::directory_service_server::{DirectoryService, DirectoryServiceServer};
+use tern_proto::tls::{ClientCerts, Tls, peer_name, peer_pop};
 use tern_storage::{MigrationRecord, StorageError, Store};
 use tokio::sync::{broadcast, watch};
 use tonic::{Code, Request, Response, Status};
@@ -69,6 +70,7 @@ pub fn grpc_code(e: &DirectoryError) -> Code {
         | DirectoryError::Fenced { .. }
         | DirectoryError::HeldElsewhere { .. } => Code::FailedPrecondition,
         DirectoryError::Storage(StorageError::Fenced { .. }) => Code::FailedPrecondition,
+        DirectoryError::PermissionDenied(_) => Code::PermissionDenied,
         DirectoryError::InvalidArgument(_)
         | DirectoryError::Storage(StorageError::InvalidArgument(_)) => Code::InvalidArgument,
         _ => Code::Internal,
@@ -96,31 +98,44 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Store,
     cfg: DirectoryConfig,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DirectoryError> {
-    serve_core(listener, Arc::new(Core::new(store, cfg)), shutdown).await
+    serve_core(listener, Arc::new(Core::new(store, cfg)), tls, shutdown).await
 }
 
 /// Serves `core` on `listener` until `shutdown` completes, sweeping leases
 /// every heartbeat period. At shutdown, open watch streams end
 /// (subscribers reconnect elsewhere or later) and in-flight requests
 /// finish.
+///
+/// With `tls`, every connection must present a certificate signed by the
+/// cluster CA (mTLS), and a POP acts only as the name in its certificate.
+/// Without it, anyone who reaches the port is trusted: loopback only.
 pub async fn serve_core(
     listener: tokio::net::TcpListener,
     core: Arc<Core>,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DirectoryError> {
-    let dir = GrpcDirectory::new(core.clone());
+    let dir = GrpcDirectory::new(core.clone()).authenticated(tls.is_some());
     let addr = listener.local_addr().ok();
     tracing::info!(
         ?addr,
         lease_ms = core.config().lease_ms,
+        mtls = tls.is_some(),
         "directory serving"
     );
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder
+            .tls_config(tls.server(ClientCerts::Required))
+            .map_err(|e| DirectoryError::Server(format!("TLS settings: {e}")))?;
+    }
     let sweeper = tokio::spawn(sweep_loop(core.clone()));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let closer = dir.clone();
-    let res = tonic::transport::Server::builder()
+    let res = builder
         .timeout(Duration::from_millis(
             DIRECTORY_REQUEST_MS_MAX + DIRECTORY_DEADLINE_BACKSTOP_SLACK_MS,
         ))
@@ -164,6 +179,7 @@ pub struct GrpcDirectory {
     core: Arc<Core>,
     closing: Arc<watch::Sender<bool>>,
     request_timeout: Duration,
+    authenticated: bool,
 }
 
 impl GrpcDirectory {
@@ -173,6 +189,44 @@ impl GrpcDirectory {
             core,
             closing: Arc::new(watch::channel(false).0),
             request_timeout: Duration::from_millis(DIRECTORY_REQUEST_MS_MAX),
+            authenticated: false,
+        }
+    }
+
+    /// Whether peers are authenticated by mTLS: then each request acts
+    /// only as the POP named in its peer's certificate.
+    pub fn authenticated(mut self, on: bool) -> GrpcDirectory {
+        self.authenticated = on;
+        self
+    }
+
+    /// The POP the request's peer may act as: `None` when authentication
+    /// is off (anyone may act as anyone), else the name in its verified
+    /// certificate, or PERMISSION_DENIED for a certificate that is not a
+    /// POP's.
+    fn acting_pop<T>(&self, req: &Request<T>) -> Result<Option<String>, Status> {
+        if !self.authenticated {
+            return Ok(None);
+        }
+        match peer_pop(req) {
+            Some(p) => Ok(Some(p)),
+            None => Err(DirectoryError::PermissionDenied(format!(
+                "only POPs may use the directory; this peer's certificate names `{}`",
+                peer_name(req).unwrap_or_else(|| "nobody".into())
+            ))
+            .into()),
+        }
+    }
+
+    /// PERMISSION_DENIED unless `acting` (from [`Self::acting_pop`]) may
+    /// act as POP `name` for `what`.
+    fn must_be(acting: &Option<String>, name: &str, what: &str) -> Result<(), Status> {
+        match acting {
+            Some(me) if me != name => Err(DirectoryError::PermissionDenied(format!(
+                "POP `{me}` cannot {what} as POP `{name}`; a POP acts only under the name in its certificate"
+            ))
+            .into()),
+            _ => Ok(()),
         }
     }
 
@@ -232,7 +286,9 @@ impl DirectoryService for GrpcDirectory {
         &self,
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterReply>, Status> {
+        let acting = self.acting_pop(&req)?;
         let r = req.into_inner();
+        Self::must_be(&acting, &r.name, "register")?;
         let reg = self
             .run(move |c| c.register(&r.name, &r.endpoint, (r.lat, r.lon)))
             .await?;
@@ -248,7 +304,9 @@ impl DirectoryService for GrpcDirectory {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        let acting = self.acting_pop(&req)?;
         let r = req.into_inner();
+        Self::must_be(&acting, &r.name, "renew a lease")?;
         let (alive, lease_until_ms) = self
             .run(move |c| c.heartbeat(&r.name, r.incarnation))
             .await?;
@@ -262,6 +320,7 @@ impl DirectoryService for GrpcDirectory {
         &self,
         req: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupReply>, Status> {
+        self.acting_pop(&req)?;
         let r = req.into_inner();
         let h = self.run(move |c| c.lookup(&r.actor)).await?;
         Ok(Response::new(pb::LookupReply {
@@ -274,7 +333,9 @@ impl DirectoryService for GrpcDirectory {
         req: Request<pb::ClaimRequest>,
     ) -> Result<Response<pb::ClaimReply>, Status> {
         use pb::claim_reply::Outcome;
+        let acting = self.acting_pop(&req)?;
         let r = req.into_inner();
+        Self::must_be(&acting, &r.pop, "claim")?;
         let out = self
             .run(move |c| c.claim(&r.actor, &r.pop, r.incarnation))
             .await?;
@@ -293,8 +354,13 @@ impl DirectoryService for GrpcDirectory {
         &self,
         req: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseReply>, Status> {
+        let acting = self.acting_pop(&req)?;
         let r = req.into_inner();
-        self.run(move |c| c.release(&r.actor, r.epoch)).await?;
+        self.run(move |c| match acting {
+            Some(pop) => c.release_held_by(&r.actor, r.epoch, &pop),
+            None => c.release(&r.actor, r.epoch),
+        })
+        .await?;
         Ok(Response::new(pb::ReleaseReply {}))
     }
 
@@ -302,6 +368,7 @@ impl DirectoryService for GrpcDirectory {
         &self,
         req: Request<pb::ListActivationsRequest>,
     ) -> Result<Response<pb::ListActivationsReply>, Status> {
+        self.acting_pop(&req)?;
         let r = req.into_inner();
         let list = self
             .run(move |c| c.list_activations(Some(r.pop.as_str()).filter(|p| !p.is_empty())))
@@ -313,8 +380,9 @@ impl DirectoryService for GrpcDirectory {
 
     async fn list_pops(
         &self,
-        _req: Request<pb::ListPopsRequest>,
+        req: Request<pb::ListPopsRequest>,
     ) -> Result<Response<pb::ListPopsReply>, Status> {
+        self.acting_pop(&req)?;
         let (pops, now) = self.run(|c| c.list_pops()).await?;
         let lease_ms = self.core.config().lease_ms;
         let pops = pops
@@ -337,7 +405,18 @@ impl DirectoryService for GrpcDirectory {
         &self,
         req: Request<pb::Migration>,
     ) -> Result<Response<pb::RecordMigrationReply>, Status> {
+        let acting = self.acting_pop(&req)?;
         let m = req.into_inner();
+        if let Some(me) = &acting
+            && *me != m.from_pop
+            && *me != m.to_pop
+        {
+            return Err(DirectoryError::PermissionDenied(format!(
+                "POP `{me}` cannot record a migration between `{}` and `{}`",
+                m.from_pop, m.to_pop
+            ))
+            .into());
+        }
         let rec = MigrationRecord {
             actor: m.actor,
             from_pop: m.from_pop,
@@ -354,6 +433,7 @@ impl DirectoryService for GrpcDirectory {
         &self,
         req: Request<pb::ListMigrationsRequest>,
     ) -> Result<Response<pb::ListMigrationsReply>, Status> {
+        self.acting_pop(&req)?;
         let limit = match req.into_inner().limit {
             0 => MIGRATIONS_LIST_DEFAULT,
             n => n as usize,
@@ -378,8 +458,9 @@ impl DirectoryService for GrpcDirectory {
 
     async fn watch(
         &self,
-        _req: Request<pb::WatchRequest>,
+        req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.acting_pop(&req)?;
         let rx = self.core.try_subscribe()?;
         let closing = self.closing.subscribe();
         let stream = futures::stream::unfold(Some((rx, closing)), |state| async move {

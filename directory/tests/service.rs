@@ -42,7 +42,7 @@ impl Dir {
             clock: Arc::new(move || cl.load(Ordering::SeqCst)),
         };
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, store, cfg, async {
+        let task = tokio::spawn(serve(listener, store, cfg, None, async {
             let _ = rx.await;
         }));
         let c = DirectoryServiceClient::connect(format!("http://{addr}"))

@@ -15,6 +15,8 @@ pub mod directory {
     tonic::include_proto!("tern.directory.v1");
 }
 
+pub mod tls;
+
 use std::time::Duration;
 
 /// Largest gRPC message a tern server or client accepts, in bytes.
@@ -39,7 +41,26 @@ pub const KEEPALIVE_TIMEOUT_MS: u64 = 2_000;
 pub const CONNECT_MS_MAX: u64 = 1_000;
 
 /// An endpoint to `url` with tern's connection settings: connect timeout,
-/// HTTP/2 keepalive (also while idle), no Nagle delay.
+/// HTTP/2 keepalive (also while idle), no Nagle delay. An `https://` URL
+/// needs `tls` (whom to trust, and possibly who we are); an `http://` one
+/// ignores it.
+pub fn endpoint_tls(
+    url: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<tonic::transport::Endpoint, String> {
+    let e = endpoint(url)?;
+    if !url.starts_with("https://") {
+        return Ok(e);
+    }
+    let tls = tls.ok_or_else(|| {
+        format!("`{url}` uses TLS: give the cluster's CA certificate (--ca, or the data directory's tls/ca.pem)")
+    })?;
+    e.tls_config(tls.clone())
+        .map_err(|e| format!("TLS settings for `{url}`: {e}"))
+}
+
+/// An endpoint to `url` with tern's connection settings, without TLS
+/// settings (see [`endpoint_tls`]).
 pub fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, String> {
     Ok(tonic::transport::Channel::from_shared(url.to_string())
         .map_err(|e| format!("bad endpoint `{url}`: {e}"))?

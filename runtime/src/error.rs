@@ -25,11 +25,16 @@ pub enum ErrorKind {
     DataLoss,
     /// A bug or an unexpected failure.
     Internal,
+    /// The request carries no valid credentials: get a token.
+    Unauthenticated,
+    /// The credentials are valid but do not allow this: get a token with
+    /// the scope the message names.
+    PermissionDenied,
 }
 
 impl ErrorKind {
     /// Every kind, for exhaustive tests and decoding.
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::NotFound,
         ErrorKind::InvalidArgument,
         ErrorKind::ResourceExhausted,
@@ -39,6 +44,8 @@ impl ErrorKind {
         ErrorKind::DeadlineExceeded,
         ErrorKind::DataLoss,
         ErrorKind::Internal,
+        ErrorKind::Unauthenticated,
+        ErrorKind::PermissionDenied,
     ];
 
     /// A stable one-byte encoding (idempotency records).
@@ -222,6 +229,12 @@ pub enum RuntimeError {
     /// Calling another POP failed.
     #[error("transport: {0}")]
     Transport(String),
+    /// The request carries no token, or one this cluster does not know.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The token is valid but lacks what the request needs.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
 }
 
 impl RuntimeError {
@@ -250,6 +263,8 @@ impl RuntimeError {
             | RuntimeError::ShuttingDown
             | RuntimeError::Transport(_) => K::Unavailable,
             RuntimeError::DeadlineExceeded(_) => K::DeadlineExceeded,
+            RuntimeError::Unauthenticated(_) => K::Unauthenticated,
+            RuntimeError::PermissionDenied(_) => K::PermissionDenied,
             RuntimeError::Storage(e) if e.is_transient() => K::Unavailable,
             RuntimeError::Storage(StorageError::Fenced { .. }) => K::Unavailable,
             RuntimeError::Storage(StorageError::Corrupt { .. }) => K::DataLoss,

@@ -191,7 +191,12 @@ fn error_kind(e: &RuntimeError) -> GuestErrorKind {
     match e.kind() {
         ErrorKind::NotFound => GuestErrorKind::NotFound,
         ErrorKind::InvalidArgument => GuestErrorKind::InvalidArgument,
-        ErrorKind::FailedPrecondition => GuestErrorKind::FailedPrecondition,
+        // An actor-to-actor call is never refused for credentials (the
+        // calling actor's POP is trusted); a remote answer that says so
+        // is a precondition the guest cannot fix.
+        ErrorKind::FailedPrecondition
+        | ErrorKind::Unauthenticated
+        | ErrorKind::PermissionDenied => GuestErrorKind::FailedPrecondition,
         ErrorKind::ResourceExhausted => GuestErrorKind::ResourceExhausted,
         ErrorKind::Unavailable | ErrorKind::DeadlineExceeded => GuestErrorKind::Unavailable,
         ErrorKind::Aborted => GuestErrorKind::Aborted,

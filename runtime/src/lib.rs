@@ -7,6 +7,7 @@
 //! [`peers::Peers`], [`clock::World`]) that a simulator can replace.
 
 mod activation;
+pub mod auth;
 pub mod clock;
 pub mod committer;
 pub mod config;

@@ -8,6 +8,7 @@
 //! ("comp", digest, "h")                           component header {len, chunks}
 //! ("comp", digest, "c", i)                        component chunk i (< 100 kB)
 //! ("type", name)                                  actor type record
+//! ("token", id)                                   client token record (secret hashed)
 //! ("snap", actor, "m", seq, part)                 manifest of seq, split in parts
 //! ("snap", actor, "p", memory, page, seq)         page image written at seq
 //! ("snap", actor, "s", seq, epoch, token, part)   stage marker of a staged commit
@@ -63,6 +64,12 @@ pub(crate) fn type_(name: &str) -> Vec<u8> {
 }
 pub(crate) fn type_prefix() -> Vec<u8> {
     key(&[Str("type")])
+}
+pub(crate) fn token(id: &str) -> Vec<u8> {
+    key(&[Str("token"), Str(id)])
+}
+pub(crate) fn token_prefix() -> Vec<u8> {
+    key(&[Str("token")])
 }
 /// Everything stored for an actor's snapshots.
 pub fn snap_prefix(actor: &str) -> Vec<u8> {

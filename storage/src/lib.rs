@@ -119,7 +119,7 @@ pub use migrations::{
 pub use store::{
     ActivationRecord, CommitRequest, EXTRA_BYTES_MAX, GROUP_TXN_BYTES_MAX, GcStats, LoadedSnapshot,
     MemoryDelta, PAGE_SIZE, POP_NAME_BYTES_MAX, PopRecord, STAGE_TXN_BYTES_MAX, SnapshotMeta,
-    Store, TypeRecord, VALUE_CHUNK_BYTES,
+    Store, TOKENS_MAX, TokenRecord, TypeRecord, VALUE_CHUNK_BYTES,
 };
 
 /// A random-enough u64 for commit tokens (not for cryptography): std's

@@ -91,6 +91,37 @@ pub struct TypeRecord {
     pub deployed_at_ms: u64,
 }
 
+/// A client token. Only a hash of its secret is stored: whoever reads the
+/// store cannot call with it. Scopes and types are the runtime's to
+/// interpret.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    Archive,
+    Serialize,
+    Deserialize,
+)]
+pub struct TokenRecord {
+    /// sha256 of the token's secret, hex.
+    pub secret_sha256: String,
+    /// What it may do (`call`, `deploy`, `admin`).
+    pub scopes: Vec<String>,
+    /// The actor types it is limited to (empty: all).
+    pub types: Vec<String>,
+    /// A note for people (who it is for).
+    pub label: String,
+    /// When it was created, ms since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// Most tokens the store keeps; creating one more fails until some are
+/// revoked.
+pub const TOKENS_MAX: usize = 10_000;
+
 /// Where an actor is (or was last) active.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ActivationRecord {
@@ -621,6 +652,66 @@ impl Store {
     /// Every actor type, sorted by name.
     pub fn list_types(&self) -> Result<Vec<(String, TypeRecord)>, StorageError> {
         self.scan_prefix(&keys::type_prefix())?
+            .into_iter()
+            .map(|(k, v)| Ok((keys::last_str(&k)?, decode(&k, &v)?)))
+            .collect()
+    }
+
+    // ---------------------------------------------------------------- tokens
+
+    /// Stores a new client token under `id`; fails if `id` exists or
+    /// [`TOKENS_MAX`] tokens exist already.
+    pub fn create_token(&self, id: &str, rec: &TokenRecord) -> Result<(), StorageError> {
+        if id.is_empty() || id.len() > 64 {
+            return Err(StorageError::InvalidArgument(
+                "a token id is 1 to 64 bytes".into(),
+            ));
+        }
+        let existing = self.scan_prefix(&keys::token_prefix())?.len();
+        if existing >= TOKENS_MAX {
+            return Err(StorageError::InvalidArgument(format!(
+                "the store holds {existing} tokens, its maximum (TOKENS_MAX); revoke some first"
+            )));
+        }
+        let key = keys::token(id);
+        let val = encode(rec);
+        self.kv_().transact(|tx| {
+            if let Some(old) = tx.get(&key)? {
+                // Our own write, seen again after commit_unknown_result.
+                if old == val {
+                    return Ok(());
+                }
+                return Err(StorageError::InvalidArgument(format!(
+                    "token id {id} exists"
+                )));
+            }
+            tx.set(&key, &val);
+            Ok(())
+        })
+    }
+
+    /// Reads a client token.
+    pub fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, StorageError> {
+        let key = keys::token(id);
+        self.kv_()
+            .read(|tx| tx.get(&key))?
+            .map(|v| decode(&key, &v))
+            .transpose()
+    }
+
+    /// Removes a client token; `false` if there was none.
+    pub fn delete_token(&self, id: &str) -> Result<bool, StorageError> {
+        let key = keys::token(id);
+        self.kv_().transact(|tx| {
+            let had = tx.get(&key)?.is_some();
+            tx.clear(&key);
+            Ok(had)
+        })
+    }
+
+    /// Every client token, sorted by id (at most [`TOKENS_MAX`]).
+    pub fn list_tokens(&self) -> Result<Vec<(String, TokenRecord)>, StorageError> {
+        self.scan_prefix(&keys::token_prefix())?
             .into_iter()
             .map(|(k, v)| Ok((keys::last_str(&k)?, decode(&k, &v)?)))
             .collect()

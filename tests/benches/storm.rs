@@ -17,9 +17,8 @@ fn main() {
     let wasm = counter_wasm().to_str().unwrap();
     dev.tern(&["deploy", "counter", wasm]).unwrap();
     let rt = runtime();
-    let endpoint = dev.endpoint().to_string();
-    let quiet = rt.block_on(storm(&endpoint, 0, PHASE));
-    let loud = rt.block_on(storm(&endpoint, SPINNERS, PHASE));
+    let quiet = rt.block_on(async { storm(dev.connect("fra").await, 0, PHASE).await });
+    let loud = rt.block_on(async { storm(dev.connect("fra").await, SPINNERS, PHASE).await });
     let row = |name: &str, r: &tern_tests::StormReport| {
         println!(
             "{name:<22} calls {:>5}  p50 {:>7.2} ms  p99 {:>7.2} ms  spins {:>5}  lease errors {}",

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use tern_client::{ClusterFile, PopInfo, TernClient};
+use tern_client::{Client, ClusterFile, Credentials, PopInfo, TernClient};
 
 /// How long a cluster may take to write its cluster file.
 pub const STARTUP_MS_MAX: u64 = 60_000;
@@ -43,11 +43,15 @@ pub fn counter_wasm() -> &'static Path {
     })
 }
 
-/// Runs `tern ARGS --endpoint ENDPOINT`: stdout, or stderr on failure.
-fn run_tern(args: &[&str], endpoint: &str) -> Result<String, String> {
+/// Runs `tern ARGS --endpoint ENDPOINT --data DATA` (the data directory
+/// gives the CLI the cluster's CA and admin token): stdout, or stderr on
+/// failure.
+fn run_tern(args: &[&str], endpoint: &str, data: &Path) -> Result<String, String> {
     let out = Command::new(tern_bin())
         .args(args)
         .args(["--endpoint", endpoint])
+        .arg("--data")
+        .arg(data)
         .output()
         .expect("run tern");
     if out.status.success() {
@@ -132,12 +136,12 @@ impl DevCluster {
     /// Runs `tern ARGS --endpoint E` against the first POP, returning
     /// stdout, or stderr on failure.
     pub fn tern(&self, args: &[&str]) -> Result<String, String> {
-        run_tern(args, self.endpoint())
+        run_tern(args, self.endpoint(), &self.data)
     }
 
     /// Runs `tern ARGS` against the POP named `pop`.
     pub fn tern_at(&self, pop: &str, args: &[&str]) -> Result<String, String> {
-        run_tern(args, &self.pop(pop).endpoint)
+        run_tern(args, &self.pop(pop).endpoint, &self.data)
     }
 
     /// The POP named `name`.
@@ -173,9 +177,22 @@ impl DevCluster {
         }
     }
 
-    /// A retrying client near `coords`.
+    /// The cluster's CA and admin token (none with `--insecure`).
+    pub fn creds(&self) -> Credentials {
+        Credentials::of_cluster(&self.cluster).expect("cluster credentials")
+    }
+
+    /// A raw ActorService client of the POP named `pop`, with the admin
+    /// token.
+    pub async fn connect(&self, pop: &str) -> Client {
+        tern_client::connect(&self.pop(pop).endpoint, &self.creds())
+            .await
+            .expect("connect")
+    }
+
+    /// A retrying client near `coords`, with the admin token.
     pub fn client(&self, coords: [f64; 2]) -> TernClient {
-        TernClient::new(&self.cluster.pops, coords).expect("client")
+        TernClient::new(&self.cluster.pops, coords, &self.creds()).expect("client")
     }
 
     /// Kills the process with SIGKILL and reaps it.
@@ -260,17 +277,16 @@ pub struct StormReport {
 /// Pause between the unrelated actor's calls, ms.
 const CALM_PACE_MS: u64 = 20;
 
-/// A CPU storm against the POP at `endpoint` (type `counter` deployed):
+/// A CPU storm against the POP `client` talks to (type `counter` deployed):
 /// `spinners` concurrent callers each call `spin` on their own actor, and
 /// re-send at once when the 50 ms budget stops it; meanwhile an unrelated
 /// actor (`counter/calm`) is called every [`CALM_PACE_MS`] and its latency
 /// recorded. Bounded by `duration`. With `spinners = 0` it measures the
 /// baseline.
-pub async fn storm(endpoint: &str, spinners: usize, duration: std::time::Duration) -> StormReport {
+pub async fn storm(client: Client, spinners: usize, duration: std::time::Duration) -> StormReport {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tern_client::{call_request, connect};
-    let client = connect(endpoint).await.expect("connect");
+    use tern_client::call_request;
     // Activate everything first, so the storm measures turns, not restores.
     let mut c = client.clone();
     c.call(call_request("counter", "calm", "get", Vec::new()))

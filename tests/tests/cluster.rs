@@ -289,9 +289,7 @@ fn zombie_pop_cannot_commit() {
         dev.signal_pop("fra", Signal::SIGCONT);
         // Drive the zombie directly, without retries: whatever it answers,
         // it must not commit at its old epoch.
-        let mut zombie = tern_client::connect(&dev.pop("fra").endpoint)
-            .await
-            .unwrap();
+        let mut zombie = dev.connect("fra").await;
         for _ in 0..5 {
             let r = zombie
                 .call(tern_client::call_request(
@@ -459,10 +457,12 @@ fn directory_restart_loses_nothing() {
         Signal::SIGKILL,
     )
     .unwrap();
-    let listen = dir_url.trim_start_matches("http://").to_string();
+    let listen = dir_url.split_once("://").unwrap().1.to_string();
     let mut directory = std::process::Command::new(tern_tests::tern_bin())
         .args(["directory", "--listen", &listen, "--store"])
         .arg(format!("sqlite:{}", data.path().join("tern.db").display()))
+        .arg("--tls-dir")
+        .arg(data.path().join("tls"))
         .stderr(std::fs::File::create(data.path().join("directory2.log")).unwrap())
         .spawn()
         .unwrap();

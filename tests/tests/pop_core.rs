@@ -30,8 +30,8 @@ fn cpu_storm_does_not_starve_other_actors() {
     let dev = DevCluster::start_pops(data.path(), 1);
     dev.tern(&["deploy", "counter", wasm()]).expect("deploy");
     let rt = runtime();
-    let endpoint = dev.endpoint().to_string();
-    let report = rt.block_on(storm(&endpoint, 64, Duration::from_secs(10)));
+    let report =
+        rt.block_on(async { storm(dev.connect("fra").await, 64, Duration::from_secs(10)).await });
     let p50 = percentile(&report.calm_ms, 50.0);
     let p99 = percentile(&report.calm_ms, 99.0);
     eprintln!(
@@ -66,7 +66,7 @@ fn frozen_owner_does_not_hang_callers() {
         .expect("deploy");
     let rt = runtime();
     rt.block_on(async {
-        let mut fra = connect(&dev.pop("fra").endpoint).await.unwrap();
+        let mut fra = dev.connect("fra").await;
         let r = fra
             .call(call_request("acct", "f", "incr", b"{\"by\":1}".to_vec()))
             .await
@@ -79,14 +79,16 @@ fn frozen_owner_does_not_hang_callers() {
         // Calls through iad, unkeyed and without client retries: some sent
         // at once (before the lease lapses), some after it lapsed.
         let iad = dev.pop("iad").endpoint.clone();
+        let creds = dev.creds();
         let mut calls = Vec::new();
         for i in 0..8u64 {
             let iad = iad.clone();
+            let creds = creds.clone();
             calls.push(tokio::spawn(async move {
                 if i >= 4 {
                     tokio::time::sleep(Duration::from_secs(5)).await;
                 }
-                let mut c = connect(&iad).await.unwrap();
+                let mut c = connect(&iad, &creds).await.unwrap();
                 let mut req =
                     tonic::Request::new(call_request("acct", "f", "incr", b"{\"by\":1}".to_vec()));
                 req.set_timeout(Duration::from_secs(15));
@@ -116,7 +118,7 @@ fn frozen_owner_does_not_hang_callers() {
                 .iter()
                 .any(|p| p["name"] == "fra" && p["alive"] == true)
         });
-        let mut c = connect(&iad).await.unwrap();
+        let mut c = dev.connect("iad").await;
         let v = c
             .call(call_request("acct", "f", "get", Vec::new()))
             .await
@@ -141,11 +143,11 @@ fn cold_burst_is_not_serialized() {
         .expect("deploy");
     let rt = runtime();
     rt.block_on(async {
-        let mut fra = connect(&dev.pop("fra").endpoint).await.unwrap();
+        let mut fra = dev.connect("fra").await;
         fra.call(call_request("acct", "b", "get", Vec::new()))
             .await
             .unwrap();
-        let iad = connect(&dev.pop("iad").endpoint).await.unwrap();
+        let iad = dev.connect("iad").await;
         let burst = || {
             let iad = iad.clone();
             async move {

@@ -1,8 +1,360 @@
 //! Security checks of the real `tern` binary, named after what they stop.
 
+use std::path::Path;
 use std::process::Command;
 
-use tern_tests::tern_bin;
+use tern_client::{Credentials, call_request, pb};
+use tern_proto::directory as dpb;
+use tern_proto::directory::directory_service_client::DirectoryServiceClient;
+use tern_tests::{DevCluster, counter_wasm, runtime, tern_bin};
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// A directory client presenting the certificate `<stem>.pem` from
+/// `tls_dir` (a POP's, as a misbehaving POP would), or none, trusting
+/// the CA in `ca_dir`.
+async fn directory_as(
+    url: &str,
+    ca_dir: &Path,
+    tls_dir: &Path,
+    stem: Option<&str>,
+) -> DirectoryServiceClient<Channel> {
+    let ca = std::fs::read(ca_dir.join("ca.pem")).unwrap();
+    let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    if let Some(stem) = stem {
+        cfg = cfg.identity(Identity::from_pem(
+            std::fs::read(tls_dir.join(format!("{stem}.pem"))).unwrap(),
+            std::fs::read(tls_dir.join(format!("{stem}.key"))).unwrap(),
+        ));
+    }
+    let ch = tern_proto::endpoint_tls(url, Some(&cfg))
+        .unwrap()
+        .timeout(std::time::Duration::from_secs(10))
+        .connect_lazy();
+    DirectoryServiceClient::new(ch)
+}
+
+fn register(name: &str) -> dpb::RegisterRequest {
+    dpb::RegisterRequest {
+        name: name.into(),
+        endpoint: "https://127.0.0.1:9".into(),
+        lat: 0.0,
+        lon: 0.0,
+    }
+}
+
+/// The names of the POPs the directory knows, asked as POP `iad`.
+async fn pop_names(dev: &DevCluster) -> Vec<String> {
+    let tls = dev.data().join("tls");
+    let url = dev.cluster.directory.clone().unwrap();
+    let mut iad = directory_as(&url, &tls, &tls, Some("pop-iad")).await;
+    let mut names: Vec<String> = iad
+        .list_pops(dpb::ListPopsRequest {})
+        .await
+        .expect("a POP may list POPs")
+        .into_inner()
+        .pops
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    names.sort();
+    names
+}
+
+/// Nobody can join the cluster as a POP without a certificate from its
+/// CA, and a POP cannot register under another POP's name (which would
+/// void that POP's activations).
+#[test]
+fn fake_pop_cannot_register() {
+    let data = tempfile::tempdir().unwrap();
+    let dev = DevCluster::start_pops(data.path(), 2);
+    let tls = data.path().join("tls");
+    let url = dev.cluster.directory.clone().unwrap();
+    // A certificate from another CA, naming a POP of this cluster.
+    let other = data.path().join("other-ca");
+    let out = Command::new(tern_bin())
+        .args(["certs", "--pop", "fra", "--dir"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let rt = runtime();
+    rt.block_on(async {
+        // No certificate at all: the TLS handshake refuses it.
+        let mut none = directory_as(&url, &tls, &tls, None).await;
+        let e = none.register(register("evil")).await.unwrap_err();
+        assert_ne!(e.code(), Code::Ok);
+        // A certificate from a CA the directory does not trust.
+        let mut foreign = directory_as(&url, &tls, &other, Some("pop-fra")).await;
+        let e = foreign.register(register("fra")).await.unwrap_err();
+        assert_ne!(e.code(), Code::Ok);
+        // A real POP (iad) registering as fra, and the directory's own
+        // certificate used to register at all.
+        let mut iad = directory_as(&url, &tls, &tls, Some("pop-iad")).await;
+        let e = iad.register(register("fra")).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(
+            e.message().contains("`iad` cannot register as POP `fra`"),
+            "{e:?}"
+        );
+        let e = iad
+            .heartbeat(dpb::HeartbeatRequest {
+                name: "fra".into(),
+                incarnation: 1,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        let mut dir = directory_as(&url, &tls, &tls, Some("directory")).await;
+        let e = dir.register(register("evil")).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("only POPs"), "{e:?}");
+        assert_eq!(pop_names(&dev).await, ["fra", "iad"]);
+    });
+    // fra kept its lease through all of it.
+    assert_eq!(dev.status("fra")["lease_ok"], true);
+}
+
+/// Calls `counter/<id>` through POP `pop` with the admin token, so the
+/// actor is active there; returns its epoch.
+async fn activate_at(dev: &DevCluster, pop: &str, id: &str) -> u64 {
+    let mut c = dev.connect(pop).await;
+    let r = c
+        .call(call_request("counter", id, "incr", b"{\"by\":1}".to_vec()))
+        .await
+        .expect("call")
+        .into_inner();
+    assert_eq!(r.pop, pop);
+    r.epoch
+}
+
+fn deploy_counter(dev: &DevCluster) {
+    dev.tern(&[
+        "deploy",
+        "counter",
+        counter_wasm().to_str().unwrap(),
+        "--follow-caller",
+        "false",
+    ])
+    .expect("deploy");
+}
+
+/// A POP may claim actors only for itself: iad cannot take an actor on
+/// fra's behalf (which would let it steer calls to fra's name).
+#[test]
+fn pop_cannot_claim_for_another() {
+    let data = tempfile::tempdir().unwrap();
+    let dev = DevCluster::start_pops(data.path(), 2);
+    deploy_counter(&dev);
+    let tls = data.path().join("tls");
+    let url = dev.cluster.directory.clone().unwrap();
+    runtime().block_on(async {
+        let mut iad = directory_as(&url, &tls, &tls, Some("pop-iad")).await;
+        let e = iad
+            .claim(dpb::ClaimRequest {
+                actor: "counter/c".into(),
+                pop: "fra".into(),
+                incarnation: 1,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("cannot claim as POP `fra`"), "{e:?}");
+        let looked = iad
+            .lookup(dpb::LookupRequest {
+                actor: "counter/c".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(looked.active.is_none(), "nothing was claimed: {looked:?}");
+    });
+}
+
+/// Only the POP that holds an activation may release it: another POP that
+/// learned the epoch from Lookup is refused, and the actor stays where it
+/// is, answering.
+#[test]
+fn release_by_stranger_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let dev = DevCluster::start_pops(data.path(), 2);
+    deploy_counter(&dev);
+    let tls = data.path().join("tls");
+    let url = dev.cluster.directory.clone().unwrap();
+    runtime().block_on(async {
+        let epoch = activate_at(&dev, "fra", "r").await;
+        let mut iad = directory_as(&url, &tls, &tls, Some("pop-iad")).await;
+        let held = iad
+            .lookup(dpb::LookupRequest {
+                actor: "counter/r".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .active
+            .expect("active at fra");
+        assert_eq!((held.pop.as_str(), held.epoch), ("fra", epoch));
+        let e = iad
+            .release(dpb::ReleaseRequest {
+                actor: "counter/r".into(),
+                epoch,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("belongs to POP `fra`"), "{e:?}");
+        // A stranger without a certificate does not get that far.
+        let mut none = directory_as(&url, &tls, &tls, None).await;
+        assert!(
+            none.release(dpb::ReleaseRequest {
+                actor: "counter/r".into(),
+                epoch,
+            })
+            .await
+            .is_err()
+        );
+        let still = iad
+            .lookup(dpb::LookupRequest {
+                actor: "counter/r".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .active
+            .expect("still active");
+        assert_eq!((still.pop.as_str(), still.epoch), ("fra", epoch));
+        assert_eq!(activate_at(&dev, "fra", "r").await, epoch);
+    });
+}
+
+/// A POP serves nobody without a token: no token, a malformed one, an
+/// unknown one and a revoked one each get UNAUTHENTICATED saying which;
+/// plaintext to a TLS POP gets nowhere.
+#[test]
+fn unauthenticated_call_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let dev = DevCluster::start_pops(data.path(), 1);
+    deploy_counter(&dev);
+    let endpoint = dev.endpoint().to_string();
+    let ca_only = Credentials {
+        ca_pem: dev.creds().ca_pem,
+        token: None,
+    };
+    let call_token = dev
+        .tern(&["token", "create", "--scope", "call"])
+        .expect("token create");
+    runtime().block_on(async {
+        let get = || call_request("counter", "u", "get", Vec::new());
+        let refused = |creds: Credentials, want: &'static str| {
+            let endpoint = endpoint.clone();
+            async move {
+                let mut c = tern_client::connect(&endpoint, &creds).await.unwrap();
+                let e = c.call(get()).await.unwrap_err();
+                assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+                assert!(e.message().contains(want), "{want}: {e:?}");
+            }
+        };
+        refused(ca_only.clone(), "needs a token").await;
+        refused(ca_only.clone().with_token("letmein"), "malformed token").await;
+        let unknown = format!("tern_{}_{}", "1".repeat(16), "2".repeat(64));
+        refused(ca_only.clone().with_token(unknown), "unknown").await;
+        // The real token works, until it is revoked.
+        let mut ok = tern_client::connect(&endpoint, &ca_only.clone().with_token(&call_token))
+            .await
+            .unwrap();
+        ok.call(get()).await.expect("a call token may call");
+        let id = &call_token["tern_".len().."tern_".len() + 16];
+        dev.tern(&["token", "revoke", id]).expect("revoke");
+        refused(ca_only.clone().with_token(&call_token), "revoked").await;
+        // Plaintext to the TLS port.
+        let plain = endpoint.replacen("https://", "http://", 1);
+        let mut p = tern_client::connect(&plain, &Credentials::none().with_token("x"))
+            .await
+            .unwrap();
+        assert!(p.call(get()).await.is_err());
+    });
+}
+
+/// Deploying needs scope `deploy` for that type; a call token cannot
+/// deploy, read status or make tokens, and a type-limited token reaches
+/// only its types. Each refusal names what is missing.
+#[test]
+fn deploy_needs_deploy_scope() {
+    let data = tempfile::tempdir().unwrap();
+    let dev = DevCluster::start_pops(data.path(), 1);
+    let wasm = counter_wasm().to_str().unwrap();
+    let token = |args: &[&str]| {
+        let mut a = vec!["token", "create"];
+        a.extend_from_slice(args);
+        dev.tern(&a).expect("token create")
+    };
+    let caller = token(&["--scope", "call", "--types", "counter"]);
+    let other_deployer = token(&["--scope", "deploy", "--types", "other"]);
+    let deployer = token(&["--scope", "deploy", "--types", "counter", "--label", "ci"]);
+    let err = dev
+        .tern(&["deploy", "counter", wasm, "--token", &caller])
+        .unwrap_err();
+    assert!(
+        err.contains("PermissionDenied") && err.contains("needs scope `deploy`"),
+        "{err}"
+    );
+    let err = dev
+        .tern(&["deploy", "counter", wasm, "--token", &other_deployer])
+        .unwrap_err();
+    assert!(err.contains("limited to types [other]"), "{err}");
+    dev.tern(&["deploy", "counter", wasm, "--token", &deployer])
+        .expect("a deploy token for counter deploys counter");
+    dev.tern(&["call", "counter/d", "get", "--token", &caller])
+        .expect("a call token for counter calls counter");
+    let err = dev.tern(&["status", "--token", &caller]).unwrap_err();
+    assert!(err.contains("needs scope `admin`"), "{err}");
+    let err = dev
+        .tern(&["token", "create", "--scope", "admin", "--token", &deployer])
+        .unwrap_err();
+    assert!(err.contains("PermissionDenied"), "{err}");
+    let listed = dev.tern(&["token", "list"]).expect("admin lists tokens");
+    assert!(
+        listed.contains("\"ci\"") && !listed.contains(&deployer[22..]),
+        "{listed}"
+    );
+}
+
+/// A client cannot pose as a POP forwarding a call: `via_pop` (which
+/// would make the POP answer "not here" instead of routing, and count the
+/// call toward placement) and `chain` (which feeds cycle detection) are
+/// ignored unless the sender proved it is a POP. The same forged request
+/// to an `--insecure` cluster is obeyed, so the test can fail.
+#[test]
+fn forged_forward_fields_ignored_from_clients() {
+    let forged = |id: &str| pb::CallRequest {
+        chain: vec![format!("counter/{id}")],
+        via_pop: "nrt".into(),
+        ..call_request("counter", id, "get", Vec::new())
+    };
+    for insecure in [false, true] {
+        let data = tempfile::tempdir().unwrap();
+        let extra: &[&str] = if insecure { &["--insecure"] } else { &[] };
+        let dev = DevCluster::start_with(data.path(), 2, extra);
+        deploy_counter(&dev);
+        runtime().block_on(async {
+            activate_at(&dev, "iad", "f").await;
+            let mut fra = dev.connect("fra").await;
+            let via = fra.call(forged("f")).await;
+            let fresh = fra.call(forged("g")).await;
+            if insecure {
+                let e = via.expect_err("obeyed as a forwarded call");
+                assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+                assert!(e.message().contains("call cycle"), "{e:?}");
+                assert!(fresh.is_err());
+            } else {
+                let r = via.expect("routed as a client call").into_inner();
+                assert_eq!(r.pop, "iad", "forwarded to where the actor lives");
+                let r = fresh.expect("a client call").into_inner();
+                assert_eq!(r.pop, "fra");
+            }
+        });
+    }
+}
 
 /// Without TLS, a POP or directory that listens beyond loopback would take
 /// orders from anyone on the network: it refuses to start, unless told
@@ -72,9 +424,10 @@ fn oversized_component_over_grpc_refused_clearly() {
     let data = tempfile::tempdir().unwrap();
     let dev = tern_tests::DevCluster::start_pops(data.path(), 1);
     let endpoint = dev.endpoint().to_string();
+    let ca = std::fs::read(data.path().join("tls/ca.pem")).unwrap();
     let rt = tern_tests::runtime();
     rt.block_on(async {
-        let mut client = tern_client::connect(&endpoint).await.expect("connect");
+        let mut client = dev.connect("fra").await;
         let deploy = |len: usize| pb::DeployRequest {
             r#type: "big".into(),
             component: vec![0u8; len],
@@ -94,6 +447,8 @@ fn oversized_component_over_grpc_refused_clearly() {
         // A client with no size limit of its own, sending more than the
         // server's gRPC message limit.
         let ch = tonic::transport::Endpoint::from_shared(endpoint.clone())
+            .unwrap()
+            .tls_config(tern_proto::tls::client_trusting(&ca))
             .unwrap()
             .connect()
             .await

@@ -4,13 +4,18 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use clap::{Args, Parser, Subcommand};
-use tern_client::{ClusterFile, PopInfo, call_request, connect};
+use tern_cli::certs;
+use tern_client::{Client, ClusterFile, Credentials, PopInfo, call_request, connect};
 use tern_proto::actor as pb;
+use tern_proto::tls::{Tls, TlsFiles};
+use tern_runtime::auth::{Scope, Tokens};
 use tern_runtime::config::Placement;
 use tern_runtime::config::{Durability, Limits};
 use tern_runtime::grpc::{
-    DirectoryLink, GrpcPeers, durability_to_pb, limits_to_pb, placement_to_pb,
+    DirectoryLink, GrpcPeers, Security, durability_to_pb, limits_to_pb, placement_to_pb,
 };
 use tern_runtime::{Node, NodeConfig, TernEngine};
 use tokio::net::TcpListener;
@@ -49,6 +54,29 @@ enum Cmd {
         /// Serve Prometheus metrics on this address.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        /// No TLS and no tokens: anyone who reaches a port may act as a
+        /// POP or a client (the pre-security behaviour, for experiments).
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Make TLS certificates for a cluster: a CA (unless DIR has one), the
+    /// directory's, and one per POP (common name `pop:<name>`).
+    Certs {
+        /// Where to write them (existing files are kept).
+        #[arg(long)]
+        dir: PathBuf,
+        /// POP names (repeat, or separate with commas).
+        #[arg(long = "pop", value_delimiter = ',')]
+        pops: Vec<String>,
+        /// Extra host names or IP addresses the certificates are valid
+        /// for, besides localhost and 127.0.0.1.
+        #[arg(long = "san", value_delimiter = ',')]
+        sans: Vec<String>,
+    },
+    /// Make, list and revoke client tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
     },
     /// Run the directory service.
     Directory {
@@ -67,6 +95,11 @@ enum Cmd {
         /// Write `{"endpoint", "pid"}` here once listening.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// Certificates (`tern certs`): ca.pem, directory.pem and
+        /// directory.key. With them, only POPs with a certificate from that
+        /// CA may connect, and each acts only under its own name (mTLS).
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
         /// Allow listening on a non-loopback address without TLS (anyone
         /// who reaches it can register POPs and claim actors): only for
         /// experiments on a trusted network.
@@ -98,9 +131,15 @@ enum Cmd {
         metrics_listen: Option<SocketAddr>,
         #[command(flatten)]
         budgets: BudgetArgs,
-        /// Allow listening on a non-loopback address without TLS (anyone
-        /// who reaches it can deploy and call any actor): only for
-        /// experiments on a trusted network.
+        /// Certificates (`tern certs`): ca.pem, pop-NAME.pem and
+        /// pop-NAME.key. The POP serves TLS, proves its name to the
+        /// directory and other POPs, and trusts forwarded calls only from
+        /// POPs with a certificate from that CA. Needed with --directory.
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
+        /// Serve without client tokens (anyone who reaches the POP can
+        /// deploy and call any actor, and forge forwarded calls), and allow
+        /// a non-loopback listen address without TLS: only for experiments.
         #[arg(long)]
         insecure: bool,
     },
@@ -154,6 +193,43 @@ enum Cmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Make a token; prints it on stdout, the only time it is shown.
+    Create {
+        /// What it may do: call, deploy, admin (repeat, or separate with
+        /// commas).
+        #[arg(long = "scope", required = true, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Limit `call` and `deploy` to these actor types (default: all).
+        #[arg(long = "types", value_delimiter = ',')]
+        types: Vec<String>,
+        /// A note for people: who or what the token is for.
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Write the token straight into this store instead of asking a
+        /// POP (to make a cluster's first admin token): `sqlite:PATH` or
+        /// `fdb:CLUSTER_FILE`.
+        #[arg(long)]
+        store: Option<String>,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// List tokens (ids, scopes, types, labels; never secrets).
+    List {
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// Revoke a token by id: it stops working at once at the POP asked,
+    /// within seconds at the others.
+    Revoke {
+        /// The token's id (the 16 hex digits after `tern_`).
+        id: String,
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
@@ -252,28 +328,62 @@ impl LimitArgs {
 
 #[derive(Args)]
 struct EndpointArgs {
-    /// POP endpoint; default: the first POP in ./.tern/cluster.json.
+    /// POP endpoint; default: the first POP in DATA/cluster.json.
     #[arg(long, env = "TERN_ENDPOINT")]
     endpoint: Option<String>,
+    /// A `tern dev` data directory: its cluster.json, tls/ca.pem and
+    /// admin.token are the defaults for the other options.
+    #[arg(long, env = "TERN_DATA", default_value = ".tern")]
+    data: PathBuf,
+    /// Bearer token (default: DATA/admin.token, if there is one).
+    #[arg(long, env = "TERN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The cluster CA certificate, for https:// POPs (default:
+    /// DATA/tls/ca.pem, if there is one).
+    #[arg(long, env = "TERN_CA")]
+    ca: Option<PathBuf>,
 }
 
 impl EndpointArgs {
-    fn resolve(&self) -> Result<String, String> {
-        if let Some(e) = &self.endpoint {
-            return Ok(e.clone());
-        }
-        let path = Path::new(".tern/cluster.json");
-        let cluster = ClusterFile::read(path).map_err(|e| {
-            format!(
-                "no --endpoint given and cannot read {}: {e}; start a cluster with `tern dev` or pass --endpoint",
-                path.display()
-            )
-        })?;
-        cluster
-            .pops
-            .first()
-            .map(|p| p.endpoint.clone())
-            .ok_or_else(|| format!("{} lists no POPs", path.display()))
+    fn resolve(&self) -> Result<(String, Credentials), String> {
+        let endpoint = match &self.endpoint {
+            Some(e) => e.clone(),
+            None => {
+                let path = self.data.join("cluster.json");
+                let cluster = ClusterFile::read(&path).map_err(|e| {
+                    format!(
+                        "no --endpoint given and cannot read {}: {e}; start a cluster with `tern dev` or pass --endpoint",
+                        path.display()
+                    )
+                })?;
+                cluster
+                    .pops
+                    .first()
+                    .map(|p| p.endpoint.clone())
+                    .ok_or_else(|| format!("{} lists no POPs", path.display()))?
+            }
+        };
+        let ca = self
+            .ca
+            .clone()
+            .or_else(|| Some(self.data.join("tls/ca.pem")).filter(|p| p.exists()));
+        let ca_pem = ca.as_deref().map(tern_proto::tls::read_pem).transpose()?;
+        let token = match &self.token {
+            Some(t) => Some(t.trim().to_string()),
+            None => {
+                let f = self.data.join("admin.token");
+                f.exists()
+                    .then(|| tern_client::read_token_file(&f))
+                    .transpose()
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        Ok((endpoint, Credentials { ca_pem, token }))
+    }
+
+    async fn connect(&self) -> Result<Client, String> {
+        let (endpoint, creds) = self.resolve()?;
+        connect(&endpoint, &creds).await.map_err(|e| e.to_string())
     }
 }
 
@@ -324,30 +434,51 @@ async fn run(cli: Cli) -> Result<(), String> {
             data,
             base_port,
             metrics_listen,
-        } => dev(pops, &data, base_port, metrics_listen).await,
+            insecure,
+        } => dev(pops, &data, base_port, metrics_listen, insecure).await,
+        Cmd::Certs { dir, pops, sans } => {
+            let c = certs::generate(&dir, &pops, &sans)?;
+            println!("CA          {}", c.ca.display());
+            println!("directory   {}", c.directory.cert.display());
+            for (name, f) in &c.pops {
+                println!("POP {name:<7} {}", f.cert.display());
+            }
+            Ok(())
+        }
+        Cmd::Token { cmd } => token(cmd).await,
         Cmd::Directory {
             listen,
             store,
             lease_ms,
             heartbeat_ms,
             ready_file,
+            tls_dir,
             insecure,
         } => {
             die_with_parent();
-            check_listen("the directory", listen, insecure)?;
+            let tls = tls_dir
+                .map(|d| Tls::load(&TlsFiles::in_dir(&d, certs::DIRECTORY_STEM)))
+                .transpose()?;
+            check_listen("the directory", listen, tls.is_some(), insecure)?;
+            if tls.is_none() {
+                tracing::warn!(
+                    "the directory runs without --tls-dir: any process that reaches its port can act as any POP"
+                );
+            }
             let store = tern_storage::Store::open(&store).map_err(|e| e.to_string())?;
             let listener = TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
-            write_ready(ready_file.as_deref(), &format!("http://{addr}"))?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            write_ready(ready_file.as_deref(), &format!("{scheme}://{addr}"))?;
             tracing::info!(%addr, "serving DirectoryService");
             let cfg = tern_directory::server::DirectoryConfig {
                 lease_ms,
                 heartbeat_ms,
                 ..Default::default()
             };
-            tern_directory::server::serve(listener, store, cfg, shutdown_signal())
+            tern_directory::server::serve(listener, store, cfg, tls, shutdown_signal())
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -360,12 +491,30 @@ async fn run(cli: Cli) -> Result<(), String> {
             coords,
             metrics_listen,
             budgets,
+            tls_dir,
             insecure,
         } => {
             die_with_parent();
-            check_listen("the POP", listen, insecure)?;
+            let tls = tls_dir
+                .map(|d| Tls::load(&TlsFiles::in_dir(&d, &certs::pop_stem(&name))))
+                .transpose()?;
+            if directory.is_some() && tls.is_none() && !insecure {
+                return Err(
+                    "a POP in a cluster needs --tls-dir: POPs and the directory prove who they are with certificates (`tern certs`). Pass --insecure to run a cluster without them"
+                        .into(),
+                );
+            }
+            check_listen("the POP", listen, tls.is_some(), insecure)?;
             if let Some(addr) = metrics_listen {
-                check_listen("the metrics endpoint", addr, insecure)?;
+                check_listen("the metrics endpoint", addr, false, insecure)?;
+            }
+            if insecure {
+                tracing::warn!(
+                    "INSECURE: this POP checks no tokens; anyone who reaches it can deploy, call any actor and forge forwarded calls"
+                );
+                eprintln!(
+                    "WARNING: POP {name} runs with --insecure: no client authentication. Do not use this in front of real players."
+                );
             }
             let coords = parse_coords(&coords)?;
             let cfg = budgets.config()?;
@@ -378,23 +527,30 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             let endpoint = format!(
-                "http://{}",
+                "{}://{}",
+                if tls.is_some() { "https" } else { "http" },
                 listener.local_addr().map_err(|e| e.to_string())?
             );
+            let tokens = (!insecure).then(|| Arc::new(Tokens::new(store.clone())));
+            let client_tls = tls.as_ref().map(Tls::client);
             let builder = Node::builder(name.clone(), store, engine).config(cfg);
             let node = match directory {
                 Some(url) => {
-                    let link = DirectoryLink::connect(&url, &name, &endpoint, coords)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let link =
+                        DirectoryLink::connect(&url, &name, &endpoint, coords, client_tls.as_ref())
+                            .await
+                            .map_err(|e| e.to_string())?;
                     link.spawn_watch();
-                    builder.directory(link).peers(GrpcPeers::new(&name)).start()
+                    builder
+                        .directory(link)
+                        .peers(GrpcPeers::new(&name, client_tls))
+                        .start()
                 }
                 None => builder.start(),
             }
             .map_err(|e| e.to_string())?;
             write_ready(ready_file.as_deref(), &endpoint)?;
-            serve(node, listener).await
+            serve(node, listener, Security { tls, tokens }).await
         }
         Cmd::Deploy {
             r#type,
@@ -427,9 +583,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             let component =
                 std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let mut client = connect(&endpoint.resolve()?)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut client = endpoint.connect().await?;
             let reply = client
                 .deploy(pb::DeployRequest {
                     r#type: r#type.clone(),
@@ -465,9 +619,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
                 None => Vec::new(),
             };
-            let mut client = connect(&endpoint.resolve()?)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut client = endpoint.connect().await?;
             let reply = client
                 .call(call_request(ty, id, &method, payload))
                 .await
@@ -477,9 +629,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Status { json, endpoint } => {
-            let mut client = connect(&endpoint.resolve()?)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut client = endpoint.connect().await?;
             let s = client
                 .status(pb::StatusRequest {})
                 .await
@@ -561,6 +711,103 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+fn token_json(id: &str, scopes: &[String], types: &[String], label: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "scopes": scopes, "types": types, "label": label})
+}
+
+/// `tern token ...`.
+async fn token(cmd: TokenCmd) -> Result<(), String> {
+    match cmd {
+        TokenCmd::Create {
+            scopes,
+            types,
+            label,
+            store,
+            endpoint,
+        } => {
+            let (token, info) = match store {
+                Some(url) => {
+                    let parsed = scopes
+                        .iter()
+                        .map(|s| s.parse::<Scope>())
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| e.to_string())?;
+                    let store = tern_storage::Store::open(&url).map_err(|e| e.to_string())?;
+                    let new = Tokens::new(store)
+                        .create(&parsed, &types, &label)
+                        .map_err(|e| e.to_string())?;
+                    let g = &new.grant;
+                    let scopes: Vec<String> = g.scopes.iter().map(|s| s.to_string()).collect();
+                    let types: Vec<String> = g.types.iter().cloned().collect();
+                    (
+                        new.token.clone(),
+                        token_json(&g.id, &scopes, &types, &g.label),
+                    )
+                }
+                None => {
+                    let mut c = endpoint.connect().await?;
+                    let r = c
+                        .create_token(pb::CreateTokenRequest {
+                            scopes,
+                            types,
+                            label,
+                        })
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    let i = r.info.unwrap_or_default();
+                    (r.token, token_json(&i.id, &i.scopes, &i.types, &i.label))
+                }
+            };
+            println!("{token}");
+            eprintln!("created {info}; keep the token: it is not shown again");
+            Ok(())
+        }
+        TokenCmd::List { endpoint } => {
+            let mut c = endpoint.connect().await?;
+            let r = c
+                .list_tokens(pb::ListTokensRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            for t in r.tokens {
+                println!("{}", token_json(&t.id, &t.scopes, &t.types, &t.label));
+            }
+            Ok(())
+        }
+        TokenCmd::Revoke { id, endpoint } => {
+            let mut c = endpoint.connect().await?;
+            let r = c
+                .revoke_token(pb::RevokeTokenRequest { id: id.clone() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if !r.revoked {
+                return Err(format!("no token has id {id}"));
+            }
+            eprintln!("revoked token {id}");
+            Ok(())
+        }
+    }
+}
+
+/// The admin token of a `tern dev` cluster in `path`: kept if it still
+/// works against `store_url`, else made anew.
+fn ensure_admin_token(store_url: &str, path: &Path) -> Result<(), String> {
+    let store = tern_storage::Store::open(store_url).map_err(|e| e.to_string())?;
+    let tokens = Tokens::new(store);
+    if path.exists()
+        && let Ok(t) = tern_client::read_token_file(path)
+        && tokens.verify(&t).is_ok()
+    {
+        return Ok(());
+    }
+    let new = tokens
+        .create(&[Scope::Admin], &[], "tern dev admin")
+        .map_err(|e| e.to_string())?;
+    certs::write_private(path, format!("{}\n", new.token).as_bytes())
+}
+
 fn parse_coords(s: &str) -> Result<[f64; 2], String> {
     let (a, b) = s
         .split_once(',')
@@ -579,16 +826,16 @@ fn parse_coords(s: &str) -> Result<[f64; 2], String> {
     Ok([lat, lon])
 }
 
-/// Refuses a listen address other than loopback: tern has no transport
-/// security yet, so anyone who reached such a port could act as a POP or
-/// a client. `--insecure` allows it, loudly.
-fn check_listen(what: &str, addr: SocketAddr, insecure: bool) -> Result<(), String> {
-    if addr.ip().is_loopback() {
+/// Refuses a listen address other than loopback without TLS: anyone who
+/// reached such a port could act as a POP or a client, and read what
+/// passes. `--insecure` allows it, loudly.
+fn check_listen(what: &str, addr: SocketAddr, tls: bool, insecure: bool) -> Result<(), String> {
+    if addr.ip().is_loopback() || (tls && !insecure) {
         return Ok(());
     }
     if !insecure {
         return Err(format!(
-            "refusing to start {what} on {addr}: it would accept unauthenticated, unencrypted connections from the network. Listen on 127.0.0.1, or pass --insecure for an experiment on a network you trust"
+            "refusing to start {what} on {addr}: it would accept unauthenticated, unencrypted connections from the network. Give it certificates with --tls-dir (`tern certs`), listen on 127.0.0.1, or pass --insecure for an experiment on a network you trust"
         ));
     }
     tracing::warn!(
@@ -609,10 +856,16 @@ fn start_metrics(addr: SocketAddr) -> Result<(), String> {
 }
 
 /// Serves `node` until Ctrl-C or SIGTERM, then persists every actor.
-async fn serve(node: Node, listener: TcpListener) -> Result<(), String> {
+async fn serve(node: Node, listener: TcpListener, security: Security) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(pop = node.name(), %addr, "serving ActorService");
-    tern_runtime::grpc::serve(node.clone(), listener, shutdown_signal()).await?;
+    tracing::info!(
+        pop = node.name(),
+        %addr,
+        tls = security.tls.is_some(),
+        tokens = security.tokens.is_some(),
+        "serving ActorService"
+    );
+    tern_runtime::grpc::serve(node.clone(), listener, security, shutdown_signal()).await?;
     tracing::info!("shutting down: persisting actors");
     node.shutdown().await;
     Ok(())
@@ -735,13 +988,36 @@ async fn dev(
     data: &Path,
     base_port: u16,
     metrics_listen: Option<SocketAddr>,
+    insecure: bool,
 ) -> Result<(), String> {
     if pops == 0 || pops > METROS.len() {
         return Err(format!("--pops must be between 1 and {}", METROS.len()));
     }
     let run = data.join("run");
     std::fs::create_dir_all(&run).map_err(|e| format!("cannot create {}: {e}", run.display()))?;
+    let data = &std::fs::canonicalize(data)
+        .map_err(|e| format!("cannot resolve {}: {e}", data.display()))?;
     let store_url = format!("sqlite:{}", data.join("tern.db").display());
+    let tls_dir = data.join("tls");
+    let token_file = data.join("admin.token");
+    // Security flags every child gets.
+    let mut secure_args: Vec<String> = Vec::new();
+    if insecure {
+        secure_args.push("--insecure".into());
+        eprintln!(
+            "WARNING: tern dev --insecure: no TLS and no tokens; anyone who reaches these ports can act as a POP or a client"
+        );
+    } else {
+        let names: Vec<String> = METROS
+            .iter()
+            .take(pops)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        certs::generate(&tls_dir, &names, &[])?;
+        ensure_admin_token(&store_url, &token_file)?;
+        secure_args.push("--tls-dir".into());
+        secure_args.push(tls_dir.display().to_string());
+    }
     let port = |i: u16| if base_port == 0 { 0 } else { base_port + i };
     let bar = indicatif::ProgressBar::new(pops as u64 + 1);
     bar.set_style(
@@ -756,7 +1032,10 @@ async fn dev(
             format!("127.0.0.1:{}", port(0)),
             "--store".into(),
             store_url.clone(),
-        ],
+        ]
+        .into_iter()
+        .chain(secure_args.iter().cloned())
+        .collect::<Vec<_>>(),
         &run.join("directory.json"),
         &data.join("directory.log"),
     )
@@ -779,6 +1058,7 @@ async fn dev(
             "--store".into(),
             store_url.clone(),
         ];
+        args.extend(secure_args.iter().cloned());
         if let Some(m) = metrics_listen {
             args.push("--metrics-listen".into());
             args.push(SocketAddr::new(m.ip(), m.port() + i as u16).to_string());
@@ -805,6 +1085,8 @@ async fn dev(
         directory_pid: Some(dready.pid),
         pops: infos.clone(),
         metrics: metrics_listen.map(|a| format!("http://{a}/metrics")),
+        ca: (!insecure).then(|| tls_dir.join("ca.pem")),
+        token_file: (!insecure).then(|| token_file.clone()),
     };
     let path = data.join("cluster.json");
     cluster
@@ -818,6 +1100,13 @@ async fn dev(
         eprintln!(
             "  POP {} at {} ({:.2}, {:.2})",
             p.name, p.endpoint, p.coords[0], p.coords[1]
+        );
+    }
+    if !insecure {
+        eprintln!(
+            "  TLS certificates in {}; admin token in {} (the tern CLI uses both by default)",
+            tls_dir.display(),
+            token_file.display()
         );
     }
     eprintln!("cluster file {}; Ctrl-C stops everything", path.display());

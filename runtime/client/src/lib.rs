@@ -7,13 +7,15 @@
 //! internals: it speaks only the wire types of `tern-proto` (re-exported as
 //! [`pb`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tern_proto::GRPC_MESSAGE_BYTES_MAX;
 pub use tern_proto::actor as pb;
 use tern_proto::actor::actor_service_client::ActorServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// The client's errors.
@@ -71,6 +73,13 @@ pub struct ClusterFile {
     /// Process id of the directory, if one runs.
     #[serde(default)]
     pub directory_pid: Option<u32>,
+    /// The cluster CA certificate, if the cluster uses TLS.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// A file holding the admin token `tern dev` made, if the cluster
+    /// checks tokens.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 impl ClusterFile {
@@ -93,18 +102,122 @@ impl ClusterFile {
     }
 }
 
+/// Longest token file read, bytes.
+pub const TOKEN_FILE_BYTES_MAX: u64 = 4096;
+
+/// What a client presents: whom it trusts (the cluster CA, for `https://`
+/// POPs) and its bearer token.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// The cluster CA certificate, PEM.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The bearer token.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("ca", &self.ca_pem.is_some())
+            .field("token", &self.token.as_ref().map(|_| "<secret>"))
+            .finish()
+    }
+}
+
+/// Reads a token from a file (whitespace around it is ignored), bounded.
+pub fn read_token_file(path: &Path) -> Result<String> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| ClientError::InvalidArgument(format!("cannot read {}: {e}", path.display())))?
+        .len();
+    if len > TOKEN_FILE_BYTES_MAX {
+        return Err(ClientError::InvalidArgument(format!(
+            "{} is {len} bytes; a token file holds one token",
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ClientError::InvalidArgument(format!("cannot read {}: {e}", path.display()))
+    })?;
+    Ok(text.trim().to_string())
+}
+
+impl Credentials {
+    /// None: a POP started with `--insecure`.
+    pub fn none() -> Credentials {
+        Credentials::default()
+    }
+
+    /// The CA and admin token a cluster file names (none if it names none).
+    pub fn of_cluster(c: &ClusterFile) -> Result<Credentials> {
+        let ca_pem =
+            c.ca.as_deref()
+                .map(|p| tern_proto::tls::read_pem(p).map_err(ClientError::InvalidArgument))
+                .transpose()?;
+        let token = c.token_file.as_deref().map(read_token_file).transpose()?;
+        Ok(Credentials { ca_pem, token })
+    }
+
+    /// The same credentials with another token.
+    pub fn with_token(mut self, token: impl Into<String>) -> Credentials {
+        self.token = Some(token.into());
+        self
+    }
+
+    fn endpoint(&self, url: &str) -> Result<tonic::transport::Endpoint> {
+        let tls = self.ca_pem.as_deref().map(tern_proto::tls::client_trusting);
+        tern_proto::endpoint_tls(url, tls.as_ref()).map_err(ClientError::InvalidArgument)
+    }
+
+    fn bearer(&self) -> Result<Bearer> {
+        self.token
+            .as_deref()
+            .map(|t| {
+                format!("Bearer {t}").parse().map_err(|_| {
+                    ClientError::InvalidArgument(
+                        "the token has characters a header cannot carry".into(),
+                    )
+                })
+            })
+            .transpose()
+            .map(Bearer)
+    }
+}
+
+/// Adds the `authorization: Bearer` header to every request.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut req: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// An ActorService client that presents its credentials.
+pub type Client = ActorServiceClient<InterceptedService<Channel, Bearer>>;
+
+fn client(ch: Channel, creds: &Credentials) -> Result<Client> {
+    Ok(ActorServiceClient::with_interceptor(ch, creds.bearer()?)
+        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX))
+}
+
 /// Connects to a POP (connect timeout, keepalive, and a default deadline of
-/// [`CALL_MS_DEFAULT`] on every request).
-pub async fn connect(endpoint: &str) -> Result<ActorServiceClient<Channel>> {
-    let ch = tern_proto::endpoint(endpoint)
-        .map_err(ClientError::InvalidArgument)?
+/// [`CALL_MS_DEFAULT`] on every request), presenting `creds`.
+pub async fn connect(endpoint: &str, creds: &Credentials) -> Result<Client> {
+    let ch = creds
+        .endpoint(endpoint)?
         .timeout(Duration::from_millis(CALL_MS_DEFAULT))
         .connect()
         .await
         .map_err(|e| ClientError::Transport(format!("cannot connect to {endpoint}: {e}")))?;
-    Ok(ActorServiceClient::new(ch)
-        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX))
+    client(ch, creds)
 }
 
 /// Builds a call request.
@@ -165,13 +278,13 @@ pub struct Called {
 /// is unreachable.
 pub struct TernClient {
     pops: Vec<PopInfo>,
-    clients: Vec<ActorServiceClient<Channel>>,
+    clients: Vec<Client>,
     current: std::sync::atomic::AtomicUsize,
 }
 
 impl TernClient {
-    /// A client at `coords` for a cluster's POPs.
-    pub fn new(pops: &[PopInfo], coords: [f64; 2]) -> Result<TernClient> {
+    /// A client at `coords` for a cluster's POPs, presenting `creds`.
+    pub fn new(pops: &[PopInfo], coords: [f64; 2], creds: &Credentials) -> Result<TernClient> {
         let pops = by_distance(pops, coords);
         if pops.is_empty() {
             return Err(ClientError::InvalidArgument(
@@ -180,14 +293,7 @@ impl TernClient {
         }
         let clients = pops
             .iter()
-            .map(|p| {
-                let ch = tern_proto::endpoint(&p.endpoint)
-                    .map_err(ClientError::InvalidArgument)?
-                    .connect_lazy();
-                Ok(ActorServiceClient::new(ch)
-                    .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-                    .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX))
-            })
+            .map(|p| client(creds.endpoint(&p.endpoint)?.connect_lazy(), creds))
             .collect::<Result<Vec<_>>>()?;
         Ok(TernClient {
             pops,

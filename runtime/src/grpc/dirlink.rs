@@ -12,7 +12,7 @@ use dashmap::DashMap;
 use tern_proto::directory as pb;
 use tern_proto::directory::directory_service_client::DirectoryServiceClient;
 use tokio::time::Instant;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::directory::{
     ActivationView, CLUSTER_VIEW_MIGRATIONS, ClaimOutcome, ClusterView, Directory,
@@ -53,14 +53,16 @@ fn status_err(what: &str, s: tonic::Status) -> RuntimeError {
 
 impl DirectoryLink {
     /// Connects to the directory at `url` and registers this POP (retrying
-    /// for up to [`REGISTER_MS_MAX`]).
+    /// for up to [`REGISTER_MS_MAX`]). An `https://` directory needs `tls`:
+    /// the cluster CA and this POP's certificate (`pop:<name>`).
     pub async fn connect(
         url: &str,
         pop: &str,
         endpoint: &str,
         coords: [f64; 2],
+        tls: Option<&ClientTlsConfig>,
     ) -> Result<Arc<DirectoryLink>> {
-        let channel = super::endpoint(url)
+        let channel = super::endpoint(url, tls)
             .map_err(|e| RuntimeError::InvalidArgument(format!("bad directory URL: {e}")))?
             .timeout(Duration::from_millis(DIRECTORY_RPC_MS_MAX))
             .connect_lazy();

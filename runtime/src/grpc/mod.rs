@@ -14,7 +14,7 @@ pub mod server;
 use std::time::Duration;
 
 use tern_proto::actor as pb;
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::config::{Durability, Limits, Placement};
@@ -22,7 +22,7 @@ use crate::error::{ErrorKind, RuntimeError};
 
 pub use dirlink::DirectoryLink;
 pub use peers::GrpcPeers;
-pub use server::{serve, service};
+pub use server::{Caller, Security, serve, service};
 
 pub use tern_proto::{GRPC_MESSAGE_BYTES_MAX, KEEPALIVE_INTERVAL_MS, KEEPALIVE_TIMEOUT_MS};
 
@@ -44,6 +44,8 @@ pub fn code_of(kind: ErrorKind) -> Code {
         ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
         ErrorKind::DataLoss => Code::DataLoss,
         ErrorKind::Internal => Code::Internal,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
     }
 }
 
@@ -57,9 +59,9 @@ pub fn kind_of(code: Code) -> ErrorKind {
         }
         Code::ResourceExhausted => ErrorKind::ResourceExhausted,
         Code::Aborted => ErrorKind::Aborted,
-        Code::FailedPrecondition | Code::PermissionDenied | Code::Unauthenticated => {
-            ErrorKind::FailedPrecondition
-        }
+        Code::FailedPrecondition => ErrorKind::FailedPrecondition,
+        Code::Unauthenticated => ErrorKind::Unauthenticated,
+        Code::PermissionDenied => ErrorKind::PermissionDenied,
         Code::Unavailable | Code::Cancelled => ErrorKind::Unavailable,
         Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
         Code::DataLoss => ErrorKind::DataLoss,
@@ -96,9 +98,9 @@ pub fn from_peer(actor: &str, pop: &str, s: Status) -> RuntimeError {
 }
 
 /// An endpoint to `url` with tern's connection settings (connect timeout,
-/// keepalive).
-pub fn endpoint(url: &str) -> Result<Endpoint, RuntimeError> {
-    tern_proto::endpoint(url).map_err(RuntimeError::InvalidArgument)
+/// keepalive) and, for an `https://` URL, `tls`.
+pub fn endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, RuntimeError> {
+    tern_proto::endpoint_tls(url, tls).map_err(RuntimeError::InvalidArgument)
 }
 
 /// Parses a `grpc-timeout` header value (`<digits><unit>`, unit one of

@@ -10,7 +10,7 @@ use dashmap::DashMap;
 use tern_proto::actor as pb;
 use tern_proto::actor::actor_service_client::ActorServiceClient;
 use tokio::sync::OnceCell;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use super::{GRPC_MESSAGE_BYTES_MAX, NOT_HERE_METADATA, endpoint, from_peer};
 use crate::directory::Owner;
@@ -27,14 +27,18 @@ type Client = ActorServiceClient<Channel>;
 /// Other POPs, reached over gRPC.
 pub struct GrpcPeers {
     me: String,
+    tls: Option<ClientTlsConfig>,
     conns: DashMap<String, Arc<OnceCell<Client>>>,
 }
 
 impl GrpcPeers {
-    /// Peers of the POP named `me`.
-    pub fn new(me: &str) -> Arc<GrpcPeers> {
+    /// Peers of the POP named `me`. With `tls` (the cluster CA and this
+    /// POP's certificate), peers at `https://` endpoints are reached over
+    /// mTLS, which is how they know a forwarded call comes from a POP.
+    pub fn new(me: &str, tls: Option<ClientTlsConfig>) -> Arc<GrpcPeers> {
         Arc::new(GrpcPeers {
             me: me.to_string(),
+            tls,
             conns: DashMap::new(),
         })
     }
@@ -57,14 +61,16 @@ impl GrpcPeers {
     /// wait for the same connection attempt.
     async fn client(&self, url: &str) -> Result<Client> {
         let cell = self.cell(url);
-        let c = cell.get_or_try_init(|| open(url)).await?;
+        let c = cell
+            .get_or_try_init(|| open(url, self.tls.as_ref()))
+            .await?;
         Ok(c.clone())
     }
 }
 
 /// Opens a connection to the POP at `url`.
-async fn open(url: &str) -> Result<Client> {
-    let ch = endpoint(url)?
+async fn open(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Client> {
+    let ch = endpoint(url, tls)?
         .connect()
         .await
         .map_err(|e| RuntimeError::Transport(format!("cannot connect to POP at {url}: {e}")))?;
@@ -137,10 +143,11 @@ impl Peers for GrpcPeers {
             return;
         }
         let url = url.to_string();
+        let tls = self.tls.clone();
         // Open the connection in the background; a call meanwhile waits for
         // this same attempt instead of opening its own.
         tokio::spawn(async move {
-            if let Err(e) = cell.get_or_try_init(|| open(&url)).await {
+            if let Err(e) = cell.get_or_try_init(|| open(&url, tls.as_ref())).await {
                 tracing::debug!(error = %e, "cannot open a connection to a peer yet");
             }
         });

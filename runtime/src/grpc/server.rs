@@ -1,6 +1,15 @@
 //! The ActorService gRPC server: converts wire types to node calls and
-//! runtime errors to statuses.
+//! runtime errors to statuses, and decides who is calling.
+//!
+//! A request comes from one of three callers ([`Caller`]):
+//! - another POP, proven by its certificate over mTLS: its forwarded call's
+//!   `via_pop` and `chain` are honoured;
+//! - a client with a bearer token: checked against the token's scopes and
+//!   types; the forwarding fields are ignored (a client cannot pretend to be
+//!   a POP, skip the cycle check's view of the chain, or steer placement);
+//! - anyone, when the POP runs with `--insecure` (no token store).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tern_proto::actor as pb;
@@ -14,44 +23,159 @@ use super::{
     KEEPALIVE_TIMEOUT_MS, NOT_HERE_METADATA, durability_from_pb, durability_to_pb, limits_from_pb,
     limits_to_pb, placement_from_pb, request_timeout,
 };
+use crate::auth::{Grant, Need, Scope, Tokens};
+use crate::directory::blocking;
+use crate::error::RuntimeError;
 use crate::node::{CallRequest, DeployOptions, Node, Route};
 use crate::route::Routed;
+
+/// Longest `authorization` header value read, bytes.
+pub const AUTHORIZATION_BYTES_MAX: usize = 512;
+
+/// How a POP tells its callers apart.
+#[derive(Clone, Default)]
+pub struct Security {
+    /// TLS: the cluster CA and this POP's certificate. Other POPs prove
+    /// who they are with theirs.
+    pub tls: Option<tern_proto::tls::Tls>,
+    /// The cluster's client tokens; `None` serves everyone (`--insecure`).
+    pub tokens: Option<Arc<Tokens>>,
+}
+
+/// Who sent a request.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// Another POP, by its verified certificate.
+    Pop(String),
+    /// A client, by its token.
+    Client(Grant),
+    /// Anyone: authentication is off.
+    Open,
+}
 
 /// The service.
 pub struct ActorServiceImpl {
     node: Node,
+    tokens: Option<Arc<Tokens>>,
 }
 
-/// The tonic service for `node`.
-pub fn service(node: Node) -> ActorServiceServer<ActorServiceImpl> {
-    ActorServiceServer::new(ActorServiceImpl { node })
+/// The tonic service for `node`; with `tokens`, clients must present one.
+pub fn service(node: Node, tokens: Option<Arc<Tokens>>) -> ActorServiceServer<ActorServiceImpl> {
+    ActorServiceServer::new(ActorServiceImpl { node, tokens })
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
 }
 
 /// Serves `node` on `listener` until `shutdown` completes, with keepalive
-/// and a bounded number of concurrent requests per connection.
+/// and a bounded number of concurrent requests per connection, over TLS
+/// if `security` has it.
 pub async fn serve(
     node: Node,
     listener: TcpListener,
+    security: Security,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &security.tls {
+        builder = builder
+            .tls_config(tls.server(tern_proto::tls::ClientCerts::Optional))
+            .map_err(|e| format!("TLS settings: {e}"))?;
+    }
+    builder
         .http2_keepalive_interval(Some(Duration::from_millis(KEEPALIVE_INTERVAL_MS)))
         .http2_keepalive_timeout(Some(Duration::from_millis(KEEPALIVE_TIMEOUT_MS)))
         .concurrency_limit_per_connection(CONCURRENT_REQUESTS_PER_CONNECTION_MAX)
         .tcp_nodelay(true)
-        .add_service(service(node))
+        .add_service(service(node, security.tokens))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// The bearer token of a request, if any.
+fn bearer<T>(req: &Request<T>) -> Result<Option<&str>, RuntimeError> {
+    let Some(v) = req.metadata().get("authorization") else {
+        return Ok(None);
+    };
+    let bad = || {
+        RuntimeError::Unauthenticated(
+            "the authorization header must read `Bearer <token>`".to_string(),
+        )
+    };
+    if v.len() > AUTHORIZATION_BYTES_MAX {
+        return Err(bad());
+    }
+    let v = v.to_str().map_err(|_| bad())?;
+    let t = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .ok_or_else(bad)?;
+    Ok(Some(t.trim()))
+}
+
+impl ActorServiceImpl {
+    /// Who sent `req` (see the module docs).
+    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, RuntimeError> {
+        if let Some(pop) = tern_proto::tls::peer_pop(req) {
+            return Ok(Caller::Pop(pop));
+        }
+        let Some(tokens) = &self.tokens else {
+            return Ok(Caller::Open);
+        };
+        let token = bearer(req)?.ok_or_else(|| {
+            RuntimeError::Unauthenticated(
+                "this POP needs a token: send `authorization: Bearer <token>` (the tern CLI reads --token, $TERN_TOKEN or the data directory's admin.token; `tern token create --scope call` makes one)"
+                    .to_string(),
+            )
+        })?;
+        let tokens = tokens.clone();
+        let token = token.to_string();
+        Ok(Caller::Client(blocking(move || tokens.verify(&token))?))
+    }
+
+    /// `Ok` if `req`'s sender may do `need`.
+    fn authorize<T>(&self, req: &Request<T>, need: Need<'_>) -> Result<Caller, RuntimeError> {
+        let caller = self.caller(req)?;
+        if let Caller::Client(g) = &caller {
+            g.check(need)?;
+        }
+        Ok(caller)
+    }
+
+    /// The token store, for the admin RPCs.
+    fn token_store(&self) -> Result<&Arc<Tokens>, RuntimeError> {
+        self.tokens.as_ref().ok_or_else(|| {
+            RuntimeError::InvalidArgument(
+                "this POP runs with --insecure: it has no tokens to manage".to_string(),
+            )
+        })
+    }
+}
+
+fn token_info(g: Grant) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: g.id,
+        scopes: g.scopes.iter().map(|s| s.as_str().to_string()).collect(),
+        types: g.types.into_iter().collect(),
+        label: g.label,
+        created_ms: g.created_ms,
+    }
 }
 
 #[tonic::async_trait]
 impl ActorService for ActorServiceImpl {
     async fn call(&self, req: Request<pb::CallRequest>) -> Result<Response<pb::CallReply>, Status> {
         let deadline = request_timeout(&req).map(|d| tokio::time::Instant::now() + d);
-        let r = req.into_inner();
+        let caller = self.authorize(&req, Need::Call(&req.get_ref().r#type))?;
+        let mut r = req.into_inner();
+        if matches!(caller, Caller::Client(_)) {
+            // Only a POP forwards: a client's forwarding fields are ignored.
+            if !r.via_pop.is_empty() || !r.chain.is_empty() {
+                metrics::counter!("tern_forged_forward_fields_total").increment(1);
+            }
+            r.via_pop.clear();
+            r.chain.clear();
+        }
         let routed = self
             .node
             .dispatch(
@@ -97,6 +221,7 @@ impl ActorService for ActorServiceImpl {
         &self,
         req: Request<pb::DeployRequest>,
     ) -> Result<Response<pb::DeployReply>, Status> {
+        self.authorize(&req, Need::Deploy(&req.get_ref().r#type))?;
         let r = req.into_inner();
         let node = self.node.clone();
         let info = tokio::task::spawn_blocking(move || {
@@ -121,8 +246,9 @@ impl ActorService for ActorServiceImpl {
 
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
+        self.authorize(&req, Need::Admin)?;
         let s = self.node.status().await;
         let view = s.cluster.clone().unwrap_or_default();
         // A single POP with its directory in process shows no cluster.
@@ -183,5 +309,48 @@ impl ActorService for ActorServiceImpl {
             activations_max: s.config.activations_max as u64,
             lease_ok: s.lease_ok,
         }))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenReply>, Status> {
+        self.authorize(&req, Need::Admin)?;
+        let tokens = self.token_store()?.clone();
+        let r = req.into_inner();
+        let scopes = r
+            .scopes
+            .iter()
+            .map(|s| s.parse::<Scope>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let new = blocking(move || tokens.create(&scopes, &r.types, &r.label))?;
+        tracing::info!(id = %new.grant.id, scopes = ?new.grant.scopes, "token created");
+        Ok(Response::new(pb::CreateTokenReply {
+            token: new.token,
+            info: Some(token_info(new.grant)),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensReply>, Status> {
+        self.authorize(&req, Need::Admin)?;
+        let tokens = self.token_store()?.clone();
+        let list = blocking(move || tokens.list())?;
+        Ok(Response::new(pb::ListTokensReply {
+            tokens: list.into_iter().map(token_info).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenReply>, Status> {
+        self.authorize(&req, Need::Admin)?;
+        let tokens = self.token_store()?.clone();
+        let id = req.into_inner().id;
+        let revoked = blocking(move || tokens.revoke(&id))?;
+        Ok(Response::new(pb::RevokeTokenReply { revoked }))
     }
 }

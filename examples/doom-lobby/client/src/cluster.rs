@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use tern_client::pb;
-use tern_client::{ClusterFile, connect};
+use tern_client::{ClusterFile, Credentials, connect};
 
 /// How long `tern dev` may take to write its cluster file.
 pub const STARTUP_MS_MAX: u64 = 60_000;
@@ -229,10 +229,41 @@ pub fn build_actors(tern: &Path) -> Result<PathBuf> {
     Ok(PathBuf::from(path.trim()))
 }
 
+impl Cluster {
+    /// The credentials `tern dev` left for its operator: the cluster CA
+    /// and the admin token (none for an `--insecure` cluster).
+    pub fn admin(&self) -> Result<Credentials> {
+        Credentials::of_cluster(&self.file).map_err(|e| anyhow!("{e}"))
+    }
+}
+
+/// The actor types of doom-lobby.
+pub const TYPES: [&str; 3] = ["player", "matchmaker", "match"];
+
+/// Credentials for the players: the admin's CA with a token that may only
+/// call doom-lobby's types, made with the admin token (the admin's own
+/// credentials on a cluster without tokens).
+pub async fn players(endpoint: &str, admin: &Credentials) -> Result<Credentials> {
+    if admin.token.is_none() {
+        return Ok(admin.clone());
+    }
+    let mut client = connect(endpoint, admin).await.map_err(|e| anyhow!("{e}"))?;
+    let r = client
+        .create_token(pb::CreateTokenRequest {
+            scopes: vec!["call".into()],
+            types: TYPES.iter().map(|t| t.to_string()).collect(),
+            label: "doom-lobby players".into(),
+        })
+        .await
+        .map_err(|s| anyhow!("making the players' token: {:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    Ok(admin.clone().with_token(r.token))
+}
+
 /// Deploys `component` as `player` (follows its caller), `matchmaker` and
-/// `match` (stay where they are) at `endpoint`.
-pub async fn deploy(endpoint: &str, component: &[u8]) -> Result<()> {
-    let mut client = connect(endpoint).await.map_err(|e| anyhow!("{e}"))?;
+/// `match` (stay where they are) at `endpoint`, with `admin`'s token.
+pub async fn deploy(endpoint: &str, admin: &Credentials, component: &[u8]) -> Result<()> {
+    let mut client = connect(endpoint, admin).await.map_err(|e| anyhow!("{e}"))?;
     // The matchmaker and the match call other actors inside their turns, and
     // the turn budget is wall-clock time, so it must cover those calls
     // (including a failover wait): give them a generous one.
@@ -268,11 +299,14 @@ pub async fn deploy(endpoint: &str, component: &[u8]) -> Result<()> {
 }
 
 /// Migrations recorded by the directory, as `(actor, from, to)`, asked of
-/// the first POP in `endpoints` that answers.
-pub async fn migrations(endpoints: &[String]) -> Result<Vec<(String, String, String)>> {
+/// the first POP in `endpoints` that answers (`Status` needs `admin`).
+pub async fn migrations(
+    endpoints: &[String],
+    admin: &Credentials,
+) -> Result<Vec<(String, String, String)>> {
     let mut last = anyhow!("no POP to ask");
     for e in endpoints {
-        match connect(e).await {
+        match connect(e, admin).await {
             Ok(mut c) => match c.status(pb::StatusRequest {}).await {
                 Ok(s) => {
                     return Ok(s

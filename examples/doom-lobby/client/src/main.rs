@@ -269,15 +269,27 @@ async fn session(
     };
     let component = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
     let endpoint = cluster.file.pops[0].endpoint.clone();
-    cluster::deploy(&endpoint, &component).await?;
+    let admin = cluster.admin()?;
+    cluster::deploy(&endpoint, &admin, &component).await?;
+    let creds = cluster::players(&endpoint, &admin).await?;
+    if creds.token.is_some() {
+        eprintln!(
+            "players call with a token limited to scope `call` on player, matchmaker and match"
+        );
+    }
     eprintln!(
         "deployed player (follows its caller), matchmaker and match ({} KiB component)",
         component.len() / 1024
     );
     let run_tag = format!("{:04x}", (std::process::id() ^ now_ms() as u32) & 0xffff);
-    warm_up(&cluster.file.pops, &run_tag).await;
+    warm_up(&cluster.file.pops, &creds, &run_tag).await;
     let specs = sim::specs(plan.players, &run_tag);
-    let sh = Shared::new(cluster.file.pops.clone(), run_tag.clone(), plan.duration);
+    let sh = Shared::new(
+        cluster.file.pops.clone(),
+        creds,
+        run_tag.clone(),
+        plan.duration,
+    );
     eprintln!(
         "{} players (Paris, New York, Seoul) for {} s; run tag {run_tag}",
         plan.players,
@@ -351,7 +363,7 @@ async fn session(
         .filter(|p| !killed.iter().any(|k| k.pop == p.name))
         .map(|p| p.endpoint.clone())
         .collect();
-    let migrations: Vec<String> = cluster::migrations(&live_endpoints)
+    let migrations: Vec<String> = cluster::migrations(&live_endpoints, &admin)
         .await
         .unwrap_or_default()
         .into_iter()
@@ -423,16 +435,17 @@ async fn session(
 /// Activates one actor of each type at each POP, so every POP has compiled
 /// the component before the clock starts (the first activation of a type at
 /// a POP compiles it, which takes seconds).
-async fn warm_up(pops: &[tern_client::PopInfo], run: &str) {
+async fn warm_up(pops: &[tern_client::PopInfo], creds: &tern_client::Credentials, run: &str) {
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for p in pops {
         for ty in ["player", "matchmaker", "match"] {
             let pops = pops.to_vec();
+            let creds = creds.clone();
             let id = format!("warmup-{}-{run}", p.name);
             let coords = p.coords;
             tasks.push(tokio::spawn(async move {
-                let client = tern_client::TernClient::new(&pops, coords).ok()?;
+                let client = tern_client::TernClient::new(&pops, coords, &creds).ok()?;
                 client
                     .call(ty, &id, "state", Vec::new(), None)
                     .await

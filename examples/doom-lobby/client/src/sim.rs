@@ -12,7 +12,7 @@ use doom_lobby_actors::player::{Audit, ITEMS, PlayerState};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tern_client::{PopInfo, TernClient, by_distance};
+use tern_client::{Credentials, PopInfo, TernClient, by_distance};
 
 /// Where simulated players come from.
 #[derive(Clone, Copy, Debug)]
@@ -128,6 +128,8 @@ pub struct Counters {
 pub struct Shared {
     /// The cluster's POPs.
     pub pops: Vec<PopInfo>,
+    /// What the players present: the cluster CA and a call-only token.
+    pub creds: Credentials,
     /// A tag in every actor id, unique to this run.
     pub run: String,
     /// When play started.
@@ -164,10 +166,16 @@ pub struct Reply<T> {
 
 impl Shared {
     /// Shared state for a run starting now.
-    pub fn new(pops: Vec<PopInfo>, run: String, duration: Duration) -> Arc<Shared> {
+    pub fn new(
+        pops: Vec<PopInfo>,
+        creds: Credentials,
+        run: String,
+        duration: Duration,
+    ) -> Arc<Shared> {
         let started = Instant::now();
         Arc::new(Shared {
             pops,
+            creds,
             run,
             started,
             deadline: started + duration,
@@ -818,7 +826,7 @@ pub fn spawn_players(sh: &Arc<Shared>, specs: &[Spec]) -> Vec<tokio::task::JoinH
     specs
         .iter()
         .map(|spec| {
-            let client = TernClient::new(&sh.pops, spec.metro.coords).expect("client");
+            let client = TernClient::new(&sh.pops, spec.metro.coords, &sh.creds).expect("client");
             let run = PlayerRun {
                 sh: sh.clone(),
                 spec: spec.clone(),
@@ -922,7 +930,7 @@ pub async fn audit(sh: &Arc<Shared>, tallies: &[Tally]) -> AuditResult {
     // player actors follow it; matches stay where they are anyway.
     let clients: Vec<TernClient> = METROS
         .iter()
-        .map(|m| TernClient::new(&sh.pops, m.coords).expect("client"))
+        .map(|m| TernClient::new(&sh.pops, m.coords, &sh.creds).expect("client"))
         .collect();
     let client = &clients[0];
     // match -> player -> (acknowledged, unknown) input ids.
