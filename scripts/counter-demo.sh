@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A walkthrough with the counter actor: starts a local tern cluster on the embedded
 # store, builds and deploys the counter actor, calls it, restarts the
-# cluster and shows the state survived. Exits non-zero if anything fails.
+# cluster and shows the state survived. Also makes a call-only token and
+# shows it can call but not deploy. Exits non-zero if anything fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
@@ -22,7 +23,9 @@ start() {
     sleep 0.1
   done
   [ -s "$DATA/cluster.json" ] || { echo "tern dev did not start" >&2; exit 1; }
-  export TERN_ENDPOINT
+  # The CLI reads the cluster's CA (tls/ca.pem) and admin token
+  # (admin.token) from the data directory.
+  export TERN_DATA="$DATA" TERN_ENDPOINT
   TERN_ENDPOINT="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pops"][0]["endpoint"])' "$DATA/cluster.json")"
 }
 
@@ -32,6 +35,14 @@ WASM="$("$TERN" build examples/counter | tail -n 1)"
 echo "== built $WASM"
 "$TERN" deploy counter "$WASM"
 for n in 1 2 3; do "$TERN" call counter/demo incr "{\"by\": $n}"; done
+echo "== a token that may only call counter actors"
+CALLER="$("$TERN" token create --scope call --types counter --label demo)"
+"$TERN" call counter/demo get --token "$CALLER"
+if "$TERN" deploy counter "$WASM" --token "$CALLER" 2>"$DATA/refused.txt"; then
+  echo "a call token deployed" >&2; exit 1
+fi
+cat "$DATA/refused.txt"
+grep -q PermissionDenied "$DATA/refused.txt"
 echo "== SIGKILL the cluster and start it again on the same data"
 kill -9 "$PID"; wait "$PID" 2>/dev/null || true
 start

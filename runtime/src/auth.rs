@@ -391,7 +391,7 @@ mod tests {
     fn bad_token_requests_refused_clearly() {
         let t = tokens();
         assert!(t.create(&[], &[], "").is_err());
-        assert!(t.create(&[Scope::Call], &["bad type!".into()], "").is_err());
+        assert!(t.create(&[Scope::Call], &["bad/type".into()], "").is_err());
         assert!(
             t.create(&[Scope::Call], &[], &"x".repeat(TOKEN_LABEL_BYTES_MAX + 1))
                 .is_err()

@@ -467,3 +467,173 @@ fn oversized_component_over_grpc_refused_clearly() {
         );
     });
 }
+
+/// Waits (bounded) for a `--ready-file` and returns its endpoint.
+fn ready_endpoint(path: &Path, child: &mut std::process::Child) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(t) = std::fs::read_to_string(path)
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&t)
+        {
+            return v["endpoint"].as_str().unwrap().to_string();
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{} exited before it was ready",
+            path.display()
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The README's "cluster of your own" commands, on ports chosen at run
+/// time: certificates, a directory with mTLS, the first admin token
+/// written straight into the store, a POP, then tokens made, used, listed
+/// and revoked through it.
+#[test]
+fn readme_secure_cluster_by_hand() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let certs = dir.join("certs");
+    let store = format!("sqlite:{}", dir.join("tern.db").display());
+    let tern = |args: &[&str], env: &[(&str, String)]| {
+        let out = Command::new(tern_bin())
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env_remove("TERN_ENDPOINT")
+            .env("TERN_DATA", dir.join("no-dev-cluster-here"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    };
+    let certs_s = certs.to_str().unwrap();
+    let (ok, _, err) = tern(
+        &[
+            "certs",
+            "--dir",
+            certs_s,
+            "--pop",
+            "fra",
+            "--pop",
+            "iad",
+            "--san",
+            "pop-fra.example.net",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let spawn = |args: &[&str], ready: &str| {
+        Command::new(tern_bin())
+            .args(args)
+            .arg("--ready-file")
+            .arg(dir.join(ready))
+            .stderr(std::fs::File::create(dir.join(format!("{ready}.log"))).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let mut directory = spawn(
+        &[
+            "directory",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            &store,
+            "--tls-dir",
+            certs_s,
+        ],
+        "directory.json",
+    );
+    let dir_url = ready_endpoint(&dir.join("directory.json"), &mut directory);
+    assert!(dir_url.starts_with("https://"), "{dir_url}");
+    let (ok, admin, err) = tern(
+        &["token", "create", "--scope", "admin", "--store", &store],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let mut pop = spawn(
+        &[
+            "pop",
+            "--name",
+            "fra",
+            "--directory",
+            &dir_url,
+            "--store",
+            &store,
+            "--tls-dir",
+            certs_s,
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "pop.json",
+    );
+    let pop_url = ready_endpoint(&dir.join("pop.json"), &mut pop);
+    let env = vec![
+        ("TERN_TOKEN", admin.clone()),
+        ("TERN_CA", certs.join("ca.pem").display().to_string()),
+        ("TERN_ENDPOINT", pop_url.clone()),
+    ];
+    let (ok, deployer, err) = tern(
+        &[
+            "token",
+            "create",
+            "--scope",
+            "deploy",
+            "--types",
+            "player,match",
+            "--label",
+            "ci",
+        ],
+        &env,
+    );
+    assert!(ok && deployer.starts_with("tern_"), "{err}");
+    let (ok, _, err) = tern(
+        &[
+            "token",
+            "create",
+            "--scope",
+            "call",
+            "--types",
+            "player",
+            "--label",
+            "game-client",
+        ],
+        &env,
+    );
+    assert!(ok, "{err}");
+    let (ok, listed, err) = tern(&["token", "list"], &env);
+    assert!(ok, "{err}");
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    assert!(
+        listed.contains("game-client") && !listed.contains(&admin[22..]),
+        "{listed}"
+    );
+    let wasm = counter_wasm().to_str().unwrap();
+    let mut as_deployer = env.clone();
+    as_deployer[0].1 = deployer.clone();
+    let (ok, _, err) = tern(&["deploy", "player", wasm], &as_deployer);
+    assert!(ok, "{err}");
+    let (ok, _, err) = tern(&["token", "revoke", &deployer[5..21]], &env);
+    assert!(ok, "{err}");
+    let (ok, _, err) = tern(&["deploy", "player", wasm], &as_deployer);
+    assert!(!ok && err.contains("revoked"), "{err}");
+    let (ok, _, err) = tern(&["token", "revoke", &deployer[5..21]], &env);
+    assert!(!ok && err.contains("no token has id"), "{err}");
+    // The POP registered over mTLS: its status shows a current lease.
+    let (ok, status, err) = tern(&["status", "--json"], &env);
+    assert!(ok, "{err}");
+    let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(s["lease_ok"], true, "{s}");
+    for mut c in [pop, directory] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+}
