@@ -268,6 +268,7 @@ impl RuntimeError {
             RuntimeError::Storage(e) if e.is_transient() => K::Unavailable,
             RuntimeError::Storage(StorageError::Fenced { .. }) => K::Unavailable,
             RuntimeError::Storage(StorageError::Corrupt { .. }) => K::DataLoss,
+            RuntimeError::Storage(StorageError::PageKey(_)) => K::FailedPrecondition,
             RuntimeError::Storage(_) | RuntimeError::Engine(_) | RuntimeError::Internal(_) => {
                 K::Internal
             }

@@ -139,6 +139,139 @@ pub(crate) const PAGE_RAW: u8 = 0;
 /// decompresses to exactly the page size.
 pub(crate) const PAGE_LZ4: u8 = 1;
 
+/// Flag on a page's encoding: `data` is sealed with a [`PageKey`]
+/// (key id, nonce, then the XChaCha20-Poly1305 ciphertext of the packed
+/// bytes); the low bits still say how the image was packed.
+pub(crate) const PAGE_SEALED: u8 = 0x80;
+
+/// Bytes of a sealed page's key id.
+const KEY_ID_BYTES: usize = 8;
+/// Bytes of an XChaCha20-Poly1305 nonce (random nonces of this size do not
+/// collide in practice).
+const NONCE_BYTES: usize = 24;
+
+/// A key that seals snapshot pages at rest with XChaCha20-Poly1305. The
+/// associated data is the page's binding (actor, memory, page index,
+/// version), its packing and its checksum, so a sealed page moved to
+/// another place fails to open, like an unsealed one fails its checksum.
+#[derive(Clone)]
+pub struct PageKey {
+    cipher: chacha20poly1305::XChaCha20Poly1305,
+    id: [u8; KEY_ID_BYTES],
+}
+
+impl std::fmt::Debug for PageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PageKey({})", self.id_hex())
+    }
+}
+
+impl PageKey {
+    /// Bytes of a key.
+    pub const BYTES: usize = 32;
+
+    /// The key `bytes`.
+    pub fn new(bytes: &[u8; PageKey::BYTES]) -> PageKey {
+        use chacha20poly1305::KeyInit;
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"tern-page-key-id\0");
+        h.update(bytes);
+        let digest = h.finalize();
+        let mut id = [0u8; KEY_ID_BYTES];
+        id.copy_from_slice(&digest[..KEY_ID_BYTES]);
+        PageKey {
+            cipher: chacha20poly1305::XChaCha20Poly1305::new(bytes.into()),
+            id,
+        }
+    }
+
+    /// A fresh random key, as 64 hex digits (what a key file holds).
+    pub fn generate_hex() -> String {
+        use rand::Rng;
+        hex::encode(rand::rng().random::<[u8; PageKey::BYTES]>())
+    }
+
+    /// Reads a key file: 64 hex digits (surrounding whitespace ignored).
+    pub fn from_file(path: &std::path::Path) -> Result<PageKey, StorageError> {
+        let bad = |why: String| StorageError::PageKey(format!("{}: {why}", path.display()));
+        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        if meta.len() > 1024 {
+            return Err(bad("a key file holds 64 hex digits".into()));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let mut bytes = [0u8; PageKey::BYTES];
+        hex::decode_to_slice(text.trim(), &mut bytes)
+            .map_err(|_| bad("a key file holds 64 hex digits (32 bytes)".into()))?;
+        Ok(PageKey::new(&bytes))
+    }
+
+    /// The key's id (not secret): which key sealed a page.
+    pub fn id_hex(&self) -> String {
+        hex::encode(self.id)
+    }
+
+    fn seal(&self, at: &PageBinding<'_>, encoding: u8, crc: u32, data: &[u8]) -> Vec<u8> {
+        use chacha20poly1305::aead::{Aead, Payload};
+        use rand::Rng;
+        let nonce: [u8; NONCE_BYTES] = rand::rng().random();
+        let aad = at.aad(encoding, crc);
+        // Encryption of a buffer that fits in memory cannot fail.
+        let ct = self
+            .cipher
+            .encrypt(
+                (&nonce).into(),
+                Payload {
+                    msg: data,
+                    aad: &aad,
+                },
+            )
+            .expect("XChaCha20-Poly1305 encryption");
+        let mut out = Vec::with_capacity(KEY_ID_BYTES + NONCE_BYTES + ct.len());
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    fn open(
+        &self,
+        key: &[u8],
+        at: &PageBinding<'_>,
+        encoding: u8,
+        crc: u32,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, StorageError> {
+        use chacha20poly1305::aead::{Aead, Payload};
+        if sealed.len() < KEY_ID_BYTES + NONCE_BYTES {
+            return Err(StorageError::corrupt(key, "sealed page is truncated"));
+        }
+        let (id, rest) = sealed.split_at(KEY_ID_BYTES);
+        if id != self.id {
+            return Err(StorageError::PageKey(format!(
+                "a page of actor {:?} was sealed with key {}, but this process has key {}; start it with the key file the store was written with",
+                at.actor,
+                hex::encode(id),
+                self.id_hex()
+            )));
+        }
+        let (nonce, ct) = rest.split_at(NONCE_BYTES);
+        let aad = at.aad(encoding, crc);
+        let nonce: &[u8; NONCE_BYTES] = nonce.try_into().expect("split at NONCE_BYTES");
+        self.cipher
+            .decrypt(nonce.into(), Payload { msg: ct, aad: &aad })
+            .map_err(|_| {
+                StorageError::corrupt(
+                    key,
+                    format!(
+                        "sealed page of actor {:?} memory {} page {} version {} does not open: it is damaged or was moved here from another place",
+                        at.actor, at.memory, at.page, at.seq
+                    ),
+                )
+            })
+    }
+}
+
 /// Where a page belongs: its checksum covers these, so a valid page copied
 /// to another actor, memory, page index or snapshot version fails it.
 #[derive(Debug, Clone, Copy)]
@@ -162,6 +295,20 @@ impl PageBinding<'_> {
         h.update(image);
         h.finalize()
     }
+
+    /// What a sealed page's ciphertext is bound to.
+    fn aad(&self, encoding: u8, crc: u32) -> Vec<u8> {
+        let mut a = Vec::with_capacity(self.actor.len() + 40);
+        a.extend_from_slice(b"tern-page\0");
+        a.extend_from_slice(&(self.actor.len() as u64).to_le_bytes());
+        a.extend_from_slice(self.actor.as_bytes());
+        a.extend_from_slice(&self.memory.to_le_bytes());
+        a.extend_from_slice(&self.page.to_le_bytes());
+        a.extend_from_slice(&self.seq.to_le_bytes());
+        a.push(encoding);
+        a.extend_from_slice(&crc.to_le_bytes());
+        a
+    }
 }
 
 /// A page image packed for storage.
@@ -177,22 +324,26 @@ pub(crate) struct PackedPage {
 }
 
 /// Packs a page image that belongs at `at`: lz4 if that makes it smaller,
-/// raw otherwise.
-pub(crate) fn pack_page(image: &[u8], at: &PageBinding<'_>) -> PackedPage {
+/// raw otherwise; then sealed with `key`, if given.
+pub(crate) fn pack_page(image: &[u8], at: &PageBinding<'_>, key: Option<&PageKey>) -> PackedPage {
     let image_crc = at.crc(image);
     let compressed = lz4_flex::block::compress(image);
-    if compressed.len() < image.len() {
-        PackedPage {
-            encoding: PAGE_LZ4,
-            image_crc,
-            data: compressed,
-        }
+    let (encoding, data) = if compressed.len() < image.len() {
+        (PAGE_LZ4, compressed)
     } else {
-        PackedPage {
-            encoding: PAGE_RAW,
+        (PAGE_RAW, image.to_vec())
+    };
+    match key {
+        None => PackedPage {
+            encoding,
             image_crc,
-            data: image.to_vec(),
-        }
+            data,
+        },
+        Some(k) => PackedPage {
+            encoding: encoding | PAGE_SEALED,
+            image_crc,
+            data: k.seal(at, encoding, image_crc, &data),
+        },
     }
 }
 
@@ -201,8 +352,10 @@ pub(crate) fn pack_page(image: &[u8], at: &PageBinding<'_>) -> PackedPage {
 /// [`StorageError::Corrupt`] (never a panic) on an unknown encoding, a
 /// malformed lz4 stream, an image that is not exactly `out.len()` bytes, or
 /// an image whose crc32 bound to `at` is not `image_crc` (damaged, or a
-/// valid page of another actor, page or version). On error `out` holds
-/// garbage.
+/// valid page of another actor, page or version). A sealed page needs
+/// `page_key` ([`StorageError::PageKey`] without it or with another key);
+/// an unsealed page is read with or without one, so a store can start
+/// sealing pages at any time. On error `out` holds garbage.
 pub(crate) fn unpack_page(
     key: &[u8],
     encoding: u8,
@@ -210,7 +363,22 @@ pub(crate) fn unpack_page(
     data: &[u8],
     out: &mut [u8],
     at: &PageBinding<'_>,
+    page_key: Option<&PageKey>,
 ) -> Result<(), StorageError> {
+    let opened;
+    let (encoding, data) = if encoding & PAGE_SEALED != 0 {
+        let inner = encoding & !PAGE_SEALED;
+        let k = page_key.ok_or_else(|| {
+            StorageError::PageKey(format!(
+                "the pages of actor {:?} are encrypted; start this process with the store's key file (--page-key-file)",
+                at.actor
+            ))
+        })?;
+        opened = k.open(key, at, inner, image_crc, data)?;
+        (inner, opened.as_slice())
+    } else {
+        (encoding, data)
+    };
     match encoding {
         PAGE_RAW => {
             if data.len() != out.len() {
@@ -288,7 +456,7 @@ mod tests {
     #[test]
     fn zero_heavy_page_compresses_and_unpacks() {
         let image = sparse(&[(0, 1), (40_000, 7), (65_535, 9)]);
-        let packed = pack_page(&image, &AT);
+        let packed = pack_page(&image, &AT, None);
         assert_eq!(packed.encoding, PAGE_LZ4);
         assert!(packed.data.len() < 512, "{} bytes", packed.data.len());
         let mut out = vec![0xAAu8; PAGE];
@@ -299,6 +467,7 @@ mod tests {
             &packed.data,
             &mut out,
             &AT,
+            None,
         )
         .unwrap();
         assert_eq!(out, image);
@@ -307,7 +476,7 @@ mod tests {
     #[test]
     fn wrong_length_and_unknown_encoding_are_corrupt() {
         let image = sparse(&[(5, 5)]);
-        let packed = pack_page(&image, &AT);
+        let packed = pack_page(&image, &AT, None);
         // The same stream decompressed into a buffer of another size.
         for len in [PAGE - 1, PAGE + 1] {
             let mut out = vec![0u8; len];
@@ -318,6 +487,7 @@ mod tests {
                 &packed.data,
                 &mut out,
                 &AT,
+                None,
             );
             assert!(
                 matches!(r, Err(StorageError::Corrupt { .. })),
@@ -325,10 +495,18 @@ mod tests {
             );
         }
         let mut out = vec![0u8; PAGE];
-        let r = unpack_page(b"k", 9, packed.image_crc, &packed.data, &mut out, &AT);
+        let r = unpack_page(b"k", 9, packed.image_crc, &packed.data, &mut out, &AT, None);
         assert!(matches!(r, Err(StorageError::Corrupt { .. })));
         // Raw data must be exactly a page.
-        let r = unpack_page(b"k", PAGE_RAW, packed.image_crc, &image[1..], &mut out, &AT);
+        let r = unpack_page(
+            b"k",
+            PAGE_RAW,
+            packed.image_crc,
+            &image[1..],
+            &mut out,
+            &AT,
+            None,
+        );
         assert!(matches!(r, Err(StorageError::Corrupt { .. })));
         // A wrong image crc.
         let r = unpack_page(
@@ -338,40 +516,126 @@ mod tests {
             &packed.data,
             &mut out,
             &AT,
+            None,
         );
         assert!(matches!(r, Err(StorageError::Corrupt { .. })));
+    }
+
+    fn key(b: u8) -> PageKey {
+        PageKey::new(&[b; PageKey::BYTES])
     }
 
     #[test]
     fn page_moved_to_another_place_is_corrupt() {
         let image = sparse(&[(9, 9)]);
-        let packed = pack_page(&image, &AT);
-        let elsewhere = [
-            PageBinding {
-                actor: "counter/b",
-                ..AT
-            },
-            PageBinding { memory: 1, ..AT },
-            PageBinding { page: 4, ..AT },
-            PageBinding { seq: 8, ..AT },
-        ];
-        for at in elsewhere {
-            let mut out = vec![0u8; PAGE];
-            let r = unpack_page(
-                b"k",
-                packed.encoding,
-                packed.image_crc,
-                &packed.data,
-                &mut out,
-                &at,
-            );
-            match r {
-                Err(StorageError::Corrupt { reason, .. }) => {
-                    assert!(reason.contains("moved here"), "{reason}")
+        // Unsealed, the checksum catches it; sealed, the AEAD does.
+        for k in [None, Some(key(1))] {
+            let packed = pack_page(&image, &AT, k.as_ref());
+            let elsewhere = [
+                PageBinding {
+                    actor: "counter/b",
+                    ..AT
+                },
+                PageBinding { memory: 1, ..AT },
+                PageBinding { page: 4, ..AT },
+                PageBinding { seq: 8, ..AT },
+            ];
+            for at in elsewhere {
+                let mut out = vec![0u8; PAGE];
+                let r = unpack_page(
+                    b"k",
+                    packed.encoding,
+                    packed.image_crc,
+                    &packed.data,
+                    &mut out,
+                    &at,
+                    k.as_ref(),
+                );
+                match r {
+                    Err(StorageError::Corrupt { reason, .. }) => {
+                        assert!(reason.contains("moved here"), "{reason}")
+                    }
+                    other => panic!("{at:?}: {other:?}"),
                 }
-                other => panic!("{at:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn sealed_page_hides_its_bytes_and_needs_its_key() {
+        let marker = b"player-secret-inventory";
+        let mut image = vec![0u8; PAGE];
+        image[100..100 + marker.len()].copy_from_slice(marker);
+        let plain = pack_page(&image, &AT, None);
+        let k = key(7);
+        let sealed = pack_page(&image, &AT, Some(&k));
+        assert_eq!(sealed.encoding & PAGE_SEALED, PAGE_SEALED);
+        let has = |d: &[u8]| d.windows(marker.len()).any(|w| w == marker);
+        assert!(
+            has(&plain.data),
+            "the control shows the marker survives packing"
+        );
+        assert!(!has(&sealed.data), "sealed bytes show the plaintext");
+        let mut out = vec![0u8; PAGE];
+        let open = |out: &mut [u8], key: Option<&PageKey>| {
+            unpack_page(
+                b"k",
+                sealed.encoding,
+                sealed.image_crc,
+                &sealed.data,
+                out,
+                &AT,
+                key,
+            )
+        };
+        open(&mut out, Some(&k)).unwrap();
+        assert_eq!(out, image);
+        // Without a key, or with another one: a configuration error naming
+        // the key, not damage.
+        for other in [None, Some(key(8))] {
+            match open(&mut out, other.as_ref()) {
+                Err(StorageError::PageKey(m)) => assert!(m.contains("key"), "{m}"),
+                r => panic!("{r:?}"),
+            }
+        }
+        // A flipped ciphertext bit is damage.
+        let mut bad = sealed.data.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        let r = unpack_page(
+            b"k",
+            sealed.encoding,
+            sealed.image_crc,
+            &bad,
+            &mut out,
+            &AT,
+            Some(&k),
+        );
+        assert!(matches!(r, Err(StorageError::Corrupt { .. })), "{r:?}");
+        // An unsealed page still reads with a key (sealing can start any time).
+        unpack_page(
+            b"k",
+            plain.encoding,
+            plain.image_crc,
+            &plain.data,
+            &mut out,
+            &AT,
+            Some(&k),
+        )
+        .unwrap();
+        assert_eq!(out, image);
+    }
+
+    #[test]
+    fn page_key_files_are_checked() {
+        let d = std::env::temp_dir().join(format!("tern-key-{}", std::process::id()));
+        std::fs::write(&d, format!("{}\n", PageKey::generate_hex())).unwrap();
+        PageKey::from_file(&d).unwrap();
+        std::fs::write(&d, "not hex").unwrap();
+        assert!(matches!(
+            PageKey::from_file(&d),
+            Err(StorageError::PageKey(_))
+        ));
+        let _ = std::fs::remove_file(&d);
     }
 
     proptest! {
@@ -393,10 +657,10 @@ mod tests {
                     *b = x as u8;
                 }
             }
-            let packed = pack_page(&image, &AT);
+            let packed = pack_page(&image, &AT, None);
             prop_assert!(packed.data.len() <= PAGE);
             let mut out = vec![0u8; PAGE];
-            unpack_page(b"k", packed.encoding, packed.image_crc, &packed.data, &mut out, &AT).unwrap();
+            unpack_page(b"k", packed.encoding, packed.image_crc, &packed.data, &mut out, &AT, None).unwrap();
             prop_assert!(out == image);
         }
 
@@ -407,7 +671,7 @@ mod tests {
             let image = vec![0u8; PAGE];
             let crc = AT.crc(&image);
             let mut out = vec![0u8; PAGE];
-            match unpack_page(b"k", PAGE_LZ4, crc, &data, &mut out, &AT) {
+            match unpack_page(b"k", PAGE_LZ4, crc, &data, &mut out, &AT, None) {
                 Ok(()) => prop_assert!(out == image),
                 Err(e) => prop_assert!(matches!(e, StorageError::Corrupt { .. }), "{:?}", e),
             }
@@ -422,7 +686,7 @@ mod tests {
             cut in any::<bool>(),
         ) {
             let image = sparse(&writes);
-            let packed = pack_page(&image, &AT);
+            let packed = pack_page(&image, &AT, None);
             prop_assume!(packed.encoding == PAGE_LZ4);
             let mut data = packed.data.clone();
             let i = at.index(data.len());
@@ -432,7 +696,7 @@ mod tests {
                 data[i] ^= mask;
             }
             let mut out = vec![0u8; PAGE];
-            match unpack_page(b"k", PAGE_LZ4, packed.image_crc, &data, &mut out, &AT) {
+            match unpack_page(b"k", PAGE_LZ4, packed.image_crc, &data, &mut out, &AT, None) {
                 Ok(()) => prop_assert!(out == image),
                 Err(e) => prop_assert!(matches!(e, StorageError::Corrupt { .. }), "{:?}", e),
             }

@@ -126,6 +126,11 @@ pub enum StorageError {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// Snapshot pages are sealed with a key this process lacks (or with
+    /// another key): configuration, not damage.
+    #[error("snapshot page encryption: {0}")]
+    PageKey(String),
+
     /// `Store::open` got a URL it does not understand.
     #[error(
         "unsupported storage url {url:?}: accepted forms are \"memory\", \"memory:\", \"sqlite:PATH\" (and \"fdb:CLUSTER_FILE\" when built with the fdb feature)"

@@ -109,6 +109,7 @@ mod conformance;
 #[cfg(test)]
 mod tests;
 
+pub use codec::PageKey;
 pub use error::StorageError;
 pub use kv::memory::{Fault, FaultInjector};
 pub use kv::{Kv, Stats, Transaction};

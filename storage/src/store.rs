@@ -326,6 +326,9 @@ pub struct Store {
 struct Inner {
     kv: Kv,
     faults: Option<FaultInjector>,
+    /// Seals snapshot pages written through this handle, and opens sealed
+    /// ones (`None`: pages are written in the clear).
+    page_key: Option<crate::codec::PageKey>,
     /// Migration records appended through this handle (and its clones):
     /// every `MIGRATION_TRIM_EVERY`-th append trims them.
     migrations_appended: std::sync::atomic::AtomicU64,
@@ -474,6 +477,7 @@ impl Store {
             inner: Arc::new(Inner {
                 kv,
                 faults,
+                page_key: None,
                 migrations_appended: std::sync::atomic::AtomicU64::new(0),
             }),
         }
@@ -482,7 +486,26 @@ impl Store {
     /// Sets how many times transactions are retried (see [`Kv::transact`]).
     pub fn with_retries_max(self, retries_max: u32) -> Store {
         let faults = self.inner.faults.clone();
-        Store::from_kv(self.inner.kv.clone().with_retries_max(retries_max), faults)
+        let key = self.inner.page_key.clone();
+        let s = Store::from_kv(self.inner.kv.clone().with_retries_max(retries_max), faults);
+        match key {
+            Some(k) => s.with_page_key(k),
+            None => s,
+        }
+    }
+
+    /// Seals the snapshot pages this handle writes with `key`
+    /// (XChaCha20-Poly1305, bound to each page's place) and opens sealed
+    /// pages with it. Pages written in the clear before stay readable.
+    pub fn with_page_key(self, key: crate::codec::PageKey) -> Store {
+        Store {
+            inner: Arc::new(Inner {
+                kv: self.inner.kv.clone(),
+                faults: self.inner.faults.clone(),
+                page_key: Some(key),
+                migrations_appended: std::sync::atomic::AtomicU64::new(0),
+            }),
+        }
     }
 
     /// The fault injector, for memory stores.
@@ -947,7 +970,7 @@ impl Store {
         }
     }
 
-    fn prepare(req: &CommitRequest) -> Result<Prepared<'_>, StorageError> {
+    fn prepare<'a>(&self, req: &'a CommitRequest) -> Result<Prepared<'a>, StorageError> {
         let bad = |msg: String| {
             Err(StorageError::InvalidArgument(format!(
                 "commit for actor {:?}: {msg}",
@@ -1012,6 +1035,7 @@ impl Store {
                             page: p,
                             seq: req.expected_head_seq + 1,
                         },
+                        self.inner.page_key.as_ref(),
                     );
                     encode_as(
                         FORMAT_V3,
@@ -1295,7 +1319,7 @@ impl Store {
     /// exceed [`GROUP_TXN_BYTES_MAX`] is refused with `InvalidArgument`.
     /// Never applies twice, even after `commit_unknown_result`.
     pub fn commit_snapshot(&self, req: &CommitRequest) -> Result<u64, StorageError> {
-        let p = Self::prepare(req)?;
+        let p = self.prepare(req)?;
         if p.staged() {
             self.commit_staged(&p)
         } else {
@@ -1359,7 +1383,7 @@ impl Store {
     /// if the process died before the manifest transaction.
     #[cfg(test)]
     pub(crate) fn stage_without_manifest(&self, req: &CommitRequest) -> Result<(), StorageError> {
-        let p = Self::prepare(req)?;
+        let p = self.prepare(req)?;
         self.stage_parts(&p).map(|_| ())
     }
 
@@ -1380,7 +1404,7 @@ impl Store {
         let mut group_bytes = 0;
         let mut group_txn_bytes = 0;
         for (i, req) in reqs.iter().enumerate() {
-            let p = match Self::prepare(req) {
+            let p = match self.prepare(req) {
                 Ok(p) => p,
                 Err(e) => {
                     results[i] = Some(Err(e));
@@ -1459,6 +1483,7 @@ impl Store {
     /// value is validated (crc32, rkyv/bytecheck); any damage or missing
     /// piece is `Corrupt` with the key, never garbage.
     pub fn load_snapshot(&self, actor: &str) -> Result<Option<LoadedSnapshot>, StorageError> {
+        let page_key = self.inner.page_key.as_ref();
         self.kv_().read(|tx| {
             let Some(act) = Self::read_act(tx, actor)? else {
                 return Ok(None);
@@ -1510,12 +1535,20 @@ impl Store {
                             seq: s,
                         };
                         if n == PAGE_SIZE {
-                            unpack_page(&key, encoding, crc, data, &mut image[off..off + n], &at)
+                            unpack_page(
+                                &key,
+                                encoding,
+                                crc,
+                                data,
+                                &mut image[off..off + n],
+                                &at,
+                                page_key,
+                            )
                         } else {
                             // The last page of a memory whose length is
                             // not a multiple of the page size.
                             let mut full = vec![0u8; PAGE_SIZE];
-                            unpack_page(&key, encoding, crc, data, &mut full, &at)?;
+                            unpack_page(&key, encoding, crc, data, &mut full, &at, page_key)?;
                             image[off..off + n].copy_from_slice(&full[..n]);
                             Ok(())
                         }

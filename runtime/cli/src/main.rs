@@ -137,6 +137,11 @@ enum Cmd {
         /// POPs with a certificate from that CA. Needed with --directory.
         #[arg(long)]
         tls_dir: Option<PathBuf>,
+        /// Seal actor snapshot pages at rest with the key in this file (64
+        /// hex digits, e.g. from `openssl rand -hex 32`); every POP of a
+        /// cluster needs the same file.
+        #[arg(long)]
+        page_key_file: Option<PathBuf>,
         /// Serve without client tokens (anyone who reaches the POP can
         /// deploy and call any actor, and forge forwarded calls), and allow
         /// a non-loopback listen address without TLS: only for experiments.
@@ -492,9 +497,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             metrics_listen,
             budgets,
             tls_dir,
+            page_key_file,
             insecure,
         } => {
             die_with_parent();
+            let page_key = page_key_file
+                .map(|f| tern_storage::PageKey::from_file(&f))
+                .transpose()
+                .map_err(|e| e.to_string())?;
             let tls = tls_dir
                 .map(|d| Tls::load(&TlsFiles::in_dir(&d, &certs::pop_stem(&name))))
                 .transpose()?;
@@ -521,7 +531,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             if let Some(addr) = metrics_listen {
                 start_metrics(addr)?;
             }
-            let store = tern_storage::Store::open(&store).map_err(|e| e.to_string())?;
+            let mut store = tern_storage::Store::open(&store).map_err(|e| e.to_string())?;
+            if let Some(k) = page_key {
+                tracing::info!(key = %k.id_hex(), "snapshot pages are sealed at rest");
+                store = store.with_page_key(k);
+            }
             let engine = TernEngine::new().map_err(|e| e.to_string())?;
             let listener = TcpListener::bind(listen)
                 .await
@@ -1018,6 +1032,20 @@ async fn dev(
         secure_args.push("--tls-dir".into());
         secure_args.push(tls_dir.display().to_string());
     }
+    // Snapshot pages are sealed at rest unless --insecure; the key stays
+    // with the data directory (without it the actors' state cannot be read).
+    let page_key = data.join("page.key");
+    let mut pop_args: Vec<String> = Vec::new();
+    if !insecure {
+        if !page_key.exists() {
+            certs::write_private(
+                &page_key,
+                format!("{}\n", tern_storage::PageKey::generate_hex()).as_bytes(),
+            )?;
+        }
+        pop_args.push("--page-key-file".into());
+        pop_args.push(page_key.display().to_string());
+    }
     let port = |i: u16| if base_port == 0 { 0 } else { base_port + i };
     let bar = indicatif::ProgressBar::new(pops as u64 + 1);
     bar.set_style(
@@ -1059,6 +1087,7 @@ async fn dev(
             store_url.clone(),
         ];
         args.extend(secure_args.iter().cloned());
+        args.extend(pop_args.iter().cloned());
         if let Some(m) = metrics_listen {
             args.push("--metrics-listen".into());
             args.push(SocketAddr::new(m.ip(), m.port() + i as u16).to_string());
@@ -1104,9 +1133,10 @@ async fn dev(
     }
     if !insecure {
         eprintln!(
-            "  TLS certificates in {}; admin token in {} (the tern CLI uses both by default)",
+            "  TLS certificates in {}; admin token in {} (the tern CLI uses both by default); snapshot pages sealed with {}",
             tls_dir.display(),
-            token_file.display()
+            token_file.display(),
+            page_key.display()
         );
     }
     eprintln!("cluster file {}; Ctrl-C stops everything", path.display());
