@@ -455,8 +455,19 @@ fn oversized_component_over_grpc_refused_clearly() {
             .unwrap();
         let mut raw = pb::actor_service_client::ActorServiceClient::new(ch)
             .max_encoding_message_size(usize::MAX);
+        // Without a token it is refused from its headers, before the POP
+        // reads the body.
         let err = raw
             .deploy(deploy(tern_proto::GRPC_MESSAGE_BYTES_MAX + 1))
+            .await
+            .expect_err("a stranger's huge message");
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+        let mut req = tonic::Request::new(deploy(tern_proto::GRPC_MESSAGE_BYTES_MAX + 1));
+        let bearer = format!("Bearer {}", dev.creds().token.unwrap());
+        req.metadata_mut()
+            .insert("authorization", bearer.parse().unwrap());
+        let err = raw
+            .deploy(req)
             .await
             .expect_err("over the gRPC message limit");
         assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");

@@ -16,6 +16,7 @@ use tern_proto::actor as pb;
 use tern_proto::actor::actor_service_server::{ActorService, ActorServiceServer};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -59,11 +60,35 @@ pub struct ActorServiceImpl {
     tokens: Option<Arc<Tokens>>,
 }
 
+/// Decides who sent a request from its headers and TLS session alone,
+/// before its body is read, so a stranger's 64 MiB message is refused
+/// without being decoded. The [`Caller`] travels to the handler in the
+/// request's extensions.
+#[derive(Clone)]
+pub struct Authenticate {
+    tokens: Option<Arc<Tokens>>,
+}
+
+impl tonic::service::Interceptor for Authenticate {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let caller = caller(&req, self.tokens.as_ref())?;
+        req.extensions_mut().insert(caller);
+        Ok(req)
+    }
+}
+
 /// The tonic service for `node`; with `tokens`, clients must present one.
-pub fn service(node: Node, tokens: Option<Arc<Tokens>>) -> ActorServiceServer<ActorServiceImpl> {
-    ActorServiceServer::new(ActorServiceImpl { node, tokens })
+pub fn service(
+    node: Node,
+    tokens: Option<Arc<Tokens>>,
+) -> InterceptedService<ActorServiceServer<ActorServiceImpl>, Authenticate> {
+    let auth = Authenticate {
+        tokens: tokens.clone(),
+    };
+    let svc = ActorServiceServer::new(ActorServiceImpl { node, tokens })
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    InterceptedService::new(svc, auth)
 }
 
 /// Serves `node` on `listener` until `shutdown` completes, with keepalive
@@ -113,29 +138,31 @@ fn bearer<T>(req: &Request<T>) -> Result<Option<&str>, RuntimeError> {
     Ok(Some(t.trim()))
 }
 
-impl ActorServiceImpl {
-    /// Who sent `req` (see the module docs).
-    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, RuntimeError> {
-        if let Some(pop) = tern_proto::tls::peer_pop(req) {
-            return Ok(Caller::Pop(pop));
-        }
-        let Some(tokens) = &self.tokens else {
-            return Ok(Caller::Open);
-        };
-        let token = bearer(req)?.ok_or_else(|| {
+/// Who sent `req` (see the module docs).
+fn caller<T>(req: &Request<T>, tokens: Option<&Arc<Tokens>>) -> Result<Caller, RuntimeError> {
+    if let Some(pop) = tern_proto::tls::peer_pop(req) {
+        return Ok(Caller::Pop(pop));
+    }
+    let Some(tokens) = tokens else {
+        return Ok(Caller::Open);
+    };
+    let token = bearer(req)?.ok_or_else(|| {
             RuntimeError::Unauthenticated(
                 "this POP needs a token: send `authorization: Bearer <token>` (the tern CLI reads --token, $TERN_TOKEN or the data directory's admin.token; `tern token create --scope call` makes one)"
                     .to_string(),
             )
         })?;
-        let tokens = tokens.clone();
-        let token = token.to_string();
-        Ok(Caller::Client(blocking(move || tokens.verify(&token))?))
-    }
+    let tokens = tokens.clone();
+    let token = token.to_string();
+    Ok(Caller::Client(blocking(move || tokens.verify(&token))?))
+}
 
-    /// `Ok` if `req`'s sender may do `need`.
+impl ActorServiceImpl {
+    /// `Ok` if `req`'s sender (found by [`Authenticate`]) may do `need`.
     fn authorize<T>(&self, req: &Request<T>, need: Need<'_>) -> Result<Caller, RuntimeError> {
-        let caller = self.caller(req)?;
+        let caller = req.extensions().get::<Caller>().cloned().ok_or_else(|| {
+            RuntimeError::Internal("a request reached the service without authentication".into())
+        })?;
         if let Caller::Client(g) = &caller {
             g.check(need)?;
         }
@@ -168,6 +195,13 @@ impl ActorService for ActorServiceImpl {
         let deadline = request_timeout(&req).map(|d| tokio::time::Instant::now() + d);
         let caller = self.authorize(&req, Need::Call(&req.get_ref().r#type))?;
         let mut r = req.into_inner();
+        if let Caller::Pop(name) = &caller
+            && !r.via_pop.is_empty()
+            && r.via_pop != *name
+        {
+            // A POP forwards only as itself.
+            r.via_pop = name.clone();
+        }
         if matches!(caller, Caller::Client(_)) {
             // Only a POP forwards: a client's forwarding fields are ignored.
             if !r.via_pop.is_empty() || !r.chain.is_empty() {
