@@ -17,6 +17,12 @@ pub trait Actor: Default + 'static {
 
     /// Run one method. Unknown methods give `not-found`.
     fn dispatch(&mut self, method: &str, payload: &[u8]) -> Result<Vec<u8>, ActorError>;
+
+    /// The state, serialized for another version of this code (upgrades).
+    fn save(&self) -> Result<Vec<u8>, ActorError>;
+
+    /// The state `save` wrote in another version of this code (upgrades).
+    fn load(state: &[u8]) -> Result<Self, ActorError>;
 }
 
 /// Holds the single instance of an actor, created with [`Default`] on the
@@ -63,6 +69,35 @@ impl<T: Actor> ActorCell<T> {
         };
         slot.get_or_insert_with(T::default)
             .dispatch(method, payload)
+    }
+
+    /// The `save` export: the actor's state for another version (an actor
+    /// that never ran a call saves its `Default`).
+    pub fn save(&self) -> Result<Vec<u8>, ActorError> {
+        crate::panic_hook::install();
+        crate::panic_hook::set_current_method("save");
+        let Ok(mut slot) = self.inner.try_borrow_mut() else {
+            return Err(ActorError::failed_precondition(format!(
+                "{}: save called while a call is running",
+                T::NAME
+            )));
+        };
+        slot.get_or_insert_with(T::default).save()
+    }
+
+    /// The `load` export: replaces the state with one saved by another
+    /// version; on error the state is unchanged.
+    pub fn load(&self, state: &[u8]) -> Result<(), ActorError> {
+        crate::panic_hook::install();
+        crate::panic_hook::set_current_method("load");
+        let Ok(mut slot) = self.inner.try_borrow_mut() else {
+            return Err(ActorError::failed_precondition(format!(
+                "{}: load called while a call is running",
+                T::NAME
+            )));
+        };
+        *slot = Some(T::load(state)?);
+        Ok(())
     }
 
     /// Run `f` on the actor (creating it if needed); for tests and tools.
@@ -134,6 +169,46 @@ pub mod kinds {
         f(s, payload)
     }
 
+    /// `save` of the `actor!` macro: the state as JSON.
+    pub fn save<S: Actor + Serialize>(s: &S) -> Result<Vec<u8>, ActorError> {
+        serde_json::to_vec(s).map_err(|e| {
+            ActorError::internal(format!(
+                "{}: the state does not encode as JSON: {e}",
+                S::NAME
+            ))
+        })
+    }
+
+    /// A `migrate` function of the `actor!` macro: builds the state from
+    /// the JSON an older version saved, when it does not decode as is.
+    pub type Migrate<S> = fn(serde_json::Value) -> Result<S, ActorError>;
+
+    /// `load` of the `actor!` macro: the state from JSON, through
+    /// `migrate` if it does not decode as this version's type.
+    pub fn load<S: Actor + DeserializeOwned>(
+        state: &[u8],
+        migrate: Option<Migrate<S>>,
+    ) -> Result<S, ActorError> {
+        match serde_json::from_slice::<S>(state) {
+            Ok(s) => Ok(s),
+            Err(e) => match migrate {
+                Some(m) => {
+                    let v = serde_json::from_slice(state).map_err(|e| {
+                        ActorError::invalid_argument(format!(
+                            "{}: the saved state is not JSON: {e}",
+                            S::NAME
+                        ))
+                    })?;
+                    m(v)
+                }
+                None => Err(ActorError::failed_precondition(format!(
+                    "{}: the state saved by the previous version does not fit this one ({e}); give new fields #[serde(default)], or write a migrate function: actor!(Type {{ ... }} migrate Type::migrate)",
+                    S::NAME
+                ))),
+            },
+        }
+    }
+
     /// The error for a method the actor does not have.
     pub fn unknown_method<S: Actor>(method: &str) -> ActorError {
         ActorError::not_found(format!(
@@ -148,9 +223,16 @@ pub mod kinds {
 ///
 /// ```text
 /// actor!(Type { kind method, kind method as "wire-name", ... });
+/// actor!(Type { ... } migrate Type::from_old);   // optional
 /// ```
 ///
-/// - `Type` implements [`Default`] (the state before the first call);
+/// - `Type` implements [`Default`] (the state before the first call) and
+///   serde's `Serialize` and `Deserialize` (its state moves to a new
+///   version of the code as JSON: fields added with `#[serde(default)]`,
+///   removed fields and any change of methods need no code);
+/// - `migrate` names a `fn(serde_json::Value) -> Result<Type, ActorError>`
+///   called with the old version's state when it does not decode as
+///   `Type` (an incompatible change);
 /// - `kind` is `json` (`fn(&mut self, Req) -> Result<Resp, ActorError>`),
 ///   `json0` (`fn(&mut self) -> Result<Resp, ActorError>`) or `raw`
 ///   (`fn(&mut self, &[u8]) -> Result<Vec<u8>, ActorError>`);
@@ -163,7 +245,7 @@ pub mod kinds {
 /// (they may stay private). See the [crate docs](crate) for a full example.
 #[macro_export]
 macro_rules! actor {
-    ($ty:ident { $($kind:ident $method:ident $(as $wire:literal)?),* $(,)? }) => {
+    ($ty:ident { $($kind:ident $method:ident $(as $wire:literal)?),* $(,)? } $(migrate $migrate:path)?) => {
         impl $crate::Actor for $ty {
             const NAME: &'static str = ::core::stringify!($ty);
             const METHODS: &'static [&'static str] =
@@ -180,6 +262,18 @@ macro_rules! actor {
                     }
                 )*
                 ::core::result::Result::Err($crate::__private::kinds::unknown_method::<Self>(method))
+            }
+
+            fn save(&self) -> ::core::result::Result<::std::vec::Vec<u8>, $crate::ActorError> {
+                $crate::__private::kinds::save(self)
+            }
+
+            fn load(state: &[u8]) -> ::core::result::Result<Self, $crate::ActorError> {
+                #[allow(unused_mut, unused_assignments)]
+                let mut migrate: ::core::option::Option<$crate::__private::kinds::Migrate<Self>> =
+                    ::core::option::Option::None;
+                $(migrate = ::core::option::Option::Some($migrate);)?
+                $crate::__private::kinds::load(state, migrate)
             }
         }
 
@@ -200,6 +294,19 @@ macro_rules! actor {
                     __TERN_ACTOR
                         .handle(&method, &payload)
                         .map_err(::core::convert::Into::into)
+                }
+
+                fn save() -> ::core::result::Result<
+                    ::std::vec::Vec<u8>,
+                    $crate::bindings::tern::actor::types::ActorError,
+                > {
+                    __TERN_ACTOR.save().map_err(::core::convert::Into::into)
+                }
+
+                fn load(
+                    state: ::std::vec::Vec<u8>,
+                ) -> ::core::result::Result<(), $crate::bindings::tern::actor::types::ActorError> {
+                    __TERN_ACTOR.load(&state).map_err(::core::convert::Into::into)
                 }
             }
 

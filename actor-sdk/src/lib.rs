@@ -19,7 +19,8 @@
 //! use serde::{Deserialize, Serialize};
 //! use tern_actor_sdk::{ActorError, actor};
 //!
-//! #[derive(Default)]
+//! #[derive(Default, Serialize, Deserialize)]
+//! #[serde(default)]
 //! pub struct Counter {
 //!     value: u64,
 //! }
@@ -71,11 +72,27 @@
 //! assert_eq!(c.dispatch("incr", br#"{"by": 2}"#).unwrap(), br#"{"value":2}"#);
 //! assert_eq!(c.dispatch("get", b"").unwrap(), br#"{"value":2}"#);
 //! assert_eq!(c.dispatch("echo", b"\x00hi").unwrap(), b"\x00hi");
+//! // What an upgrade does: `save` in the old code, `load` in the new one.
+//! let saved = c.save().unwrap();
+//! assert_eq!(Counter::load(&saved).unwrap().dispatch("get", b"").unwrap(), br#"{"value":2}"#);
 //! let err = c.dispatch("nope", b"").unwrap_err();
 //! assert_eq!(err.kind, tern_actor_sdk::ErrorKind::NotFound);
 //! assert!(err.message.contains("known methods: incr, get, echo, add"));
 //! # }
 //! ```
+//!
+//! ### Changing the code
+//!
+//! The runtime persists the actor's memory, which belongs to one exact
+//! build. When a type is redeployed, each actor moves to the new code by
+//! state transfer: the old build's `save` export writes the actor struct
+//! as JSON (serde), the new build's `load` export reads it into its own
+//! struct. So the struct derives `Serialize` and `Deserialize`; with
+//! `#[serde(default)]` on it, fields added (or removed) later and any
+//! change of methods need no code. For a change serde cannot bridge
+//! (a renamed field, a new shape), name a function that builds the new
+//! state from the old JSON: `actor!(Counter { ... } migrate Counter::migrate)`,
+//! with `fn migrate(old: serde_json::Value) -> Result<Counter, ActorError>`.
 //!
 //! ### Method kinds
 //!

@@ -33,6 +33,14 @@ use crate::node::{ActorType, CallOutput, CallRequest, Node, Route};
 use crate::snapshot::Baseline;
 use crate::table::{Delivered, Handle, Msg};
 
+/// An actor moved to another version (or kept on its own when that failed).
+struct Upgraded {
+    ty: Arc<ActorType>,
+    params: InstanceParams,
+    instance: ActorInstance,
+    baseline: Baseline,
+}
+
 /// One active actor, owned by its task (and lent to a turn thread for
 /// each turn).
 pub(crate) struct Activation {
@@ -543,9 +551,9 @@ impl Node {
     /// thread.
     fn activate(&self, actor_type: &str, id: &str, claim: (u64, u64)) -> Result<Activation> {
         let key = format!("{actor_type}/{id}");
-        let ty = self.load_type(actor_type)?;
+        let mut ty = self.load_type(actor_type)?;
         let snap = self.inner.store.load_snapshot(&key)?;
-        let params = InstanceParams {
+        let mut params = InstanceParams {
             actor_type: actor_type.to_string(),
             actor_id: id.to_string(),
             limits: ty.config.limits,
@@ -560,34 +568,22 @@ impl Node {
         let cost = unknown_cost(&ty.config.limits);
         let (instance, baseline, head_seq, (idem, fwd)) = match snap {
             Some(snap) => {
-                let digest = ty.prep.digest();
-                if snap.meta.component_digest != digest
-                    && !ty
-                        .config
-                        .restores_from
-                        .contains(&snap.meta.component_digest)
-                {
-                    return Err(RuntimeError::CodeMismatch {
-                        actor: key,
-                        ty: actor_type.to_string(),
-                        snapshot_digest: snap.meta.component_digest,
-                        snapshot_engine: snap.meta.engine_version,
-                        current_digest: digest.to_string(),
-                    });
-                }
-                let lens: Vec<usize> = snap.memories.iter().map(Vec::len).collect();
-                let mut inst =
-                    ActorInstance::new(self.inner.engine.engine(), &ty.prep, &params, &lens)?;
-                inst.write_memories(&snap.memories)?;
+                let (inst, baseline) = if snap.meta.component_digest == ty.prep.digest() {
+                    let lens: Vec<usize> = snap.memories.iter().map(Vec::len).collect();
+                    let mut inst =
+                        ActorInstance::new(self.inner.engine.engine(), &ty.prep, &params, &lens)?;
+                    inst.write_memories(&snap.memories)?;
+                    (inst, Baseline::restored(snap.memories))
+                } else {
+                    let up = self.upgrade(&key, &ty, &params, snap.memories, &snap.meta)?;
+                    ty = up.ty;
+                    params = up.params;
+                    (up.instance, up.baseline)
+                };
                 let idem = IdemTable::restore(CLIENT_PREFIX, &snap.extra, retention(&ty), now_ms);
                 let fwd =
                     IdemTable::restore(FORWARD_PREFIX, &snap.extra, FORWARD_KEYS_RETENTION, now_ms);
-                (
-                    Some(inst),
-                    Baseline::restored(snap.memories),
-                    snap.seq,
-                    (idem, fwd),
-                )
+                (Some(inst), baseline, snap.seq, (idem, fwd))
             }
             None if claimed_head > 0 => {
                 return Err(RuntimeError::Storage(tern_storage::StorageError::Corrupt {
@@ -629,6 +625,104 @@ impl Node {
             vtime: self.inner.turns.vclock(),
             cost,
         })
+    }
+
+    /// Moves an actor persisted by another version of its type to the
+    /// type's current version by state transfer: its old code's `save`, on
+    /// an instance restored from the snapshot, then the new code's `load`
+    /// on a fresh instance. A memory image never runs under other code. If
+    /// either step fails (an error, a trap, a budget), the actor stays on
+    /// its version with its state untouched, and the store remembers why.
+    /// A snapshot by code that is not a version of the type is refused.
+    fn upgrade(
+        &self,
+        key: &str,
+        ty: &Arc<ActorType>,
+        params: &InstanceParams,
+        memories: Vec<Vec<u8>>,
+        meta: &SnapshotMeta,
+    ) -> Result<Upgraded> {
+        let versions = self.inner.store.list_versions(&ty.name)?;
+        let Some((from_n, from)) = versions
+            .iter()
+            .find(|(_, v)| v.digest == meta.component_digest)
+        else {
+            return Err(RuntimeError::CodeMismatch {
+                actor: key.to_string(),
+                ty: ty.name.clone(),
+                snapshot_digest: meta.component_digest.clone(),
+                snapshot_engine: meta.engine_version.clone(),
+                current_digest: ty.prep.digest().to_string(),
+            });
+        };
+        let old_ty = self.version_type(&ty.name, *from_n, from)?;
+        let old_params = InstanceParams {
+            limits: old_ty.config.limits,
+            ..params.clone()
+        };
+        let lens: Vec<usize> = memories.iter().map(Vec::len).collect();
+        let engine = self.inner.engine.engine();
+        let moved = (|| -> Result<ActorInstance> {
+            let mut old = ActorInstance::new(engine, &old_ty.prep, &old_params, &lens)?;
+            old.write_memories(&memories)?;
+            let saved = old.save(&old_ty.config.limits)?.map_err(guest_error)?;
+            drop(old);
+            let mut new = ActorInstance::new(engine, &ty.prep, params, &[])?;
+            new.load(&saved, &ty.config.limits)?.map_err(guest_error)?;
+            new.check_snapshottable()?;
+            Ok(new)
+        })();
+        let to_n = ty.config.version;
+        match moved {
+            Ok(new) => {
+                if let Err(e) = self.inner.store.clear_upgrade_failure(&ty.name, key) {
+                    tracing::warn!(actor = key, error = %e, "cannot clear an old upgrade failure");
+                }
+                metrics::counter!("tern_upgrades_total").increment(1);
+                tracing::info!(
+                    actor = key,
+                    from = from_n,
+                    to = to_n,
+                    "upgraded by state transfer"
+                );
+                let mut baseline = Baseline::default();
+                // SAFETY: the instance runs no guest code right now.
+                unsafe { baseline.absorb(new.memories()) };
+                // The next commit writes the new code's whole memory.
+                baseline.mark_all_dirty();
+                Ok(Upgraded {
+                    ty: ty.clone(),
+                    params: params.clone(),
+                    instance: new,
+                    baseline,
+                })
+            }
+            Err(e) => {
+                metrics::counter!("tern_upgrade_failures_total").increment(1);
+                tracing::warn!(actor = key, from = from_n, to = to_n, error = %e, "upgrade failed; the actor stays on its version");
+                let failure = tern_storage::UpgradeFailure {
+                    from_version: *from_n,
+                    to_version: to_n,
+                    error: e.to_string(),
+                    at_ms: self.now_ms(),
+                };
+                if let Err(se) = self
+                    .inner
+                    .store
+                    .record_upgrade_failure(&ty.name, key, &failure)
+                {
+                    tracing::warn!(actor = key, error = %se, "cannot record an upgrade failure");
+                }
+                let mut inst = ActorInstance::new(engine, &old_ty.prep, &old_params, &lens)?;
+                inst.write_memories(&memories)?;
+                Ok(Upgraded {
+                    ty: old_ty,
+                    params: old_params,
+                    instance: inst,
+                    baseline: Baseline::restored(memories),
+                })
+            }
+        }
     }
 
     /// Checks that `act` still holds the actor's current claim (a store

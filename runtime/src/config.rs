@@ -2,6 +2,19 @@
 
 use serde::{Deserialize, Serialize};
 
+/// When actors already persisted by an older version move to a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Rollout {
+    /// At each actor's next activation (active actors keep their code
+    /// until they are evicted).
+    #[default]
+    Lazy,
+    /// Active actors at the deploying POP finish their turn, persist and
+    /// are reactivated on the new version at once.
+    Now,
+}
+
 /// When a turn's memory changes reach the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -211,9 +224,9 @@ pub struct TypeConfig {
     pub durability: Durability,
     /// Limits.
     pub limits: Limits,
-    /// Digests of earlier components whose snapshots this code may restore
-    /// (set by an explicit upgrade).
-    pub restores_from: Vec<String>,
+    /// The version this configuration belongs to (1, 2, ...: one per
+    /// deploy of new code).
+    pub version: u64,
     /// Placement policy.
     pub placement: Placement,
 }

@@ -101,6 +101,11 @@ impl TernEngine {
         &self.engine
     }
 
+    /// The compiled component `digest`, if this engine has it.
+    pub fn compiled(&self, digest: &str) -> Option<Arc<Prepared>> {
+        self.compiled.get(digest).map(|p| p.clone())
+    }
+
     /// Validates and compiles `bytes` (whose sha256 is `digest`), caching the
     /// result by digest.
     pub fn prepare(&self, digest: &str, bytes: &[u8]) -> Result<Arc<Prepared>> {

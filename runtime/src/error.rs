@@ -158,7 +158,7 @@ pub enum RuntimeError {
     CallCycle(String),
     /// A snapshot was taken with different code than the type runs now.
     #[error(
-        "{actor} was persisted by component {snapshot_digest} ({snapshot_engine}) but type `{ty}` now runs {current_digest}; redeploy with --upgrade to restore old state into new code"
+        "{actor} was persisted by component {snapshot_digest} ({snapshot_engine}), which is not a version of type `{ty}` (now {current_digest}); its memory is never restored into other code. Deploy that component as a version of `{ty}` again to let the actor move by state transfer"
     )]
     CodeMismatch {
         /// The actor.

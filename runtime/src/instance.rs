@@ -163,6 +163,13 @@ impl tern::actor::host::Host for HostState {
         method: String,
         payload: Vec<u8>,
     ) -> std::result::Result<Vec<u8>, ActorError> {
+        if self.chain.is_empty() {
+            // `save` and `load` run outside any call (upgrades).
+            return Err(ActorError {
+                kind: GuestErrorKind::FailedPrecondition,
+                message: "an actor cannot call other actors from save or load".into(),
+            });
+        }
         let idempotency_key = self
             .idem_base
             .as_deref()
@@ -370,6 +377,19 @@ pub struct TurnInput<'a> {
     pub deadline: Option<tokio::time::Instant>,
 }
 
+/// The context of a `save` or `load` entry: no chain, no key, no deadline
+/// beyond the CPU budget. Nested calls from it are refused (the chain
+/// names no caller to answer to).
+fn upgrade_turn(method: &'static str) -> TurnInput<'static> {
+    TurnInput {
+        chain: Vec::new(),
+        method,
+        payload: &[],
+        idempotency_key: None,
+        deadline: None,
+    }
+}
+
 /// How one turn ended when the guest did not trap.
 pub type TurnOutput = std::result::Result<Vec<u8>, ActorError>;
 
@@ -478,10 +498,41 @@ impl ActorInstance {
     /// changes stand); `Err` means it trapped, ran out of CPU or memory, and
     /// this instance must be discarded (the caller rolls back).
     pub fn call(&mut self, turn: TurnInput<'_>, limits: &Limits) -> Result<TurnOutput> {
+        let method = turn.method;
+        let payload = turn.payload;
+        self.begin(turn, limits)?;
+        let res = self.bindings.call_handle(&mut self.store, method, payload);
+        res.map_err(|e| self.trap_error(e, method, limits))
+    }
+
+    /// Runs the `save` export (upgrades): the actor's state serialized for
+    /// another version, under the same CPU and memory limits as a turn.
+    /// The instance must be discarded afterwards.
+    pub fn save(&mut self, limits: &Limits) -> Result<TurnOutput> {
+        self.begin(upgrade_turn("save"), limits)?;
+        let res = self.bindings.call_save(&mut self.store);
+        res.map_err(|e| self.trap_error(e, "save", limits))
+    }
+
+    /// Runs the `load` export on a fresh instance (upgrades), under the
+    /// same limits as a turn.
+    pub fn load(
+        &mut self,
+        state: &[u8],
+        limits: &Limits,
+    ) -> Result<std::result::Result<(), ActorError>> {
+        self.begin(upgrade_turn("load"), limits)?;
+        let res = self.bindings.call_load(&mut self.store, state);
+        res.map_err(|e| self.trap_error(e, "load", limits))
+    }
+
+    /// Sets up the store for one guest entry: the turn's context, its
+    /// memory cap and its CPU budget.
+    fn begin(&mut self, turn: TurnInput<'_>, limits: &Limits) -> Result<()> {
         let TurnInput {
             chain,
-            method,
-            payload,
+            method: _,
+            payload: _,
             idempotency_key,
             deadline,
         } = turn;
@@ -505,39 +556,36 @@ impl ActorInstance {
                 .map_err(|e| RuntimeError::Engine(format!("cannot set fuel: {e}")))?,
             CpuMeter::Epoch => self.store.set_epoch_deadline(deadline_ticks(limits)),
         }
-        let res = self.bindings.call_handle(&mut self.store, method, payload);
+        Ok(())
+    }
+
+    /// The runtime error for a guest entry that trapped.
+    fn trap_error(&mut self, e: wasmtime::Error, method: &str, limits: &Limits) -> RuntimeError {
         let data = self.store.data_mut();
-        match res {
-            Ok(out) => Ok(out),
-            Err(e) => {
-                let actor = format!("{}/{}", data.actor_type, data.actor_id);
-                let method = method.to_string();
-                let trap = e.downcast_ref::<Trap>();
-                Err(
-                    if trap == Some(&Trap::Interrupt) || trap == Some(&Trap::OutOfFuel) {
-                        RuntimeError::CpuBudget {
-                            actor,
-                            method,
-                            limit_ms: limits.turn_cpu_ms_max,
-                        }
-                    } else if data.memory_cap_hit {
-                        RuntimeError::MemoryCap {
-                            actor,
-                            method,
-                            limit: limits.memory_bytes_max,
-                        }
-                    } else {
-                        let reason = match data.last_error_log.take() {
-                            Some(log) => format!("{log} ({})", root_cause(&e)),
-                            None => root_cause(&e),
-                        };
-                        RuntimeError::Trap {
-                            actor,
-                            method,
-                            reason,
-                        }
-                    },
-                )
+        let actor = format!("{}/{}", data.actor_type, data.actor_id);
+        let method = method.to_string();
+        let trap = e.downcast_ref::<Trap>();
+        if trap == Some(&Trap::Interrupt) || trap == Some(&Trap::OutOfFuel) {
+            RuntimeError::CpuBudget {
+                actor,
+                method,
+                limit_ms: limits.turn_cpu_ms_max,
+            }
+        } else if data.memory_cap_hit {
+            RuntimeError::MemoryCap {
+                actor,
+                method,
+                limit: limits.memory_bytes_max,
+            }
+        } else {
+            let reason = match data.last_error_log.take() {
+                Some(log) => format!("{log} ({})", root_cause(&e)),
+                None => root_cause(&e),
+            };
+            RuntimeError::Trap {
+                actor,
+                method,
+                reason,
             }
         }
     }

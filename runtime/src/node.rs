@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use tern_directory::{Core, DirectoryConfig};
-use tern_storage::{Store, TypeRecord};
+use tern_storage::Store;
 use tokio::sync::oneshot;
 
 use crate::clock::World;
 use crate::committer::Committer;
-use crate::config::{Durability, Limits, Placement, TypeConfig};
+use crate::config::{Durability, Limits, Placement, Rollout, TypeConfig};
 use crate::directory::{ClusterView, Directory, LOCAL_ENDPOINT, LocalDirectory, blocking};
 use crate::engine::TernEngine;
 use crate::error::{Result, RuntimeError};
@@ -110,8 +110,10 @@ pub struct DeployOptions {
     pub limits: Limits,
     /// Placement policy.
     pub placement: Placement,
-    /// Allow restoring actors persisted by the type's previous code.
-    pub upgrade: bool,
+    /// When existing actors move to the new version.
+    pub rollout: Rollout,
+    /// Validate and plan only: store nothing.
+    pub dry_run: bool,
 }
 
 /// What `deploy` reports.
@@ -121,6 +123,10 @@ pub struct DeployInfo {
     pub digest: String,
     /// Its size in bytes.
     pub component_bytes: u64,
+    /// The version this deploy made (or refreshed, for the same code).
+    pub version: u64,
+    /// What happens to existing actors, in words.
+    pub plan: String,
 }
 
 /// A deployed actor type, compiled.
@@ -452,15 +458,18 @@ impl Node {
         self.inner.world.clock.wall_ms()
     }
 
-    /// Validates, stores and compiles a component as actor type `name`.
-    /// With `upgrade`, actors persisted by the previous code of the type
-    /// may be restored into the new code.
+    /// Validates, stores and compiles a component as actor type `name`: a
+    /// new version of the type (the same code again only updates its
+    /// configuration). Actors persisted by an older version move to it by
+    /// state transfer (`save` in the old code, `load` in the new) at their
+    /// next activation; see [`Node::rollout_now`] to hurry them.
     pub fn deploy(&self, name: &str, component: &[u8], opts: DeployOptions) -> Result<DeployInfo> {
         let DeployOptions {
             durability,
             limits,
             placement,
-            upgrade,
+            rollout,
+            dry_run,
         } = opts;
         check_name("actor type", name, ACTOR_NAME_BYTES_MAX)?;
         if component.len() > self.inner.cfg.component_bytes_max {
@@ -477,30 +486,67 @@ impl Node {
         let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(component));
         // Validate and compile before anything is stored.
         let prep = self.inner.engine.prepare(&digest, component)?;
-        let mut restores_from = Vec::new();
-        if upgrade && let Some(old) = self.inner.store.get_type(name)? {
-            let old_cfg: TypeConfig = serde_json::from_str(&old.config_json).unwrap_or_default();
-            restores_from = old_cfg.restores_from;
-            if old.digest != digest {
-                restores_from.push(old.digest);
-            }
+        let mut before = self.inner.store.list_versions(name)?;
+        if before.is_empty()
+            && let Some(t) = self.inner.store.get_type(name)?
+        {
+            // Deployed before versions existed: the store makes it version 1.
+            before.push((
+                1,
+                tern_storage::VersionRecord {
+                    digest: t.digest,
+                    config_json: t.config_json,
+                    deployed_at_ms: t.deployed_at_ms,
+                },
+            ));
         }
-        let config = TypeConfig {
+        let next = match before.last() {
+            Some((n, v)) if v.digest == digest => *n,
+            Some((n, _)) => n + 1,
+            None => 1,
+        };
+        let plan = match before.last() {
+            None => format!("type `{name}` is new: version 1"),
+            Some((n, v)) if v.digest == digest => {
+                format!(
+                    "the same code as version {n}: its configuration is updated, no actor moves"
+                )
+            }
+            Some((n, _)) => format!(
+                "version {next} replaces version {n}: actors persisted by an older version move to it by state transfer (save, then load) {}; an actor whose load fails stays on its version",
+                match rollout {
+                    Rollout::Lazy => "at their next activation",
+                    Rollout::Now =>
+                        "now at this POP (active ones finish their turn first), at their next activation elsewhere",
+                }
+            ),
+        };
+        if dry_run {
+            return Ok(DeployInfo {
+                digest,
+                component_bytes: component.len() as u64,
+                version: next,
+                plan,
+            });
+        }
+        let mut config = TypeConfig {
             durability,
             limits,
-            restores_from,
+            version: 0,
             placement,
         };
         self.inner.store.put_component(component)?;
-        self.inner.store.put_type(
-            name,
-            &TypeRecord {
-                digest: digest.clone(),
-                config_json: serde_json::to_string(&config)
-                    .map_err(|e| RuntimeError::Engine(e.to_string()))?,
-                deployed_at_ms: self.now_ms(),
-            },
-        )?;
+        let base = config.clone();
+        let version = self
+            .inner
+            .store
+            .deploy_version(name, &digest, self.now_ms(), &|n| {
+                let mut c = base.clone();
+                c.version = n;
+                // Plain data always encodes as JSON.
+                serde_json::to_string(&c).expect("a type config encodes as JSON")
+            })?;
+        config.version = version;
         self.inner.types.insert(
             name.to_string(),
             Arc::new(ActorType {
@@ -510,10 +556,12 @@ impl Node {
             }),
         );
         self.inner.configs.remove(name);
-        tracing::info!(actor_type = name, %digest, ?durability, "deployed");
+        tracing::info!(actor_type = name, %digest, version, ?durability, "deployed: {plan}");
         Ok(DeployInfo {
             digest,
             component_bytes: component.len() as u64,
+            version,
+            plan,
         })
     }
 
@@ -573,6 +621,39 @@ impl Node {
         self.inner.types.insert(name.to_string(), t.clone());
         self.inner.configs.remove(name);
         Ok(t)
+    }
+
+    /// Version `n` of type `name` (record `v`), compiled (the engine caches
+    /// compiled code by digest).
+    pub(crate) fn version_type(
+        &self,
+        name: &str,
+        n: u64,
+        v: &tern_storage::VersionRecord,
+    ) -> Result<Arc<ActorType>> {
+        let prep = match self.inner.engine.compiled(&v.digest) {
+            Some(p) => p,
+            None => {
+                let bytes = self.inner.store.get_component(&v.digest)?.ok_or_else(|| {
+                    RuntimeError::Engine(format!(
+                        "version {n} of type `{name}` refers to component {} which is missing from the store",
+                        v.digest
+                    ))
+                })?;
+                self.inner.engine.prepare(&v.digest, &bytes)?
+            }
+        };
+        let mut config: TypeConfig = serde_json::from_str(&v.config_json).map_err(|e| {
+            RuntimeError::Engine(format!(
+                "version {n} of type `{name}` has an unreadable config: {e}"
+            ))
+        })?;
+        config.version = n;
+        Ok(Arc::new(ActorType {
+            name: name.to_string(),
+            config,
+            prep,
+        }))
     }
 
     /// Whether this POP may run turns (its lease is current).
@@ -670,6 +751,23 @@ impl Node {
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Release);
         self.inner.table.end_all(|| Msg::Evict).await;
+    }
+
+    /// Evicts every active actor of `actor_type` here (each finishes its
+    /// turn and persists), so that its next call reactivates it on the
+    /// type's current version. `progress(done, total)` is called after
+    /// each. Returns how many.
+    pub async fn rollout_now(
+        &self,
+        actor_type: &str,
+        progress: impl Fn(usize, usize),
+    ) -> Result<usize> {
+        let keys = self.inner.table.keys_of_type(actor_type);
+        for (i, key) in keys.iter().enumerate() {
+            self.inner.table.end_one(key).await;
+            progress(i + 1, keys.len());
+        }
+        Ok(keys.len())
     }
 
     /// Evicts one actor now (persisting it). Returns whether it was active.

@@ -113,6 +113,19 @@ impl Table {
         v
     }
 
+    /// The active actors of one type, sorted.
+    pub(crate) fn keys_of_type(&self, actor_type: &str) -> Vec<String> {
+        let prefix = format!("{actor_type}/");
+        let mut v: Vec<String> = self
+            .map
+            .iter()
+            .filter(|e| e.key().starts_with(&prefix))
+            .map(|e| e.key().clone())
+            .collect();
+        v.sort();
+        v
+    }
+
     pub(crate) fn resident_bytes(&self) -> u64 {
         self.resident.load(Ordering::Acquire)
     }

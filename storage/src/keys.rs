@@ -9,6 +9,8 @@
 //! ("comp", digest, "c", i)                        component chunk i (< 100 kB)
 //! ("type", name)                                  actor type record
 //! ("token", id)                                   client token record (secret hashed)
+//! ("ver", type, n)                                version n of an actor type
+//! ("upfail", type, actor)                         why an actor's last upgrade failed
 //! ("snap", actor, "m", seq, part)                 manifest of seq, split in parts
 //! ("snap", actor, "p", memory, page, seq)         page image written at seq
 //! ("snap", actor, "s", seq, epoch, token, part)   stage marker of a staged commit
@@ -64,6 +66,28 @@ pub(crate) fn type_(name: &str) -> Vec<u8> {
 }
 pub(crate) fn type_prefix() -> Vec<u8> {
     key(&[Str("type")])
+}
+pub(crate) fn version(ty: &str, n: u64) -> Vec<u8> {
+    key(&[Str("ver"), Str(ty), Int(n)])
+}
+pub(crate) fn version_prefix(ty: &str) -> Vec<u8> {
+    key(&[Str("ver"), Str(ty)])
+}
+pub(crate) fn upgrade_failure(ty: &str, actor: &str) -> Vec<u8> {
+    key(&[Str("upfail"), Str(ty), Str(actor)])
+}
+pub(crate) fn upgrade_failure_prefix(ty: &str) -> Vec<u8> {
+    key(&[Str("upfail"), Str(ty)])
+}
+/// The last element of a key, as an integer.
+pub(crate) fn last_int(k: &[u8]) -> Result<u64, StorageError> {
+    match elems(k)?.pop() {
+        Some(OwnedElem::Int(v)) => Ok(v),
+        _ => Err(StorageError::corrupt(
+            k,
+            "expected an integer as the last key element",
+        )),
+    }
 }
 pub(crate) fn token(id: &str) -> Vec<u8> {
     key(&[Str("token"), Str(id)])

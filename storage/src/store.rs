@@ -118,6 +118,58 @@ pub struct TokenRecord {
     pub created_ms: u64,
 }
 
+/// One deployed version of an actor type: every deploy of new code makes
+/// one, numbered from 1.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    Archive,
+    Serialize,
+    Deserialize,
+)]
+pub struct VersionRecord {
+    /// sha256 hex of its component.
+    pub digest: String,
+    /// Its configuration (durability, limits...), JSON owned by the runtime.
+    pub config_json: String,
+    /// When it was deployed, ms since the Unix epoch.
+    pub deployed_at_ms: u64,
+}
+
+/// Most versions a type may have; a deploy past it is refused.
+pub const VERSIONS_MAX: usize = 1_000;
+
+/// Why an actor's last upgrade failed (it stays on its version).
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    Archive,
+    Serialize,
+    Deserialize,
+)]
+pub struct UpgradeFailure {
+    /// The version the actor stays on.
+    pub from_version: u64,
+    /// The version it could not move to.
+    pub to_version: u64,
+    /// What `save` or `load` answered, or how it trapped.
+    pub error: String,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// Most upgrade failures remembered per type; past it new ones are not
+/// recorded (the count in metrics and logs goes on).
+pub const UPGRADE_FAILURES_MAX: usize = 1_000;
+
 /// Most tokens the store keeps; creating one more fails until some are
 /// revoked.
 pub const TOKENS_MAX: usize = 10_000;
@@ -675,6 +727,126 @@ impl Store {
     /// Every actor type, sorted by name.
     pub fn list_types(&self) -> Result<Vec<(String, TypeRecord)>, StorageError> {
         self.scan_prefix(&keys::type_prefix())?
+            .into_iter()
+            .map(|(k, v)| Ok((keys::last_str(&k)?, decode(&k, &v)?)))
+            .collect()
+    }
+
+    // -------------------------------------------------------------- versions
+
+    /// Records a deploy of `name` as a new version and makes it the type's
+    /// current code, in one transaction: the type record gets `digest`
+    /// and the config `config_for(n)` (the runtime's, which names the
+    /// version `n`). Deploying the newest version's code again changes its
+    /// configuration only. Returns the version.
+    pub fn deploy_version(
+        &self,
+        name: &str,
+        digest: &str,
+        deployed_at_ms: u64,
+        config_for: &dyn Fn(u64) -> String,
+    ) -> Result<u64, StorageError> {
+        let prefix = keys::version_prefix(name);
+        let type_key = keys::type_(name);
+        self.kv_().transact(|tx| {
+            let end = crate::tuple::range_end(&prefix);
+            let existing = tx.get_range(&prefix, &end, Some(1), true)?;
+            let newest = existing.first().map(|(k, v)| -> Result<_, StorageError> {
+                Ok((keys::last_int(k)?, decode::<VersionRecord>(k, v)?))
+            });
+            let mut newest = newest.transpose()?;
+            if newest.is_none()
+                && let Some(v) = tx.get(&type_key)?
+            {
+                // A type deployed before versions existed: its code becomes
+                // version 1, so its actors can move by state transfer.
+                let t: TypeRecord = decode(&type_key, &v)?;
+                let first = VersionRecord {
+                    digest: t.digest,
+                    config_json: t.config_json,
+                    deployed_at_ms: t.deployed_at_ms,
+                };
+                tx.set(&keys::version(name, 1), &encode(&first));
+                newest = Some((1, first));
+            }
+            let n = match newest {
+                Some((n, rec)) if rec.digest == digest => n,
+                Some((n, _)) => n + 1,
+                None => 1,
+            };
+            if n as usize > VERSIONS_MAX {
+                return Err(StorageError::InvalidArgument(format!(
+                    "type `{name}` has {VERSIONS_MAX} versions, its maximum (VERSIONS_MAX); deploy it under a new name"
+                )));
+            }
+            let config_json = config_for(n);
+            tx.set(
+                &keys::version(name, n),
+                &encode(&VersionRecord {
+                    digest: digest.to_string(),
+                    config_json: config_json.clone(),
+                    deployed_at_ms,
+                }),
+            );
+            tx.set(
+                &type_key,
+                &encode(&TypeRecord {
+                    digest: digest.to_string(),
+                    config_json,
+                    deployed_at_ms,
+                }),
+            );
+            Ok(n)
+        })
+    }
+
+    /// Every version of a type, oldest first.
+    pub fn list_versions(&self, name: &str) -> Result<Vec<(u64, VersionRecord)>, StorageError> {
+        self.scan_prefix(&keys::version_prefix(name))?
+            .into_iter()
+            .map(|(k, v)| Ok((keys::last_int(&k)?, decode(&k, &v)?)))
+            .collect()
+    }
+
+    /// Remembers why `actor`'s upgrade failed (bounded by
+    /// [`UPGRADE_FAILURES_MAX`] per type; `false` if not recorded).
+    pub fn record_upgrade_failure(
+        &self,
+        ty: &str,
+        actor: &str,
+        f: &UpgradeFailure,
+    ) -> Result<bool, StorageError> {
+        let key = keys::upgrade_failure(ty, actor);
+        let prefix = keys::upgrade_failure_prefix(ty);
+        let val = encode(f);
+        self.kv_().transact(|tx| {
+            if tx.get(&key)?.is_none() {
+                let end = crate::tuple::range_end(&prefix);
+                let held = tx.get_range(&prefix, &end, Some(UPGRADE_FAILURES_MAX), false)?;
+                if held.len() >= UPGRADE_FAILURES_MAX {
+                    return Ok(false);
+                }
+            }
+            tx.set(&key, &val);
+            Ok(true)
+        })
+    }
+
+    /// Forgets `actor`'s upgrade failure (it upgraded, or rolled back).
+    pub fn clear_upgrade_failure(&self, ty: &str, actor: &str) -> Result<(), StorageError> {
+        let key = keys::upgrade_failure(ty, actor);
+        self.kv_().transact(|tx| {
+            tx.clear(&key);
+            Ok(())
+        })
+    }
+
+    /// The upgrade failures of a type's actors, by actor.
+    pub fn list_upgrade_failures(
+        &self,
+        ty: &str,
+    ) -> Result<Vec<(String, UpgradeFailure)>, StorageError> {
+        self.scan_prefix(&keys::upgrade_failure_prefix(ty))?
             .into_iter()
             .map(|(k, v)| Ok((keys::last_str(&k)?, decode(&k, &v)?)))
             .collect()

@@ -37,7 +37,8 @@ pub const LEDGER_MAX: usize = 100_000;
 pub const AMOUNT_MAX: i64 = 1_000_000_000;
 
 /// One account.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Account {
     balance: i64,
     entries: Vec<(u64, i64)>,

@@ -48,7 +48,8 @@ use tern_actor_sdk::{ActorError, actor};
 type Map = HashMap<String, Vec<u8>, BuildHasherDefault<DefaultHasher>>;
 
 /// The actor's whole state.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counter {
     value: u64,
     entries: Map,

@@ -239,6 +239,18 @@ fn target_installed() -> Option<bool> {
 ///
 /// See the [module docs](self) for the target directory and flags used.
 pub fn build_guest(crate_dir: &Path, release: bool) -> Result<PathBuf, BuildError> {
+    build_guest_with(crate_dir, release, &[])
+}
+
+/// [`build_guest`] with cargo features of the guest crate enabled. Each
+/// set of features builds into its own target directory (`guest-<f1>-<f2>`
+/// beside the default one), so builds of the same crate with different
+/// features do not overwrite each other's component.
+pub fn build_guest_with(
+    crate_dir: &Path,
+    release: bool,
+    features: &[&str],
+) -> Result<PathBuf, BuildError> {
     let info = crate_info(crate_dir)?;
     if target_installed() == Some(false) {
         return Err(BuildError::TargetMissing);
@@ -262,8 +274,21 @@ pub fn build_guest(crate_dir: &Path, release: bool) -> Result<PathBuf, BuildErro
             .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
             .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
     }
+    let mut target_dir = guest_target_dir(&info.workspace_root);
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
+        let name = format!(
+            "{}-{}",
+            target_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "guest".into()),
+            features.join("-")
+        );
+        target_dir.set_file_name(name);
+    }
     cmd.current_dir(crate_dir)
-        .env("CARGO_TARGET_DIR", guest_target_dir(&info.workspace_root))
+        .env("CARGO_TARGET_DIR", target_dir)
         .env(
             TARGET_RUSTFLAGS_ENV,
             append_flags(std::env::var_os(TARGET_RUSTFLAGS_ENV).as_deref(), " "),

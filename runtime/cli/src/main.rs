@@ -12,8 +12,8 @@ use tern_client::{Client, ClusterFile, Credentials, PopInfo, call_request, conne
 use tern_proto::actor as pb;
 use tern_proto::tls::{Tls, TlsFiles};
 use tern_runtime::auth::{Scope, Tokens};
-use tern_runtime::config::Placement;
 use tern_runtime::config::{Durability, Limits};
+use tern_runtime::config::{Placement, Rollout};
 use tern_runtime::grpc::{
     DirectoryLink, GrpcPeers, Security, durability_to_pb, limits_to_pb, placement_to_pb,
 };
@@ -161,9 +161,12 @@ enum Cmd {
         /// (the POP's own --component-bytes-max decides in the end).
         #[arg(long, default_value_t = tern_proto::COMPONENT_BYTES_MAX_DEFAULT)]
         component_bytes_max: usize,
-        /// Allow restoring actors persisted by the previous code of this type.
-        #[arg(long)]
-        upgrade: bool,
+        /// When actors persisted by an older version of the type move to
+        /// this one (by state transfer: the old code's save, the new code's
+        /// load): at their next activation, or now for the ones active at
+        /// the POP that takes the deploy.
+        #[arg(long, value_enum, default_value_t = Rollout::Lazy)]
+        rollout: Rollout,
         /// Actors move to the POP their callers use (per-user actors);
         /// `false` keeps them where they are (shared actors).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -570,7 +573,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             r#type,
             file,
             durability,
-            upgrade,
+            rollout,
             component_bytes_max,
             follow_caller,
             follow_window,
@@ -598,21 +601,52 @@ async fn run(cli: Cli) -> Result<(), String> {
             let component =
                 std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             let mut client = endpoint.connect().await?;
-            let reply = client
-                .deploy(pb::DeployRequest {
-                    r#type: r#type.clone(),
-                    component,
-                    durability: durability_to_pb(durability) as i32,
-                    limits: Some(limits_to_pb(limits.limits())),
-                    upgrade,
-                    placement: Some(placement_to_pb(placement)),
-                })
+            let request = pb::DeployRequest {
+                r#type: r#type.clone(),
+                component,
+                durability: durability_to_pb(durability) as i32,
+                limits: Some(limits_to_pb(limits.limits())),
+                placement: Some(placement_to_pb(placement)),
+                rollout: match rollout {
+                    Rollout::Lazy => pb::Rollout::Lazy,
+                    Rollout::Now => pb::Rollout::Now,
+                } as i32,
+                dry_run: true,
+            };
+            // Say what will happen before doing it.
+            let plan = client
+                .deploy(request.clone())
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            eprintln!("{}", plan.plan);
+            let spinner = (rollout == Rollout::Now).then(|| {
+                let s = indicatif::ProgressBar::new_spinner();
+                s.set_message(format!("deploying {} and moving its active actors", r#type));
+                s.enable_steady_tick(std::time::Duration::from_millis(100));
+                s
+            });
+            let reply = client
+                .deploy(pb::DeployRequest {
+                    dry_run: false,
+                    ..request
+                })
+                .await
+                .map_err(status_error);
+            if let Some(s) = spinner {
+                s.finish_and_clear();
+            }
+            let reply = reply?.into_inner();
+            if rollout == Rollout::Now {
+                eprintln!(
+                    "{} active actors moved to version {} now",
+                    reply.rolled_now, reply.version
+                );
+            }
             println!(
                 "{}",
-                serde_json::json!({"type": r#type, "digest": reply.digest, "bytes": reply.component_bytes})
+                serde_json::json!({"type": r#type, "digest": reply.digest, "bytes": reply.component_bytes,
+                    "version": reply.version, "rolled_now": reply.rolled_now})
             );
             Ok(())
         }

@@ -25,6 +25,7 @@ use super::{
     limits_to_pb, placement_from_pb, request_timeout,
 };
 use crate::auth::{Grant, Need, Scope, Tokens};
+use crate::config::Rollout;
 use crate::directory::blocking;
 use crate::error::RuntimeError;
 use crate::node::{CallRequest, DeployOptions, Node, Route};
@@ -257,6 +258,12 @@ impl ActorService for ActorServiceImpl {
     ) -> Result<Response<pb::DeployReply>, Status> {
         self.authorize(&req, Need::Deploy(&req.get_ref().r#type))?;
         let r = req.into_inner();
+        let ty = r.r#type.clone();
+        let r_dry_run = r.dry_run;
+        let rollout = match pb::Rollout::try_from(r.rollout) {
+            Ok(pb::Rollout::Now) => Rollout::Now,
+            _ => Rollout::Lazy,
+        };
         let node = self.node.clone();
         let info = tokio::task::spawn_blocking(move || {
             node.deploy(
@@ -266,15 +273,23 @@ impl ActorService for ActorServiceImpl {
                     durability: durability_from_pb(r.durability),
                     limits: limits_from_pb(r.limits),
                     placement: placement_from_pb(r.placement),
-                    upgrade: r.upgrade,
+                    rollout,
+                    dry_run: r.dry_run,
                 },
             )
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
+        let rolled_now = match rollout {
+            Rollout::Now if !r_dry_run => self.node.rollout_now(&ty, |_, _| {}).await? as u64,
+            _ => 0,
+        };
         Ok(Response::new(pb::DeployReply {
             digest: info.digest,
             component_bytes: info.component_bytes,
+            version: info.version,
+            plan: info.plan,
+            rolled_now,
         }))
     }
 

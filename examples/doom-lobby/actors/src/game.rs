@@ -105,6 +105,7 @@ pub struct Fighter {
 }
 
 /// The match actor's state.
+#[derive(Serialize, Deserialize)]
 pub struct Game {
     id: String,
     region: String,

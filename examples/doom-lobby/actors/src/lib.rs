@@ -47,6 +47,7 @@ pub(crate) fn json<Req: DeserializeOwned, Resp: Serialize>(
 }
 
 /// What an actor of this component is.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub enum Role {
     /// `player/<name>`.
     Player(Player),
@@ -80,7 +81,8 @@ impl Role {
 }
 
 /// The component's single actor: a [`Role`] chosen on the first call.
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Lobby {
     role: Option<Role>,
 }

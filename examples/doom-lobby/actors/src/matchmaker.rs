@@ -63,6 +63,7 @@ pub struct Assignment {
 }
 
 /// The matchmaker's state.
+#[derive(Serialize, Deserialize)]
 pub struct Matchmaker {
     region: String,
     queue: Vec<Waiting>,

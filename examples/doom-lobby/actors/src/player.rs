@@ -78,6 +78,7 @@ pub struct MatchRecord {
 }
 
 /// The player actor's state.
+#[derive(Serialize, Deserialize)]
 pub struct Player {
     name: String,
     home: String,

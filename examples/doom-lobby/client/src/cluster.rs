@@ -287,10 +287,10 @@ pub async fn deploy(endpoint: &str, admin: &Credentials, component: &[u8]) -> Re
                 component: component.to_vec(),
                 durability: pb::Durability::Turn as i32,
                 limits: Some(limits),
-                // Every run uses fresh actor ids, so restoring actors of an
-                // earlier build of this code never happens in practice.
-                upgrade: true,
                 placement: Some(placement),
+                // Actors of an earlier build (a cluster attached to) move
+                // to this one at their next activation.
+                ..Default::default()
             })
             .await
             .map_err(|s| anyhow!("deploy {ty}: {:?}: {}", s.code(), s.message()))?;
