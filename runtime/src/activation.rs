@@ -643,8 +643,11 @@ impl Node {
         meta: &SnapshotMeta,
     ) -> Result<Upgraded> {
         let versions = self.inner.store.list_versions(&ty.name)?;
+        // The newest version with that code (a rollback and a redeploy can
+        // make two).
         let Some((from_n, from)) = versions
             .iter()
+            .rev()
             .find(|(_, v)| v.digest == meta.component_digest)
         else {
             return Err(RuntimeError::CodeMismatch {
@@ -662,19 +665,41 @@ impl Node {
         };
         let lens: Vec<usize> = memories.iter().map(Vec::len).collect();
         let engine = self.inner.engine.engine();
-        let moved = (|| -> Result<ActorInstance> {
-            let mut old = ActorInstance::new(engine, &old_ty.prep, &old_params, &lens)?;
-            old.write_memories(&memories)?;
-            let saved = old.save(&old_ty.config.limits)?.map_err(guest_error)?;
-            drop(old);
+        let to_n = ty.config.version;
+        // A rollback of this actor's upgrade gives back the state it had
+        // before that upgrade; anything else moves the current state.
+        let kept = self
+            .inner
+            .store
+            .get_pre_upgrade(&ty.name, key)?
+            .filter(|p| p.from_version == to_n && p.to_version == *from_n);
+        let rolled_back = kept.is_some();
+        let moved = (|| -> Result<(ActorInstance, Vec<u8>)> {
+            let saved = match kept {
+                Some(p) => p.state,
+                None => {
+                    let mut old = ActorInstance::new(engine, &old_ty.prep, &old_params, &lens)?;
+                    old.write_memories(&memories)?;
+                    old.save(&old_ty.config.limits)?.map_err(guest_error)?
+                }
+            };
             let mut new = ActorInstance::new(engine, &ty.prep, params, &[])?;
             new.load(&saved, &ty.config.limits)?.map_err(guest_error)?;
             new.check_snapshottable()?;
-            Ok(new)
+            Ok((new, saved))
         })();
-        let to_n = ty.config.version;
         match moved {
-            Ok(new) => {
+            Ok((new, saved)) => {
+                if *from_n < to_n {
+                    let p = tern_storage::PreUpgrade {
+                        from_version: *from_n,
+                        to_version: to_n,
+                        state: saved,
+                    };
+                    if let Err(e) = self.inner.store.put_pre_upgrade(&ty.name, key, &p) {
+                        tracing::warn!(actor = key, error = %e, "cannot keep the state before the upgrade; a rollback will move this actor's current state instead");
+                    }
+                }
                 if let Err(e) = self.inner.store.clear_upgrade_failure(&ty.name, key) {
                     tracing::warn!(actor = key, error = %e, "cannot clear an old upgrade failure");
                 }
@@ -683,7 +708,8 @@ impl Node {
                     actor = key,
                     from = from_n,
                     to = to_n,
-                    "upgraded by state transfer"
+                    rolled_back,
+                    "moved to another version by state transfer"
                 );
                 let mut baseline = Baseline::default();
                 // SAFETY: the instance runs no guest code right now.

@@ -129,6 +129,37 @@ pub struct DeployInfo {
     pub plan: String,
 }
 
+/// Actors `Node::versions` reads at most.
+pub const VERSION_ACTORS_COUNTED_MAX: usize = 10_000;
+
+/// One version of a type, as `Node::versions` sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionView {
+    /// Its number.
+    pub version: u64,
+    /// Whether new actors start on it.
+    pub current: bool,
+    /// Its component.
+    pub digest: String,
+    /// When it was deployed.
+    pub deployed_at_ms: u64,
+    /// Actors whose latest snapshot it wrote.
+    pub actors: u64,
+}
+
+/// A type's versions and failed upgrades.
+#[derive(Debug, Clone)]
+pub struct VersionsView {
+    /// Oldest first.
+    pub versions: Vec<VersionView>,
+    /// Actors whose upgrade failed, and why.
+    pub failures: Vec<(String, tern_storage::UpgradeFailure)>,
+    /// Actors counted.
+    pub counted: u64,
+    /// Whether there were more than [`VERSION_ACTORS_COUNTED_MAX`].
+    pub truncated: bool,
+}
+
 /// A deployed actor type, compiled.
 pub struct ActorType {
     /// Its name.
@@ -751,6 +782,87 @@ impl Node {
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Release);
         self.inner.table.end_all(|| Msg::Evict).await;
+    }
+
+    /// Makes the version before the current one of `actor_type` current
+    /// again. Its actors move back at their next activation (see
+    /// [`Node::rollout_now`] to hurry them): an actor upgraded to the
+    /// current version gets the state it had before that upgrade (changes
+    /// made since are dropped); one created on the current version moves
+    /// back by state transfer. Returns (the version now current, a plan).
+    pub fn rollback(&self, actor_type: &str) -> Result<(u64, String)> {
+        let current = self.load_type(actor_type)?;
+        let cur_n = current.config.version;
+        let versions = self.inner.store.list_versions(actor_type)?;
+        let Some((prev_n, prev)) = versions.iter().rev().find(|(n, _)| *n < cur_n) else {
+            return Err(RuntimeError::Guest {
+                kind: crate::error::ErrorKind::FailedPrecondition,
+                message: format!(
+                    "type `{actor_type}` is on version {cur_n}, which has no earlier version to roll back to"
+                ),
+            });
+        };
+        let mut config: TypeConfig = serde_json::from_str(&prev.config_json).map_err(|e| {
+            RuntimeError::Engine(format!(
+                "version {prev_n} of type `{actor_type}` has an unreadable config: {e}"
+            ))
+        })?;
+        config.version = *prev_n;
+        let json = serde_json::to_string(&config).expect("a type config encodes as JSON");
+        self.inner
+            .store
+            .set_current_version(actor_type, *prev_n, &json, self.now_ms())?;
+        self.inner.types.remove(actor_type);
+        self.inner.configs.remove(actor_type);
+        let plan = format!(
+            "version {prev_n} of `{actor_type}` is current again (was {cur_n}): actors upgraded to {cur_n} get back the state they had before, and lose what changed since; actors created on {cur_n} move back by state transfer"
+        );
+        tracing::warn!(actor_type, from = cur_n, to = prev_n, "rolled back");
+        Ok((*prev_n, plan))
+    }
+
+    /// The versions of `actor_type`, how many of its actors (up to
+    /// [`VERSION_ACTORS_COUNTED_MAX`]) each one's latest snapshot belongs
+    /// to, and its actors' upgrade failures. Reads one head manifest per
+    /// actor: an administrative request, not a hot path.
+    pub fn versions(&self, actor_type: &str) -> Result<VersionsView> {
+        let store = &self.inner.store;
+        let current = store
+            .get_type(actor_type)?
+            .ok_or_else(|| RuntimeError::UnknownType(actor_type.to_string()))?;
+        let current_n = serde_json::from_str::<TypeConfig>(&current.config_json)
+            .map(|c| c.version)
+            .unwrap_or(0);
+        let versions = store.list_versions(actor_type)?;
+        let actors = store.list_actors_of_type(actor_type, VERSION_ACTORS_COUNTED_MAX + 1)?;
+        let truncated = actors.len() > VERSION_ACTORS_COUNTED_MAX;
+        let mut counts = vec![0u64; versions.len()];
+        let mut counted = 0;
+        for a in actors.iter().take(VERSION_ACTORS_COUNTED_MAX) {
+            let Some(d) = store.snapshot_digest(a)? else {
+                continue;
+            };
+            counted += 1;
+            if let Some(i) = versions.iter().rposition(|(_, v)| v.digest == d) {
+                counts[i] += 1;
+            }
+        }
+        Ok(VersionsView {
+            versions: versions
+                .into_iter()
+                .zip(counts)
+                .map(|((n, v), actors)| VersionView {
+                    version: n,
+                    current: n == current_n,
+                    digest: v.digest,
+                    deployed_at_ms: v.deployed_at_ms,
+                    actors,
+                })
+                .collect(),
+            failures: store.list_upgrade_failures(actor_type)?,
+            counted,
+            truncated,
+        })
     }
 
     /// Evicts every active actor of `actor_type` here (each finishes its

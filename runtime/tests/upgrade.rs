@@ -226,3 +226,63 @@ async fn raw_memory_never_restored_into_other_code() {
         .expect("the todo code runs on what it could read");
     assert_eq!(got, json!([]), "no counter bytes reached the todo code");
 }
+
+/// A rollback puts the type back on its previous version: an actor that
+/// was upgraded gets the state it had before the upgrade (what it did
+/// since is dropped, as promised), one created on the new version moves
+/// back by state transfer, and the old code answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_restores_previous_version() {
+    let store = Store::memory();
+    let node = Node::new("test-pop", store.clone(), engine());
+    deploy(&node, "todo", &todo(&[]), Rollout::Lazy);
+    add(&node, "up", "milk").await;
+    deploy(&node, "todo", &todo(&["v2"]), Rollout::Now);
+    node.rollout_now("todo", |_, _| {}).await.unwrap();
+    call(&node, "todo", "up", "finish", json!({"index": 0}))
+        .await
+        .expect("on version 2");
+    add(&node, "up", "after the upgrade").await;
+    add(&node, "born", "tea").await;
+    let v = node.versions("todo").unwrap();
+    assert_eq!(
+        v.versions
+            .iter()
+            .map(|v| (v.version, v.actors, v.current))
+            .collect::<Vec<_>>(),
+        [(1, 0, false), (2, 2, true)]
+    );
+
+    let (now, plan) = node.rollback("todo").unwrap();
+    assert_eq!(now, 1);
+    assert!(
+        plan.contains("get back the state they had before"),
+        "{plan}"
+    );
+    node.rollout_now("todo", |_, _| {}).await.unwrap();
+    assert_eq!(
+        list(&node, "up").await,
+        json!(["milk"]),
+        "the state from before the upgrade"
+    );
+    let err = call(&node, "todo", "up", "count", serde_json::Value::Null)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::NotFound,
+        "version 1 code answers: {err}"
+    );
+    assert_eq!(list(&node, "born").await, json!(["tea"]));
+    let v = node.versions("todo").unwrap();
+    assert_eq!(
+        v.versions
+            .iter()
+            .map(|v| (v.version, v.actors, v.current))
+            .collect::<Vec<_>>(),
+        [(1, 2, true), (2, 0, false)]
+    );
+    // Nothing earlier than version 1.
+    let err = node.rollback("todo").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+}

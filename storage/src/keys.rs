@@ -11,6 +11,8 @@
 //! ("token", id)                                   client token record (secret hashed)
 //! ("ver", type, n)                                version n of an actor type
 //! ("upfail", type, actor)                         why an actor's last upgrade failed
+//! ("preup", type, actor, "h")                     an upgraded actor's state before it (header)
+//! ("preup", type, actor, "c", i)                  ... chunk i
 //! ("snap", actor, "m", seq, part)                 manifest of seq, split in parts
 //! ("snap", actor, "p", memory, page, seq)         page image written at seq
 //! ("snap", actor, "s", seq, epoch, token, part)   stage marker of a staged commit
@@ -75,6 +77,18 @@ pub(crate) fn version_prefix(ty: &str) -> Vec<u8> {
 }
 pub(crate) fn upgrade_failure(ty: &str, actor: &str) -> Vec<u8> {
     key(&[Str("upfail"), Str(ty), Str(actor)])
+}
+pub(crate) fn pre_upgrade_prefix(ty: &str) -> Vec<u8> {
+    key(&[Str("preup"), Str(ty)])
+}
+pub(crate) fn pre_upgrade_actor(ty: &str, actor: &str) -> Vec<u8> {
+    key(&[Str("preup"), Str(ty), Str(actor)])
+}
+pub(crate) fn pre_upgrade_header(ty: &str, actor: &str) -> Vec<u8> {
+    key(&[Str("preup"), Str(ty), Str(actor), Str("h")])
+}
+pub(crate) fn pre_upgrade_chunk(ty: &str, actor: &str, i: u64) -> Vec<u8> {
+    key(&[Str("preup"), Str(ty), Str(actor), Str("c"), Int(i)])
 }
 pub(crate) fn upgrade_failure_prefix(ty: &str) -> Vec<u8> {
     key(&[Str("upfail"), Str(ty)])

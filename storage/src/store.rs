@@ -166,6 +166,30 @@ pub struct UpgradeFailure {
     pub at_ms: u64,
 }
 
+/// The state an actor had before an upgrade (what its old version's
+/// `save` wrote), kept so that a rollback can give it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreUpgrade {
+    /// The version it came from.
+    pub from_version: u64,
+    /// The version it moved to.
+    pub to_version: u64,
+    /// The saved state.
+    pub state: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+struct PreUpgradeHeaderV1 {
+    from_version: u64,
+    to_version: u64,
+    len: u64,
+    chunks: u32,
+}
+
+/// Largest pre-upgrade state kept for one actor, bytes; a larger one is
+/// not kept (that actor cannot be rolled back to its exact old state).
+pub const PRE_UPGRADE_BYTES_MAX: usize = 4 << 20;
+
 /// Most upgrade failures remembered per type; past it new ones are not
 /// recorded (the count in metrics and logs goes on).
 pub const UPGRADE_FAILURES_MAX: usize = 1_000;
@@ -780,6 +804,9 @@ impl Store {
                 )));
             }
             let config_json = config_for(n);
+            // A new rollout: the states kept from the previous one go.
+            let preup = keys::pre_upgrade_prefix(name);
+            tx.clear_range(&preup, &crate::tuple::range_end(&preup));
             tx.set(
                 &keys::version(name, n),
                 &encode(&VersionRecord {
@@ -797,6 +824,136 @@ impl Store {
                 }),
             );
             Ok(n)
+        })
+    }
+
+    /// Keeps `actor`'s state from before its upgrade (replacing an older
+    /// one). Refused over [`PRE_UPGRADE_BYTES_MAX`]. At most one per actor,
+    /// and every deploy of the type clears them all, so they are bounded
+    /// by the type's actors and live until the next rollout.
+    pub fn put_pre_upgrade(
+        &self,
+        ty: &str,
+        actor: &str,
+        p: &PreUpgrade,
+    ) -> Result<(), StorageError> {
+        if p.state.len() > PRE_UPGRADE_BYTES_MAX {
+            return Err(StorageError::InvalidArgument(format!(
+                "the state of {actor} before its upgrade is {} bytes, over PRE_UPGRADE_BYTES_MAX ({PRE_UPGRADE_BYTES_MAX}); it is not kept",
+                p.state.len()
+            )));
+        }
+        let chunks: Vec<&[u8]> = p.state.chunks(VALUE_CHUNK_BYTES).collect();
+        let header = encode(&PreUpgradeHeaderV1 {
+            from_version: p.from_version,
+            to_version: p.to_version,
+            len: p.state.len() as u64,
+            chunks: chunks.len() as u32,
+        });
+        let all = keys::pre_upgrade_actor(ty, actor);
+        let end = crate::tuple::range_end(&all);
+        self.kv_().transact(|tx| {
+            tx.clear_range(&all, &end);
+            for (i, c) in chunks.iter().enumerate() {
+                tx.set(&keys::pre_upgrade_chunk(ty, actor, i as u64), c);
+            }
+            tx.set(&keys::pre_upgrade_header(ty, actor), &header);
+            Ok(())
+        })
+    }
+
+    /// `actor`'s state from before its last upgrade, if kept.
+    pub fn get_pre_upgrade(
+        &self,
+        ty: &str,
+        actor: &str,
+    ) -> Result<Option<PreUpgrade>, StorageError> {
+        let hkey = keys::pre_upgrade_header(ty, actor);
+        self.kv_().read(|tx| {
+            let Some(h) = tx.get(&hkey)? else {
+                return Ok(None);
+            };
+            let h: PreUpgradeHeaderV1 = decode(&hkey, &h)?;
+            let mut state = Vec::with_capacity(h.len as usize);
+            for i in 0..h.chunks as u64 {
+                let k = keys::pre_upgrade_chunk(ty, actor, i);
+                let c = tx
+                    .get(&k)?
+                    .ok_or_else(|| StorageError::corrupt(&k, "a pre-upgrade chunk is missing"))?;
+                state.extend_from_slice(&c);
+            }
+            if state.len() as u64 != h.len {
+                return Err(StorageError::corrupt(
+                    &hkey,
+                    format!(
+                        "the pre-upgrade state is {} bytes, its header says {}",
+                        state.len(),
+                        h.len
+                    ),
+                ));
+            }
+            Ok(Some(PreUpgrade {
+                from_version: h.from_version,
+                to_version: h.to_version,
+                state,
+            }))
+        })
+    }
+
+    /// The component digest of `actor`'s head snapshot (no pages read).
+    pub fn snapshot_digest(&self, actor: &str) -> Result<Option<String>, StorageError> {
+        self.kv_().read(|tx| {
+            let Some(act) = Self::read_act(tx, actor)? else {
+                return Ok(None);
+            };
+            if act.head_seq == 0 {
+                return Ok(None);
+            }
+            Ok(Self::read_manifest(tx, actor, act.head_seq)?.map(|m| m.component_digest))
+        })
+    }
+
+    /// Actors ever claimed whose name starts with `TYPE/`, sorted, at most
+    /// `limit`.
+    pub fn list_actors_of_type(&self, ty: &str, limit: usize) -> Result<Vec<String>, StorageError> {
+        let all = keys::act_prefix();
+        let mut begin = keys::act(&format!("{ty}/"));
+        // Drop the string terminator: every actor `TYPE/...` extends it.
+        begin.pop();
+        let end = crate::tuple::range_end(&begin);
+        debug_assert!(begin.starts_with(&all));
+        let rows = self
+            .kv_()
+            .read(|tx| tx.get_range(&begin, &end, Some(limit), false))?;
+        rows.into_iter().map(|(k, _)| keys::last_str(&k)).collect()
+    }
+
+    /// Makes version `n` of `name` (which must exist) the type's current
+    /// code again, with `config_json` (a rollback). Kept pre-upgrade
+    /// states stay: they are what the rollback gives back.
+    pub fn set_current_version(
+        &self,
+        name: &str,
+        n: u64,
+        config_json: &str,
+        at_ms: u64,
+    ) -> Result<(), StorageError> {
+        let vkey = keys::version(name, n);
+        let type_key = keys::type_(name);
+        self.kv_().transact(|tx| {
+            let v = tx.get(&vkey)?.ok_or_else(|| {
+                StorageError::InvalidArgument(format!("type `{name}` has no version {n}"))
+            })?;
+            let v: VersionRecord = decode(&vkey, &v)?;
+            tx.set(
+                &type_key,
+                &encode(&TypeRecord {
+                    digest: v.digest,
+                    config_json: config_json.to_string(),
+                    deployed_at_ms: at_ms,
+                }),
+            );
+            Ok(())
         })
     }
 

@@ -185,6 +185,29 @@ enum Cmd {
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
+    /// Put a type back on its previous version: actors upgraded to the
+    /// current version get back the state they had before the upgrade.
+    Rollback {
+        /// Actor type name.
+        r#type: String,
+        /// Move the actors active at the POP asked now, not at their next
+        /// activation.
+        #[arg(long, value_enum, default_value_t = Rollout::Lazy)]
+        rollout: Rollout,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
+    /// A type's versions, how many actors are on each, and the actors whose
+    /// upgrade failed, with why.
+    Versions {
+        /// Actor type name.
+        r#type: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
     /// Call an actor; prints the JSON reply on stdout.
     Call {
         /// The actor, as TYPE/ID.
@@ -607,10 +630,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 durability: durability_to_pb(durability) as i32,
                 limits: Some(limits_to_pb(limits.limits())),
                 placement: Some(placement_to_pb(placement)),
-                rollout: match rollout {
-                    Rollout::Lazy => pb::Rollout::Lazy,
-                    Rollout::Now => pb::Rollout::Now,
-                } as i32,
+                rollout: rollout_pb(rollout) as i32,
                 dry_run: true,
             };
             // Say what will happen before doing it.
@@ -674,6 +694,78 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(status_error)?
                 .into_inner();
             println!("{}", String::from_utf8_lossy(&reply.payload));
+            Ok(())
+        }
+        Cmd::Rollback {
+            r#type,
+            rollout,
+            endpoint,
+        } => {
+            let mut c = endpoint.connect().await?;
+            let r = c
+                .rollback(pb::RollbackRequest {
+                    r#type: r#type.clone(),
+                    rollout: rollout_pb(rollout) as i32,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            eprintln!("{}", r.plan);
+            println!(
+                "{}",
+                serde_json::json!({"type": r#type, "version": r.version, "rolled_now": r.rolled_now})
+            );
+            Ok(())
+        }
+        Cmd::Versions {
+            r#type,
+            json,
+            endpoint,
+        } => {
+            let mut c = endpoint.connect().await?;
+            let r = c
+                .versions(pb::VersionsRequest {
+                    r#type: r#type.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "type": r#type,
+                        "versions": r.versions.iter().map(|v| serde_json::json!({
+                            "version": v.version, "digest": v.digest, "current": v.current,
+                            "actors": v.actors, "deployed_at_ms": v.deployed_at_ms,
+                        })).collect::<Vec<_>>(),
+                        "failures": r.failures.iter().map(|f| serde_json::json!({
+                            "actor": f.actor, "from": f.from_version, "to": f.to_version, "error": f.error,
+                        })).collect::<Vec<_>>(),
+                        "actors_counted": r.actors_counted,
+                        "truncated": r.truncated,
+                    })
+                );
+            } else {
+                for v in &r.versions {
+                    println!(
+                        "version {:<4} {} {:>7} actors  {}",
+                        v.version,
+                        &v.digest[..12.min(v.digest.len())],
+                        v.actors,
+                        if v.current { "(current)" } else { "" }
+                    );
+                }
+                if r.truncated {
+                    println!("(counted the first {} actors only)", r.actors_counted);
+                }
+                for f in &r.failures {
+                    println!(
+                        "upgrade failed: {} stays on version {} (to {}): {}",
+                        f.actor, f.from_version, f.to_version, f.error
+                    );
+                }
+            }
             Ok(())
         }
         Cmd::Status { json, endpoint } => {
@@ -756,6 +848,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+    }
+}
+
+fn rollout_pb(r: Rollout) -> pb::Rollout {
+    match r {
+        Rollout::Lazy => pb::Rollout::Lazy,
+        Rollout::Now => pb::Rollout::Now,
     }
 }
 

@@ -402,4 +402,64 @@ impl ActorService for ActorServiceImpl {
         let revoked = blocking(move || tokens.revoke(&id))?;
         Ok(Response::new(pb::RevokeTokenReply { revoked }))
     }
+
+    async fn rollback(
+        &self,
+        req: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::RollbackReply>, Status> {
+        self.authorize(&req, Need::Deploy(&req.get_ref().r#type))?;
+        let r = req.into_inner();
+        let node = self.node.clone();
+        let ty = r.r#type.clone();
+        let (version, plan) = tokio::task::spawn_blocking(move || node.rollback(&ty))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        let rolled_now = match pb::Rollout::try_from(r.rollout) {
+            Ok(pb::Rollout::Now) => self.node.rollout_now(&r.r#type, |_, _| {}).await? as u64,
+            _ => 0,
+        };
+        Ok(Response::new(pb::RollbackReply {
+            version,
+            plan,
+            rolled_now,
+        }))
+    }
+
+    async fn versions(
+        &self,
+        req: Request<pb::VersionsRequest>,
+    ) -> Result<Response<pb::VersionsReply>, Status> {
+        self.authorize(&req, Need::Deploy(&req.get_ref().r#type))?;
+        let ty = req.into_inner().r#type;
+        let node = self.node.clone();
+        let v = tokio::task::spawn_blocking(move || node.versions(&ty))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(pb::VersionsReply {
+            versions: v
+                .versions
+                .into_iter()
+                .map(|v| pb::VersionInfo {
+                    version: v.version,
+                    digest: v.digest,
+                    deployed_at_ms: v.deployed_at_ms,
+                    current: v.current,
+                    actors: v.actors,
+                })
+                .collect(),
+            failures: v
+                .failures
+                .into_iter()
+                .map(|(actor, f)| pb::UpgradeFailureInfo {
+                    actor,
+                    from_version: f.from_version,
+                    to_version: f.to_version,
+                    error: f.error,
+                    at_ms: f.at_ms,
+                })
+                .collect(),
+            actors_counted: v.counted,
+            truncated: v.truncated,
+        }))
+    }
 }
