@@ -10,8 +10,8 @@ pub enum Rollout {
     /// until they are evicted).
     #[default]
     Lazy,
-    /// Active actors at the deploying POP finish their turn, persist and
-    /// are reactivated on the new version at once.
+    /// Active actors at every live POP finish their turn, persist and are
+    /// reactivated on the new version at once.
     Now,
 }
 

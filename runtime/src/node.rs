@@ -547,8 +547,7 @@ impl Node {
                 "version {next} replaces version {n}: actors persisted by an older version move to it by state transfer (save, then load) {}; an actor whose load fails stays on its version",
                 match rollout {
                     Rollout::Lazy => "at their next activation",
-                    Rollout::Now =>
-                        "now at this POP (active ones finish their turn first), at their next activation elsewhere",
+                    Rollout::Now => "now (active ones, at every live POP, finish their turn first)",
                 }
             ),
         };
@@ -863,6 +862,34 @@ impl Node {
             counted,
             truncated,
         })
+    }
+
+    /// [`Node::rollout_now`] here and at every other live POP of the
+    /// cluster, concurrently. A POP that cannot be reached is logged and
+    /// skipped: its actors move at their next activation. Returns how many
+    /// actors moved in all.
+    pub async fn rollout_cluster(&self, actor_type: &str) -> Result<u64> {
+        let mut moved = self.rollout_now(actor_type, |_, _| {}).await? as u64;
+        let view = self.inner.dir.cluster_view().await?;
+        let me = self.name().to_string();
+        let asks = view
+            .pops
+            .iter()
+            .filter(|p| p.alive && p.name != me && p.endpoint != crate::directory::LOCAL_ENDPOINT)
+            .map(|p| {
+                let peers = self.inner.peers.clone();
+                let (name, endpoint) = (p.name.clone(), p.endpoint.clone());
+                async move { (name, peers.rollout(&endpoint, actor_type).await) }
+            });
+        for (pop, r) in futures::future::join_all(asks).await {
+            match r {
+                Ok(n) => moved += n,
+                Err(e) => {
+                    tracing::warn!(%pop, actor_type, error = %e, "a POP did not roll out now; its actors move at their next activation")
+                }
+            }
+        }
+        Ok(moved)
     }
 
     /// Evicts every active actor of `actor_type` here (each finishes its

@@ -32,6 +32,16 @@ pub trait Peers: Send + Sync + 'static {
     /// Learns of a POP at `endpoint`: opens its connection ahead of need,
     /// so a burst of calls is never serialized behind connection setup.
     fn learn(&self, endpoint: &str);
+
+    /// Asks the POP at `endpoint` to move its active actors of
+    /// `actor_type` to the type's current version now (a `--rollout now`
+    /// deploy or rollback at another POP). Returns how many it moved.
+    /// Peers that cannot (a simulator's) move none: their actors move at
+    /// their next activation.
+    async fn rollout(&self, endpoint: &str, actor_type: &str) -> Result<u64> {
+        let _ = (endpoint, actor_type);
+        Ok(0)
+    }
 }
 
 /// Peers for a POP that has none (a single POP).

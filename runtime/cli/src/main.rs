@@ -163,8 +163,8 @@ enum Cmd {
         component_bytes_max: usize,
         /// When actors persisted by an older version of the type move to
         /// this one (by state transfer: the old code's save, the new code's
-        /// load): at their next activation, or now for the ones active at
-        /// the POP that takes the deploy.
+        /// load): at their next activation, or now (the active ones, at
+        /// every live POP).
         #[arg(long, value_enum, default_value_t = Rollout::Lazy)]
         rollout: Rollout,
         /// Actors move to the POP their callers use (per-user actors);
@@ -190,8 +190,8 @@ enum Cmd {
     Rollback {
         /// Actor type name.
         r#type: String,
-        /// Move the actors active at the POP asked now, not at their next
-        /// activation.
+        /// Move the active actors (at every live POP) now, not at their
+        /// next activation.
         #[arg(long, value_enum, default_value_t = Rollout::Lazy)]
         rollout: Rollout,
         #[command(flatten)]

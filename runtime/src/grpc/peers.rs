@@ -24,6 +24,9 @@ pub const PEER_CONNECTIONS_MAX: usize = 1_024;
 
 type Client = ActorServiceClient<Channel>;
 
+/// How long another POP may take to move its active actors of a type, ms.
+pub const ROLLOUT_MS_MAX: u64 = 30_000;
+
 /// Other POPs, reached over gRPC.
 pub struct GrpcPeers {
     me: String,
@@ -135,6 +138,23 @@ impl Peers for GrpcPeers {
                 left.as_millis()
             ))),
         }
+    }
+
+    async fn rollout(&self, endpoint: &str, actor_type: &str) -> Result<u64> {
+        let mut client = self.client(endpoint).await?;
+        let mut req = tonic::Request::new(pb::RolloutNowRequest {
+            r#type: actor_type.to_string(),
+        });
+        req.set_timeout(Duration::from_millis(ROLLOUT_MS_MAX));
+        let r = tokio::time::timeout(Duration::from_millis(ROLLOUT_MS_MAX), client.rollout_now(req))
+            .await
+            .map_err(|_| {
+                RuntimeError::DeadlineExceeded(format!(
+                    "the POP at {endpoint} did not finish its rollout of `{actor_type}` within {ROLLOUT_MS_MAX} ms"
+                ))
+            })?
+            .map_err(|s| from_peer(actor_type, endpoint, s))?;
+        Ok(r.into_inner().moved)
     }
 
     fn learn(&self, url: &str) {

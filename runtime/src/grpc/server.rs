@@ -281,7 +281,7 @@ impl ActorService for ActorServiceImpl {
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
         let rolled_now = match rollout {
-            Rollout::Now if !r_dry_run => self.node.rollout_now(&ty, |_, _| {}).await? as u64,
+            Rollout::Now if !r_dry_run => self.node.rollout_cluster(&ty).await?,
             _ => 0,
         };
         Ok(Response::new(pb::DeployReply {
@@ -415,7 +415,7 @@ impl ActorService for ActorServiceImpl {
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
         let rolled_now = match pb::Rollout::try_from(r.rollout) {
-            Ok(pb::Rollout::Now) => self.node.rollout_now(&r.r#type, |_, _| {}).await? as u64,
+            Ok(pb::Rollout::Now) => self.node.rollout_cluster(&r.r#type).await?,
             _ => 0,
         };
         Ok(Response::new(pb::RollbackReply {
@@ -461,5 +461,15 @@ impl ActorService for ActorServiceImpl {
             actors_counted: v.counted,
             truncated: v.truncated,
         }))
+    }
+
+    async fn rollout_now(
+        &self,
+        req: Request<pb::RolloutNowRequest>,
+    ) -> Result<Response<pb::RolloutNowReply>, Status> {
+        self.authorize(&req, Need::Deploy(&req.get_ref().r#type))?;
+        let ty = req.into_inner().r#type;
+        let moved = self.node.rollout_now(&ty, |_, _| {}).await? as u64;
+        Ok(Response::new(pb::RolloutNowReply { moved }))
     }
 }
