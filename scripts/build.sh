@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-cargo build -q -p tern-cli --bin tern -p doom-lobby -p tern-sim
+cargo build -q -p tern-cli -p doom-lobby -p tern-sim --bins

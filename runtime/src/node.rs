@@ -783,6 +783,12 @@ impl Node {
         self.inner.table.end_all(|| Msg::Evict).await;
     }
 
+    /// How many actors of `actor_type` failed to upgrade (bounded by
+    /// `UPGRADE_FAILURES_MAX`).
+    pub fn upgrade_failures(&self, actor_type: &str) -> Result<u64> {
+        Ok(self.inner.store.list_upgrade_failures(actor_type)?.len() as u64)
+    }
+
     /// Makes the version before the current one of `actor_type` current
     /// again. Its actors move back at their next activation (see
     /// [`Node::rollout_now`] to hurry them): an actor upgraded to the

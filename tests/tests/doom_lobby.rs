@@ -1,6 +1,8 @@
 //! The doom-lobby load test against a real local cluster: players from three
-//! metros, one POP SIGKILLed mid-session, one player travelling; nothing
-//! acknowledged may be lost or applied twice.
+//! metros, one POP SIGKILLed mid-session, one player travelling, and a
+//! second version of the actors' code deployed `--rollout now` at 60 % of
+//! play; nothing acknowledged may be lost or applied twice, and no upgrade
+//! may fail.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -35,6 +37,8 @@ fn doom_lobby_loses_nothing_under_pop_kill() {
             "20",
             "--kill-pops",
             "1",
+            "--upgrade-at",
+            "0.6",
             "--tern",
         ])
         .arg(tern_tests::tern_bin())
@@ -78,6 +82,17 @@ fn doom_lobby_loses_nothing_under_pop_kill() {
         "updates were applied twice: {text}"
     );
     assert!(n("matches_completed") > 0, "no match completed: {text}");
+    // The mid-run upgrade (version 2 of the actors, --rollout now).
+    assert!(
+        r["upgrade_failures"]
+            .as_array()
+            .is_some_and(|f| f.is_empty()),
+        "upgrades failed: {text}"
+    );
+    assert!(
+        n("actors_on_new_version") > 0,
+        "no actor is on version 2: {text}"
+    );
     assert!(
         n("migrations") >= 1,
         "the travelling player's actor did not move: {text}"

@@ -37,6 +37,10 @@ enum Cmd {
         /// Build without optimisations.
         #[arg(long)]
         debug: bool,
+        /// Cargo features of the guest crate (another version of the code;
+        /// each set builds into its own directory).
+        #[arg(long, value_delimiter = ',')]
+        features: Vec<String>,
     },
     /// Run a local cluster on the embedded store, in the foreground: a
     /// directory and N POP processes on loopback.
@@ -455,8 +459,14 @@ fn status_error(s: tonic::Status) -> String {
 
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
-        Cmd::Build { path, debug } => {
-            let out = tern_cli::build::build_guest(&path, !debug).map_err(|e| e.to_string())?;
+        Cmd::Build {
+            path,
+            debug,
+            features,
+        } => {
+            let features: Vec<&str> = features.iter().map(String::as_str).collect();
+            let out = tern_cli::build::build_guest_with(&path, !debug, &features)
+                .map_err(|e| e.to_string())?;
             println!("{}", out.display());
             Ok(())
         }
@@ -779,7 +789,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                 let types: Vec<_> = s
                     .types
                     .iter()
-                    .map(|t| serde_json::json!({"type": t.r#type, "digest": t.digest}))
+                    .map(|t| {
+                        serde_json::json!({"type": t.r#type, "digest": t.digest,
+                        "version": t.version, "upgrade_failures": t.upgrade_failures})
+                    })
                     .collect();
                 println!(
                     "{}",
@@ -815,9 +828,18 @@ async fn run(cli: Cli) -> Result<(), String> {
                 );
                 for t in &s.types {
                     println!(
-                        "  type {:<16} {}",
+                        "  type {:<16} version {:<3} {}{}",
                         t.r#type,
-                        &t.digest[..12.min(t.digest.len())]
+                        t.version,
+                        &t.digest[..12.min(t.digest.len())],
+                        if t.upgrade_failures > 0 {
+                            format!(
+                                "  {} actors failed to upgrade (tern versions {})",
+                                t.upgrade_failures, t.r#type
+                            )
+                        } else {
+                            String::new()
+                        }
                     );
                 }
                 for a in &s.actors {

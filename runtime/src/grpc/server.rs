@@ -299,6 +299,16 @@ impl ActorService for ActorServiceImpl {
     ) -> Result<Response<pb::StatusReply>, Status> {
         self.authorize(&req, Need::Admin)?;
         let s = self.node.status().await;
+        let failures: Vec<u64> = {
+            let node = self.node.clone();
+            let names: Vec<String> = s.types.iter().map(|(n, _, _)| n.clone()).collect();
+            blocking(move || {
+                names
+                    .iter()
+                    .map(|n| node.upgrade_failures(n).unwrap_or(0))
+                    .collect()
+            })
+        };
         let view = s.cluster.clone().unwrap_or_default();
         // A single POP with its directory in process shows no cluster.
         let (pops, acts, migs) = if view
@@ -340,12 +350,17 @@ impl ActorService for ActorServiceImpl {
             types: s
                 .types
                 .into_iter()
-                .map(|(name, digest, cfg)| pb::ActorTypeStatus {
-                    r#type: name,
-                    digest,
-                    durability: durability_to_pb(cfg.durability) as i32,
-                    limits: Some(limits_to_pb(cfg.limits)),
-                })
+                .zip(failures)
+                .map(
+                    |((name, digest, cfg), upgrade_failures)| pb::ActorTypeStatus {
+                        r#type: name,
+                        digest,
+                        durability: durability_to_pb(cfg.durability) as i32,
+                        limits: Some(limits_to_pb(cfg.limits)),
+                        version: cfg.version,
+                        upgrade_failures,
+                    },
+                )
                 .collect(),
             actors: s.actors,
             turns_total: s.turns,

@@ -89,6 +89,10 @@ pub struct Player {
     results_seen: Vec<String>,
     history: Vec<MatchRecord>,
     applied: Vec<u64>,
+    /// Version 2 only: a field added with a default.
+    #[cfg(feature = "v2")]
+    #[serde(default)]
+    actions_since_upgrade: u64,
 }
 
 /// `join` request.
@@ -176,7 +180,16 @@ pub struct PlayerState {
     pub history: Vec<MatchRecord>,
     /// Actions applied so far.
     pub applied_total: u64,
+    /// The version of this code: 1, or 2 when built with feature `v2`.
+    #[serde(default)]
+    pub code_version: u32,
+    /// Actions applied since the actor moved to version 2 (0 before).
+    #[serde(default)]
+    pub actions_since_upgrade: u64,
 }
+
+/// The version of this build of the code.
+pub const CODE_VERSION: u32 = if cfg!(feature = "v2") { 2 } else { 1 };
 
 /// `audit` reply.
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -215,6 +228,8 @@ impl Player {
             results_seen: Vec::new(),
             history: Vec::new(),
             applied: Vec::new(),
+            #[cfg(feature = "v2")]
+            actions_since_upgrade: 0,
         }
     }
 
@@ -311,6 +326,10 @@ impl Player {
             self.applied.remove(0);
         }
         self.applied.push(req.action_id);
+        #[cfg(feature = "v2")]
+        {
+            self.actions_since_upgrade += 1;
+        }
         Ok(Acted {
             action_id: req.action_id,
             effect,
@@ -376,6 +395,11 @@ impl Player {
             current_match: self.current_match.clone(),
             history: self.history.clone(),
             applied_total: self.applied.len() as u64,
+            code_version: CODE_VERSION,
+            #[cfg(feature = "v2")]
+            actions_since_upgrade: self.actions_since_upgrade,
+            #[cfg(not(feature = "v2"))]
+            actions_since_upgrade: 0,
         }
     }
 

@@ -208,9 +208,18 @@ impl Drop for Cluster {
 /// Builds the actor component (release) with `tern build`, which prints
 /// the component's path last.
 pub fn build_actors(tern: &Path) -> Result<PathBuf> {
-    let out = Command::new(tern)
-        .arg("build")
-        .arg(actors_dir())
+    build_actors_with(tern, &[])
+}
+
+/// [`build_actors`] with cargo features (`v2`: the second version of the
+/// code, for the mid-run upgrade).
+pub fn build_actors_with(tern: &Path, features: &[&str]) -> Result<PathBuf> {
+    let mut cmd = Command::new(tern);
+    cmd.arg("build").arg(actors_dir());
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
+    }
+    let out = cmd
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("cannot run {}", tern.display()))?;
@@ -322,4 +331,72 @@ pub async fn migrations(
         }
     }
     Err(last)
+}
+
+/// Deploys `component` as a new version of doom-lobby's three types with
+/// `--rollout now` (active actors at every POP move at once). Returns how
+/// many active actors moved.
+pub async fn upgrade(endpoint: &str, admin: &Credentials, component: &[u8]) -> Result<u64> {
+    let mut client = connect(endpoint, admin).await.map_err(|e| anyhow!("{e}"))?;
+    let mut moved = 0;
+    for ty in TYPES {
+        // The running version's settings, so only the code changes.
+        let status = client
+            .status(pb::StatusRequest {})
+            .await
+            .map_err(|s| anyhow!("status: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        let cur = status
+            .types
+            .into_iter()
+            .find(|t| t.r#type == ty)
+            .ok_or_else(|| anyhow!("type `{ty}` is not deployed"))?;
+        let placement = pb::Placement {
+            follow_caller: ty == "player",
+            ..Default::default()
+        };
+        let r = client
+            .deploy(pb::DeployRequest {
+                r#type: ty.to_string(),
+                component: component.to_vec(),
+                durability: cur.durability,
+                limits: cur.limits,
+                placement: Some(placement),
+                rollout: pb::Rollout::Now as i32,
+                dry_run: false,
+            })
+            .await
+            .map_err(|s| anyhow!("upgrade {ty}: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        moved += r.rolled_now;
+    }
+    Ok(moved)
+}
+
+/// Actors whose latest snapshot the newest version of each type wrote, and
+/// the upgrade failures, over doom-lobby's types (with `run` in the id).
+pub async fn upgrade_outcome(
+    endpoint: &str,
+    admin: &Credentials,
+    run: &str,
+) -> Result<(u64, Vec<String>)> {
+    let mut client = connect(endpoint, admin).await.map_err(|e| anyhow!("{e}"))?;
+    let (mut on_new, mut failures) = (0, Vec::new());
+    for ty in TYPES {
+        let v = client
+            .versions(pb::VersionsRequest {
+                r#type: ty.to_string(),
+            })
+            .await
+            .map_err(|s| anyhow!("versions {ty}: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        on_new += v.versions.last().map_or(0, |v| v.actors);
+        failures.extend(
+            v.failures
+                .into_iter()
+                .filter(|f| f.actor.contains(run))
+                .map(|f| format!("{}: {}", f.actor, f.error)),
+        );
+    }
+    Ok((on_new, failures))
 }

@@ -58,6 +58,11 @@ enum Cmd {
         /// POPs to SIGKILL during play (at most all but one).
         #[arg(long, default_value_t = 1)]
         kill_pops: usize,
+        /// Deploy a second version of the actors' code (built with feature
+        /// `v2`: players count actions since the upgrade) with `--rollout
+        /// now` at this fraction of the play time, e.g. 0.5.
+        #[arg(long)]
+        upgrade_at: Option<f64>,
         /// Where to write the JSON report.
         #[arg(long)]
         report: PathBuf,
@@ -145,6 +150,15 @@ struct Report {
     player_gap_ms_max: u64,
     migrations: usize,
     migrations_list: Vec<String>,
+    /// With `--upgrade-at`: when the second version was deployed, s.
+    upgrade_at_s: Option<f64>,
+    /// Active actors the rollout moved to the second version at once.
+    upgraded_actors: u64,
+    /// Actors (of any run on this cluster) whose latest snapshot the
+    /// newest version wrote.
+    actors_on_new_version: u64,
+    /// Actors of this run whose upgrade failed, with why.
+    upgrade_failures: Vec<String>,
     traveller: Option<Travel>,
     slow_calls: Vec<String>,
     errors: Vec<String>,
@@ -175,6 +189,7 @@ fn main() -> ExitCode {
                 duration: Duration::from_secs(duration),
                 kill_pops: 1,
                 travel: !common.no_travel,
+                upgrade_at: None,
             },
             common,
             report,
@@ -184,6 +199,7 @@ fn main() -> ExitCode {
             players,
             duration,
             kill_pops,
+            upgrade_at,
             report,
             common,
         } => (
@@ -192,6 +208,7 @@ fn main() -> ExitCode {
                 duration: Duration::from_secs(duration),
                 kill_pops,
                 travel: !common.no_travel,
+                upgrade_at,
             },
             common,
             Some(report),
@@ -235,6 +252,11 @@ async fn run(plan: Plan, common: &Common, report_path: Option<&Path>, demo: bool
             c
         }
     };
+    if let Some(f) = plan.upgrade_at
+        && !(0.0..1.0).contains(&f)
+    {
+        bail!("--upgrade-at {f} must be a fraction of the play time, in [0, 1)");
+    }
     if plan.kill_pops >= cluster.file.pops.len() {
         bail!(
             "--kill-pops {} would leave no POP of {}",
@@ -268,6 +290,16 @@ async fn session(
         }
     };
     let component = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
+    // The second version, built before play so the upgrade is only a deploy.
+    let v2 = match plan.upgrade_at {
+        Some(_) => {
+            eprintln!("building the second version of the actors (feature v2) ...");
+            let tern = cluster::tern_bin(common.tern.as_deref())?;
+            let p = tokio::task::block_in_place(|| cluster::build_actors_with(&tern, &["v2"]))?;
+            Some(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        None => None,
+    };
     let endpoint = cluster.file.pops[0].endpoint.clone();
     let admin = cluster.admin()?;
     cluster::deploy(&endpoint, &admin, &component).await?;
@@ -312,12 +344,26 @@ async fn session(
     }
     schedule.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut killed: Vec<KilledPop> = Vec::new();
+    let mut upgrade: Option<tokio::task::JoinHandle<(f64, Result<u64>)>> = None;
     let bar = progress_bar(plan.duration);
     let mut next = 0;
     let mut shown_events = 0;
     while Instant::now() < sh.deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let frac = sh.started.elapsed().as_secs_f64() / plan.duration.as_secs_f64();
+        if let (Some(at), Some(code)) = (plan.upgrade_at, &v2)
+            && upgrade.is_none()
+            && frac >= at
+        {
+            let (endpoint, admin, code) = (endpoint.clone(), admin.clone(), code.clone());
+            let at_s = sh.secs();
+            sh.events.lock().push(format!(
+                "{at_s:>5.1}s deploying version 2 of the actors, --rollout now"
+            ));
+            upgrade = Some(tokio::spawn(async move {
+                (at_s, cluster::upgrade(&endpoint, &admin, &code).await)
+            }));
+        }
         while next < schedule.len() && frac >= schedule[next].0 {
             match &schedule[next].1 {
                 Some(pop) => {
@@ -363,6 +409,17 @@ async fn session(
         .filter(|p| !killed.iter().any(|k| k.pop == p.name))
         .map(|p| p.endpoint.clone())
         .collect();
+    let (upgrade_at_s, upgraded_actors) = match upgrade {
+        Some(t) => {
+            let (at, r) = t.await.context("the upgrade task panicked")?;
+            (Some(at), r.context("deploying version 2 mid-run")?)
+        }
+        None => (None, 0),
+    };
+    let (actors_on_new_version, upgrade_failures) = match upgrade_at_s {
+        Some(_) => cluster::upgrade_outcome(&live_endpoints[0], &admin, &run_tag).await?,
+        None => (0, Vec::new()),
+    };
     let migrations: Vec<String> = cluster::migrations(&live_endpoints, &admin)
         .await
         .unwrap_or_default()
@@ -390,6 +447,7 @@ async fn session(
         && audit.duplicate_applies == 0
         && audit.phantom_applies == 0
         && audit.unaudited_actors == 0
+        && upgrade_failures.is_empty()
         && matches_completed > 0;
     let report = Report {
         players: plan.players,
@@ -415,6 +473,10 @@ async fn session(
         player_gap_ms_max: tallies.iter().map(|t| t.gap_ms_max).max().unwrap_or(0),
         migrations: migrations.len(),
         migrations_list: migrations,
+        upgrade_at_s,
+        upgraded_actors,
+        actors_on_new_version,
+        upgrade_failures,
         traveller: sh.travel.lock().clone(),
         audit,
         slow_calls: sh.slow_calls.lock().clone(),
@@ -572,6 +634,17 @@ fn print_summary(r: &Report, demo: bool) {
         format!("{} ms", r.player_gap_ms_max),
     );
     row("migrations", r.migrations.to_string());
+    if let Some(at) = r.upgrade_at_s {
+        row(
+            "upgrade to version 2",
+            format!(
+                "at {at:.1} s: {} active actors moved at once, {} actors on it now, {} failures",
+                r.upgraded_actors,
+                r.actors_on_new_version,
+                r.upgrade_failures.len()
+            ),
+        );
+    }
     row(
         "audit: checked",
         format!("{} acknowledged actions and inputs", r.audit.checked),

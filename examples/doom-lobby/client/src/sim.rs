@@ -74,6 +74,9 @@ pub struct Plan {
     pub kill_pops: usize,
     /// Whether one player travels halfway.
     pub travel: bool,
+    /// When (a fraction of the play time) to deploy the second version of
+    /// the actors' code with `--rollout now`, if at all.
+    pub upgrade_at: Option<f64>,
 }
 
 /// A POP kill in flight: the actors last seen there, waiting for their
