@@ -406,6 +406,16 @@ impl Node {
         req: &CallRequest,
         mut route: Route,
     ) -> (Option<Box<Activation>>, Result<CallOutput>, bool) {
+        if req.method == crate::node::VERSION_PROBE_METHOD {
+            // No guest code runs: the answer is the version this
+            // activation runs (a rollout reactivating its actors).
+            let out = CallOutput {
+                payload: act.ty.config.version.to_string().into_bytes(),
+                epoch: act.epoch,
+                pop: self.inner.name.clone(),
+            };
+            return (Some(act), Ok(out), false);
+        }
         let now_ms = self.now_ms();
         let fp = fingerprint(&req.method, &req.payload);
         if let Some(k) = &req.idempotency_key

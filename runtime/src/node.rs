@@ -129,6 +129,20 @@ pub struct DeployInfo {
     pub plan: String,
 }
 
+/// The method a rollout calls to reactivate an actor: answered by the
+/// runtime with the version the activation runs (no guest code runs).
+pub const VERSION_PROBE_METHOD: &str = "~version";
+
+/// What a rollout did at one POP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RolloutOutcome {
+    /// Active actors that were reactivated.
+    pub moved: u64,
+    /// Of those, the ones still on another version (their upgrade failed;
+    /// `tern versions TYPE` says why).
+    pub failed: u64,
+}
+
 /// Actors `Node::versions` reads at most.
 pub const VERSION_ACTORS_COUNTED_MAX: usize = 10_000;
 
@@ -874,8 +888,8 @@ impl Node {
     /// cluster, concurrently. A POP that cannot be reached is logged and
     /// skipped: its actors move at their next activation. Returns how many
     /// actors moved in all.
-    pub async fn rollout_cluster(&self, actor_type: &str) -> Result<u64> {
-        let mut moved = self.rollout_now(actor_type, |_, _| {}).await? as u64;
+    pub async fn rollout_cluster(&self, actor_type: &str) -> Result<RolloutOutcome> {
+        let mut total = self.rollout_now(actor_type, |_, _| {}).await?;
         let view = self.inner.dir.cluster_view().await?;
         let me = self.name().to_string();
         let asks = view
@@ -889,30 +903,51 @@ impl Node {
             });
         for (pop, r) in futures::future::join_all(asks).await {
             match r {
-                Ok(n) => moved += n,
+                Ok(o) => {
+                    total.moved += o.moved;
+                    total.failed += o.failed;
+                }
                 Err(e) => {
                     tracing::warn!(%pop, actor_type, error = %e, "a POP did not roll out now; its actors move at their next activation")
                 }
             }
         }
-        Ok(moved)
+        Ok(total)
     }
 
-    /// Evicts every active actor of `actor_type` here (each finishes its
-    /// turn and persists), so that its next call reactivates it on the
-    /// type's current version. `progress(done, total)` is called after
-    /// each. Returns how many.
+    /// Moves every active actor of `actor_type` here to the type's
+    /// current version now: each finishes its turn, persists, and is
+    /// reactivated (its upgrade, or rollback, runs then). `progress(done,
+    /// total)` is called after each. An actor whose upgrade fails stays on
+    /// its version and is counted in `failed`.
     pub async fn rollout_now(
         &self,
         actor_type: &str,
         progress: impl Fn(usize, usize),
-    ) -> Result<usize> {
+    ) -> Result<RolloutOutcome> {
+        let current = self.load_type(actor_type)?.config.version;
         let keys = self.inner.table.keys_of_type(actor_type);
+        let mut out = RolloutOutcome::default();
         for (i, key) in keys.iter().enumerate() {
             self.inner.table.end_one(key).await;
+            let id = key.split_once('/').map_or("", |(_, id)| id);
+            let probe = CallRequest::new(actor_type, id, VERSION_PROBE_METHOD, Vec::new());
+            match self.route(probe, Route::default()).await {
+                Ok(r) => {
+                    out.moved += 1;
+                    if String::from_utf8_lossy(&r.payload) != current.to_string() {
+                        out.failed += 1;
+                    }
+                }
+                // Not reactivated now (it moved, or the POP is busy): it
+                // moves at its next call.
+                Err(e) => {
+                    tracing::debug!(actor = %key, error = %e, "not reactivated by the rollout")
+                }
+            }
             progress(i + 1, keys.len());
         }
-        Ok(keys.len())
+        Ok(out)
     }
 
     /// Evicts one actor now (persisting it). Returns whether it was active.

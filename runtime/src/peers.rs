@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use crate::directory::Owner;
 use crate::error::{Result, RuntimeError};
-use crate::node::{CallOutput, CallRequest, Route};
+use crate::node::{CallOutput, CallRequest, RolloutOutcome, Route};
 
 /// What the owner answered to a forwarded call.
 #[derive(Debug, Clone)]
@@ -38,9 +38,9 @@ pub trait Peers: Send + Sync + 'static {
     /// deploy or rollback at another POP). Returns how many it moved.
     /// Peers that cannot (a simulator's) move none: their actors move at
     /// their next activation.
-    async fn rollout(&self, endpoint: &str, actor_type: &str) -> Result<u64> {
+    async fn rollout(&self, endpoint: &str, actor_type: &str) -> Result<RolloutOutcome> {
         let _ = (endpoint, actor_type);
-        Ok(0)
+        Ok(RolloutOutcome::default())
     }
 }
 

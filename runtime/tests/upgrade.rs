@@ -77,7 +77,8 @@ async fn redeploy_new_method_keeps_state() {
     let v2 = deploy(&node, "todo", &todo(&["v2"]), Rollout::Now);
     assert_eq!(v2.version, 2);
     assert!(v2.plan.contains("replaces version 1"), "{}", v2.plan);
-    assert_eq!(node.rollout_now("todo", |_, _| {}).await.unwrap(), 1);
+    let o = node.rollout_now("todo", |_, _| {}).await.unwrap();
+    assert_eq!((o.moved, o.failed), (1, 0));
     let c = call(&node, "todo", "active", "count", serde_json::Value::Null)
         .await
         .expect("the new method answers");
@@ -140,7 +141,12 @@ async fn failing_load_keeps_old_version() {
     deploy(&node, "todo", &todo(&[]), Rollout::Lazy);
     add(&node, "old", "milk").await;
     deploy(&node, "todo", &todo(&["broken"]), Rollout::Now);
-    node.rollout_now("todo", |_, _| {}).await.unwrap();
+    let o = node.rollout_now("todo", |_, _| {}).await.unwrap();
+    assert_eq!(
+        (o.moved, o.failed),
+        (1, 1),
+        "the rollout reports the failure"
+    );
     assert_eq!(
         list(&node, "old").await,
         json!(["milk"]),

@@ -669,14 +669,22 @@ async fn run(cli: Cli) -> Result<(), String> {
             let reply = reply?.into_inner();
             if rollout == Rollout::Now {
                 eprintln!(
-                    "{} active actors moved to version {} now",
-                    reply.rolled_now, reply.version
+                    "{} active actors reactivated on version {}; {} failed to upgrade and stay on their version{}",
+                    reply.rolled_now,
+                    reply.version,
+                    reply.upgrade_failures,
+                    if reply.upgrade_failures > 0 {
+                        format!(" (tern versions {} says why)", r#type)
+                    } else {
+                        String::new()
+                    }
                 );
             }
             println!(
                 "{}",
                 serde_json::json!({"type": r#type, "digest": reply.digest, "bytes": reply.component_bytes,
-                    "version": reply.version, "rolled_now": reply.rolled_now})
+                    "version": reply.version, "rolled_now": reply.rolled_now,
+                    "upgrade_failures": reply.upgrade_failures})
             );
             Ok(())
         }
@@ -723,7 +731,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             eprintln!("{}", r.plan);
             println!(
                 "{}",
-                serde_json::json!({"type": r#type, "version": r.version, "rolled_now": r.rolled_now})
+                serde_json::json!({"type": r#type, "version": r.version, "rolled_now": r.rolled_now,
+                    "upgrade_failures": r.upgrade_failures})
             );
             Ok(())
         }

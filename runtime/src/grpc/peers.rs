@@ -15,7 +15,7 @@ use tonic::transport::{Channel, ClientTlsConfig};
 use super::{GRPC_MESSAGE_BYTES_MAX, NOT_HERE_METADATA, endpoint, from_peer};
 use crate::directory::Owner;
 use crate::error::{Result, RuntimeError};
-use crate::node::{CallOutput, CallRequest, Route};
+use crate::node::{CallOutput, CallRequest, RolloutOutcome, Route};
 use crate::peers::{Forwarded, Peers};
 
 /// Peers a POP keeps connections to; past it the least useful are dropped
@@ -140,7 +140,7 @@ impl Peers for GrpcPeers {
         }
     }
 
-    async fn rollout(&self, endpoint: &str, actor_type: &str) -> Result<u64> {
+    async fn rollout(&self, endpoint: &str, actor_type: &str) -> Result<RolloutOutcome> {
         let mut client = self.client(endpoint).await?;
         let mut req = tonic::Request::new(pb::RolloutNowRequest {
             r#type: actor_type.to_string(),
@@ -154,7 +154,11 @@ impl Peers for GrpcPeers {
                 ))
             })?
             .map_err(|s| from_peer(actor_type, endpoint, s))?;
-        Ok(r.into_inner().moved)
+        let r = r.into_inner();
+        Ok(RolloutOutcome {
+            moved: r.moved,
+            failed: r.failed,
+        })
     }
 
     fn learn(&self, url: &str) {

@@ -280,16 +280,17 @@ impl ActorService for ActorServiceImpl {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
-        let rolled_now = match rollout {
+        let rolled = match rollout {
             Rollout::Now if !r_dry_run => self.node.rollout_cluster(&ty).await?,
-            _ => 0,
+            _ => Default::default(),
         };
         Ok(Response::new(pb::DeployReply {
             digest: info.digest,
             component_bytes: info.component_bytes,
             version: info.version,
             plan: info.plan,
-            rolled_now,
+            rolled_now: rolled.moved,
+            upgrade_failures: rolled.failed,
         }))
     }
 
@@ -429,14 +430,15 @@ impl ActorService for ActorServiceImpl {
         let (version, plan) = tokio::task::spawn_blocking(move || node.rollback(&ty))
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
-        let rolled_now = match pb::Rollout::try_from(r.rollout) {
+        let rolled = match pb::Rollout::try_from(r.rollout) {
             Ok(pb::Rollout::Now) => self.node.rollout_cluster(&r.r#type).await?,
-            _ => 0,
+            _ => Default::default(),
         };
         Ok(Response::new(pb::RollbackReply {
             version,
             plan,
-            rolled_now,
+            rolled_now: rolled.moved,
+            upgrade_failures: rolled.failed,
         }))
     }
 
@@ -484,7 +486,10 @@ impl ActorService for ActorServiceImpl {
     ) -> Result<Response<pb::RolloutNowReply>, Status> {
         self.authorize(&req, Need::Deploy(&req.get_ref().r#type))?;
         let ty = req.into_inner().r#type;
-        let moved = self.node.rollout_now(&ty, |_, _| {}).await? as u64;
-        Ok(Response::new(pb::RolloutNowReply { moved }))
+        let o = self.node.rollout_now(&ty, |_, _| {}).await?;
+        Ok(Response::new(pb::RolloutNowReply {
+            moved: o.moved,
+            failed: o.failed,
+        }))
     }
 }
