@@ -198,6 +198,9 @@ impl Node {
             }
         };
         self.inner.table.set_resident(&handle, act.resident_bytes());
+        handle
+            .version
+            .store(act.ty.config.version.max(1), Ordering::Release);
         metrics::histogram!("tern_activation_seconds").record(started.elapsed().as_secs_f64());
         tracing::debug!(actor = %key, epoch = act.epoch, "activated");
         handle.busy.store(false, Ordering::Release);

@@ -797,6 +797,11 @@ impl Node {
         self.inner.table.end_all(|| Msg::Evict).await;
     }
 
+    /// How many actors of `actor_type` active here run each version.
+    pub fn active_versions(&self, actor_type: &str) -> std::collections::BTreeMap<u64, u64> {
+        self.inner.table.versions_of_type(actor_type)
+    }
+
     /// How many actors of `actor_type` failed to upgrade (bounded by
     /// `UPGRADE_FAILURES_MAX`).
     pub fn upgrade_failures(&self, actor_type: &str) -> Result<u64> {

@@ -74,6 +74,8 @@ pub(crate) struct Handle {
     pub(crate) last_used_ms: AtomicU64,
     /// Resident bytes this activation accounts for.
     pub(crate) resident: AtomicU64,
+    /// The version of its type the activation runs (0 until activated).
+    pub(crate) version: AtomicU64,
 }
 
 impl Handle {
@@ -124,6 +126,22 @@ impl Table {
             .collect();
         v.sort();
         v
+    }
+
+    /// How many activations of `actor_type` run each version, by version.
+    pub(crate) fn versions_of_type(
+        &self,
+        actor_type: &str,
+    ) -> std::collections::BTreeMap<u64, u64> {
+        let prefix = format!("{actor_type}/");
+        let mut out = std::collections::BTreeMap::new();
+        for e in self.map.iter().filter(|e| e.key().starts_with(&prefix)) {
+            let v = e.value().version.load(Ordering::Acquire);
+            if v > 0 {
+                *out.entry(v).or_default() += 1;
+            }
+        }
+        out
     }
 
     pub(crate) fn resident_bytes(&self) -> u64 {
@@ -282,6 +300,7 @@ impl Node {
                     busy: AtomicBool::new(false),
                     last_used_ms: AtomicU64::new(self.since_start_ms()),
                     resident: AtomicU64::new(0),
+                    version: AtomicU64::new(0),
                 });
                 v.insert(handle.clone());
                 let guard = EntryGuard {

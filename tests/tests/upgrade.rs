@@ -44,6 +44,13 @@ fn readme_changing_code_by_hand() {
     assert_eq!(json(&out)["rolled_now"], 1, "alice was active");
     let count = dev.tern(&["call", "todo/alice", "count"]).unwrap();
     assert_eq!(json(&count), serde_json::json!({"items": 1, "done": 0}));
+    let s = dev.status("fra");
+    let t = &s["types"][0];
+    assert_eq!(
+        (t["version"].as_u64(), &t["active_by_version"]),
+        (Some(2), &serde_json::json!({"2": 1})),
+        "{s}"
+    );
     let v = json(&dev.tern(&["versions", "todo", "--json"]).unwrap());
     assert_eq!(v["versions"][1]["current"], true, "{v}");
     assert_eq!(v["versions"][1]["actors"], 1, "{v}");

@@ -799,8 +799,14 @@ async fn run(cli: Cli) -> Result<(), String> {
                     .types
                     .iter()
                     .map(|t| {
+                        let active: std::collections::BTreeMap<String, u64> = t
+                            .active_by_version
+                            .iter()
+                            .map(|(v, n)| (v.to_string(), *n))
+                            .collect();
                         serde_json::json!({"type": t.r#type, "digest": t.digest,
-                        "version": t.version, "upgrade_failures": t.upgrade_failures})
+                        "version": t.version, "upgrade_failures": t.upgrade_failures,
+                        "active_by_version": active})
                     })
                     .collect();
                 println!(
@@ -836,8 +842,15 @@ async fn run(cli: Cli) -> Result<(), String> {
                     s.turns_total, s.commits_total, s.store_bytes_written
                 );
                 for t in &s.types {
+                    let mut active: Vec<_> = t.active_by_version.iter().collect();
+                    active.sort();
+                    let active = active
+                        .iter()
+                        .map(|(v, n)| format!("v{v}: {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
                     println!(
-                        "  type {:<16} version {:<3} {}{}",
+                        "  type {:<16} version {:<3} {}  active here [{active}]{}",
                         t.r#type,
                         t.version,
                         &t.digest[..12.min(t.digest.len())],

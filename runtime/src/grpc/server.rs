@@ -354,6 +354,7 @@ impl ActorService for ActorServiceImpl {
                 .zip(failures)
                 .map(
                     |((name, digest, cfg), upgrade_failures)| pb::ActorTypeStatus {
+                        active_by_version: self.node.active_versions(&name).into_iter().collect(),
                         r#type: name,
                         digest,
                         durability: durability_to_pb(cfg.durability) as i32,
