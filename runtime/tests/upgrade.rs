@@ -32,12 +32,19 @@ fn todo(features: &'static [&'static str]) -> Vec<u8> {
     bytes
 }
 
+/// Deploys with an idle time far longer than any test, so that which
+/// actors are active depends on the test's steps, not on how long a guest
+/// build or a compile took.
 fn deploy(node: &Node, ty: &str, wasm: &[u8], rollout: Rollout) -> tern_runtime::node::DeployInfo {
     node.deploy(
         ty,
         wasm,
         DeployOptions {
             rollout,
+            limits: tern_runtime::Limits {
+                idle_ms: 3_600_000,
+                ..Default::default()
+            },
             ..Default::default()
         },
     )

@@ -41,7 +41,9 @@ fn readme_changing_code_by_hand() {
         .tern(&["deploy", "todo", v2, "--rollout", "now"])
         .unwrap();
     assert_eq!(json(&out)["version"], 2);
-    assert_eq!(json(&out)["rolled_now"], 1, "alice was active");
+    // alice was active unless a slow machine let her idle time (30 s)
+    // pass since her call; either way she answers the new method next.
+    assert!(json(&out)["rolled_now"].as_u64() <= Some(1), "{out}");
     let count = dev.tern(&["call", "todo/alice", "count"]).unwrap();
     assert_eq!(json(&count), serde_json::json!({"items": 1, "done": 0}));
     let s = dev.status("fra");
