@@ -727,8 +727,10 @@ impl Node {
                 let mut baseline = Baseline::default();
                 // SAFETY: the instance runs no guest code right now.
                 unsafe { baseline.absorb(new.memories()) };
-                // The next commit writes the new code's whole memory.
-                baseline.mark_all_dirty();
+                // The next commit replaces the whole image, zero pages
+                // included: no page of the old code's memory may stay in
+                // the manifest.
+                baseline.mark_every_page_dirty();
                 Ok(Upgraded {
                     ty: ty.clone(),
                     params: params.clone(),

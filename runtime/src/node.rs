@@ -545,20 +545,27 @@ impl Node {
                 },
             ));
         }
-        let next = match before.last() {
-            Some((n, v)) if v.digest == digest => *n,
-            Some((n, _)) => n + 1,
-            None => 1,
+        let current = self.inner.store.get_type(name)?;
+        let same_code = current.as_ref().is_some_and(|t| t.digest == digest);
+        let same_version = before
+            .iter()
+            .rev()
+            .find(|(_, v)| v.digest == digest)
+            .map(|(n, _)| *n);
+        let newest = before.last().map_or(0, |(n, _)| *n);
+        let next = match same_version {
+            Some(n) if same_code => n,
+            _ => newest + 1,
         };
-        let plan = match before.last() {
+        let plan = match &current {
             None => format!("type `{name}` is new: version 1"),
-            Some((n, v)) if v.digest == digest => {
+            Some(_) if same_code => {
                 format!(
-                    "the same code as version {n}: its configuration is updated, no actor moves"
+                    "the same code as the current version {next}: its configuration is updated, no actor moves"
                 )
             }
-            Some((n, _)) => format!(
-                "version {next} replaces version {n}: actors persisted by an older version move to it by state transfer (save, then load) {}; an actor whose load fails stays on its version",
+            Some(_) => format!(
+                "version {next} replaces the current code: actors persisted by another version move to it by state transfer (save, then load) {}; an actor whose load fails stays on its version",
                 match rollout {
                     Rollout::Lazy => "at their next activation",
                     Rollout::Now => "now (active ones, at every live POP, finish their turn first)",

@@ -96,6 +96,18 @@ impl Baseline {
         }
     }
 
+    /// Marks every page dirty, zero pages too (after an upgrade): the next
+    /// commit then replaces every page of the previous snapshot, so no
+    /// page written by other code survives in the new code's image.
+    pub fn mark_every_page_dirty(&mut self) {
+        self.grown = true;
+        for (img, dirty) in self.images.iter().zip(self.dirty.iter_mut()) {
+            for p in 0..img.len().div_ceil(PAGE_SIZE) {
+                dirty.insert(p as u32);
+            }
+        }
+    }
+
     /// The dirty pages as deltas for a commit. They stay dirty until
     /// [`Baseline::committed`] is called.
     pub fn delta(&self) -> Vec<MemoryDelta> {
@@ -121,5 +133,29 @@ impl Baseline {
         for d in &mut self.dirty {
             d.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upgrade_marks_zero_pages_dirty_so_no_old_page_survives() {
+        let mut image = vec![0u8; 3 * PAGE_SIZE];
+        image[PAGE_SIZE] = 1;
+        let mut b = Baseline::restored(vec![image.clone()]);
+        b.mark_all_dirty();
+        let pages = |b: &Baseline| -> Vec<u32> {
+            b.delta()[0].changed_pages.iter().map(|(p, _)| *p).collect()
+        };
+        assert_eq!(pages(&b), [1], "a first commit needs only non-zero pages");
+        let mut b = Baseline::restored(vec![image]);
+        b.mark_every_page_dirty();
+        assert_eq!(
+            pages(&b),
+            [0, 1, 2],
+            "after an upgrade every page is replaced, zero ones included"
+        );
     }
 }

@@ -83,7 +83,11 @@ async fn redeploy_new_method_keeps_state() {
 
     let v2 = deploy(&node, "todo", &todo(&["v2"]), Rollout::Now);
     assert_eq!(v2.version, 2);
-    assert!(v2.plan.contains("replaces version 1"), "{}", v2.plan);
+    assert!(
+        v2.plan.contains("version 2 replaces the current code"),
+        "{}",
+        v2.plan
+    );
     let o = node.rollout_now("todo", |_, _| {}).await.unwrap();
     assert_eq!((o.moved, o.failed), (1, 0));
     let c = call(&node, "todo", "active", "count", serde_json::Value::Null)
@@ -298,4 +302,12 @@ async fn rollback_restores_previous_version() {
     // Nothing earlier than version 1.
     let err = node.rollback("todo").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    // After the rollback the current code is version 1's: deploying it
+    // again only changes its settings; version 2's code again is a new
+    // version, 3.
+    let again = deploy(&node, "todo", &todo(&[]), Rollout::Lazy);
+    assert_eq!(again.version, 1, "{}", again.plan);
+    assert!(again.plan.contains("no actor moves"), "{}", again.plan);
+    let v3 = deploy(&node, "todo", &todo(&["v2"]), Rollout::Lazy);
+    assert_eq!(v3.version, 3, "{}", v3.plan);
 }

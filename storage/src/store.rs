@@ -761,8 +761,10 @@ impl Store {
     /// Records a deploy of `name` as a new version and makes it the type's
     /// current code, in one transaction: the type record gets `digest`
     /// and the config `config_for(n)` (the runtime's, which names the
-    /// version `n`). Deploying the newest version's code again changes its
-    /// configuration only. Returns the version.
+    /// version `n`). Deploying the current code again changes its
+    /// configuration only; any other code (even an older version's, after
+    /// a rollback) is a new version, which clears the states kept from
+    /// before the previous rollout and its failures. Returns the version.
     pub fn deploy_version(
         &self,
         name: &str,
@@ -793,10 +795,29 @@ impl Store {
                 tx.set(&keys::version(name, 1), &encode(&first));
                 newest = Some((1, first));
             }
-            let n = match newest {
-                Some((n, rec)) if rec.digest == digest => n,
-                Some((n, _)) => n + 1,
-                None => 1,
+            // The code running now (after a rollback it is not the newest).
+            let current = tx
+                .get(&type_key)?
+                .map(|v| decode::<TypeRecord>(&type_key, &v))
+                .transpose()?;
+            let same_code = current.as_ref().is_some_and(|t| t.digest == digest);
+            let n = if same_code {
+                // A configuration change of the current code: its version.
+                let all = tx.get_range(&prefix, &end, Some(VERSIONS_MAX + 1), false)?;
+                let mut found = None;
+                for (k, v) in all.iter().rev() {
+                    if decode::<VersionRecord>(k, v)?.digest == digest {
+                        found = Some(keys::last_int(k)?);
+                        break;
+                    }
+                }
+                match (found, &newest) {
+                    (Some(n), _) => n,
+                    (None, Some((n, _))) => n + 1,
+                    (None, None) => 1,
+                }
+            } else {
+                newest.as_ref().map_or(1, |(n, _)| n + 1)
             };
             if n as usize > VERSIONS_MAX {
                 return Err(StorageError::InvalidArgument(format!(
@@ -804,9 +825,13 @@ impl Store {
                 )));
             }
             let config_json = config_for(n);
-            // A new rollout: the states kept from the previous one go.
-            let preup = keys::pre_upgrade_prefix(name);
-            tx.clear_range(&preup, &crate::tuple::range_end(&preup));
+            if !same_code {
+                // A new rollout: the states kept from the previous one, and
+                // its failures, go.
+                for p in [keys::pre_upgrade_prefix(name), keys::upgrade_failure_prefix(name)] {
+                    tx.clear_range(&p, &crate::tuple::range_end(&p));
+                }
+            }
             tx.set(
                 &keys::version(name, n),
                 &encode(&VersionRecord {
