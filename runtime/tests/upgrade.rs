@@ -51,6 +51,16 @@ fn deploy(node: &Node, ty: &str, wasm: &[u8], rollout: Rollout) -> tern_runtime:
     .expect("deploy")
 }
 
+/// The todo type's versions as (version, actors on it, current).
+fn versions(node: &Node) -> Vec<(u64, u64, bool)> {
+    node.versions("todo")
+        .unwrap()
+        .versions
+        .iter()
+        .map(|v| (v.version, v.actors, v.current))
+        .collect()
+}
+
 async fn add(node: &Node, id: &str, text: &str) {
     call(node, "todo", id, "add", json!({ "text": text }))
         .await
@@ -261,14 +271,7 @@ async fn rollback_restores_previous_version() {
         .expect("on version 2");
     add(&node, "up", "after the upgrade").await;
     add(&node, "born", "tea").await;
-    let v = node.versions("todo").unwrap();
-    assert_eq!(
-        v.versions
-            .iter()
-            .map(|v| (v.version, v.actors, v.current))
-            .collect::<Vec<_>>(),
-        [(1, 0, false), (2, 2, true)]
-    );
+    assert_eq!(versions(&node), [(1, 0, false), (2, 2, true)]);
 
     let (now, plan) = node.rollback("todo").unwrap();
     assert_eq!(now, 1);
@@ -291,14 +294,7 @@ async fn rollback_restores_previous_version() {
         "version 1 code answers: {err}"
     );
     assert_eq!(list(&node, "born").await, json!(["tea"]));
-    let v = node.versions("todo").unwrap();
-    assert_eq!(
-        v.versions
-            .iter()
-            .map(|v| (v.version, v.actors, v.current))
-            .collect::<Vec<_>>(),
-        [(1, 2, true), (2, 0, false)]
-    );
+    assert_eq!(versions(&node), [(1, 2, true), (2, 0, false)]);
     // Nothing earlier than version 1.
     let err = node.rollback("todo").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");

@@ -6,6 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use rkyv::api::high::{HighDeserializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
 use rkyv::{Archive, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -618,6 +621,32 @@ impl Store {
     /// Reads every pair under `prefix`, paging through several read
     /// transactions of at most [`LIST_BATCH_KEYS_MAX`] keys (not one
     /// consistent snapshot).
+    /// The record at `key`, decoded, if any.
+    fn get_record<T>(&self, key: &[u8]) -> Result<Option<T>, StorageError>
+    where
+        T: Archive,
+        T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+            + Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        self.kv_()
+            .read(|tx| tx.get(key))?
+            .map(|v| decode(key, &v))
+            .transpose()
+    }
+
+    /// Every record under `prefix`, decoded, by the name that ends its key.
+    fn list_named<T>(&self, prefix: &[u8]) -> Result<Vec<(String, T)>, StorageError>
+    where
+        T: Archive,
+        T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+            + Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        self.scan_prefix(prefix)?
+            .into_iter()
+            .map(|(k, v)| Ok((keys::last_str(&k)?, decode(&k, &v)?)))
+            .collect()
+    }
+
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StorageError> {
         let end = crate::tuple::range_end(prefix);
         let mut begin = prefix.to_vec();
@@ -732,11 +761,7 @@ impl Store {
 
     /// Reads an actor type.
     pub fn get_type(&self, name: &str) -> Result<Option<TypeRecord>, StorageError> {
-        let key = keys::type_(name);
-        self.kv_()
-            .read(|tx| tx.get(&key))?
-            .map(|v| decode(&key, &v))
-            .transpose()
+        self.get_record(&keys::type_(name))
     }
 
     /// Removes an actor type (its component and actors stay).
@@ -750,10 +775,7 @@ impl Store {
 
     /// Every actor type, sorted by name.
     pub fn list_types(&self) -> Result<Vec<(String, TypeRecord)>, StorageError> {
-        self.scan_prefix(&keys::type_prefix())?
-            .into_iter()
-            .map(|(k, v)| Ok((keys::last_str(&k)?, decode(&k, &v)?)))
-            .collect()
+        self.list_named(&keys::type_prefix())
     }
 
     // -------------------------------------------------------------- versions
@@ -1028,10 +1050,7 @@ impl Store {
         &self,
         ty: &str,
     ) -> Result<Vec<(String, UpgradeFailure)>, StorageError> {
-        self.scan_prefix(&keys::upgrade_failure_prefix(ty))?
-            .into_iter()
-            .map(|(k, v)| Ok((keys::last_str(&k)?, decode(&k, &v)?)))
-            .collect()
+        self.list_named(&keys::upgrade_failure_prefix(ty))
     }
 
     // ---------------------------------------------------------------- tokens
@@ -1069,11 +1088,7 @@ impl Store {
 
     /// Reads a client token.
     pub fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, StorageError> {
-        let key = keys::token(id);
-        self.kv_()
-            .read(|tx| tx.get(&key))?
-            .map(|v| decode(&key, &v))
-            .transpose()
+        self.get_record(&keys::token(id))
     }
 
     /// Removes a client token; `false` if there was none.
@@ -1088,10 +1103,7 @@ impl Store {
 
     /// Every client token, sorted by id (at most [`TOKENS_MAX`]).
     pub fn list_tokens(&self) -> Result<Vec<(String, TokenRecord)>, StorageError> {
-        self.scan_prefix(&keys::token_prefix())?
-            .into_iter()
-            .map(|(k, v)| Ok((keys::last_str(&k)?, decode(&k, &v)?)))
-            .collect()
+        self.list_named(&keys::token_prefix())
     }
 
     // ----------------------------------------------------------- activations
@@ -1237,11 +1249,7 @@ impl Store {
 
     /// Reads a POP's membership record.
     pub fn get_pop(&self, pop: &str) -> Result<Option<PopRecord>, StorageError> {
-        let key = keys::pop(pop);
-        self.kv_()
-            .read(|tx| tx.get(&key))?
-            .map(|v| decode(&key, &v))
-            .transpose()
+        self.get_record(&keys::pop(pop))
     }
 
     /// Read-modify-write of a POP record in one transaction (e.g. lease
@@ -1275,10 +1283,7 @@ impl Store {
 
     /// Every POP record, sorted by name.
     pub fn list_pops(&self) -> Result<Vec<(String, PopRecord)>, StorageError> {
-        self.scan_prefix(&keys::pop_prefix())?
-            .into_iter()
-            .map(|(k, v)| Ok((keys::last_str(&k)?, decode(&k, &v)?)))
-            .collect()
+        self.list_named(&keys::pop_prefix())
     }
 
     // ------------------------------------------------------------- snapshots

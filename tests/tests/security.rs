@@ -34,6 +34,17 @@ async fn directory_as(
     DirectoryServiceClient::new(ch)
 }
 
+/// Where the directory says `actor` is active, asked through `dir`.
+async fn holder(dir: &mut DirectoryServiceClient<Channel>, actor: &str) -> Option<dpb::Activation> {
+    dir.lookup(dpb::LookupRequest {
+        actor: actor.into(),
+    })
+    .await
+    .expect("lookup")
+    .into_inner()
+    .active
+}
+
 fn register(name: &str) -> dpb::RegisterRequest {
     dpb::RegisterRequest {
         name: name.into(),
@@ -160,14 +171,8 @@ fn pop_cannot_claim_for_another() {
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
         assert!(e.message().contains("cannot claim as POP `fra`"), "{e:?}");
-        let looked = iad
-            .lookup(dpb::LookupRequest {
-                actor: "counter/c".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(looked.active.is_none(), "nothing was claimed: {looked:?}");
+        let looked = holder(&mut iad, "counter/c").await;
+        assert!(looked.is_none(), "nothing was claimed: {looked:?}");
     });
 }
 
@@ -184,15 +189,7 @@ fn release_by_stranger_refused() {
     runtime().block_on(async {
         let epoch = activate_at(&dev, "fra", "r").await;
         let mut iad = directory_as(&url, &tls, &tls, Some("pop-iad")).await;
-        let held = iad
-            .lookup(dpb::LookupRequest {
-                actor: "counter/r".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .active
-            .expect("active at fra");
+        let held = holder(&mut iad, "counter/r").await.expect("active at fra");
         assert_eq!((held.pop.as_str(), held.epoch), ("fra", epoch));
         let e = iad
             .release(dpb::ReleaseRequest {
@@ -213,15 +210,7 @@ fn release_by_stranger_refused() {
             .await
             .is_err()
         );
-        let still = iad
-            .lookup(dpb::LookupRequest {
-                actor: "counter/r".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .active
-            .expect("still active");
+        let still = holder(&mut iad, "counter/r").await.expect("still active");
         assert_eq!((still.pop.as_str(), still.epoch), ("fra", epoch));
         assert_eq!(activate_at(&dev, "fra", "r").await, epoch);
     });
