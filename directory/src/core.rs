@@ -14,16 +14,28 @@
 //! `Store::record_migration` draw random tokens (for
 //! `commit_unknown_result` idempotence); they never change a decision.
 //!
-//! The per-POP lock stripes (`pop_locks`) are an in-process lock: they only
-//! serialise `register` and `claim` of one POP name inside one directory
-//! process. A later change moves that serialisation into the store
-//! transaction and removes them.
+//! No lock in this process guards a decision: several directory
+//! processes may serve over one store at once. Each decision is one store
+//! transaction that reads what it depends on:
+//! - a registration bumps the POP's incarnation (and lease) in one
+//!   transaction;
+//! - a claim reads the claimant's POP record, the activation and the
+//!   holder's POP record and writes the new epoch in one transaction
+//!   ([`Store::claim_as`]), so the claimant's lease, its incarnation and
+//!   the holder's liveness are still what the claim saw when it commits;
+//! - a lease renewal and a release are each one read-modify-write.
+//!
+//! An activation record names the incarnation that claimed it, and one
+//! whose POP has since registered again counts as void, whoever looks. A
+//! registration also voids such records afterwards, one transaction each
+//! ([`Store::void_activation`]), only for incarnations below its own: that
+//! cleanup may be slow or interrupted (a crash) without undoing a newer
+//! claim, and the next registration finishes it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tern_storage::{ActivationRecord, MigrationRecord, PopRecord, StorageError, Store};
+use tern_storage::{ActivationRecord, ClaimFacts, MigrationRecord, PopRecord, Store};
 use tokio::sync::broadcast;
 
 use crate::DirectoryError;
@@ -33,8 +45,6 @@ use crate::DirectoryError;
 pub const WATCH_BUFFER_CHANGES_MAX: usize = 4096;
 /// Change-stream subscribers (open `Watch` streams) at once.
 pub const WATCH_SUBSCRIBERS_MAX: usize = 1024;
-/// Times a claim re-reads the holder when it changes under it.
-pub const CLAIM_ATTEMPTS_MAX: u32 = 4;
 /// Longest POP or actor name accepted, in bytes.
 pub const NAME_BYTES_MAX: usize = 1024;
 /// Longest POP endpoint accepted, in bytes.
@@ -47,8 +57,6 @@ pub const ACTIVATIONS_LIST_MAX: usize = 10_000;
 /// it, further lapses are still announced, on every sweep, until entries
 /// are pruned (their POP registered again or its record went away).
 pub const LAPSED_SEEN_MAX: usize = 10_000;
-/// Lock stripes serialising `register` and `claim` of the same POP name.
-const POP_LOCK_STRIPES: usize = 64;
 
 /// Configuration of the directory.
 #[derive(Clone)]
@@ -151,9 +159,6 @@ pub struct Core {
     /// Serialises the subscriber-count check with the subscription.
     subscribe_lock: Mutex<()>,
     watchers_max: usize,
-    /// In-process lock stripes serialising `register` and `claim` of one
-    /// POP name (see the module docs: a later change removes them).
-    pop_locks: Vec<Mutex<()>>,
     /// (pop, incarnation) lapses already announced by the sweep. Pruned on
     /// every sweep to pairs whose POP record still has that incarnation and
     /// is still lapsed; never more than `lapsed_seen_max`.
@@ -172,6 +177,32 @@ impl std::fmt::Debug for Core {
 
 fn alive(rec: &PopRecord, now: u64) -> bool {
     now <= rec.lease_until_ms
+}
+
+/// Whether the activation `act` still belongs to a live POP: its POP's
+/// lease is current and the POP has not registered again since the claim
+/// (an activation made without an incarnation, 0, belongs to any).
+fn held_by_live_pop(act: &ActivationRecord, pop: Option<&PopRecord>, now: u64) -> bool {
+    pop.is_some_and(|p| alive(p, now) && (act.incarnation == 0 || act.incarnation == p.incarnation))
+}
+
+/// `actor`'s activation `act` as a [`Holder`], given its POP's record.
+fn holder_of(actor: &str, act: &ActivationRecord, pop: Option<&PopRecord>, now: u64) -> Holder {
+    Holder {
+        actor: actor.to_string(),
+        pop: act.pop.clone(),
+        endpoint: pop.map(|p| p.addr.clone()).unwrap_or_default(),
+        epoch: act.epoch,
+        pop_alive: held_by_live_pop(act, pop, now),
+    }
+}
+
+/// Why a claim's transaction wrote nothing.
+enum Refusal {
+    /// A live POP holds the actor.
+    Held(Holder),
+    /// The claimant may not claim.
+    No(DirectoryError),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -229,7 +260,6 @@ impl Core {
             changes,
             subscribe_lock: Mutex::new(()),
             watchers_max: WATCH_SUBSCRIBERS_MAX,
-            pop_locks: (0..POP_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             lapsed_seen: Mutex::new(BTreeSet::new()),
             lapsed_seen_max: LAPSED_SEEN_MAX,
         }
@@ -272,23 +302,15 @@ impl Core {
         Ok(self.changes.subscribe())
     }
 
-    /// Serialises `register` and `claim` of one POP name, so a claim of the
-    /// new incarnation cannot be voided by its own registration.
-    fn pop_lock(&self, pop: &str) -> MutexGuard<'_, ()> {
-        // `DefaultHasher::new()` has fixed keys: the stripe is
-        // deterministic.
-        let mut h = DefaultHasher::new();
-        pop.hash(&mut h);
-        lock(&self.pop_locks[(h.finish() as usize) % POP_LOCK_STRIPES])
-    }
-
     fn publish(&self, c: Change) {
         // No subscribers is fine.
         let _ = self.changes.send(c);
     }
 
-    /// Registers (or re-registers) `pop`: voids every activation it held,
-    /// then starts incarnation + 1 with a fresh lease.
+    /// Registers (or re-registers) `pop`: starts incarnation + 1 with a
+    /// fresh lease (one transaction), then voids every activation an
+    /// earlier incarnation held (one transaction each, see the module
+    /// docs).
     pub fn register(
         &self,
         pop: &str,
@@ -302,22 +324,6 @@ impl Core {
             return Err(DirectoryError::InvalidArgument(format!(
                 "coordinates ({lat}, {lon}) must be a latitude in [-90, 90] and a longitude in [-180, 180]"
             )));
-        }
-        let _g = self.pop_lock(pop);
-        let mut voided = Vec::new();
-        for actor in self.store.list_activations_by_pop(pop)? {
-            let Some(rec) = self.store.get_activation(&actor)? else {
-                continue;
-            };
-            if !rec.active || rec.pop != pop {
-                continue;
-            }
-            match self.store.release(&actor, rec.epoch) {
-                Ok(()) => voided.push((actor, rec.epoch)),
-                // Someone took it over meanwhile: not ours to void.
-                Err(StorageError::Fenced { .. }) => {}
-                Err(e) => return Err(DirectoryError::from_storage(e)),
-            }
         }
         let now = self.now_ms();
         let lease_until_ms = now.saturating_add(self.cfg.lease_ms);
@@ -333,28 +339,34 @@ impl Core {
             let inc = rec.incarnation;
             Ok((Some(rec), (inc, previous)))
         })?;
+        // From here on no claim of an earlier incarnation can commit (a
+        // claim reads the POP record in its transaction); void those that
+        // committed before.
+        let mut voided = 0;
+        for actor in self.store.list_activations_by_pop(pop)? {
+            if let Some(epoch) = self.store.void_activation(&actor, pop, incarnation)? {
+                voided += 1;
+                self.publish(Change {
+                    actor,
+                    pop: None,
+                    epoch,
+                });
+            }
+        }
         metrics::counter!("tern_directory_registrations_total").increment(1);
         tracing::info!(
             pop,
             endpoint,
             incarnation,
             previous_incarnation = ?previous,
-            voided = voided.len(),
+            voided,
             lease_until_ms,
             "POP registered"
         );
-        let n = voided.len();
-        for (actor, epoch) in voided {
-            self.publish(Change {
-                actor,
-                pop: None,
-                epoch,
-            });
-        }
         Ok(Registered {
             incarnation,
             lease_until_ms,
-            voided: n,
+            voided,
         })
     }
 
@@ -405,19 +417,14 @@ impl Core {
         now: u64,
     ) -> Result<Holder, DirectoryError> {
         let pop = self.store.get_pop(&rec.pop)?;
-        Ok(Holder {
-            actor: actor.to_string(),
-            pop: rec.pop.clone(),
-            endpoint: pop.as_ref().map(|p| p.addr.clone()).unwrap_or_default(),
-            epoch: rec.epoch,
-            pop_alive: pop.as_ref().is_some_and(|p| alive(p, now)),
-        })
+        Ok(holder_of(actor, rec, pop.as_ref(), now))
     }
 
     /// Claims `actor` for `pop`'s `incarnation`, which must be registered
     /// and alive. Granted with epoch + 1 unless another POP whose lease is
-    /// current holds it; a holder that is `pop` itself (any incarnation) or
-    /// whose lease lapsed is taken over.
+    /// current (and that has not registered again since its claim) holds
+    /// it; a holder that is `pop` itself (any incarnation) or whose lease
+    /// lapsed is taken over. Decided and written in one store transaction.
     pub fn claim(
         &self,
         actor: &str,
@@ -426,87 +433,82 @@ impl Core {
     ) -> Result<ClaimOutcome, DirectoryError> {
         check_name("actor", actor)?;
         check_name("POP name", pop)?;
-        let _g = self.pop_lock(pop);
         let now = self.now_ms();
-        let me = self
-            .store
-            .get_pop(pop)?
-            .ok_or_else(|| DirectoryError::UnknownPop {
-                pop: pop.to_string(),
+        let judge = |f: &ClaimFacts| -> Result<(), Refusal> {
+            let me = f.claimant.ok_or_else(|| {
+                Refusal::No(DirectoryError::UnknownPop {
+                    pop: pop.to_string(),
+                })
             })?;
-        if me.incarnation != incarnation {
-            return Err(DirectoryError::LeaseLapsed {
-                pop: pop.to_string(),
-                incarnation,
-                why: format!("the current incarnation is {}", me.incarnation),
-            });
-        }
-        if !alive(&me, now) {
-            tracing::warn!(pop, incarnation, "claim from a POP whose lease lapsed");
-            return Err(DirectoryError::LeaseLapsed {
-                pop: pop.to_string(),
-                incarnation,
-                why: format!(
-                    "its lease lapsed {} ms ago",
-                    now.saturating_sub(me.lease_until_ms)
-                ),
-            });
-        }
-        for _ in 0..CLAIM_ATTEMPTS_MAX {
-            // The holder's liveness, read outside the claim transaction:
-            // safe because a lapsed lease never comes back.
-            let cur = self.store.get_activation(actor)?;
-            let other = match &cur {
-                Some(r) if r.active && r.pop != pop => Some(self.holder(actor, r, now)?),
-                _ => None,
-            };
-            let taken_from = other.as_ref().map(|h| h.pop.clone());
-            let dead_holder = other
-                .as_ref()
-                .filter(|h| !h.pop_alive)
-                .map(|h| h.pop.clone());
-            let may_take_over = |held: &ActivationRecord| {
-                held.pop == pop || dead_holder.as_deref() == Some(&held.pop)
-            };
-            match self.store.claim(actor, pop, now, &may_take_over) {
-                Ok(rec) => {
-                    metrics::counter!("tern_directory_claims_total").increment(1);
-                    if let Some(from) = taken_from {
-                        metrics::counter!("tern_directory_takeovers_total").increment(1);
-                        tracing::info!(
-                            actor,
-                            pop,
-                            from = %from,
-                            epoch = rec.epoch,
-                            "claim took over an actor from a POP whose lease lapsed"
-                        );
+            if me.incarnation != incarnation {
+                return Err(Refusal::No(DirectoryError::LeaseLapsed {
+                    pop: pop.to_string(),
+                    incarnation,
+                    why: format!("the current incarnation is {}", me.incarnation),
+                }));
+            }
+            if !alive(me, now) {
+                return Err(Refusal::No(DirectoryError::LeaseLapsed {
+                    pop: pop.to_string(),
+                    incarnation,
+                    why: format!(
+                        "its lease lapsed {} ms ago",
+                        now.saturating_sub(me.lease_until_ms)
+                    ),
+                }));
+            }
+            match f.current {
+                Some(c) if c.active && c.pop != pop => {
+                    let h = holder_of(actor, c, f.holder, now);
+                    if h.pop_alive {
+                        Err(Refusal::Held(h))
+                    } else {
+                        Ok(())
                     }
-                    self.publish(Change {
-                        actor: actor.to_string(),
-                        pop: Some(pop.to_string()),
-                        epoch: rec.epoch,
-                    });
-                    return Ok(ClaimOutcome::Granted {
-                        epoch: rec.epoch,
-                        head_seq: rec.head_seq,
-                    });
                 }
-                Err(StorageError::HeldElsewhere {
-                    pop: holder, epoch, ..
-                }) => {
-                    if let Some(h) = other.filter(|h| h.pop == holder && h.epoch == epoch) {
-                        return Ok(ClaimOutcome::Held(h));
-                    }
-                    // The holder changed between our read and the claim:
-                    // look again.
+                _ => Ok(()),
+            }
+        };
+        let previous = std::cell::RefCell::new(None);
+        let judge_noting = |f: &ClaimFacts| {
+            *previous.borrow_mut() = f.current.filter(|c| c.active && c.pop != pop).cloned();
+            judge(f)
+        };
+        match self
+            .store
+            .claim_as(actor, pop, incarnation, now, &judge_noting)
+            .map_err(DirectoryError::from_storage)?
+        {
+            Ok(rec) => {
+                metrics::counter!("tern_directory_claims_total").increment(1);
+                if let Some(from) = previous.into_inner() {
+                    metrics::counter!("tern_directory_takeovers_total").increment(1);
+                    tracing::info!(
+                        actor,
+                        pop,
+                        from = %from.pop,
+                        epoch = rec.epoch,
+                        "claim took over an actor from a POP whose lease lapsed"
+                    );
                 }
-                Err(e) => return Err(DirectoryError::from_storage(e)),
+                self.publish(Change {
+                    actor: actor.to_string(),
+                    pop: Some(pop.to_string()),
+                    epoch: rec.epoch,
+                });
+                Ok(ClaimOutcome::Granted {
+                    epoch: rec.epoch,
+                    head_seq: rec.head_seq,
+                })
+            }
+            Err(Refusal::Held(h)) => Ok(ClaimOutcome::Held(h)),
+            Err(Refusal::No(e)) => {
+                if matches!(e, DirectoryError::LeaseLapsed { .. }) {
+                    tracing::warn!(pop, incarnation, error = %e, "claim refused");
+                }
+                Err(e)
             }
         }
-        Err(DirectoryError::Contended {
-            actor: actor.to_string(),
-            attempts: CLAIM_ATTEMPTS_MAX,
-        })
     }
 
     /// Where `actor` is active, if its POP is alive.
@@ -587,16 +589,7 @@ impl Core {
             .into_iter()
             .filter(|(_, r)| r.active && pop.is_none_or(|p| p == r.pop))
             .take(ACTIVATIONS_LIST_MAX + 1)
-            .map(|(actor, r)| {
-                let p = pops.get(&r.pop);
-                Holder {
-                    actor,
-                    endpoint: p.map(|p| p.addr.clone()).unwrap_or_default(),
-                    pop_alive: p.is_some_and(|p| alive(p, now)),
-                    pop: r.pop,
-                    epoch: r.epoch,
-                }
-            })
+            .map(|(actor, r)| holder_of(&actor, &r, pops.get(&r.pop), now))
             .collect();
         if list.len() > ACTIVATIONS_LIST_MAX {
             list.truncate(ACTIVATIONS_LIST_MAX);

@@ -110,14 +110,6 @@ pub enum DirectoryError {
     /// A malformed request (empty name, bad endpoint...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// The holder of an actor kept changing while a claim was decided.
-    #[error("actor {actor}: its holder changed {attempts} times during the claim; retry")]
-    Contended {
-        /// The actor.
-        actor: String,
-        /// Attempts made.
-        attempts: u32,
-    },
     /// A bounded resource is full (e.g. open watch streams): retry later,
     /// or elsewhere.
     #[error("directory overloaded: {what} at their maximum of {max}; retry later")]
@@ -169,9 +161,7 @@ impl DirectoryError {
     pub fn is_retryable(&self) -> bool {
         match self {
             DirectoryError::Storage(e) => e.is_transient(),
-            DirectoryError::Contended { .. }
-            | DirectoryError::Overloaded { .. }
-            | DirectoryError::Deadline { .. } => true,
+            DirectoryError::Overloaded { .. } | DirectoryError::Deadline { .. } => true,
             _ => false,
         }
     }
@@ -235,13 +225,6 @@ mod tests {
                 reason: "r".into()
             })),
             Code::Internal
-        );
-        assert_eq!(
-            code(DirectoryError::Contended {
-                actor: "a".into(),
-                attempts: 4
-            }),
-            Code::Unavailable
         );
         assert_eq!(
             code(DirectoryError::Overloaded {

@@ -118,9 +118,9 @@ pub use migrations::{
     MIGRATIONS_LIST_MAX, MigrationRecord,
 };
 pub use store::{
-    ActivationRecord, CommitRequest, EXTRA_BYTES_MAX, GROUP_TXN_BYTES_MAX, GcStats, LoadedSnapshot,
-    MemoryDelta, PAGE_SIZE, POP_NAME_BYTES_MAX, PRE_UPGRADE_BYTES_MAX, PopRecord, PreUpgrade,
-    STAGE_TXN_BYTES_MAX, SnapshotMeta, Store, TOKENS_MAX, TokenRecord, TypeRecord,
+    ActivationRecord, ClaimFacts, CommitRequest, EXTRA_BYTES_MAX, GROUP_TXN_BYTES_MAX, GcStats,
+    LoadedSnapshot, MemoryDelta, PAGE_SIZE, POP_NAME_BYTES_MAX, PRE_UPGRADE_BYTES_MAX, PopRecord,
+    PreUpgrade, STAGE_TXN_BYTES_MAX, SnapshotMeta, Store, TOKENS_MAX, TokenRecord, TypeRecord,
     UPGRADE_FAILURES_MAX, UpgradeFailure, VALUE_CHUNK_BYTES, VERSIONS_MAX, VersionRecord,
 };
 

@@ -208,6 +208,10 @@ pub struct ActivationRecord {
     pub epoch: u64,
     /// The POP that claimed it last.
     pub pop: String,
+    /// The incarnation of that POP the claim was made for (0: made without
+    /// one: by a store-level [`Store::claim`], or before records carried
+    /// it). An active record whose POP has since registered again is void.
+    pub incarnation: u64,
     /// Sequence number of the latest snapshot (0: none yet).
     pub head_seq: u64,
     /// Whether the claim is live (false once released).
@@ -229,6 +233,19 @@ pub struct PopRecord {
     pub lease_until_ms: u64,
     /// Bumped every time the POP (re)joins.
     pub incarnation: u64,
+}
+
+/// What a claim's transaction read, for its judge ([`Store::claim_as`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimFacts<'a> {
+    /// The actor's activation record, if it was ever claimed.
+    pub current: Option<&'a ActivationRecord>,
+    /// The claimant POP's membership record (read by [`Store::claim_as`]
+    /// only).
+    pub claimant: Option<&'a PopRecord>,
+    /// The membership record of the POP the actor is active at, if that is
+    /// another POP (read by [`Store::claim_as`] only).
+    pub holder: Option<&'a PopRecord>,
 }
 
 /// What a snapshot is bound to besides memory (invariants 4 and 5).
@@ -304,10 +321,28 @@ pub struct GcStats {
 
 // --------------------------------------------------------- stored formats
 
+/// The activation record as stored before it named the claimant's
+/// incarnation ([`FORMAT_V1`] envelope); still read, never written.
 #[derive(Debug, Clone, Archive, Serialize, Deserialize)]
 struct ActV1 {
     epoch: u64,
     pop: String,
+    head_seq: u64,
+    active: bool,
+    since_ms: u64,
+    claim_token: u64,
+}
+
+/// Envelope format of [`ActV2`] activation records.
+const FORMAT_ACT_V2: u8 = 4;
+
+/// The activation record as stored ([`FORMAT_ACT_V2`] envelope).
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+struct ActV2 {
+    epoch: u64,
+    pop: String,
+    /// The claimant POP's incarnation (0: none given).
+    incarnation: u64,
     head_seq: u64,
     active: bool,
     since_ms: u64,
@@ -316,15 +351,37 @@ struct ActV1 {
     claim_token: u64,
 }
 
-impl ActV1 {
+impl ActV2 {
     fn public(&self) -> ActivationRecord {
         ActivationRecord {
             epoch: self.epoch,
             pop: self.pop.clone(),
+            incarnation: self.incarnation,
             head_seq: self.head_seq,
             active: self.active,
             since_ms: self.since_ms,
         }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        encode_as(FORMAT_ACT_V2, self)
+    }
+
+    /// Reads either stored format (a [`ActV1`] record has incarnation 0).
+    fn decode(key: &[u8], bytes: &[u8]) -> Result<ActV2, StorageError> {
+        if bytes.first() == Some(&crate::codec::FORMAT_V1) {
+            let a: ActV1 = decode(key, bytes)?;
+            return Ok(ActV2 {
+                epoch: a.epoch,
+                pop: a.pop,
+                incarnation: 0,
+                head_seq: a.head_seq,
+                active: a.active,
+                since_ms: a.since_ms,
+                claim_token: a.claim_token,
+            });
+        }
+        decode_as(FORMAT_ACT_V2, key, bytes)
     }
 }
 
@@ -453,14 +510,16 @@ impl Prepared<'_> {
 fn act_value_bytes_bound() -> usize {
     static BOUND: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *BOUND.get_or_init(|| {
-        encode(&ActV1 {
+        ActV2 {
             epoch: u64::MAX,
             pop: "p".repeat(POP_NAME_BYTES_MAX),
+            incarnation: u64::MAX,
             head_seq: u64::MAX,
             active: true,
             since_ms: u64::MAX,
             claim_token: u64::MAX,
-        })
+        }
+        .encode()
         .len()
     })
 }
@@ -1108,9 +1167,9 @@ impl Store {
 
     // ----------------------------------------------------------- activations
 
-    fn read_act(tx: &mut Transaction, actor: &str) -> Result<Option<ActV1>, StorageError> {
+    fn read_act(tx: &mut Transaction, actor: &str) -> Result<Option<ActV2>, StorageError> {
         let key = keys::act(actor);
-        tx.get(&key)?.map(|v| decode(&key, &v)).transpose()
+        tx.get(&key)?.map(|v| ActV2::decode(&key, &v)).transpose()
     }
 
     /// The activation record of an actor, if it was ever claimed.
@@ -1127,6 +1186,8 @@ impl Store {
     /// now_ms`, keeps `head_seq`, and moves the `act_by_pop` index entry.
     /// A claim by the POP that already holds it also bumps the epoch.
     /// Safe under `commit_unknown_result`: a re-run recognises its own claim.
+    /// The record names no incarnation (0); the directory uses
+    /// [`Store::claim_as`].
     pub fn claim(
         &self,
         actor: &str,
@@ -1134,6 +1195,46 @@ impl Store {
         now_ms: u64,
         may_take_over: &dyn Fn(&ActivationRecord) -> bool,
     ) -> Result<ActivationRecord, StorageError> {
+        let judge = |f: &ClaimFacts| match f.current {
+            Some(c) if c.active && c.pop != pop && !may_take_over(c) => {
+                Err(StorageError::HeldElsewhere {
+                    actor: actor.to_string(),
+                    pop: c.pop.clone(),
+                    epoch: c.epoch,
+                })
+            }
+            _ => Ok(()),
+        };
+        self.claim_judged(actor, pop, 0, now_ms, false, &judge)?
+    }
+
+    /// Claims `actor` for `pop`'s `incarnation` in one transaction that
+    /// also reads the claimant's POP record and, if the actor is active at
+    /// another POP, that POP's record: `judge` decides on all of them
+    /// together, so what it checks (the claimant's lease, the holder's) is
+    /// still true when the claim commits. A refusal (`Ok(Err(e))`) writes
+    /// nothing. A granted claim writes epoch+1 for `pop` and `incarnation`
+    /// as [`Store::claim`] does. Safe under `commit_unknown_result`.
+    pub fn claim_as<E>(
+        &self,
+        actor: &str,
+        pop: &str,
+        incarnation: u64,
+        now_ms: u64,
+        judge: &dyn Fn(&ClaimFacts) -> Result<(), E>,
+    ) -> Result<Result<ActivationRecord, E>, StorageError> {
+        self.claim_judged(actor, pop, incarnation, now_ms, true, judge)
+    }
+
+    fn claim_judged<E>(
+        &self,
+        actor: &str,
+        pop: &str,
+        incarnation: u64,
+        now_ms: u64,
+        read_pops: bool,
+        judge: &dyn Fn(&ClaimFacts) -> Result<(), E>,
+    ) -> Result<Result<ActivationRecord, E>, StorageError> {
         if actor.is_empty() || pop.is_empty() {
             return Err(StorageError::InvalidArgument(
                 "claim needs a non-empty actor and pop".into(),
@@ -1147,34 +1248,81 @@ impl Store {
         }
         let token = random_u64();
         let act_key = keys::act(actor);
+        let read_pop =
+            |tx: &mut Transaction, name: &str| -> Result<Option<PopRecord>, StorageError> {
+                let key = keys::pop(name);
+                tx.get(&key)?.map(|v| decode(&key, &v)).transpose()
+            };
         self.kv_().transact(|tx| {
             let cur = Self::read_act(tx, actor)?;
-            if let Some(c) = &cur {
-                if c.claim_token == token && c.active && c.pop == pop {
-                    return Ok(c.public()); // our own commit, seen after commit_unknown_result
-                }
-                if c.active && c.pop != pop && !may_take_over(&c.public()) {
-                    return Err(StorageError::HeldElsewhere {
-                        actor: actor.to_string(),
-                        pop: c.pop.clone(),
-                        epoch: c.epoch,
-                    });
-                }
-                if c.active {
-                    tx.clear(&keys::act_by_pop(&c.pop, actor));
-                }
+            if let Some(c) = &cur
+                && c.claim_token == token
+                && c.active
+                && c.pop == pop
+            {
+                return Ok(Ok(c.public())); // our own commit, seen after commit_unknown_result
             }
-            let new = ActV1 {
+            let current = cur.as_ref().map(ActV2::public);
+            let (claimant, holder) = if read_pops {
+                let holder = match &current {
+                    Some(c) if c.active && c.pop != pop => read_pop(tx, &c.pop)?,
+                    _ => None,
+                };
+                (read_pop(tx, pop)?, holder)
+            } else {
+                (None, None)
+            };
+            let facts = ClaimFacts {
+                current: current.as_ref(),
+                claimant: claimant.as_ref(),
+                holder: holder.as_ref(),
+            };
+            if let Err(e) = judge(&facts) {
+                return Ok(Err(e));
+            }
+            if let Some(c) = &cur
+                && c.active
+            {
+                tx.clear(&keys::act_by_pop(&c.pop, actor));
+            }
+            let new = ActV2 {
                 epoch: cur.as_ref().map_or(0, |c| c.epoch) + 1,
                 pop: pop.to_string(),
+                incarnation,
                 head_seq: cur.as_ref().map_or(0, |c| c.head_seq),
                 active: true,
                 since_ms: now_ms,
                 claim_token: token,
             };
             tx.set(&keys::act_by_pop(pop, actor), b"");
-            tx.set(&act_key, &encode(&new));
-            Ok(new.public())
+            tx.set(&act_key, &new.encode());
+            Ok(Ok(new.public()))
+        })
+    }
+
+    /// Voids `actor`'s activation if it is active at `pop` under an
+    /// incarnation below `below_incarnation` (the POP registered again
+    /// since), in one transaction; returns the voided epoch. A claim by
+    /// the new incarnation, or by anyone else, is left alone, so a slow
+    /// voiding never undoes a newer claim.
+    pub fn void_activation(
+        &self,
+        actor: &str,
+        pop: &str,
+        below_incarnation: u64,
+    ) -> Result<Option<u64>, StorageError> {
+        let act_key = keys::act(actor);
+        self.kv_().transact(|tx| {
+            let Some(mut cur) = Self::read_act(tx, actor)? else {
+                return Ok(None);
+            };
+            if !cur.active || cur.pop != pop || cur.incarnation >= below_incarnation {
+                return Ok(None);
+            }
+            cur.active = false;
+            tx.clear(&keys::act_by_pop(&cur.pop, actor));
+            tx.set(&act_key, &cur.encode());
+            Ok(Some(cur.epoch))
         })
     }
 
@@ -1211,7 +1359,7 @@ impl Store {
             }
             cur.active = false;
             tx.clear(&keys::act_by_pop(&cur.pop, actor));
-            tx.set(&act_key, &encode(&cur));
+            tx.set(&act_key, &cur.encode());
             Ok(())
         })
     }
@@ -1221,7 +1369,7 @@ impl Store {
         self.scan_prefix(&keys::act_prefix())?
             .into_iter()
             .map(|(k, v)| {
-                let a: ActV1 = decode(&k, &v)?;
+                let a = ActV2::decode(&k, &v)?;
                 Ok((keys::last_str(&k)?, a.public()))
             })
             .collect()
@@ -1518,7 +1666,7 @@ impl Store {
     fn check_fence(
         tx: &mut Transaction,
         p: &Prepared<'_>,
-    ) -> Result<(ActV1, Option<u64>), StorageError> {
+    ) -> Result<(ActV2, Option<u64>), StorageError> {
         let req = p.req;
         let Some(act) = Self::read_act(tx, &req.actor)? else {
             return Err(StorageError::Fenced {
@@ -1657,7 +1805,7 @@ impl Store {
             }
         }
         act.head_seq = seq;
-        tx.set(&keys::act(&req.actor), &encode(&act));
+        tx.set(&keys::act(&req.actor), &act.encode());
         let written = (tx.bytes_written() - bytes_before) as usize;
         assert!(
             written <= p.apply_bytes(staged),

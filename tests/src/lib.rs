@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tern_client::{Client, ClusterFile, Credentials, PopInfo, TernClient};
+use tern_proto::directory::directory_service_client::DirectoryServiceClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// How long a cluster may take to write its cluster file.
 pub const STARTUP_MS_MAX: u64 = 60_000;
@@ -153,6 +155,43 @@ impl DevCluster {
             .unwrap_or_else(|| panic!("no POP {name}"))
     }
 
+    /// Reads the cluster file again (the supervisor rewrites it when it
+    /// restarts a child).
+    pub fn refresh(&mut self) {
+        let file = self.data.join("cluster.json");
+        self.cluster = ClusterFile::read(&file).expect("cluster file");
+    }
+
+    /// Sends `sig` to process `pid` (a directory's or a POP's).
+    pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("signal");
+    }
+
+    /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) `tern dev` itself, so that
+    /// its supervisor restarts nothing meanwhile; its children run on.
+    pub fn supervisor(&self, run: bool) {
+        let pid = self.child.as_ref().expect("running").id();
+        let sig = if run {
+            nix::sys::signal::Signal::SIGCONT
+        } else {
+            nix::sys::signal::Signal::SIGSTOP
+        };
+        DevCluster::signal(pid, sig);
+    }
+
+    /// A directory client for directory `i` presenting POP `pop`'s
+    /// certificate.
+    pub async fn directory_as_pop(&self, i: usize, pop: &str) -> DirectoryServiceClient<Channel> {
+        let tls = self.data.join("tls");
+        directory_as(
+            &self.cluster.directories[i].endpoint,
+            &tls,
+            &tls,
+            Some(&format!("pop-{pop}")),
+        )
+        .await
+    }
+
     /// Sends `sig` to the POP named `name`.
     pub fn signal_pop(&self, name: &str, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pop(name).pid as i32), sig)
@@ -218,6 +257,30 @@ impl DevCluster {
     pub fn data(&self) -> &Path {
         &self.data
     }
+}
+
+/// A directory client presenting the certificate `<stem>.pem` from
+/// `tls_dir` (a POP's, or a misbehaving POP's), or none, trusting the CA in
+/// `ca_dir`.
+pub async fn directory_as(
+    url: &str,
+    ca_dir: &Path,
+    tls_dir: &Path,
+    stem: Option<&str>,
+) -> DirectoryServiceClient<Channel> {
+    let ca = std::fs::read(ca_dir.join("ca.pem")).expect("ca.pem");
+    let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    if let Some(stem) = stem {
+        cfg = cfg.identity(Identity::from_pem(
+            std::fs::read(tls_dir.join(format!("{stem}.pem"))).expect("certificate"),
+            std::fs::read(tls_dir.join(format!("{stem}.key"))).expect("key"),
+        ));
+    }
+    let ch = tern_proto::endpoint_tls(url, Some(&cfg))
+        .expect("directory URL")
+        .timeout(Duration::from_secs(10))
+        .connect_lazy();
+    DirectoryServiceClient::new(ch)
 }
 
 /// Metro coordinates of the POPs `tern dev` starts, and of nearby clients.

@@ -6,33 +6,9 @@ use std::process::Command;
 use tern_client::{Credentials, call_request, pb};
 use tern_proto::directory as dpb;
 use tern_proto::directory::directory_service_client::DirectoryServiceClient;
-use tern_tests::{DevCluster, counter_wasm, runtime, tern_bin};
+use tern_tests::{DevCluster, counter_wasm, directory_as, runtime, tern_bin};
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-
-/// A directory client presenting the certificate `<stem>.pem` from
-/// `tls_dir` (a POP's, as a misbehaving POP would), or none, trusting
-/// the CA in `ca_dir`.
-async fn directory_as(
-    url: &str,
-    ca_dir: &Path,
-    tls_dir: &Path,
-    stem: Option<&str>,
-) -> DirectoryServiceClient<Channel> {
-    let ca = std::fs::read(ca_dir.join("ca.pem")).unwrap();
-    let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-    if let Some(stem) = stem {
-        cfg = cfg.identity(Identity::from_pem(
-            std::fs::read(tls_dir.join(format!("{stem}.pem"))).unwrap(),
-            std::fs::read(tls_dir.join(format!("{stem}.key"))).unwrap(),
-        ));
-    }
-    let ch = tern_proto::endpoint_tls(url, Some(&cfg))
-        .unwrap()
-        .timeout(std::time::Duration::from_secs(10))
-        .connect_lazy();
-    DirectoryServiceClient::new(ch)
-}
+use tonic::transport::Channel;
 
 /// Where the directory says `actor` is active, asked through `dir`.
 async fn holder(dir: &mut DirectoryServiceClient<Channel>, actor: &str) -> Option<dpb::Activation> {

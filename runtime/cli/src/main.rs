@@ -7,8 +7,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
+
+mod supervise;
 use tern_cli::certs;
-use tern_client::{Client, ClusterFile, Credentials, PopInfo, call_request, connect};
+use tern_client::{
+    Client, ClusterFile, Credentials, DirectoryInfo, PopInfo, call_request, connect,
+};
 use tern_proto::actor as pb;
 use tern_proto::tls::{Tls, TlsFiles};
 use tern_runtime::auth::{Scope, Tokens};
@@ -49,10 +53,15 @@ enum Cmd {
         /// São Paulo, Sydney).
         #[arg(long, default_value_t = 3)]
         pops: usize,
+        /// Number of directory processes (over the one store; POPs use
+        /// whichever answers, so losing one loses nothing).
+        #[arg(long, default_value_t = 2)]
+        directories: usize,
         /// Data directory: the store file and cluster.json.
         #[arg(long, default_value = ".tern")]
         data: PathBuf,
-        /// First gRPC port; 0 picks free ports.
+        /// First gRPC port (directories first, then POPs); 0 picks free
+        /// ports.
         #[arg(long, default_value_t = 7700)]
         base_port: u16,
         /// Serve Prometheus metrics on this address.
@@ -115,9 +124,11 @@ enum Cmd {
         /// POP name.
         #[arg(long)]
         name: String,
-        /// Directory service URL; without it the POP runs alone.
-        #[arg(long)]
-        directory: Option<String>,
+        /// Directory service URL; repeat it (or separate with commas) for a
+        /// cluster with several directory processes: the POP uses whichever
+        /// answers. Without it the POP runs alone.
+        #[arg(long = "directory", value_delimiter = ',')]
+        directories: Vec<String>,
         /// Write `{"endpoint", "pid"}` here once listening.
         #[arg(long)]
         ready_file: Option<PathBuf>,
@@ -472,11 +483,22 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Dev {
             pops,
+            directories,
             data,
             base_port,
             metrics_listen,
             insecure,
-        } => dev(pops, &data, base_port, metrics_listen, insecure).await,
+        } => {
+            dev(DevArgs {
+                pops,
+                directories,
+                data,
+                base_port,
+                metrics_listen,
+                insecure,
+            })
+            .await
+        }
         Cmd::Certs { dir, pops, sans } => {
             let c = certs::generate(&dir, &pops, &sans)?;
             println!("CA          {}", c.ca.display());
@@ -512,7 +534,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
             let scheme = if tls.is_some() { "https" } else { "http" };
-            write_ready(ready_file.as_deref(), &format!("{scheme}://{addr}"))?;
+            supervise::write_ready(ready_file.as_deref(), &format!("{scheme}://{addr}"))?;
             tracing::info!(%addr, "serving DirectoryService");
             let cfg = tern_directory::server::DirectoryConfig {
                 lease_ms,
@@ -525,7 +547,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Pop {
             name,
-            directory,
+            directories,
             ready_file,
             listen,
             store,
@@ -544,7 +566,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let tls = tls_dir
                 .map(|d| Tls::load(&TlsFiles::in_dir(&d, &certs::pop_stem(&name))))
                 .transpose()?;
-            if directory.is_some() && tls.is_none() && !insecure {
+            if !directories.is_empty() && tls.is_none() && !insecure {
                 return Err(
                     "a POP in a cluster needs --tls-dir: POPs and the directory prove who they are with certificates (`tern certs`). Pass --insecure to run a cluster without them"
                         .into(),
@@ -584,22 +606,27 @@ async fn run(cli: Cli) -> Result<(), String> {
             let tokens = (!insecure).then(|| Arc::new(Tokens::new(store.clone())));
             let client_tls = tls.as_ref().map(Tls::client);
             let builder = Node::builder(name.clone(), store, engine).config(cfg);
-            let node = match directory {
-                Some(url) => {
-                    let link =
-                        DirectoryLink::connect(&url, &name, &endpoint, coords, client_tls.as_ref())
-                            .await
-                            .map_err(|e| e.to_string())?;
+            let node = match directories.is_empty() {
+                false => {
+                    let link = DirectoryLink::connect(
+                        &directories,
+                        &name,
+                        &endpoint,
+                        coords,
+                        client_tls.as_ref(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
                     link.spawn_watch();
                     builder
                         .directory(link)
                         .peers(GrpcPeers::new(&name, client_tls))
                         .start()
                 }
-                None => builder.start(),
+                true => builder.start(),
             }
             .map_err(|e| e.to_string())?;
-            write_ready(ready_file.as_deref(), &endpoint)?;
+            supervise::write_ready(ready_file.as_deref(), &endpoint)?;
             serve(node, listener, Security { tls, tokens }).await
         }
         Cmd::Deploy {
@@ -1100,89 +1127,67 @@ fn die_with_parent() {
     }
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Ready {
-    endpoint: String,
-    pid: u32,
-}
-
-fn write_ready(path: Option<&Path>, endpoint: &str) -> Result<(), String> {
-    let Some(path) = path else { return Ok(()) };
-    let tmp = path.with_extension("tmp");
-    let body = serde_json::to_vec(&Ready {
-        endpoint: endpoint.to_string(),
-        pid: std::process::id(),
-    })
-    .map_err(|e| e.to_string())?;
-    std::fs::write(&tmp, body)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-/// Longest time `tern dev` waits for a child to listen.
-const CHILD_STARTUP_MS_MAX: u64 = 60_000;
-
-/// Spawns `tern ARGS` as a child of `tern dev` and waits (bounded) for its
-/// ready file.
-async fn spawn_child(
-    args: &[String],
-    ready: &Path,
-    log: &Path,
-) -> Result<(tokio::process::Child, Ready), String> {
-    let _ = std::fs::remove_file(ready);
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let mut child = tokio::process::Command::new(exe)
-        .args(args)
-        .arg("--ready-file")
-        .arg(ready)
-        .env("TERN_PARENT_PID", std::process::id().to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log_file)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start `tern {}`: {e}", args[0]))?;
-    let deadline =
-        tokio::time::Instant::now() + std::time::Duration::from_millis(CHILD_STARTUP_MS_MAX);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(ready)
-            && let Ok(r) = serde_json::from_str::<Ready>(&text)
-        {
-            return Ok((child, r));
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            return Err(format!("`tern {}` exited with {status}:\n{log}", args[0]));
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!(
-                "`tern {}` did not start within {CHILD_STARTUP_MS_MAX} ms",
-                args[0]
-            ));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
-fn sigterm(child: &tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-}
-
-async fn dev(
+/// What `tern dev` was asked for.
+struct DevArgs {
     pops: usize,
-    data: &Path,
+    directories: usize,
+    data: PathBuf,
     base_port: u16,
     metrics_listen: Option<SocketAddr>,
     insecure: bool,
+}
+
+/// Most directory processes `tern dev` starts.
+const DEV_DIRECTORIES_MAX: usize = 5;
+
+/// How often `tern dev` checks on its children.
+const SUPERVISE_EVERY_MS: u64 = 200;
+
+fn write_cluster_file(
+    path: &Path,
+    base: &ClusterFile,
+    dirs: &[supervise::Proc],
+    pops: &[(supervise::Proc, [f64; 2])],
 ) -> Result<(), String> {
+    let mut c = base.clone();
+    c.directories = dirs
+        .iter()
+        .map(|d| DirectoryInfo {
+            endpoint: d.endpoint.clone(),
+            pid: d.pid,
+        })
+        .collect();
+    c.directory = dirs.first().map(|d| d.endpoint.clone());
+    c.directory_pid = dirs.first().map(|d| d.pid);
+    c.pops = pops
+        .iter()
+        .map(|(p, coords)| PopInfo {
+            name: p.what().trim_start_matches("POP ").to_string(),
+            endpoint: p.endpoint.clone(),
+            pid: p.pid,
+            coords: *coords,
+        })
+        .collect();
+    c.write(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+async fn dev(a: DevArgs) -> Result<(), String> {
+    let DevArgs {
+        pops,
+        directories,
+        ref data,
+        base_port,
+        metrics_listen,
+        insecure,
+    } = a;
     if pops == 0 || pops > METROS.len() {
         return Err(format!("--pops must be between 1 and {}", METROS.len()));
+    }
+    if directories == 0 || directories > DEV_DIRECTORIES_MAX {
+        return Err(format!(
+            "--directories must be between 1 and {DEV_DIRECTORIES_MAX}"
+        ));
     }
     let run = data.join("run");
     std::fs::create_dir_all(&run).map_err(|e| format!("cannot create {}: {e}", run.display()))?;
@@ -1223,31 +1228,49 @@ async fn dev(
         pop_args.push("--page-key-file".into());
         pop_args.push(page_key.display().to_string());
     }
-    let port = |i: u16| if base_port == 0 { 0 } else { base_port + i };
-    let bar = indicatif::ProgressBar::new(pops as u64 + 1);
+    let port = |i: usize| {
+        if base_port == 0 {
+            0
+        } else {
+            base_port + i as u16
+        }
+    };
+    let bar = indicatif::ProgressBar::new((pops + directories) as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg:28} [{bar:20}] {pos}/{len}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    bar.set_message("starting directory");
-    let (directory, dready) = spawn_child(
-        &[
-            "directory".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{}", port(0)),
-            "--store".into(),
-            store_url.clone(),
-        ]
-        .into_iter()
-        .chain(secure_args.iter().cloned())
-        .collect::<Vec<_>>(),
-        &run.join("directory.json"),
-        &data.join("directory.log"),
-    )
-    .await?;
-    bar.inc(1);
-    let mut children = Vec::new();
-    let mut infos = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 0..directories {
+        let n = i + 1;
+        bar.set_message(format!("starting directory {n}"));
+        let spec = supervise::Spec {
+            what: format!("directory {n}"),
+            args: [
+                "directory".to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{}", port(i)),
+                "--store".into(),
+                store_url.clone(),
+            ]
+            .into_iter()
+            .chain(secure_args.iter().cloned())
+            .collect(),
+            ready: run.join(format!("directory-{n}.json")),
+            log: data.join(format!("directory-{n}.log")),
+        };
+        for f in [&spec.log] {
+            let _ = std::fs::remove_file(f);
+        }
+        dirs.push(supervise::Proc::start(spec).await?);
+        bar.inc(1);
+    }
+    let dir_urls = dirs
+        .iter()
+        .map(|d| d.endpoint.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut procs = Vec::new();
     for (i, (name, coords)) in METROS.iter().take(pops).enumerate() {
         bar.set_message(format!("starting POP {name}"));
         let mut args = vec![
@@ -1257,9 +1280,9 @@ async fn dev(
             "--coords".into(),
             format!("{},{}", coords[0], coords[1]),
             "--listen".into(),
-            format!("127.0.0.1:{}", port(1 + i as u16)),
+            format!("127.0.0.1:{}", port(directories + i)),
             "--directory".into(),
-            dready.endpoint.clone(),
+            dir_urls.clone(),
             "--store".into(),
             store_url.clone(),
         ];
@@ -1269,43 +1292,41 @@ async fn dev(
             args.push("--metrics-listen".into());
             args.push(SocketAddr::new(m.ip(), m.port() + i as u16).to_string());
         }
-        let (child, ready) = spawn_child(
-            &args,
-            &run.join(format!("pop-{name}.json")),
-            &data.join(format!("pop-{name}.log")),
-        )
-        .await?;
-        infos.push(PopInfo {
-            name: name.to_string(),
-            endpoint: ready.endpoint,
-            pid: ready.pid,
-            coords: *coords,
-        });
-        children.push(child);
+        let log = data.join(format!("pop-{name}.log"));
+        let _ = std::fs::remove_file(&log);
+        let spec = supervise::Spec {
+            what: format!("POP {name}"),
+            args,
+            ready: run.join(format!("pop-{name}.json")),
+            log,
+        };
+        procs.push((supervise::Proc::start(spec).await?, *coords));
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let cluster = ClusterFile {
+    let base = ClusterFile {
         pid: std::process::id(),
-        directory: Some(dready.endpoint.clone()),
-        directory_pid: Some(dready.pid),
-        pops: infos.clone(),
+        directory: None,
+        directory_pid: None,
+        directories: Vec::new(),
+        pops: Vec::new(),
         metrics: metrics_listen.map(|a| format!("http://{a}/metrics")),
         ca: (!insecure).then(|| tls_dir.join("ca.pem")),
         token_file: (!insecure).then(|| token_file.clone()),
     };
     let path = data.join("cluster.json");
-    cluster
-        .write(&path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    eprintln!(
-        "tern dev: directory {} ; store {store_url}",
-        dready.endpoint
-    );
-    for p in &infos {
+    write_cluster_file(&path, &base, &dirs, &procs)?;
+    for d in &dirs {
+        eprintln!("tern dev: {} at {}", d.what(), d.endpoint);
+    }
+    eprintln!("  store {store_url}");
+    for (p, coords) in &procs {
         eprintln!(
-            "  POP {} at {} ({:.2}, {:.2})",
-            p.name, p.endpoint, p.coords[0], p.coords[1]
+            "  {} at {} ({:.2}, {:.2})",
+            p.what(),
+            p.endpoint,
+            coords[0],
+            coords[1]
         );
     }
     if !insecure {
@@ -1316,18 +1337,34 @@ async fn dev(
             page_key.display()
         );
     }
-    eprintln!("cluster file {}; Ctrl-C stops everything", path.display());
-    shutdown_signal().await;
-    eprintln!("tern dev: stopping POPs (persisting actors), then the directory");
-    for c in &children {
-        sigterm(c);
+    eprintln!(
+        "cluster file {}; a directory or POP that dies is restarted; Ctrl-C stops everything",
+        path.display()
+    );
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(SUPERVISE_EVERY_MS));
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {
+                let now = tokio::time::Instant::now();
+                let mut changed = false;
+                for d in dirs.iter_mut() {
+                    changed |= d.check(now);
+                }
+                for (p, _) in procs.iter_mut() {
+                    changed |= p.check(now);
+                }
+                if changed && let Err(e) = write_cluster_file(&path, &base, &dirs, &procs) {
+                    tracing::warn!(error = %e, "cannot update the cluster file");
+                }
+            }
+        }
     }
-    for mut c in children {
-        let _ = c.wait().await;
-    }
-    let mut directory = directory;
-    sigterm(&directory);
-    let _ = directory.wait().await;
+    eprintln!("tern dev: stopping POPs (persisting actors), then the directories");
+    futures::future::join_all(procs.iter_mut().map(|(p, _)| p.stop())).await;
+    futures::future::join_all(dirs.iter_mut().map(|d| d.stop())).await;
     let _ = std::fs::remove_file(&path);
     Ok(())
 }

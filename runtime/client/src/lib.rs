@@ -58,19 +58,31 @@ pub struct PopInfo {
     pub coords: [f64; 2],
 }
 
+/// A directory process in a cluster file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirectoryInfo {
+    /// Its gRPC endpoint.
+    pub endpoint: String,
+    /// Its process id.
+    pub pid: u32,
+}
+
 /// The file `tern dev` writes: `DIR/cluster.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClusterFile {
     /// Process id of `tern dev`.
     pub pid: u32,
-    /// Directory service URL, if one runs.
+    /// The first directory's URL, if one runs (see `directories` for all).
     pub directory: Option<String>,
+    /// Every directory process of the cluster.
+    #[serde(default)]
+    pub directories: Vec<DirectoryInfo>,
     /// The POPs.
     pub pops: Vec<PopInfo>,
     /// Prometheus metrics URL, if enabled.
     #[serde(default)]
     pub metrics: Option<String>,
-    /// Process id of the directory, if one runs.
+    /// Process id of the first directory, if one runs.
     #[serde(default)]
     pub directory_pid: Option<u32>,
     /// The cluster CA certificate, if the cluster uses TLS.

@@ -1,10 +1,20 @@
 //! The POP's link to the DirectoryService over gRPC: registration, the
 //! lease, claims, lookups with a bounded cache invalidated by the
-//! directory's watch stream, and migration records. It implements the
+//! directories' watch streams, and migration records. It implements the
 //! [`Directory`] seam.
+//!
+//! A cluster may run several directory processes over one store; every
+//! one of them decides alike (each decision is one store transaction). The
+//! link knows them all and sends each request to the one that answered
+//! last; when that one fails (refuses the connection, or gives no answer
+//! within an attempt's deadline, a third of the lease) it tries the next
+//! at once, so a lease is renewed through any live directory well before
+//! it ends. It follows the watch stream of every directory, since each
+//! announces only the changes decided through it.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,15 +30,31 @@ use crate::directory::{
 };
 use crate::error::{Result, RuntimeError};
 
-/// Time limit of one directory RPC.
+/// Longest time one directory RPC attempt may take at one directory
+/// process; the attempt deadline is a third of the lease, at most this.
 pub const DIRECTORY_RPC_MS_MAX: u64 = 2_000;
+
+/// Shortest attempt deadline, ms (a very short lease still leaves a
+/// directory this long to answer).
+pub const DIRECTORY_ATTEMPT_MS_MIN: u64 = 100;
 
 /// How long a POP keeps trying to register at startup.
 pub const REGISTER_MS_MAX: u64 = 30_000;
 
-/// A link to the directory for one POP.
-pub struct DirectoryLink {
+/// Most directory endpoints a POP takes.
+pub const DIRECTORIES_MAX: usize = 16;
+
+/// One directory process.
+struct Dir {
+    url: String,
     client: DirectoryServiceClient<Channel>,
+}
+
+/// A link to the cluster's directories for one POP.
+pub struct DirectoryLink {
+    dirs: Vec<Dir>,
+    /// The directory that answered last (requests go there first).
+    preferred: AtomicUsize,
     pop: String,
     endpoint: String,
     coords: [f64; 2],
@@ -51,23 +77,66 @@ fn status_err(what: &str, s: tonic::Status) -> RuntimeError {
     }
 }
 
+/// Whether a failed request should be tried at another directory: the
+/// process is unreachable, gave no answer in time, or could not decide
+/// (its store is unavailable to it). A decision (a refusal, an invalid
+/// request, a lease that lapsed) is the same at every directory.
+fn fails_over(s: &tonic::Status) -> bool {
+    use tonic::Code::*;
+    matches!(
+        s.code(),
+        Unavailable | DeadlineExceeded | Cancelled | Unknown | Internal | ResourceExhausted
+    )
+}
+
+/// A status with its causes (a transport error's detail, such as
+/// "Connection refused", is in its source chain).
+fn status_text(s: &tonic::Status) -> String {
+    let mut out = format!("{:?}: {}", s.code(), s.message());
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        out.push_str(&format!(": {e}"));
+        src = e.source();
+    }
+    out
+}
+
 impl DirectoryLink {
-    /// Connects to the directory at `url` and registers this POP (retrying
-    /// for up to [`REGISTER_MS_MAX`]). An `https://` directory needs `tls`:
-    /// the cluster CA and this POP's certificate (`pop:<name>`).
+    /// Connects to the directories at `urls` (one or several processes of
+    /// one cluster) and registers this POP through whichever answers
+    /// (retrying for up to [`REGISTER_MS_MAX`]). An `https://` directory
+    /// needs `tls`: the cluster CA and this POP's certificate
+    /// (`pop:<name>`).
     pub async fn connect(
-        url: &str,
+        urls: &[String],
         pop: &str,
         endpoint: &str,
         coords: [f64; 2],
         tls: Option<&ClientTlsConfig>,
     ) -> Result<Arc<DirectoryLink>> {
-        let channel = super::endpoint(url, tls)
-            .map_err(|e| RuntimeError::InvalidArgument(format!("bad directory URL: {e}")))?
-            .timeout(Duration::from_millis(DIRECTORY_RPC_MS_MAX))
-            .connect_lazy();
+        if urls.is_empty() || urls.len() > DIRECTORIES_MAX {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "a POP needs between 1 and {DIRECTORIES_MAX} directory endpoints, got {}",
+                urls.len()
+            )));
+        }
+        let mut dirs = Vec::with_capacity(urls.len());
+        for url in urls {
+            let channel = super::endpoint(url, tls)
+                .map_err(|e| {
+                    RuntimeError::InvalidArgument(format!("bad directory URL {url}: {e}"))
+                })?
+                .timeout(Duration::from_millis(DIRECTORY_RPC_MS_MAX))
+                .connect_timeout(Duration::from_millis(DIRECTORY_RPC_MS_MAX))
+                .connect_lazy();
+            dirs.push(Dir {
+                url: url.clone(),
+                client: DirectoryServiceClient::new(channel),
+            });
+        }
         let link = Arc::new(DirectoryLink {
-            client: DirectoryServiceClient::new(channel),
+            dirs,
+            preferred: AtomicUsize::new(0),
             pop: pop.to_string(),
             endpoint: endpoint.to_string(),
             coords,
@@ -83,13 +152,18 @@ impl DirectoryLink {
             match Directory::register(link.as_ref()).await {
                 Ok(()) => return Ok(link),
                 Err(e) if started.elapsed() < Duration::from_millis(REGISTER_MS_MAX) => {
-                    tracing::warn!(error = %e, "cannot register with the directory yet; retrying");
+                    tracing::warn!(error = %e, "cannot register with a directory yet; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(1_000));
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// The directory endpoints this link uses.
+    pub fn directories(&self) -> Vec<String> {
+        self.dirs.iter().map(|d| d.url.clone()).collect()
     }
 
     fn cache_owner(&self, actor: &str, owner: Owner) {
@@ -100,10 +174,58 @@ impl DirectoryLink {
         self.cache.insert(actor.to_string(), owner);
     }
 
-    /// A request with the directory RPC deadline.
-    fn req<T>(msg: T) -> tonic::Request<T> {
+    /// The deadline of one attempt at one directory: a third of the lease,
+    /// so a renewal that finds its directory silent still has time to go
+    /// through another before the lease ends.
+    fn attempt(&self) -> Duration {
+        let ms = (self.lease_ms.load(Ordering::Acquire) / 3)
+            .clamp(DIRECTORY_ATTEMPT_MS_MIN, DIRECTORY_RPC_MS_MAX);
+        Duration::from_millis(ms)
+    }
+
+    /// Sends a request (`send(client, request deadline)`) to the directory
+    /// that answered last, and on a failure that another directory might
+    /// not have, to each other one in turn. Fails with UNAVAILABLE naming
+    /// every directory tried and why, once none answered.
+    async fn call<T, F, Fut>(&self, what: &str, send: F) -> Result<T>
+    where
+        F: Fn(DirectoryServiceClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let n = self.dirs.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n;
+        let mut failures = Vec::new();
+        for k in 0..n {
+            let i = (first + k) % n;
+            let d = &self.dirs[i];
+            match send(d.client.clone(), self.attempt()).await {
+                Ok(r) => {
+                    if k > 0 {
+                        self.preferred.store(i, Ordering::Relaxed);
+                        tracing::info!(pop = %self.pop, directory = %d.url, failed = ?failures, "switched to another directory");
+                    }
+                    return Ok(r.into_inner());
+                }
+                Err(s) if fails_over(&s) => {
+                    metrics::counter!("tern_directory_failovers_total").increment(1);
+                    failures.push(format!("{}: {}", d.url, status_text(&s)));
+                }
+                Err(s) => return Err(status_err(what, s)),
+            }
+        }
+        // Start with the next one next time.
+        self.preferred.store((first + 1) % n, Ordering::Relaxed);
+        Err(RuntimeError::Transport(format!(
+            "directory {what}: no directory answered ({} tried: {})",
+            n,
+            failures.join("; ")
+        )))
+    }
+
+    /// A request with deadline `within`.
+    fn req<T>(msg: T, within: Duration) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
-        r.set_timeout(Duration::from_millis(DIRECTORY_RPC_MS_MAX));
+        r.set_timeout(within);
         r
     }
 }
@@ -116,18 +238,18 @@ impl Directory for DirectoryLink {
 
     async fn register(&self) -> Result<()> {
         let sent = self.lease.now_ms();
+        let msg = pb::RegisterRequest {
+            name: self.pop.clone(),
+            endpoint: self.endpoint.clone(),
+            lat: self.coords[0],
+            lon: self.coords[1],
+        };
         let r = self
-            .client
-            .clone()
-            .register(Self::req(pb::RegisterRequest {
-                name: self.pop.clone(),
-                endpoint: self.endpoint.clone(),
-                lat: self.coords[0],
-                lon: self.coords[1],
-            }))
-            .await
-            .map_err(|s| status_err("register", s))?
-            .into_inner();
+            .call("register", |mut c, t| {
+                let m = msg.clone();
+                async move { c.register(Self::req(m, t)).await }
+            })
+            .await?;
         self.incarnation.store(r.incarnation, Ordering::Release);
         self.lease_ms.store(r.lease_ms, Ordering::Release);
         self.heartbeat_ms.store(r.heartbeat_ms, Ordering::Release);
@@ -139,16 +261,16 @@ impl Directory for DirectoryLink {
 
     async fn heartbeat(&self) -> Result<bool> {
         let sent = self.lease.now_ms();
+        let msg = pb::HeartbeatRequest {
+            name: self.pop.clone(),
+            incarnation: self.incarnation.load(Ordering::Acquire),
+        };
         let r = self
-            .client
-            .clone()
-            .heartbeat(Self::req(pb::HeartbeatRequest {
-                name: self.pop.clone(),
-                incarnation: self.incarnation.load(Ordering::Acquire),
-            }))
-            .await
-            .map_err(|s| status_err("heartbeat", s))?
-            .into_inner();
+            .call("heartbeat", |mut c, t| {
+                let m = msg.clone();
+                async move { c.heartbeat(Self::req(m, t)).await }
+            })
+            .await?;
         if r.alive {
             self.lease
                 .renewed(sent, self.lease_ms.load(Ordering::Acquire));
@@ -173,17 +295,17 @@ impl Directory for DirectoryLink {
                 self.pop
             )));
         }
+        let msg = pb::ClaimRequest {
+            actor: actor.to_string(),
+            pop: self.pop.clone(),
+            incarnation: self.incarnation.load(Ordering::Acquire),
+        };
         let r = self
-            .client
-            .clone()
-            .claim(Self::req(pb::ClaimRequest {
-                actor: actor.to_string(),
-                pop: self.pop.clone(),
-                incarnation: self.incarnation.load(Ordering::Acquire),
-            }))
-            .await
-            .map_err(|s| status_err("claim", s))?
-            .into_inner();
+            .call("claim", |mut c, t| {
+                let m = msg.clone();
+                async move { c.claim(Self::req(m, t)).await }
+            })
+            .await?;
         match r.outcome {
             Some(pb::claim_reply::Outcome::Granted(g)) => {
                 self.cache_owner(
@@ -216,14 +338,15 @@ impl Directory for DirectoryLink {
 
     async fn release(&self, actor: &str, epoch: u64) -> Result<()> {
         self.cache.remove(actor);
-        self.client
-            .clone()
-            .release(Self::req(pb::ReleaseRequest {
-                actor: actor.to_string(),
-                epoch,
-            }))
-            .await
-            .map_err(|s| status_err("release", s))?;
+        let msg = pb::ReleaseRequest {
+            actor: actor.to_string(),
+            epoch,
+        };
+        self.call("release", |mut c, t| {
+            let m = msg.clone();
+            async move { c.release(Self::req(m, t)).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -231,15 +354,15 @@ impl Directory for DirectoryLink {
         if !fresh && let Some(o) = self.cache.get(actor) {
             return Ok(Some(o.clone()));
         }
+        let msg = pb::LookupRequest {
+            actor: actor.to_string(),
+        };
         let r = self
-            .client
-            .clone()
-            .lookup(Self::req(pb::LookupRequest {
-                actor: actor.to_string(),
-            }))
-            .await
-            .map_err(|s| status_err("lookup", s))?
-            .into_inner();
+            .call("lookup", |mut c, t| {
+                let m = msg.clone();
+                async move { c.lookup(Self::req(m, t)).await }
+            })
+            .await?;
         let owner = r.active.map(|a| Owner {
             pop: a.pop,
             endpoint: a.endpoint,
@@ -259,42 +382,50 @@ impl Directory for DirectoryLink {
     }
 
     async fn record_migration(&self, m: MigrationInfo) -> Result<()> {
-        self.client
-            .clone()
-            .record_migration(Self::req(pb::Migration {
-                actor: m.actor,
-                from_pop: m.from_pop,
-                to_pop: m.to_pop,
-                at_ms: m.at_ms,
-                duration_ms: m.duration_ms,
-                reason: m.reason,
-            }))
-            .await
-            .map_err(|s| status_err("record migration", s))?;
+        let msg = pb::Migration {
+            actor: m.actor,
+            from_pop: m.from_pop,
+            to_pop: m.to_pop,
+            at_ms: m.at_ms,
+            duration_ms: m.duration_ms,
+            reason: m.reason,
+        };
+        self.call("record migration", |mut c, t| {
+            let m = msg.clone();
+            async move { c.record_migration(Self::req(m, t)).await }
+        })
+        .await?;
         Ok(())
     }
 
     async fn cluster_view(&self) -> Result<ClusterView> {
-        let mut c = self.client.clone();
-        let pops = c
-            .list_pops(Self::req(pb::ListPopsRequest {}))
-            .await
-            .map_err(|s| status_err("list pops", s))?
-            .into_inner()
+        let pops = self
+            .call("list pops", |mut c, t| async move {
+                c.list_pops(Self::req(pb::ListPopsRequest {}, t)).await
+            })
+            .await?
             .pops;
-        let acts = c
-            .list_activations(Self::req(pb::ListActivationsRequest { pop: String::new() }))
-            .await
-            .map_err(|s| status_err("list activations", s))?
-            .into_inner()
+        let acts = self
+            .call("list activations", |mut c, t| async move {
+                c.list_activations(Self::req(
+                    pb::ListActivationsRequest { pop: String::new() },
+                    t,
+                ))
+                .await
+            })
+            .await?
             .activations;
-        let migs = c
-            .list_migrations(Self::req(pb::ListMigrationsRequest {
-                limit: CLUSTER_VIEW_MIGRATIONS as u32,
-            }))
-            .await
-            .map_err(|s| status_err("list migrations", s))?
-            .into_inner()
+        let migs = self
+            .call("list migrations", |mut c, t| async move {
+                c.list_migrations(Self::req(
+                    pb::ListMigrationsRequest {
+                        limit: CLUSTER_VIEW_MIGRATIONS as u32,
+                    },
+                    t,
+                ))
+                .await
+            })
+            .await?
             .migrations;
         Ok(ClusterView {
             pops: pops
@@ -333,30 +464,37 @@ impl Directory for DirectoryLink {
 }
 
 impl DirectoryLink {
-    /// Follows the directory's change stream, dropping cached lookups that
-    /// changed; reconnects (clearing the cache) when the stream ends.
+    /// Follows every directory's change stream (each announces the
+    /// changes decided through it), dropping cached lookups that changed.
+    /// A stream that ends is reconnected; the cache is cleared whenever a
+    /// stream starts, since changes may have been missed meanwhile. (A
+    /// stale entry costs a hop, never a wrong answer: a POP runs a
+    /// forwarded call only for an actor it holds.)
     pub fn spawn_watch(self: &Arc<Self>) {
-        let link = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let Some(l) = link.upgrade() else { return };
-                let stream = l.client.clone().watch(pb::WatchRequest {}).await;
-                match stream {
-                    Ok(s) => {
-                        let mut s = s.into_inner();
-                        l.cache.clear();
-                        while let Ok(Some(change)) = s.message().await {
-                            if change.pop.is_empty() || change.pop != l.pop {
-                                l.cache.remove(&change.actor);
+        for i in 0..self.dirs.len() {
+            let link = Arc::downgrade(self);
+            tokio::spawn(async move {
+                loop {
+                    let Some(l) = link.upgrade() else { return };
+                    let stream = l.dirs[i].client.clone().watch(pb::WatchRequest {}).await;
+                    match stream {
+                        Ok(s) => {
+                            let mut s = s.into_inner();
+                            l.cache.clear();
+                            while let Ok(Some(change)) = s.message().await {
+                                if change.pop.is_empty() || change.pop != l.pop {
+                                    l.cache.remove(&change.actor);
+                                }
                             }
                         }
-                        l.cache.clear();
+                        Err(e) => {
+                            tracing::debug!(directory = %l.dirs[i].url, error = %e, "directory watch unavailable")
+                        }
                     }
-                    Err(e) => tracing::debug!(error = %e, "directory watch unavailable"),
+                    drop(l);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                drop(l);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
+            });
+        }
     }
 }

@@ -6,8 +6,10 @@
 //!   example components: `counter`, `bank`, doom-lobby), built in lock step (`NodeBuilder::lock_step`:
 //!   turns run one thread at a time, commits inline) with a fuel-metered
 //!   engine, so CPU budgets are counted in instructions, not wall time;
-//! - the directory's decision core (`tern_directory::Core`) in process,
-//!   reached through [`SimDirectory`] (the runtime's `Directory` seam);
+//! - [`DIRECTORIES`] directory processes, each the directory's decision
+//!   core (`tern_directory::Core`) over the one store, reached through
+//!   [`SimDirectory`] (the runtime's `Directory` seam), which fails over
+//!   between them as the gRPC link does; faults kill one or all of them;
 //! - the memory store with fault injection, reached by each POP through
 //!   its own partitionable handle ([`CutKv`]) and, for commits, a delaying
 //!   link ([`SimStoreLink`], the runtime's `StoreLink` seam);
@@ -248,8 +250,11 @@ pub const FUEL_PER_MS: u64 = 200_000;
 /// After the faults heal, every actor must answer within the lease plus
 /// this, in simulated time.
 pub const RECOVERY_MS_MAX: u64 = LEASE_MS + 7_000;
-/// A directory request's deadline, ms (as the gRPC link's).
-pub const DIRECTORY_RPC_MS: u64 = 2_000;
+/// A directory request's deadline at one directory, ms (as the gRPC
+/// link's: a third of the lease).
+pub const DIRECTORY_RPC_MS: u64 = LEASE_MS / 3;
+/// Directory processes (network nodes `dir1`, `dir2`...).
+pub const DIRECTORIES: usize = 2;
 /// Wall clock of the simulated world at its start, ms since the epoch.
 const WALL_ORIGIN_MS: u64 = 1_790_000_000_000;
 
@@ -295,9 +300,11 @@ fn directory_clock(origin: Instant) -> Arc<dyn Fn() -> u64 + Send + Sync> {
 /// Faults that are in force.
 #[derive(Default)]
 struct Faults {
-    /// Pairs that cannot talk (by node: "dir", "client", or a POP name).
+    /// Pairs that cannot talk (by node: "dir1", "dir2"..., "client", or a
+    /// POP name).
     cut: BTreeSet<(String, String)>,
-    directory_down: bool,
+    /// Directories that are down (by index).
+    directory_down: BTreeSet<usize>,
     /// Per message: chance (per mille) of loss and duplication.
     loss_pm: u32,
     dup_pm: u32,
@@ -352,7 +359,8 @@ pub struct Shared {
     rng: Mutex<StdRng>,
     log: Mutex<Vec<String>>,
     pops: Mutex<Vec<PopSlot>>,
-    core: Mutex<Arc<Core>>,
+    /// The directory processes' cores (a restarted one gets a new core).
+    cores: Mutex<Vec<Arc<Core>>>,
     faults: Arc<Mutex<Faults>>,
     /// The directory's handle on the store (never partitioned: the
     /// directory sits next to it).
@@ -474,36 +482,59 @@ pub struct SimDirectory {
     shared: Arc<Shared>,
     pop: String,
     local: LocalDirectory,
+    /// The directory that answered last.
+    preferred: std::sync::atomic::AtomicUsize,
 }
 
 impl SimDirectory {
     fn new(shared: Arc<Shared>, pop: &str, clock: Arc<dyn Clock>) -> SimDirectory {
-        let core = shared.core.lock().clone();
+        let core = shared.cores.lock()[0].clone();
         SimDirectory {
             local: LocalDirectory::new(core, pop, &endpoint(pop), (0.0, 0.0)).with_clock(clock),
             shared,
             pop: pop.to_string(),
+            preferred: Default::default(),
         }
     }
 
-    /// The local directory over the current core (a restarted directory
-    /// has a new core; the lease this POP holds carries over).
-    fn local(&self) -> &LocalDirectory {
-        let core = self.shared.core.lock().clone();
+    /// The local directory over directory `i`'s current core (the lease
+    /// this POP holds carries over: it is in the store).
+    fn local(&self, i: usize) -> &LocalDirectory {
+        let core = self.shared.cores.lock()[i].clone();
         if !Arc::ptr_eq(&self.local.core(), &core) {
             self.local.replace_core(core);
         }
         &self.local
     }
 
+    /// A directory that answers: the one that answered last, else each
+    /// other in turn (as the gRPC link fails over). A request to one has a
+    /// deadline, as the gRPC link's does.
     async fn reach(&self) -> Result<&LocalDirectory, RuntimeError> {
-        // A directory RPC has a deadline, as the gRPC link's does.
-        let deadline = Instant::now() + Duration::from_millis(DIRECTORY_RPC_MS);
-        self.shared.hop(&self.pop, "dir", Some(deadline)).await?;
-        if self.shared.faults.lock().directory_down {
-            return Err(RuntimeError::Transport("the directory is down".into()));
+        use std::sync::atomic::Ordering;
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for k in 0..DIRECTORIES {
+            let i = (first + k) % DIRECTORIES;
+            let deadline = Instant::now() + Duration::from_millis(DIRECTORY_RPC_MS);
+            let name = format!("dir{}", i + 1);
+            match self.shared.hop(&self.pop, &name, Some(deadline)).await {
+                Err(e) => failures.push(e.to_string()),
+                Ok(()) if self.shared.faults.lock().directory_down.contains(&i) => {
+                    failures.push(format!("{name} is down"))
+                }
+                Ok(()) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(self.local(i));
+                }
+            }
         }
-        Ok(self.local())
+        self.preferred
+            .store((first + 1) % DIRECTORIES, Ordering::Relaxed);
+        Err(RuntimeError::Transport(format!(
+            "no directory answered: {}",
+            failures.join("; ")
+        )))
     }
 }
 
@@ -526,7 +557,7 @@ impl Directory for SimDirectory {
         Duration::from_millis(HEARTBEAT_MS)
     }
     fn lease_ok(&self) -> bool {
-        self.local().lease_ok()
+        self.local.lease_ok()
     }
     async fn claim(&self, actor: &str) -> tern_runtime::Result<ClaimOutcome> {
         let out = self.reach().await?.claim(actor).await;
@@ -963,7 +994,7 @@ fn start_pop(shared: &Arc<Shared>, engine: &TernEngine, seed: u64, i: usize) -> 
         seed ^ life ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1)),
     );
     let dir = SimDirectory::new(shared.clone(), &name, clock);
-    dir.local()
+    dir.local(0)
         .register_now()
         .expect("a simulated POP registers");
     // The POP's own handle on the shared database: partitionable.
@@ -1012,7 +1043,9 @@ enum Fault {
         b: String,
         for_ms: u64,
     },
+    /// A directory process (`None`: every one) is killed and restarted.
     DirectoryDown {
+        dir: Option<usize>,
         for_ms: u64,
     },
     /// A POP cannot reach the store.
@@ -1037,7 +1070,7 @@ fn draw_faults(rng: &mut StdRng, cfg: &SimConfig) -> Vec<(u64, Fault)> {
     let horizon = cfg.fault_secs * 1_000;
     let node = |rng: &mut StdRng| match rng.random_range(0..cfg.pops + 2) {
         k if k < cfg.pops => pop_name(k),
-        k if k == cfg.pops => "dir".to_string(),
+        k if k == cfg.pops => format!("dir{}", rng.random_range(1..=DIRECTORIES)),
         _ => "client".to_string(),
     };
     for _ in 0..n {
@@ -1074,6 +1107,8 @@ fn draw_faults(rng: &mut StdRng, cfg: &SimConfig) -> Vec<(u64, Fault)> {
                 }
             }
             3 => Fault::DirectoryDown {
+                // One of them, or (a third of the time) all at once.
+                dir: rng.random_range(0..=DIRECTORIES).checked_sub(1),
                 for_ms: rng.random_range(500..3_000),
             },
             5 => Fault::StoreCut {
@@ -1143,16 +1178,18 @@ async fn inject(
                     s.event(format!("heal cut {a}-{b}"));
                 });
             }
-            Fault::DirectoryDown { for_ms } => {
-                shared.faults.lock().directory_down = true;
+            Fault::DirectoryDown { dir, for_ms } => {
+                let dirs: Vec<usize> = match dir {
+                    Some(d) => vec![d],
+                    None => (0..DIRECTORIES).collect(),
+                };
+                shared.faults.lock().directory_down.extend(&dirs);
                 let s = shared.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(for_ms)).await;
-                    // A restarted directory: a new core over the same store.
-                    let core = new_core(&s.store, s.origin);
-                    *s.core.lock() = core;
-                    s.faults.lock().directory_down = false;
-                    s.event("heal directory".into());
+                    for d in dirs {
+                        restart_directory(&s, d);
+                    }
                 });
             }
             Fault::StoreCut { pop, for_ms } => {
@@ -1237,6 +1274,14 @@ pub fn run_seed(
     Ok(report)
 }
 
+/// Directory `d` comes back (if down): a new core over the same store.
+fn restart_directory(s: &Shared, d: usize) {
+    if s.faults.lock().directory_down.remove(&d) {
+        s.cores.lock()[d] = new_core(&s.store, s.origin);
+        s.event(format!("heal dir{}", d + 1));
+    }
+}
+
 fn new_core(store: &Store, origin: Instant) -> Arc<Core> {
     Arc::new(Core::new(
         store.clone(),
@@ -1254,7 +1299,7 @@ async fn run(cfg: SimConfig, seed: u64, engine: TernEngine, wasm: Arc<Vec<u8>>) 
     let injector = backend.fault_injector();
     let backend: Arc<dyn KvBackend> = backend;
     let store = Store::from_kv(Kv::new(backend.clone()), Some(injector.clone()));
-    let core = new_core(&store, origin);
+    let cores = (0..DIRECTORIES).map(|_| new_core(&store, origin)).collect();
     let mut rng = StdRng::seed_from_u64(seed);
     let store_latency = (0, rng.random_range(1..20));
     let faults = Faults {
@@ -1280,7 +1325,7 @@ async fn run(cfg: SimConfig, seed: u64, engine: TernEngine, wasm: Arc<Vec<u8>>) 
                 })
                 .collect(),
         ),
-        core: Mutex::new(core),
+        cores: Mutex::new(cores),
         faults: Arc::new(Mutex::new(faults)),
         store,
         backend,
@@ -1433,10 +1478,8 @@ async fn heal(shared: &Arc<Shared>, engine: &TernEngine, seed: u64, injector: &F
         let mut f = shared.faults.lock();
         f.store_latency_ms = f.store_latency_base;
     }
-    if shared.faults.lock().directory_down {
-        let core = new_core(&shared.store, shared.origin);
-        *shared.core.lock() = core;
-        shared.faults.lock().directory_down = false;
+    for d in 0..DIRECTORIES {
+        restart_directory(shared, d);
     }
     let n = shared.pops.lock().len();
     for i in 0..n {
