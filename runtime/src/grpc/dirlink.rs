@@ -95,7 +95,10 @@ fn status_text(s: &tonic::Status) -> String {
     let mut out = format!("{:?}: {}", s.code(), s.message());
     let mut src = std::error::Error::source(s);
     while let Some(e) = src {
-        out.push_str(&format!(": {e}"));
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(&format!(": {text}"));
+        }
         src = e.source();
     }
     out
