@@ -1259,9 +1259,8 @@ async fn dev(a: DevArgs) -> Result<(), String> {
             ready: run.join(format!("directory-{n}.json")),
             log: data.join(format!("directory-{n}.log")),
         };
-        for f in [&spec.log] {
-            let _ = std::fs::remove_file(f);
-        }
+        // A new cluster, a new log (a restart appends to it).
+        let _ = std::fs::remove_file(&spec.log);
         dirs.push(supervise::Proc::start(spec).await?);
         bar.inc(1);
     }
