@@ -9,6 +9,11 @@
 //! forged without the CA's key.
 //!
 //! - The directory requires a client certificate (mTLS): only POPs reach it.
+//! - A POP checks that a directory it dials holds a directory certificate:
+//!   every directory certificate carries the DNS name
+//!   [`DIRECTORY_SERVER_NAME`], which POPs verify whatever address they
+//!   dialled ([`Tls::directory_client`]); a POP's certificate, signed by
+//!   the same CA, does not carry it, so a POP cannot pose as a directory.
 //! - A POP serves TLS and accepts, but does not require, a client
 //!   certificate: other POPs present theirs (a forwarded call), players
 //!   and tools present a bearer token instead.
@@ -23,6 +28,10 @@ pub const POP_NAME_PREFIX: &str = "pop:";
 
 /// Common name of the directory's certificate.
 pub const DIRECTORY_NAME: &str = "directory";
+
+/// The DNS name (subject alternative name) of every directory certificate,
+/// checked by POPs when they dial a directory.
+pub const DIRECTORY_SERVER_NAME: &str = "directory.tern";
 
 /// A TLS handshake that takes longer than this fails, ms (a peer that
 /// opens a connection and stalls holds nothing for long).
@@ -130,6 +139,12 @@ impl Tls {
     pub fn client(&self) -> ClientTlsConfig {
         client_trusting(&self.ca_pem).identity(self.identity.clone())
     }
+
+    /// The client side towards a directory: [`Tls::client`], accepting
+    /// only a certificate that names [`DIRECTORY_SERVER_NAME`].
+    pub fn directory_client(&self) -> ClientTlsConfig {
+        self.client().domain_name(DIRECTORY_SERVER_NAME)
+    }
 }
 
 /// A client that trusts only the CA in `ca_pem` and presents no
@@ -145,6 +160,30 @@ pub fn common_name_of_pem(pem: &[u8]) -> Result<String, String> {
     let (_, p) =
         x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not a PEM certificate: {e}"))?;
     common_name_of_der(&p.contents)
+}
+
+/// The DNS names among the subject alternative names of the first
+/// certificate in a PEM file.
+pub fn dns_names_of_pem(pem: &[u8]) -> Result<Vec<String>, String> {
+    let (_, p) =
+        x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not a PEM certificate: {e}"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&p.contents)
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let Some(san) = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("bad subject alternative names: {e}"))?
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect())
 }
 
 /// The subject common name of a DER certificate.

@@ -735,7 +735,9 @@ impl Node {
                     Ok(false) => {
                         tracing::warn!(pop = %node.inner.name, "directory says our lease lapsed: dropping every activation and registering again");
                     }
-                    Err(e) if dir.lease_ok() => {
+                    // (`node.lease_ok`: the planted bug `serve-after-lease`
+                    // keeps serving here too.)
+                    Err(e) if node.lease_ok() => {
                         tracing::warn!(error = %e, "heartbeat failed; lease still current");
                         continue;
                     }

@@ -110,3 +110,33 @@ fn metrics_are_scrapeable() {
     assert!(body.contains("tern_turns_total"), "{body}");
     assert!(body.contains("tern_commits_total"), "{body}");
 }
+
+/// Bad counts are refused before anything starts, with the allowed range.
+#[test]
+fn dev_refuses_bad_directory_counts() {
+    let data = tempfile::tempdir().unwrap();
+    for n in ["0", "6"] {
+        let out = std::process::Command::new(tern_tests::tern_bin())
+            .args(["dev", "--directories", n, "--base-port", "0", "--data"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--directories {n} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--directories must be between 1 and 5"),
+            "{err}"
+        );
+    }
+    let out = std::process::Command::new(tern_tests::tern_bin())
+        .args(["pop", "--name", "p", "--store", "memory", "--insecure"])
+        .args(["--directory", &vec!["http://127.0.0.1:1"; 17].join(",")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("between 1 and 16 directory endpoints, got 17"),
+        "{err}"
+    );
+}

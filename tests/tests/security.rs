@@ -665,3 +665,84 @@ fn snapshot_pages_encrypted_at_rest() {
         );
     }
 }
+
+/// Starts `tern directory --tls-dir TLS --store memory` on a free loopback
+/// port; returns the process and its URL once it listens (bounded).
+fn start_directory(tls: &Path, scratch: &Path) -> (std::process::Child, String) {
+    let ready = scratch.join(format!("ready-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
+    let child = Command::new(tern_bin())
+        .args(["directory", "--store", "memory", "--listen", "127.0.0.1:0"])
+        .arg("--tls-dir")
+        .arg(tls)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start tern directory");
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&ready)
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            let _ = std::fs::remove_file(&ready);
+            return (child, v["endpoint"].as_str().unwrap().to_string());
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "tern directory did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A POP holds a certificate from the cluster CA too, but it cannot pose
+/// as a directory to other POPs: a POP checks that the directory it dials
+/// has a directory certificate, so it registers with the real directory
+/// and refuses the impostor.
+#[test]
+fn pop_certificate_cannot_pose_as_directory() {
+    let d = tempfile::tempdir().unwrap();
+    let tls = d.path().join("tls");
+    let out = Command::new(tern_bin())
+        .args(["certs", "--pop", "fra,iad", "--dir"])
+        .arg(&tls)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The impostor: iad's certificate and key installed as a directory's.
+    let fake = d.path().join("fake");
+    std::fs::create_dir(&fake).unwrap();
+    std::fs::copy(tls.join("ca.pem"), fake.join("ca.pem")).unwrap();
+    std::fs::copy(tls.join("pop-iad.pem"), fake.join("directory.pem")).unwrap();
+    std::fs::copy(tls.join("pop-iad.key"), fake.join("directory.key")).unwrap();
+    let (mut real, real_url) = start_directory(&tls, d.path());
+    let (mut impostor, fake_url) = start_directory(&fake, d.path());
+    let fra = tern_proto::tls::Tls::load(&tern_proto::tls::TlsFiles::in_dir(&tls, "pop-fra"))
+        .unwrap()
+        .directory_client();
+    let rt = runtime();
+    rt.block_on(async {
+        let try_register = |url: String| {
+            let cfg = fra.clone();
+            async move {
+                let ch = tern_proto::endpoint_tls(&url, Some(&cfg))
+                    .unwrap()
+                    .timeout(std::time::Duration::from_secs(10))
+                    .connect_lazy();
+                DirectoryServiceClient::new(ch)
+                    .register(register("fra"))
+                    .await
+            }
+        };
+        try_register(real_url).await.expect("the real directory");
+        let e = try_register(fake_url)
+            .await
+            .expect_err("a POP's certificate posing as the directory");
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    });
+    for c in [&mut real, &mut impostor] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+}

@@ -10,8 +10,10 @@
 //!
 //! Every leaf certificate is valid for client and server authentication,
 //! with subject alternative names `localhost`, `127.0.0.1` and any extra
-//! names given, so that clients can check the host they dialled.
-//! Existing files are kept: running it again adds what is missing.
+//! names given, so that clients can check the host they dialled. The
+//! directory's also names [`DIRECTORY_SERVER_NAME`], which POPs check.
+//! Existing files are kept: running it again adds what is missing (and
+//! reissues a directory certificate made before it carried that name).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use tern_proto::tls::{DIRECTORY_NAME, POP_NAME_PREFIX, TlsFiles};
+use tern_proto::tls::{DIRECTORY_NAME, DIRECTORY_SERVER_NAME, POP_NAME_PREFIX, TlsFiles};
 
 /// The file stem of a POP's certificate: `pop-<name>`.
 pub fn pop_stem(name: &str) -> String {
@@ -84,20 +86,33 @@ fn ca(dir: &Path) -> Result<Issuer<'static, KeyPair>, String> {
     Ok(Issuer::new(params, kp))
 }
 
-/// Issues (if missing) the certificate `<stem>.pem`/`.key` with common
-/// name `cn`.
+/// Issues (if missing, or if it lacks the DNS name `role`) the
+/// certificate `<stem>.pem`/`.key` with common name `cn`.
 fn leaf(
     dir: &Path,
     issuer: &Issuer<'_, KeyPair>,
     stem: &str,
     cn: &str,
+    role: Option<&str>,
     sans: &[String],
 ) -> Result<TlsFiles, String> {
     let files = TlsFiles::in_dir(dir, stem);
     if files.cert.exists() && files.key.exists() {
-        return Ok(files);
+        let pem = std::fs::read(&files.cert)
+            .map_err(|e| format!("cannot read {}: {e}", files.cert.display()))?;
+        let names = tern_proto::tls::dns_names_of_pem(&pem)
+            .map_err(|e| format!("{}: {e}", files.cert.display()))?;
+        if role.is_none_or(|r| names.iter().any(|n| n == r)) {
+            return Ok(files);
+        }
+        eprintln!(
+            "{} does not name {}; issuing it again",
+            files.cert.display(),
+            role.unwrap_or_default()
+        );
     }
     let mut names = vec!["localhost".to_string()];
+    names.extend(role.map(str::to_string));
     names.extend(
         sans.iter()
             .filter(|s| s.parse::<IpAddr>().is_err())
@@ -150,12 +165,22 @@ pub fn generate(dir: &Path, pops: &[String], sans: &[String]) -> Result<ClusterC
         }
     }
     let issuer = ca(dir)?;
-    let directory = leaf(dir, &issuer, DIRECTORY_STEM, DIRECTORY_NAME, sans)?;
+    let directory = leaf(
+        dir,
+        &issuer,
+        DIRECTORY_STEM,
+        DIRECTORY_NAME,
+        Some(DIRECTORY_SERVER_NAME),
+        sans,
+    )?;
     let pops = pops
         .iter()
         .map(|p| {
             let cn = format!("{POP_NAME_PREFIX}{p}");
-            Ok((p.clone(), leaf(dir, &issuer, &pop_stem(p), &cn, sans)?))
+            Ok((
+                p.clone(),
+                leaf(dir, &issuer, &pop_stem(p), &cn, None, sans)?,
+            ))
         })
         .collect::<Result<Vec<_>, String>>()?;
     Ok(ClusterCerts {
@@ -186,6 +211,19 @@ mod tests {
             tern_proto::tls::common_name_of_pem(&pem).unwrap(),
             "directory"
         );
+        assert!(
+            tern_proto::tls::dns_names_of_pem(&pem)
+                .unwrap()
+                .contains(&DIRECTORY_SERVER_NAME.to_string())
+        );
+        for (_, files) in &c.pops {
+            let pem = std::fs::read(&files.cert).unwrap();
+            let names = tern_proto::tls::dns_names_of_pem(&pem).unwrap();
+            assert!(
+                !names.contains(&DIRECTORY_SERVER_NAME.to_string()),
+                "a POP cannot pose as a directory"
+            );
+        }
         // Running it again keeps the CA and adds a POP signed by it.
         let ca_before = std::fs::read(&c.ca).unwrap();
         let again = generate(d.path(), &["nrt".into()], &[]).unwrap();

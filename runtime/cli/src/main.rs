@@ -605,6 +605,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             );
             let tokens = (!insecure).then(|| Arc::new(Tokens::new(store.clone())));
             let client_tls = tls.as_ref().map(Tls::client);
+            let directory_tls = tls.as_ref().map(Tls::directory_client);
             let builder = Node::builder(name.clone(), store, engine).config(cfg);
             let node = match directories.is_empty() {
                 false => {
@@ -613,7 +614,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                         &name,
                         &endpoint,
                         coords,
-                        client_tls.as_ref(),
+                        directory_tls.as_ref(),
                     )
                     .await
                     .map_err(|e| e.to_string())?;

@@ -255,6 +255,9 @@ pub const RECOVERY_MS_MAX: u64 = LEASE_MS + 7_000;
 pub const DIRECTORY_RPC_MS: u64 = LEASE_MS / 3;
 /// Directory processes (network nodes `dir1`, `dir2`...).
 pub const DIRECTORIES: usize = 2;
+/// The network node name that stands for every directory process in a
+/// partition.
+const ALL_DIRECTORIES: &str = "dir*";
 /// Wall clock of the simulated world at its start, ms since the epoch.
 const WALL_ORIGIN_MS: u64 = 1_790_000_000_000;
 
@@ -320,7 +323,13 @@ impl Faults {
     /// Whether `a` and `b` cannot talk (either way round).
     fn cut(&self, a: &str, b: &str) -> bool {
         let pair = |x: &str, y: &str| (x.to_string(), y.to_string());
-        self.cut.contains(&pair(a, b)) || self.cut.contains(&pair(b, a))
+        let is_dir = |x: &str| x.starts_with("dir");
+        // `dir*`: every directory process at once.
+        let either = |x: &str, y: &str| {
+            self.cut.contains(&pair(x, y))
+                || (is_dir(y) && self.cut.contains(&pair(x, ALL_DIRECTORIES)))
+        };
+        either(a, b) || either(b, a)
     }
 }
 
@@ -342,15 +351,18 @@ struct Grant {
     at_ms: u64,
 }
 
-/// An acknowledged call that changes its actor (a committed turn).
+/// An acknowledged call: a committed turn, or a read (a turn that changed
+/// nothing, whose activation confirmed its epoch).
 #[derive(Debug, Clone)]
-struct WriteAck {
+struct Ack {
     actor: String,
     epoch: u64,
     pop: String,
     /// When the call was first sent: its turn ran after this.
     sent_ms: u64,
     what: String,
+    /// Whether the call changes its actor.
+    writes: bool,
 }
 
 /// The shared state of one simulated cluster.
@@ -369,7 +381,7 @@ pub struct Shared {
     backend: Arc<dyn KvBackend>,
     injector: FaultInjector,
     grants: Mutex<Vec<Grant>>,
-    writes: Mutex<Vec<WriteAck>>,
+    acks: Mutex<Vec<Ack>>,
     /// Calls that failed with INTERNAL or DATA_LOSS (never expected).
     errors: Mutex<Vec<String>>,
     /// Workload-specific things that must not happen, described.
@@ -820,8 +832,20 @@ impl Caller {
     ) -> Result<CallOutput, RuntimeError> {
         let deadline = Instant::now() + Duration::from_millis(CLIENT_CALL_MS);
         let what = format!("{}/{}.{}", req.actor_type, req.id, req.method);
+        let sent_ms = shared.now_ms();
+        let actor = format!("{}/{}", req.actor_type, req.id);
         let r = client_call(shared, &self.pop(), req, deadline).await;
         self.note(shared, &what, &r);
+        if let Ok(out) = &r {
+            shared.acks.lock().push(Ack {
+                actor,
+                epoch: out.epoch,
+                pop: out.pop.clone(),
+                sent_ms,
+                what,
+                writes: false,
+            });
+        }
         r
     }
 
@@ -840,9 +864,9 @@ impl Caller {
         }
     }
 
-    /// Sends `req` until it is answered or fails for good. `writes`: the
-    /// call changes its actor, so its acknowledgement is checked against
-    /// the epochs the directory granted.
+    /// Sends `req` until it is answered or fails for good. Its
+    /// acknowledgement is checked against the epochs the directory
+    /// granted; `writes`: the call changes its actor.
     async fn call(
         &mut self,
         shared: &Arc<Shared>,
@@ -881,15 +905,14 @@ impl Caller {
             self.note(shared, &format!("{what} #{attempt}"), &r);
             match r {
                 Ok(out) => {
-                    if writes {
-                        shared.writes.lock().push(WriteAck {
-                            actor: format!("{}/{}", req.actor_type, req.id),
-                            epoch: out.epoch,
-                            pop: out.pop.clone(),
-                            sent_ms,
-                            what: what.clone(),
-                        });
-                    }
+                    shared.acks.lock().push(Ack {
+                        actor: format!("{}/{}", req.actor_type, req.id),
+                        epoch: out.epoch,
+                        pop: out.pop.clone(),
+                        sent_ms,
+                        what: what.clone(),
+                        writes,
+                    });
                     return Ok(out);
                 }
                 Err(e) => {
@@ -1070,7 +1093,12 @@ fn draw_faults(rng: &mut StdRng, cfg: &SimConfig) -> Vec<(u64, Fault)> {
     let horizon = cfg.fault_secs * 1_000;
     let node = |rng: &mut StdRng| match rng.random_range(0..cfg.pops + 2) {
         k if k < cfg.pops => pop_name(k),
-        k if k == cfg.pops => format!("dir{}", rng.random_range(1..=DIRECTORIES)),
+        // A directory process, or (half the time) all of them: a POP cut
+        // off from the directory tier.
+        k if k == cfg.pops => match rng.random_range(0..DIRECTORIES * 2) {
+            d if d < DIRECTORIES => format!("dir{}", d + 1),
+            _ => ALL_DIRECTORIES.to_string(),
+        },
         _ => "client".to_string(),
     };
     for _ in 0..n {
@@ -1093,6 +1121,13 @@ fn draw_faults(rng: &mut StdRng, cfg: &SimConfig) -> Vec<(u64, Fault)> {
             1 => Fault::Pause {
                 pop: rng.random_range(0..cfg.pops),
                 for_ms: rng.random_range(1_000..9_000),
+            },
+            // Half the cuts part a POP from the directory tier (its lease
+            // lapses while its clients still reach it), half any pair.
+            2 if rng.random_bool(0.5) => Fault::Cut {
+                a: pop_name(rng.random_range(0..cfg.pops)),
+                b: ALL_DIRECTORIES.to_string(),
+                for_ms: rng.random_range(500..5_000),
             },
             2 => {
                 let a = node(rng);
@@ -1169,7 +1204,14 @@ async fn inject(
                     s.event(format!("heal resume {}", pop_name(pop)));
                 });
             }
-            Fault::Cut { a, b, for_ms } => {
+            Fault::Cut { mut a, b, for_ms } => {
+                // Parting a POP from the directories hurts where the actors
+                // are.
+                if b == ALL_DIRECTORIES
+                    && let Some(i) = (0..cfg_pops(&shared)).find(|i| pop_name(*i) == a)
+                {
+                    a = pop_name(busiest_unless_busy(&shared, i));
+                }
                 shared.faults.lock().cut.insert((a.clone(), b.clone()));
                 let s = shared.clone();
                 tokio::spawn(async move {
@@ -1331,7 +1373,7 @@ async fn run(cfg: SimConfig, seed: u64, engine: TernEngine, wasm: Arc<Vec<u8>>) 
         backend,
         injector: injector.clone(),
         grants: Mutex::new(Vec::new()),
-        writes: Mutex::new(Vec::new()),
+        acks: Mutex::new(Vec::new()),
         errors: Mutex::new(Vec::new()),
         anomalies: Mutex::new(Vec::new()),
     });
@@ -1410,9 +1452,11 @@ async fn run(cfg: SimConfig, seed: u64, engine: TernEngine, wasm: Arc<Vec<u8>>) 
 }
 
 /// The checks every workload shares: nothing panicked or lost data, and
-/// no acknowledged write ran in an epoch that had already been superseded
-/// when it was sent (two activations committing in overlapping epochs:
-/// the store's fence must refuse the older one).
+/// no call was acknowledged from an epoch that had already been superseded
+/// when it was sent: a write so acknowledged means two activations
+/// committed in overlapping epochs (the store's fence must refuse the
+/// older one); a read, that a superseded activation still served (it must
+/// confirm its epoch, and serve nothing past its lease).
 fn check_cluster(shared: &Shared) -> Vec<String> {
     let mut v = Vec::new();
     for e in shared.errors.lock().iter() {
@@ -1422,18 +1466,28 @@ fn check_cluster(shared: &Shared) -> Vec<String> {
     }
     v.extend(shared.anomalies.lock().iter().cloned());
     let grants = shared.grants.lock();
-    for w in shared.writes.lock().iter() {
+    for w in shared.acks.lock().iter() {
         if let Some(g) = grants
             .iter()
             .find(|g| g.actor == w.actor && g.epoch > w.epoch && g.at_ms < w.sent_ms)
         {
+            let why = if w.writes {
+                "two activations committed in overlapping epochs"
+            } else {
+                "a superseded activation served a read"
+            };
             v.push(format!(
-                "{} was acknowledged from epoch {} at {}, but epoch {} had been granted to {} at {} ms, before the call was sent at {} ms (two activations committed in overlapping epochs)",
+                "{} was acknowledged from epoch {} at {}, but epoch {} had been granted to {} at {} ms, before the call was sent at {} ms ({why})",
                 w.what, w.epoch, w.pop, g.epoch, g.pop, g.at_ms, w.sent_ms
             ));
         }
     }
     v
+}
+
+/// How many POPs the cluster has.
+fn cfg_pops(shared: &Shared) -> usize {
+    shared.pops.lock().len()
 }
 
 /// `pop` if it holds actors, else the POP that holds the most: a fault
