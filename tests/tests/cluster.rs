@@ -429,10 +429,14 @@ fn single_activation_survives_pop_kill() {
     );
 }
 
+/// With a single directory process, SIGKILL it: `tern dev` restarts it on
+/// the same address and store, and it lost nothing (every record is in the
+/// store).
 #[test]
 fn directory_restart_loses_nothing() {
     let data = tempfile::tempdir().unwrap();
-    let dev = DevCluster::start_pops(data.path(), 2);
+    let mut dev = DevCluster::start_with(data.path(), 2, &["--directories", "1"]);
+    assert_eq!(dev.cluster.directories.len(), 1);
     dev.tern(&["deploy", "player", wasm()]).expect("deploy");
     let rt = runtime();
     let mut acks = Vec::new();
@@ -450,22 +454,18 @@ fn directory_restart_loses_nothing() {
         1,
         "{before}"
     );
-    // SIGKILL the directory and start a new one on the same address and store.
-    let dir_url = dev.cluster.directory.clone().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(dev.cluster.directory_pid.unwrap() as i32),
-        Signal::SIGKILL,
-    )
-    .unwrap();
-    let listen = dir_url.split_once("://").unwrap().1.to_string();
-    let mut directory = std::process::Command::new(tern_tests::tern_bin())
-        .args(["directory", "--listen", &listen, "--store"])
-        .arg(format!("sqlite:{}", data.path().join("tern.db").display()))
-        .arg("--tls-dir")
-        .arg(data.path().join("tls"))
-        .stderr(std::fs::File::create(data.path().join("directory2.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let old = dev.cluster.directories[0].clone();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old.pid as i32), Signal::SIGKILL).unwrap();
+    let started = std::time::Instant::now();
+    while dev.cluster.directories[0].pid == old.pid {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "tern dev did not restart the directory"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        dev.refresh();
+    }
+    assert_eq!(dev.cluster.directories[0].endpoint, old.endpoint);
     dev.wait_until("both POPs alive at the new directory", 30_000, || {
         let s = dev.status("fra");
         let pops = s["pops"].as_array().cloned().unwrap_or_default();
@@ -483,6 +483,4 @@ fn directory_restart_loses_nothing() {
         let v = value(&ny, "player", "bob").await;
         audit("player/bob", &acks, &hist, v);
     });
-    directory.kill().unwrap();
-    directory.wait().unwrap();
 }
