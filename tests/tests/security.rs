@@ -671,7 +671,7 @@ fn snapshot_pages_encrypted_at_rest() {
 fn start_directory(tls: &Path, scratch: &Path) -> (std::process::Child, String) {
     let ready = scratch.join(format!("ready-{}.json", std::process::id()));
     let _ = std::fs::remove_file(&ready);
-    let child = Command::new(tern_bin())
+    let mut child = Command::new(tern_bin())
         .args(["directory", "--store", "memory", "--listen", "127.0.0.1:0"])
         .arg("--tls-dir")
         .arg(tls)
@@ -688,10 +688,11 @@ fn start_directory(tls: &Path, scratch: &Path) -> (std::process::Child, String) 
             let _ = std::fs::remove_file(&ready);
             return (child, v["endpoint"].as_str().unwrap().to_string());
         }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "tern directory did not start"
-        );
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tern directory did not start");
+        }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
