@@ -668,6 +668,9 @@ fn snapshot_pages_encrypted_at_rest() {
 
 /// Starts `tern directory --tls-dir TLS --store memory` on a free loopback
 /// port; returns the process and its URL once it listens (bounded).
+// The child is returned to the caller, which kills and reaps it; the lint
+// cannot see past the return.
+#[allow(clippy::zombie_processes)]
 fn start_directory(tls: &Path, scratch: &Path) -> (std::process::Child, String) {
     let ready = scratch.join(format!("ready-{}.json", std::process::id()));
     let _ = std::fs::remove_file(&ready);
