@@ -179,11 +179,24 @@ fn alive(rec: &PopRecord, now: u64) -> bool {
     now <= rec.lease_until_ms
 }
 
+/// How far the clocks of two directory processes may disagree, in ms. A
+/// lease end is written by one directory's clock and may be judged by
+/// another's: an actor's holder counts as live this long past its lease
+/// end, so a directory whose clock runs ahead by up to this much never
+/// hands the actor to another POP while its holder (which stops at its
+/// lease end by its own, conservative clock) may still serve it. Keep the
+/// directories' clocks in sync (NTP) well within it.
+pub const CLOCK_SKEW_MS_MAX: u64 = 250;
+
 /// Whether the activation `act` still belongs to a live POP: its POP's
-/// lease is current and the POP has not registered again since the claim
-/// (an activation made without an incarnation, 0, belongs to any).
+/// lease is current (give or take [`CLOCK_SKEW_MS_MAX`]) and the POP has
+/// not registered again since the claim (an activation made without an
+/// incarnation, 0, belongs to any).
 fn held_by_live_pop(act: &ActivationRecord, pop: Option<&PopRecord>, now: u64) -> bool {
-    pop.is_some_and(|p| alive(p, now) && (act.incarnation == 0 || act.incarnation == p.incarnation))
+    pop.is_some_and(|p| {
+        now <= p.lease_until_ms.saturating_add(CLOCK_SKEW_MS_MAX)
+            && (act.incarnation == 0 || act.incarnation == p.incarnation)
+    })
 }
 
 /// `actor`'s activation `act` as a [`Holder`], given its POP's record.
@@ -488,7 +501,7 @@ impl Core {
                         pop,
                         from = %from.pop,
                         epoch = rec.epoch,
-                        "claim took over an actor from a POP whose lease lapsed"
+                        "claim took over an actor whose holder's lease lapsed or that registered again"
                     );
                 }
                 self.publish(Change {
@@ -761,7 +774,7 @@ mod tests {
         }
         clock.fetch_add(2000, Ordering::SeqCst);
         assert!(core.heartbeat("iad", iad).unwrap().0);
-        clock.fetch_add(LEASE_MS - 2000 + 1, Ordering::SeqCst);
+        clock.fetch_add(LEASE_MS - 2000 + CLOCK_SKEW_MS_MAX + 1, Ordering::SeqCst);
         assert_eq!(granted(&core, "counter/x", "iad", iad), 2, "takeover");
         assert!(matches!(
             core.release("counter/x", 1),

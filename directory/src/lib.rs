@@ -51,6 +51,7 @@
 //!    and streams per connection, a per-request deadline and keepalives
 //!    (constants in [`core`] and [`server`]).
 
+pub mod audit;
 pub mod core;
 pub mod server;
 

@@ -5,7 +5,8 @@
 //! with bytecheck before touching it; bytes from storage are never trusted.
 //!
 //! Records are at [`FORMAT_V1`], except snapshot values, which are at
-//! [`FORMAT_V3`]. A page value's archive holds the page image packed by
+//! [`FORMAT_V3`], and activation records, which are written at format 4
+//! (they name the claiming incarnation; format 1 ones are still read). A page value's archive holds the page image packed by
 //! [`pack_page`] (lz4-compressed, or raw when compression does not shrink
 //! it) with a second crc32 over the *uncompressed* image **bound to where
 //! the page belongs** ([`PageBinding`]: actor, memory, page index and

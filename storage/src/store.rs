@@ -1248,11 +1248,6 @@ impl Store {
         }
         let token = random_u64();
         let act_key = keys::act(actor);
-        let read_pop =
-            |tx: &mut Transaction, name: &str| -> Result<Option<PopRecord>, StorageError> {
-                let key = keys::pop(name);
-                tx.get(&key)?.map(|v| decode(&key, &v)).transpose()
-            };
         self.kv_().transact(|tx| {
             let cur = Self::read_act(tx, actor)?;
             if let Some(c) = &cur
@@ -1265,10 +1260,10 @@ impl Store {
             let current = cur.as_ref().map(ActV2::public);
             let (claimant, holder) = if read_pops {
                 let holder = match &current {
-                    Some(c) if c.active && c.pop != pop => read_pop(tx, &c.pop)?,
+                    Some(c) if c.active && c.pop != pop => Self::read_pop(tx, &c.pop)?,
                     _ => None,
                 };
-                (read_pop(tx, pop)?, holder)
+                (Self::read_pop(tx, pop)?, holder)
             } else {
                 (None, None)
             };
@@ -1300,6 +1295,14 @@ impl Store {
         })
     }
 
+    /// Marks the active record `cur` (at `act_key`) inactive and removes
+    /// its `act_by_pop` entry.
+    fn deactivate(tx: &mut Transaction, act_key: &[u8], actor: &str, cur: &mut ActV2) {
+        cur.active = false;
+        tx.clear(&keys::act_by_pop(&cur.pop, actor));
+        tx.set(act_key, &cur.encode());
+    }
+
     /// Voids `actor`'s activation if it is active at `pop` under an
     /// incarnation below `below_incarnation` (the POP registered again
     /// since), in one transaction; returns the voided epoch. A claim by
@@ -1319,9 +1322,7 @@ impl Store {
             if !cur.active || cur.pop != pop || cur.incarnation >= below_incarnation {
                 return Ok(None);
             }
-            cur.active = false;
-            tx.clear(&keys::act_by_pop(&cur.pop, actor));
-            tx.set(&act_key, &cur.encode());
+            Self::deactivate(tx, &act_key, actor, &mut cur);
             Ok(Some(cur.epoch))
         })
     }
@@ -1357,9 +1358,7 @@ impl Store {
             if !cur.active {
                 return Ok(());
             }
-            cur.active = false;
-            tx.clear(&keys::act_by_pop(&cur.pop, actor));
-            tx.set(&act_key, &cur.encode());
+            Self::deactivate(tx, &act_key, actor, &mut cur);
             Ok(())
         })
     }
@@ -1400,6 +1399,11 @@ impl Store {
         self.get_record(&keys::pop(pop))
     }
 
+    fn read_pop(tx: &mut Transaction, pop: &str) -> Result<Option<PopRecord>, StorageError> {
+        let key = keys::pop(pop);
+        tx.get(&key)?.map(|v| decode(&key, &v)).transpose()
+    }
+
     /// Read-modify-write of a POP record in one transaction (e.g. lease
     /// renewal that checks the incarnation). `f` gets the current record and
     /// returns the new one (`None` deletes it); it may run more than once.
@@ -1410,7 +1414,7 @@ impl Store {
     ) -> Result<T, StorageError> {
         let key = keys::pop(pop);
         self.kv_().transact(|tx| {
-            let cur = tx.get(&key)?.map(|v| decode(&key, &v)).transpose()?;
+            let cur = Self::read_pop(tx, pop)?;
             let (new, out) = f(cur)?;
             match new {
                 Some(rec) => tx.set(&key, &encode(&rec)),
@@ -2222,5 +2226,49 @@ impl Store {
             st.stages_deleted += 1;
         }
         Ok((st, more))
+    }
+}
+
+#[cfg(test)]
+mod act_format_tests {
+    use super::*;
+
+    /// An activation record as the builds before incarnations wrote it
+    /// (envelope format 1, `ActV1`), byte for byte.
+    const ACT_V1_GOLDEN: &str = "0198c691220700000000000000667261ffffffffff030000000000000001000000000000000068e5cf8b0100002a00000000000000";
+
+    #[test]
+    fn activation_records_of_the_previous_format_still_load() {
+        let old = ActV1 {
+            epoch: 7,
+            pop: "fra".into(),
+            head_seq: 3,
+            active: true,
+            since_ms: 1_700_000_000_000,
+            claim_token: 42,
+        };
+        let bytes = encode(&old);
+        assert_eq!(hex::encode(&bytes), ACT_V1_GOLDEN, "ActV1's layout changed");
+        let a = ActV2::decode(b"act", &bytes).unwrap();
+        assert_eq!(
+            a.public(),
+            ActivationRecord {
+                epoch: 7,
+                pop: "fra".into(),
+                incarnation: 0,
+                head_seq: 3,
+                active: true,
+                since_ms: 1_700_000_000_000,
+            }
+        );
+        assert_eq!(a.claim_token, 42);
+        // The current format round-trips, and names the incarnation.
+        let new = ActV2 {
+            incarnation: 5,
+            ..a
+        };
+        let back = ActV2::decode(b"act", &new.encode()).unwrap();
+        assert_eq!(back.incarnation, 5);
+        assert_eq!(new.encode()[0], FORMAT_ACT_V2);
     }
 }

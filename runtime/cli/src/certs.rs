@@ -155,6 +155,14 @@ pub struct ClusterCerts {
 /// directory and each POP in `pops`, valid for localhost, 127.0.0.1 and
 /// `sans`.
 pub fn generate(dir: &Path, pops: &[String], sans: &[String]) -> Result<ClusterCerts, String> {
+    if sans
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(DIRECTORY_SERVER_NAME))
+    {
+        return Err(format!(
+            "--san {DIRECTORY_SERVER_NAME} is refused: it is the name POPs check a directory by, and every certificate made here would carry it"
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     for p in pops {
         if p.is_empty() || p.len() > 64 || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')

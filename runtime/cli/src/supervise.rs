@@ -173,9 +173,11 @@ impl Proc {
         &self.spec.what
     }
 
-    /// Schedules a restart after the current backoff, and grows it.
-    fn wait_to_restart(&mut self, now: Instant) -> Duration {
-        if now.duration_since(self.up_since) >= Duration::from_millis(STABLE_MS) {
+    /// Schedules a restart after the current backoff, and grows it. A
+    /// child that `died_running` after [`STABLE_MS`] up starts over from
+    /// the shortest wait; one that failed to come up never does.
+    fn wait_to_restart(&mut self, now: Instant, died_running: bool) -> Duration {
+        if died_running && now.duration_since(self.up_since) >= Duration::from_millis(STABLE_MS) {
             self.backoff = Duration::from_millis(RESTART_BACKOFF_MS_MIN);
         }
         let wait = self.backoff;
@@ -196,7 +198,7 @@ impl Proc {
                     .and_then(|c| c.try_wait().ok().flatten());
                 if let Some(status) = exited {
                     self.child = None;
-                    let wait = self.wait_to_restart(now);
+                    let wait = self.wait_to_restart(now, true);
                     tracing::warn!(
                         child = %self.spec.what,
                         pid = self.pid,
@@ -215,7 +217,7 @@ impl Proc {
                             self.state = State::Starting { since: now };
                         }
                         Err(e) => {
-                            let wait = self.wait_to_restart(now);
+                            let wait = self.wait_to_restart(now, false);
                             tracing::warn!(child = %self.spec.what, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot restart child");
                         }
                     }
@@ -224,7 +226,7 @@ impl Proc {
             }
             State::Starting { since } => {
                 let Some(child) = self.child.as_mut() else {
-                    self.wait_to_restart(now);
+                    self.wait_to_restart(now, false);
                     return false;
                 };
                 if let Some(r) = ready_of(&self.spec, child) {
@@ -249,7 +251,7 @@ impl Proc {
                         let _ = child.start_kill();
                     }
                     self.child = None;
-                    let wait = self.wait_to_restart(now);
+                    let wait = self.wait_to_restart(now, false);
                     tracing::warn!(
                         child = %self.spec.what,
                         status = ?exited,

@@ -7,10 +7,15 @@
 //! one of them decides alike (each decision is one store transaction). The
 //! link knows them all and sends each request to the one that answered
 //! last; when that one fails (refuses the connection, or gives no answer
-//! within an attempt's deadline, a third of the lease) it tries the next
-//! at once, so a lease is renewed through any live directory well before
-//! it ends. It follows the watch stream of every directory, since each
-//! announces only the changes decided through it.
+//! within an attempt's deadline, a third of the lease, connecting
+//! included) it tries the next at once, so a lease is renewed through any
+//! live directory well before it ends. A registration or a claim that got
+//! no answer in time is the exception: it may still be applied there (a
+//! second one elsewhere would supersede the first's incarnation or
+//! epoch), so the link returns UNAVAILABLE and sends the next one, the
+//! caller's retry, to the next directory. It follows the watch stream of
+//! every directory, since each announces only the changes decided through
+//! it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -188,9 +193,12 @@ impl DirectoryLink {
 
     /// Sends a request (`send(client, request deadline)`) to the directory
     /// that answered last, and on a failure that another directory might
-    /// not have, to each other one in turn. Fails with UNAVAILABLE naming
-    /// every directory tried and why, once none answered.
-    async fn call<T, F, Fut>(&self, what: &str, send: F) -> Result<T>
+    /// not have, to each other one in turn (each attempt bounded by
+    /// [`DirectoryLink::attempt`], connecting included). `idempotent`:
+    /// whether a request that got no answer in time may be sent elsewhere
+    /// at once. Fails with UNAVAILABLE naming every directory tried and
+    /// why, once none answered.
+    async fn call<T, F, Fut>(&self, what: &str, idempotent: bool, send: F) -> Result<T>
     where
         F: Fn(DirectoryServiceClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
@@ -201,7 +209,25 @@ impl DirectoryLink {
         for k in 0..n {
             let i = (first + k) % n;
             let d = &self.dirs[i];
-            match send(d.client.clone(), self.attempt()).await {
+            let within = self.attempt();
+            let answer = tokio::time::timeout(within, send(d.client.clone(), within))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(tonic::Status::deadline_exceeded(format!(
+                        "no answer within {} ms",
+                        within.as_millis()
+                    )))
+                });
+            match answer {
+                Err(s) if !idempotent && s.code() == tonic::Code::DeadlineExceeded => {
+                    metrics::counter!("tern_directory_failovers_total").increment(1);
+                    self.preferred.store((i + 1) % n, Ordering::Relaxed);
+                    failures.push(format!("{}: {}", d.url, status_text(&s)));
+                    return Err(RuntimeError::Transport(format!(
+                        "directory {what}: {}; not sent to another directory at once, since it may still be applied there (retry: the next attempt goes to the next directory)",
+                        failures.join("; ")
+                    )));
+                }
                 Ok(r) => {
                     if k > 0 {
                         self.preferred.store(i, Ordering::Relaxed);
@@ -248,7 +274,7 @@ impl Directory for DirectoryLink {
             lon: self.coords[1],
         };
         let r = self
-            .call("register", |mut c, t| {
+            .call("register", false, |mut c, t| {
                 let m = msg.clone();
                 async move { c.register(Self::req(m, t)).await }
             })
@@ -269,7 +295,7 @@ impl Directory for DirectoryLink {
             incarnation: self.incarnation.load(Ordering::Acquire),
         };
         let r = self
-            .call("heartbeat", |mut c, t| {
+            .call("heartbeat", true, |mut c, t| {
                 let m = msg.clone();
                 async move { c.heartbeat(Self::req(m, t)).await }
             })
@@ -304,7 +330,7 @@ impl Directory for DirectoryLink {
             incarnation: self.incarnation.load(Ordering::Acquire),
         };
         let r = self
-            .call("claim", |mut c, t| {
+            .call("claim", false, |mut c, t| {
                 let m = msg.clone();
                 async move { c.claim(Self::req(m, t)).await }
             })
@@ -345,7 +371,7 @@ impl Directory for DirectoryLink {
             actor: actor.to_string(),
             epoch,
         };
-        self.call("release", |mut c, t| {
+        self.call("release", true, |mut c, t| {
             let m = msg.clone();
             async move { c.release(Self::req(m, t)).await }
         })
@@ -361,7 +387,7 @@ impl Directory for DirectoryLink {
             actor: actor.to_string(),
         };
         let r = self
-            .call("lookup", |mut c, t| {
+            .call("lookup", true, |mut c, t| {
                 let m = msg.clone();
                 async move { c.lookup(Self::req(m, t)).await }
             })
@@ -393,7 +419,7 @@ impl Directory for DirectoryLink {
             duration_ms: m.duration_ms,
             reason: m.reason,
         };
-        self.call("record migration", |mut c, t| {
+        self.call("record migration", true, |mut c, t| {
             let m = msg.clone();
             async move { c.record_migration(Self::req(m, t)).await }
         })
@@ -403,13 +429,13 @@ impl Directory for DirectoryLink {
 
     async fn cluster_view(&self) -> Result<ClusterView> {
         let pops = self
-            .call("list pops", |mut c, t| async move {
+            .call("list pops", true, |mut c, t| async move {
                 c.list_pops(Self::req(pb::ListPopsRequest {}, t)).await
             })
             .await?
             .pops;
         let acts = self
-            .call("list activations", |mut c, t| async move {
+            .call("list activations", true, |mut c, t| async move {
                 c.list_activations(Self::req(
                     pb::ListActivationsRequest { pop: String::new() },
                     t,
@@ -419,7 +445,7 @@ impl Directory for DirectoryLink {
             .await?
             .activations;
         let migs = self
-            .call("list migrations", |mut c, t| async move {
+            .call("list migrations", true, |mut c, t| async move {
                 c.list_migrations(Self::req(
                     pb::ListMigrationsRequest {
                         limit: CLUSTER_VIEW_MIGRATIONS as u32,
