@@ -47,6 +47,18 @@ async fn incarnations(dev: &DevCluster, i: usize) -> BTreeMap<String, u64> {
 /// acknowledged increment is there exactly once.
 #[test]
 fn directory_kill_loses_no_lease() {
+    first_directory_fails_under_load(Signal::SIGKILL);
+}
+
+/// The same with the first directory frozen (SIGSTOP) instead: requests
+/// to it get no answer at all, so the POPs must give up on it within a
+/// third of the lease and go to the other one.
+#[test]
+fn directory_freeze_loses_no_lease() {
+    first_directory_fails_under_load(Signal::SIGSTOP);
+}
+
+fn first_directory_fails_under_load(how: Signal) {
     let data = tempfile::tempdir().unwrap();
     let dev = DevCluster::start_pops(data.path(), 3);
     assert_eq!(dev.cluster.directories.len(), 2, "tern dev runs two");
@@ -106,7 +118,7 @@ fn directory_kill_loses_no_lease() {
         }
         tokio::time::sleep(Duration::from_millis(KILL_AT_MS)).await;
         dev.supervisor(false);
-        DevCluster::signal(victim, Signal::SIGKILL);
+        DevCluster::signal(victim, how);
         let mut out = Vec::new();
         for t in tasks {
             out.push(t.await.expect("client task"));
@@ -138,6 +150,9 @@ fn directory_kill_loses_no_lease() {
             assert_eq!(value(&r.reply.payload), *acked, "{id}: lost or doubled");
         }
     });
+    if how == Signal::SIGSTOP {
+        DevCluster::signal(victim, Signal::SIGCONT);
+    }
     dev.supervisor(true);
 }
 
