@@ -444,6 +444,21 @@ impl Core {
         pop: &str,
         incarnation: u64,
     ) -> Result<ClaimOutcome, DirectoryError> {
+        self.claim_once(actor, pop, incarnation, 0)
+    }
+
+    /// [`Core::claim`] for the logical claim `token` (random per claim, 0:
+    /// none): sent again, to this or another directory process, while its
+    /// grant still stands, it returns that grant (the same epoch) instead
+    /// of granting another. So a POP may send a claim that got no answer
+    /// in time to another directory at once.
+    pub fn claim_once(
+        &self,
+        actor: &str,
+        pop: &str,
+        incarnation: u64,
+        token: u64,
+    ) -> Result<ClaimOutcome, DirectoryError> {
         check_name("actor", actor)?;
         check_name("POP name", pop)?;
         let now = self.now_ms();
@@ -489,7 +504,7 @@ impl Core {
         };
         match self
             .store
-            .claim_as(actor, pop, incarnation, now, &judge_noting)
+            .claim_as(actor, pop, incarnation, now, token, &judge_noting)
             .map_err(DirectoryError::from_storage)?
         {
             Ok(rec) => {

@@ -337,7 +337,7 @@ impl DirectoryService for GrpcDirectory {
         let r = req.into_inner();
         Self::must_be(&acting, &r.pop, "claim")?;
         let out = self
-            .run(move |c| c.claim(&r.actor, &r.pop, r.incarnation))
+            .run(move |c| c.claim_once(&r.actor, &r.pop, r.incarnation, r.request_token))
             .await?;
         let outcome = match out {
             ClaimOutcome::Granted { epoch, head_seq } => {

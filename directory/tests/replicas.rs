@@ -236,3 +236,27 @@ fn concurrent_claims_through_two_cores_grant_one_per_epoch() {
         "both POPs won some claims"
     );
 }
+
+/// A claim that got no answer in time is sent again to the other
+/// directory with the same token: it gets the same grant, not a second
+/// epoch that would fence the first (whichever directory commits first).
+#[test]
+fn same_claim_through_two_directories_gets_one_epoch() {
+    let (_d, a, b) = two_directories();
+    let fra = reg(&a, "fra");
+    let first = b.claim_once("counter/x", "fra", fra, 77).unwrap();
+    let again = a.claim_once("counter/x", "fra", fra, 77).unwrap();
+    assert_eq!(first, again);
+    assert!(matches!(first, ClaimOutcome::Granted { epoch: 1, .. }));
+    // Another claim (another token) is another epoch.
+    assert!(matches!(
+        a.claim_once("counter/x", "fra", fra, 78).unwrap(),
+        ClaimOutcome::Granted { epoch: 2, .. }
+    ));
+    // A token of another incarnation never matches.
+    let fra2 = reg(&b, "fra");
+    assert!(matches!(
+        b.claim_once("counter/x", "fra", fra2, 78).unwrap(),
+        ClaimOutcome::Granted { epoch: 3, .. }
+    ));
+}

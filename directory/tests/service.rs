@@ -104,6 +104,7 @@ impl Dir {
                 actor: actor.into(),
                 pop: pop.into(),
                 incarnation,
+                request_token: 0,
             })
             .await?
             .into_inner()
@@ -600,6 +601,7 @@ async fn directory_request_has_deadline() {
         actor: "counter/x".into(),
         pop: "fra".into(),
         incarnation: inc,
+        request_token: 0,
     })
     .await
     .unwrap();

@@ -235,6 +235,16 @@ pub struct PopRecord {
     pub incarnation: u64,
 }
 
+/// Who claims, for `Store::claim_judged`.
+struct ClaimBy<'a> {
+    pop: &'a str,
+    incarnation: u64,
+    /// The logical claim's token (`None`: a fresh random one).
+    token: Option<u64>,
+    /// Whether to read the claimant's and the holder's POP records.
+    read_pops: bool,
+}
+
 /// What a claim's transaction read, for its judge ([`Store::claim_as`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimFacts<'a> {
@@ -1205,7 +1215,13 @@ impl Store {
             }
             _ => Ok(()),
         };
-        self.claim_judged(actor, pop, 0, now_ms, false, &judge)?
+        let by = ClaimBy {
+            pop,
+            incarnation: 0,
+            token: None,
+            read_pops: false,
+        };
+        self.claim_judged(actor, by, now_ms, &judge)?
     }
 
     /// Claims `actor` for `pop`'s `incarnation` in one transaction that
@@ -1215,26 +1231,41 @@ impl Store {
     /// still true when the claim commits. A refusal (`Ok(Err(e))`) writes
     /// nothing. A granted claim writes epoch+1 for `pop` and `incarnation`
     /// as [`Store::claim`] does. Safe under `commit_unknown_result`.
+    ///
+    /// `token` (non-zero) names the logical claim: if the actor's record is
+    /// still the grant of a claim with this token (sent again, through
+    /// another directory), that grant is returned, not a new epoch.
     pub fn claim_as<E>(
         &self,
         actor: &str,
         pop: &str,
         incarnation: u64,
         now_ms: u64,
+        token: u64,
         judge: &dyn Fn(&ClaimFacts) -> Result<(), E>,
     ) -> Result<Result<ActivationRecord, E>, StorageError> {
-        self.claim_judged(actor, pop, incarnation, now_ms, true, judge)
+        let by = ClaimBy {
+            pop,
+            incarnation,
+            token: (token != 0).then_some(token),
+            read_pops: true,
+        };
+        self.claim_judged(actor, by, now_ms, judge)
     }
 
     fn claim_judged<E>(
         &self,
         actor: &str,
-        pop: &str,
-        incarnation: u64,
+        by: ClaimBy<'_>,
         now_ms: u64,
-        read_pops: bool,
         judge: &dyn Fn(&ClaimFacts) -> Result<(), E>,
     ) -> Result<Result<ActivationRecord, E>, StorageError> {
+        let ClaimBy {
+            pop,
+            incarnation,
+            token,
+            read_pops,
+        } = by;
         if actor.is_empty() || pop.is_empty() {
             return Err(StorageError::InvalidArgument(
                 "claim needs a non-empty actor and pop".into(),
@@ -1246,7 +1277,7 @@ impl Store {
                 pop.len()
             )));
         }
-        let token = random_u64();
+        let token = token.unwrap_or_else(random_u64);
         let act_key = keys::act(actor);
         self.kv_().transact(|tx| {
             let cur = Self::read_act(tx, actor)?;
@@ -1254,8 +1285,11 @@ impl Store {
                 && c.claim_token == token
                 && c.active
                 && c.pop == pop
+                && c.incarnation == incarnation
             {
-                return Ok(Ok(c.public())); // our own commit, seen after commit_unknown_result
+                // Our own grant: seen after commit_unknown_result, or the
+                // same claim sent again.
+                return Ok(Ok(c.public()));
             }
             let current = cur.as_ref().map(ActV2::public);
             let (claimant, holder) = if read_pops {

@@ -222,6 +222,7 @@ fn concurrent_claims_through_two_directories_grant_one() {
                                 actor: actor.clone(),
                                 pop: pop.into(),
                                 incarnation: inc,
+                                request_token: 0,
                             })
                             .await
                             .expect("claim")

@@ -142,6 +142,7 @@ fn pop_cannot_claim_for_another() {
                 actor: "counter/c".into(),
                 pop: "fra".into(),
                 incarnation: 1,
+                request_token: 0,
             })
             .await
             .unwrap_err();

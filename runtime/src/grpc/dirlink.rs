@@ -9,11 +9,12 @@
 //! last; when that one fails (refuses the connection, or gives no answer
 //! within an attempt's deadline, a third of the lease, connecting
 //! included) it tries the next at once, so a lease is renewed through any
-//! live directory well before it ends. A registration or a claim that got
-//! no answer in time is the exception: it may still be applied there (a
-//! second one elsewhere would supersede the first's incarnation or
-//! epoch), so the link returns UNAVAILABLE and sends the next one, the
-//! caller's retry, to the next directory. It follows the watch stream of
+//! live directory well before it ends. A claim carries a token of its own,
+//! so sent again elsewhere it gets the same grant, never a second epoch. A
+//! registration that got no answer in time is the exception: it may still
+//! be applied there (a second one elsewhere would supersede the first's
+//! incarnation), so the link returns UNAVAILABLE and sends the next one,
+//! the POP's retry, to the next directory. It follows the watch stream of
 //! every directory, since each announces only the changes decided through
 //! it.
 
@@ -328,9 +329,12 @@ impl Directory for DirectoryLink {
             actor: actor.to_string(),
             pop: self.pop.clone(),
             incarnation: self.incarnation.load(Ordering::Acquire),
+            // Names this claim, so a copy sent to another directory after
+            // no answer gets the same grant (never 0: 0 is "none").
+            request_token: rand::random::<u64>().max(1),
         };
         let r = self
-            .call("claim", false, |mut c, t| {
+            .call("claim", true, |mut c, t| {
                 let m = msg.clone();
                 async move { c.claim(Self::req(m, t)).await }
             })
