@@ -54,6 +54,10 @@ pub const GROUP_TXN_BYTES_MAX: usize = 5_000_000;
 pub const POP_NAME_BYTES_MAX: usize = 1024;
 /// Old manifests one garbage-collection transaction processes at most.
 pub const GC_MANIFESTS_PER_TXN_MAX: usize = 64;
+/// Pages one batched read of a restore asks for (one round trip on
+/// FoundationDB): a restore of up to this many stored pages (64 MiB of
+/// memory) costs a constant number of round trips.
+pub const RESTORE_PAGES_PER_READ_MAX: usize = 1024;
 /// Keys one listing transaction reads at most (listings page through
 /// several transactions).
 pub const LIST_BATCH_KEYS_MAX: usize = 1000;
@@ -2042,6 +2046,23 @@ impl Store {
                     "the head manifest is missing",
                 )
             })?;
+            // Every stored page of every memory, read in batches of
+            // RESTORE_PAGES_PER_READ_MAX (one round trip each on
+            // FoundationDB): a restore costs a constant number of round
+            // trips up to that many pages, not one per page.
+            let mut wanted = Vec::new();
+            for (mi, mm) in m.memories.iter().enumerate() {
+                for (pi, &s) in mm.pages.iter().enumerate() {
+                    if s != 0 {
+                        wanted.push(keys::page(actor, mi as u32, pi as u32, s));
+                    }
+                }
+            }
+            let mut values = Vec::with_capacity(wanted.len());
+            for batch in wanted.chunks(RESTORE_PAGES_PER_READ_MAX) {
+                values.extend(tx.get_many(batch)?);
+            }
+            let mut values = wanted.into_iter().zip(values);
             let mut memories = Vec::with_capacity(m.memories.len());
             for (mi, mm) in m.memories.iter().enumerate() {
                 let len = usize::try_from(mm.len_bytes).map_err(|_| {
@@ -2061,8 +2082,13 @@ impl Store {
                     if s == 0 {
                         continue;
                     }
-                    let key = keys::page(actor, mi as u32, pi as u32, s);
-                    let Some(v) = tx.get(&key)? else {
+                    let (key, value) = values.next().expect("one value per stored page");
+                    assert_eq!(
+                        key,
+                        keys::page(actor, mi as u32, pi as u32, s),
+                        "page values come back in the order they were asked for"
+                    );
+                    let Some(v) = value else {
                         return Err(StorageError::corrupt(
                             &key,
                             "page referenced by the head manifest is missing",

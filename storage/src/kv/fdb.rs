@@ -275,6 +275,14 @@ impl KvTransaction for FdbTx {
         Ok(v.map(|v| v.to_vec()))
     }
 
+    fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        // Every read is in flight at once: one round trip, not one per key.
+        let reads = keys.iter().map(|k| self.trx.get(&self.key(k), false));
+        let values =
+            block_on(futures::future::try_join_all(reads)).map_err(|e| map_error(e, false))?;
+        Ok(values.into_iter().map(|v| v.map(|v| v.to_vec())).collect())
+    }
+
     fn get_range(
         &mut self,
         begin: &[u8],

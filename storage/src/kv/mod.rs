@@ -17,6 +17,7 @@
 
 #[cfg(feature = "fdb")]
 pub mod fdb;
+pub mod latency;
 pub mod memory;
 pub mod sqlite;
 
@@ -55,6 +56,12 @@ pub trait KvBackend: Send + Sync + 'static {
 pub trait KvTransaction: Send {
     /// Reads one key.
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Reads several keys: the values in the order of `keys`. One round
+    /// trip where the backend can overlap reads (FoundationDB); a loop of
+    /// local reads elsewhere.
+    fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
     /// Reads `[begin, end)` in key order (descending if `reverse`), at most
     /// `limit` pairs if given.
     fn get_range(
@@ -136,6 +143,15 @@ impl Transaction {
     /// Reads one key (seeing this transaction's own writes).
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.inner.get(key)
+    }
+
+    /// Reads several keys at once (one round trip on FoundationDB): the
+    /// values in the order of `keys`.
+    pub fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inner.get_many(keys)
     }
 
     /// Reads `[begin, end)`: ascending, or descending if `reverse`; at most

@@ -5,3 +5,4 @@
 mod bounds;
 mod crash;
 mod faults;
+mod round_trips;

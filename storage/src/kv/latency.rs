@@ -1,0 +1,119 @@
+//! A backend wrapper that makes every round trip to the store cost a
+//! fixed delay and counts them: for tests that pin how many round trips an
+//! operation takes, and benchmarks of what they cost at WAN distance.
+//!
+//! A round trip is one read call (`get`, `get_many`, `get_range`: a
+//! batched read counts once, as FoundationDB overlaps its reads) or one
+//! commit of a transaction that wrote something.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::{KeyValue, KvBackend, KvTransaction};
+use crate::StorageError;
+
+/// `inner`, with `delay` per round trip, counted.
+pub struct LatencyKv {
+    inner: Arc<dyn KvBackend>,
+    delay: Duration,
+    round_trips: Arc<AtomicU64>,
+}
+
+impl LatencyKv {
+    /// Wraps `inner`; every round trip sleeps `delay` (zero: only count).
+    pub fn new(inner: Arc<dyn KvBackend>, delay: Duration) -> LatencyKv {
+        LatencyKv {
+            inner,
+            delay,
+            round_trips: Arc::default(),
+        }
+    }
+
+    /// Round trips so far, over every transaction.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// A handle on the counter (it outlives moving the wrapper into a
+    /// store).
+    pub fn counter(&self) -> Arc<AtomicU64> {
+        self.round_trips.clone()
+    }
+}
+
+impl KvBackend for LatencyKv {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn begin(&self, write: bool) -> Result<Box<dyn KvTransaction>, StorageError> {
+        Ok(Box::new(LatencyTx {
+            inner: self.inner.begin(write)?,
+            delay: self.delay,
+            round_trips: self.round_trips.clone(),
+            wrote: false,
+        }))
+    }
+}
+
+struct LatencyTx {
+    inner: Box<dyn KvTransaction>,
+    delay: Duration,
+    round_trips: Arc<AtomicU64>,
+    wrote: bool,
+}
+
+impl LatencyTx {
+    fn trip(&self) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
+    }
+}
+
+impl KvTransaction for LatencyTx {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.trip();
+        self.inner.get(key)
+    }
+
+    fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        self.trip();
+        self.inner.get_many(keys)
+    }
+
+    fn get_range(
+        &mut self,
+        begin: &[u8],
+        end: &[u8],
+        limit: Option<usize>,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        self.trip();
+        self.inner.get_range(begin, end, limit, reverse)
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        self.wrote = true;
+        self.inner.set(key, value)
+    }
+
+    fn clear(&mut self, key: &[u8]) -> Result<(), StorageError> {
+        self.wrote = true;
+        self.inner.clear(key)
+    }
+
+    fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StorageError> {
+        self.wrote = true;
+        self.inner.clear_range(begin, end)
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), StorageError> {
+        if self.wrote {
+            self.trip();
+        }
+        self.inner.commit()
+    }
+}

@@ -1,0 +1,85 @@
+//! Round trips per operation, counted by the latency wrapper: what an
+//! operation costs at WAN distance is its round trips times the distance.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::conformance::{claim, page, req};
+use crate::kv::KvBackend;
+use crate::kv::latency::LatencyKv;
+use crate::kv::memory::MemoryBackend;
+use crate::kv::sqlite::SqliteBackend;
+use crate::{Kv, Store};
+
+/// A store over `backend` whose round trips are counted.
+fn counted(backend: Arc<dyn KvBackend>) -> (Store, Arc<AtomicU64>) {
+    let wrapped = LatencyKv::new(backend, Duration::ZERO);
+    let trips = wrapped.counter();
+    (Store::from_kv(Kv::new(Arc::new(wrapped)), None), trips)
+}
+
+/// Round trips of restoring actors of 1 and of 64 stored pages: the same
+/// (the pages are read in one batch), and at most 4 (activation record,
+/// manifest, pages, side records).
+fn restore_round_trips_are_constant(backend: Arc<dyn KvBackend>) {
+    let (store, trips) = counted(backend);
+    let mut costs = Vec::new();
+    for pages in [1u32, 64] {
+        let actor = format!("r/{pages}");
+        let a = claim(&store, &actor, "pop-a");
+        let changed: Vec<_> = (0..pages).map(|i| (i, page(i as u64 + 1, 0))).collect();
+        store
+            .commit_snapshot(&req(&actor, a.epoch, 0, pages, &changed))
+            .unwrap();
+        let before = trips.load(Ordering::Relaxed);
+        let loaded = store.load_snapshot(&actor).unwrap().expect("a snapshot");
+        assert_eq!(loaded.memories[0].len(), pages as usize * crate::PAGE_SIZE);
+        costs.push(trips.load(Ordering::Relaxed) - before);
+    }
+    assert_eq!(
+        costs[0], costs[1],
+        "restore round trips grow with pages: {costs:?}"
+    );
+    assert!(costs[1] <= 4, "restore took {} round trips", costs[1]);
+}
+
+#[test]
+fn restore_round_trips_are_constant_memory() {
+    restore_round_trips_are_constant(Arc::new(MemoryBackend::new()));
+}
+
+#[test]
+fn restore_round_trips_are_constant_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = SqliteBackend::open(&dir.path().join("t.db")).unwrap();
+    restore_round_trips_are_constant(Arc::new(backend));
+}
+
+/// The wrapper counts a batched read as one round trip, and a loop of
+/// reads as one each.
+#[test]
+fn latency_wrapper_counts_a_batched_read_once() {
+    let wrapped = LatencyKv::new(Arc::new(MemoryBackend::new()), Duration::from_millis(1));
+    let trips = wrapped.counter();
+    let kv = Kv::new(Arc::new(wrapped));
+    let keys: Vec<Vec<u8>> = (0..50u8).map(|i| vec![b'k', i]).collect();
+    kv.transact(|tx| {
+        for k in &keys {
+            tx.set(k, b"v");
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(trips.load(Ordering::Relaxed), 1, "one commit");
+    let got = kv.read(|tx| tx.get_many(&keys)).unwrap();
+    assert!(got.iter().all(|v| v.as_deref() == Some(&b"v"[..])));
+    assert_eq!(trips.load(Ordering::Relaxed), 2, "one batched read");
+    kv.read(|tx| {
+        keys.iter()
+            .map(|k| tx.get(k))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .unwrap();
+    assert_eq!(trips.load(Ordering::Relaxed), 52, "fifty single reads");
+}
