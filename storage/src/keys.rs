@@ -57,9 +57,6 @@ pub(crate) fn pop_prefix() -> Vec<u8> {
 pub(crate) fn comp_header(digest: &str) -> Vec<u8> {
     key(&[Str("comp"), Str(digest), Str("h")])
 }
-pub(crate) fn comp_chunks(digest: &str) -> Vec<u8> {
-    key(&[Str("comp"), Str(digest), Str("c")])
-}
 pub(crate) fn comp_chunk(digest: &str, i: u64) -> Vec<u8> {
     key(&[Str("comp"), Str(digest), Str("c"), Int(i)])
 }

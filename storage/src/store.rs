@@ -54,6 +54,9 @@ pub const GROUP_TXN_BYTES_MAX: usize = 5_000_000;
 pub const POP_NAME_BYTES_MAX: usize = 1024;
 /// Old manifests one garbage-collection transaction processes at most.
 pub const GC_MANIFESTS_PER_TXN_MAX: usize = 64;
+/// Largest component the store reads back, in bytes (a header claiming
+/// more is corrupt): far above any deploy limit.
+pub const COMPONENT_STORED_BYTES_MAX: u64 = 1 << 30;
 /// Pages one batched read of a restore asks for (one round trip on
 /// FoundationDB): a restore of up to this many stored pages (64 MiB of
 /// memory) costs a constant number of round trips.
@@ -794,16 +797,27 @@ impl Store {
                 return Ok(None);
             };
             let h: CompHeaderV1 = decode(&header_key, &h)?;
-            let prefix = keys::comp_chunks(digest);
-            let chunks = tx.get_prefix(&prefix)?;
-            if chunks.len() != h.chunks as usize {
+            // The header says how many chunks there are: ask for all of
+            // them at once (one round trip on FoundationDB, where a range
+            // read of a big component would take one per 80 kB reply).
+            if h.len > COMPONENT_STORED_BYTES_MAX
+                || u64::from(h.chunks) != h.len.div_ceil(VALUE_CHUNK_BYTES as u64)
+            {
                 return Err(StorageError::corrupt(
                     &header_key,
-                    format!("{} chunks stored, header says {}", chunks.len(), h.chunks),
+                    format!(
+                        "the header says {} bytes in {} chunks of at most {VALUE_CHUNK_BYTES} bytes",
+                        h.len, h.chunks
+                    ),
                 ));
             }
+            let wanted: Vec<Vec<u8>> = (0..u64::from(h.chunks))
+                .map(|i| keys::comp_chunk(digest, i))
+                .collect();
+            let chunks = tx.get_many(&wanted)?;
             let mut out = Vec::with_capacity(h.len as usize);
-            for (_, c) in chunks {
+            for (key, c) in wanted.iter().zip(chunks) {
+                let c = c.ok_or_else(|| StorageError::corrupt(key, "component chunk missing"))?;
                 out.extend_from_slice(&c);
             }
             let got = hex::encode(Sha256::digest(&out));

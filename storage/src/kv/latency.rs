@@ -2,9 +2,10 @@
 //! fixed delay and counts them: for tests that pin how many round trips an
 //! operation takes, and benchmarks of what they cost at WAN distance.
 //!
-//! A round trip is one read call (`get`, `get_many`, `get_range`: a
-//! batched read counts once, as FoundationDB overlaps its reads) or one
-//! commit of a transaction that wrote something.
+//! A round trip is one read call (`get`, `get_many`: a batched read counts
+//! once, as FoundationDB overlaps its reads), one reply of a range read
+//! (FoundationDB sends at most about [`RANGE_REPLY_BYTES`] per reply), or
+//! one commit of a transaction that wrote something.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +13,9 @@ use std::time::Duration;
 
 use super::{KeyValue, KvBackend, KvTransaction};
 use crate::StorageError;
+
+/// Bytes of one range-read reply, as FoundationDB caps them (about 80 kB).
+pub const RANGE_REPLY_BYTES: usize = 80_000;
 
 /// `inner`, with `delay` per round trip, counted.
 pub struct LatencyKv {
@@ -66,9 +70,13 @@ struct LatencyTx {
 
 impl LatencyTx {
     fn trip(&self) {
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.trips(1);
+    }
+
+    fn trips(&self, n: u64) {
+        self.round_trips.fetch_add(n, Ordering::Relaxed);
         if !self.delay.is_zero() {
-            std::thread::sleep(self.delay);
+            std::thread::sleep(self.delay * n as u32);
         }
     }
 }
@@ -91,8 +99,10 @@ impl KvTransaction for LatencyTx {
         limit: Option<usize>,
         reverse: bool,
     ) -> Result<Vec<KeyValue>, StorageError> {
-        self.trip();
-        self.inner.get_range(begin, end, limit, reverse)
+        let kvs = self.inner.get_range(begin, end, limit, reverse)?;
+        let bytes: usize = kvs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.trips(bytes.div_ceil(RANGE_REPLY_BYTES).max(1) as u64);
+        Ok(kvs)
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {

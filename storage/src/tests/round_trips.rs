@@ -83,3 +83,27 @@ fn latency_wrapper_counts_a_batched_read_once() {
     .unwrap();
     assert_eq!(trips.load(Ordering::Relaxed), 52, "fifty single reads");
 }
+
+/// Fetching a 1 MB component: its header, then every chunk at once, not a
+/// range read that FoundationDB would answer in 80 kB replies.
+fn component_fetch_round_trips_are_bounded(backend: Arc<dyn KvBackend>) {
+    let (store, trips) = counted(backend);
+    let bytes: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let digest = store.put_component(&bytes).unwrap();
+    let before = trips.load(Ordering::Relaxed);
+    assert_eq!(store.get_component(&digest).unwrap().unwrap(), bytes);
+    let cost = trips.load(Ordering::Relaxed) - before;
+    assert_eq!(cost, 2, "a component fetch took {cost} round trips");
+}
+
+#[test]
+fn component_fetch_round_trips_are_bounded_memory() {
+    component_fetch_round_trips_are_bounded(Arc::new(MemoryBackend::new()));
+}
+
+#[test]
+fn component_fetch_round_trips_are_bounded_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = SqliteBackend::open(&dir.path().join("t.db")).unwrap();
+    component_fetch_round_trips_are_bounded(Arc::new(backend));
+}
