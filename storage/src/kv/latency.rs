@@ -22,6 +22,7 @@ pub struct LatencyKv {
     inner: Arc<dyn KvBackend>,
     delay: Duration,
     round_trips: Arc<AtomicU64>,
+    sequential: bool,
 }
 
 impl LatencyKv {
@@ -31,7 +32,15 @@ impl LatencyKv {
             inner,
             delay,
             round_trips: Arc::default(),
+            sequential: false,
         }
+    }
+
+    /// A store that cannot overlap reads: a batched read costs one round
+    /// trip per key (a baseline for what batching saves).
+    pub fn sequential(mut self) -> LatencyKv {
+        self.sequential = true;
+        self
     }
 
     /// Round trips so far, over every transaction.
@@ -57,6 +66,7 @@ impl KvBackend for LatencyKv {
             delay: self.delay,
             round_trips: self.round_trips.clone(),
             wrote: false,
+            sequential: self.sequential,
         }))
     }
 }
@@ -66,6 +76,7 @@ struct LatencyTx {
     delay: Duration,
     round_trips: Arc<AtomicU64>,
     wrote: bool,
+    sequential: bool,
 }
 
 impl LatencyTx {
@@ -88,7 +99,11 @@ impl KvTransaction for LatencyTx {
     }
 
     fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-        self.trip();
+        self.trips(if self.sequential {
+            keys.len() as u64
+        } else {
+            1
+        });
         self.inner.get_many(keys)
     }
 
