@@ -46,32 +46,9 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         features: Vec<String>,
     },
-    /// Run a local cluster on the embedded store, in the foreground: a
-    /// directory and N POP processes on loopback.
-    Dev {
-        /// Number of POPs (at metro coordinates: Frankfurt, Ashburn, Tokyo,
-        /// São Paulo, Sydney).
-        #[arg(long, default_value_t = 3)]
-        pops: usize,
-        /// Number of directory processes (over the one store; POPs use
-        /// whichever answers, so losing one loses nothing).
-        #[arg(long, default_value_t = 2)]
-        directories: usize,
-        /// Data directory: the store file and cluster.json.
-        #[arg(long, default_value = ".tern")]
-        data: PathBuf,
-        /// First gRPC port (directories first, then POPs); 0 picks free
-        /// ports.
-        #[arg(long, default_value_t = 7700)]
-        base_port: u16,
-        /// Serve Prometheus metrics on this address.
-        #[arg(long)]
-        metrics_listen: Option<SocketAddr>,
-        /// No TLS and no tokens: anyone who reaches a port may act as a
-        /// POP or a client (the pre-security behaviour, for experiments).
-        #[arg(long)]
-        insecure: bool,
-    },
+    /// Run a local cluster on the embedded store, in the foreground: M
+    /// directory and N POP processes on loopback, restarted if they die.
+    Dev(DevArgs),
     /// Make TLS certificates for a cluster: a CA (unless DIR has one), the
     /// directory's, and one per POP (common name `pop:<name>`).
     Certs {
@@ -481,24 +458,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("{}", out.display());
             Ok(())
         }
-        Cmd::Dev {
-            pops,
-            directories,
-            data,
-            base_port,
-            metrics_listen,
-            insecure,
-        } => {
-            dev(DevArgs {
-                pops,
-                directories,
-                data,
-                base_port,
-                metrics_listen,
-                insecure,
-            })
-            .await
-        }
+        Cmd::Dev(args) => dev(args).await,
         Cmd::Certs { dir, pops, sans } => {
             let c = certs::generate(&dir, &pops, &sans)?;
             println!("CA          {}", c.ca.display());
@@ -1129,12 +1089,29 @@ fn die_with_parent() {
 }
 
 /// What `tern dev` was asked for.
+#[derive(Args)]
 struct DevArgs {
+    /// Number of POPs (at metro coordinates: Frankfurt, Ashburn, Tokyo,
+    /// São Paulo, Sydney).
+    #[arg(long, default_value_t = 3)]
     pops: usize,
+    /// Number of directory processes (over the one store; POPs use
+    /// whichever answers, so losing one loses nothing).
+    #[arg(long, default_value_t = 2)]
     directories: usize,
+    /// Data directory: the store file and cluster.json.
+    #[arg(long, default_value = ".tern")]
     data: PathBuf,
+    /// First gRPC port (directories first, then POPs); 0 picks free
+    /// ports.
+    #[arg(long, default_value_t = 7700)]
     base_port: u16,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// No TLS and no tokens: anyone who reaches a port may act as a
+    /// POP or a client (the pre-security behaviour, for experiments).
+    #[arg(long)]
     insecure: bool,
 }
 
