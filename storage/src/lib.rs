@@ -118,9 +118,11 @@ pub use migrations::{
     MIGRATIONS_LIST_MAX, MigrationRecord,
 };
 pub use store::{
-    ActivationRecord, ClaimFacts, CommitRequest, EXTRA_BYTES_MAX, GROUP_TXN_BYTES_MAX, GcStats,
-    LoadedSnapshot, MemoryDelta, PAGE_SIZE, POP_NAME_BYTES_MAX, PRE_UPGRADE_BYTES_MAX, PopRecord,
-    PreUpgrade, STAGE_TXN_BYTES_MAX, SnapshotMeta, Store, TOKENS_MAX, TokenRecord, TypeRecord,
+    ActivationRecord, ClaimFacts, CommitRequest, EXTRA_BYTES_MAX, EXTRA_NAME_BYTES_MAX,
+    EXTRA_RECORDS_PER_COMMIT_MAX, GC_MANIFESTS_PER_TXN_MAX, GC_PAGE_CLEARS_PER_TXN_MAX,
+    GC_STAGES_PER_TXN_MAX, GROUP_TXN_BYTES_MAX, GcStats, LoadedSnapshot, MemoryDelta, PAGE_SIZE,
+    POP_NAME_BYTES_MAX, PRE_UPGRADE_BYTES_MAX, PopRecord, PreUpgrade, STAGE_TXN_BYTES_MAX,
+    SUPERSEDED_CLEARS_INLINE_MAX, SnapshotMeta, Store, TOKENS_MAX, TokenRecord, TypeRecord,
     UPGRADE_FAILURES_MAX, UpgradeFailure, VALUE_CHUNK_BYTES, VERSIONS_MAX, VersionRecord,
 };
 

@@ -2,7 +2,7 @@
 //! snapshots, written once over the [`Kv`] trait. The runtime and the
 //! directory use only this API, never raw keys.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -19,7 +19,9 @@ use crate::codec::{
 use crate::keys;
 use crate::kv::memory::{FaultInjector, MemoryBackend};
 use crate::kv::sqlite::SqliteBackend;
-use crate::kv::{KeyValue, Kv, Stats, TRANSACTION_BYTES_MAX, Transaction, VALUE_BYTES_MAX};
+use crate::kv::{
+    KeyValue, Kv, RangeRead, Stats, TRANSACTION_BYTES_MAX, Transaction, VALUE_BYTES_MAX, cost,
+};
 use crate::{StorageError, random_u64};
 
 /// Size of one snapshot page, in bytes (a wasm page).
@@ -31,24 +33,36 @@ pub const VALUE_CHUNK_BYTES: usize = 90_000;
 pub const STAGE_TXN_BYTES_MAX: usize = 1_000_000;
 /// Largest value of one `extra` side record, in bytes.
 pub const EXTRA_BYTES_MAX: usize = 65_536;
-/// The most bytes of mutations (keys and values of every set, keys of every
-/// clear, both ends of every range clear) that one commit transaction may
-/// carry, counted with an upper bound computed before it runs: a group
-/// commit of several requests, the single transaction of a small commit, or
-/// the manifest transaction of a staged one. Groups are split to stay under
-/// it, and a request whose records other than pages (manifest, `extra`
-/// records, page-version clears, activation record) alone exceed it is
-/// refused up front.
+/// Longest name of an `extra` side record, in bytes.
+pub const EXTRA_NAME_BYTES_MAX: usize = 1024;
+/// Most `extra` side records one commit writes or clears.
+pub const EXTRA_RECORDS_PER_COMMIT_MAX: usize = 16_384;
+/// The largest size, as FoundationDB counts it (mutations plus read and
+/// write conflict ranges, see [`crate::kv::cost`]), that one commit
+/// transaction may reach, counted with an upper bound computed before it
+/// runs: a group commit of several requests, the single transaction of a
+/// small commit, or the manifest transaction of a staged one. Groups are
+/// split to stay under it, and a request whose records other than pages
+/// (manifest, `extra` records, page-version clears, activation record)
+/// alone exceed it is refused up front.
 ///
 /// Half of [`TRANSACTION_BYTES_MAX`] on purpose: FoundationDB advises
 /// transactions far below its 10 MB hard limit (big ones are slow to commit,
 /// and risk its 5 s duration limit and `transaction_too_old` on retries); a
-/// retry resends every request of the group; and the other half is slack
-/// for a backend whose accounting differs from ours. It is still big enough
-/// for the manifest transaction of a commit that rewrites every page of a
-/// 4 GiB memory (about 55 bytes of page-version clear and 8 bytes of
-/// manifest per page).
+/// retry resends every request of the group. It is still big enough for
+/// the manifest transaction of a commit that rewrites every page of a 4 GiB
+/// memory (8 bytes of manifest per page; the page versions it supersedes
+/// are left to garbage collection past [`SUPERSEDED_CLEARS_INLINE_MAX`]).
 pub const GROUP_TXN_BYTES_MAX: usize = 5_000_000;
+/// Page versions a commit clears in its own transaction at most: a commit
+/// that supersedes more leaves them, and the previous manifest naming them,
+/// to [`Store::gc_snapshots`] (a clear costs about four times its key, some
+/// 200 bytes, as FoundationDB counts it).
+pub const SUPERSEDED_CLEARS_INLINE_MAX: usize = 4096;
+/// Page versions one garbage-collection transaction clears at most.
+pub const GC_PAGE_CLEARS_PER_TXN_MAX: usize = 8192;
+/// Stage markers one garbage-collection transaction processes at most.
+pub const GC_STAGES_PER_TXN_MAX: usize = 64;
 /// Longest POP name a claim accepts, in bytes. The activation record holds
 /// the name, so this bounds what a commit's rewrite of that record costs.
 pub const POP_NAME_BYTES_MAX: usize = 1024;
@@ -476,9 +490,23 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// How many page versions a commit clears inline, and a GC step at most
+/// (the constants; tests lower them to exercise the splits cheaply).
+#[derive(Debug, Clone, Copy)]
+struct ClearLimits {
+    inline: usize,
+    gc_step: usize,
+}
+
+const CLEAR_LIMITS: ClearLimits = ClearLimits {
+    inline: SUPERSEDED_CLEARS_INLINE_MAX,
+    gc_step: GC_PAGE_CLEARS_PER_TXN_MAX,
+};
+
 struct Inner {
     kv: Kv,
     faults: Option<FaultInjector>,
+    clears: ClearLimits,
     /// Seals snapshot pages written through this handle, and opens sealed
     /// ones (`None`: pages are written in the clear).
     page_key: Option<crate::codec::PageKey>,
@@ -487,22 +515,35 @@ struct Inner {
     migrations_appended: std::sync::atomic::AtomicU64,
 }
 
+/// What a commit transaction reads before it writes (see
+/// [`Store::read_commit_facts`]).
+struct CommitFacts {
+    act: Option<ActV2>,
+    /// The manifest at the request's next seq, read only when the head is
+    /// already there.
+    next: Option<ManifestV2>,
+    /// The head manifest the request builds on, when asked for.
+    prev: Option<ManifestV2>,
+}
+
 struct Prepared<'a> {
     req: &'a CommitRequest,
     token: u64,
+    /// Superseded page versions cleared inline at most.
+    inline_clears_max: usize,
     /// (memory, page, page value or None for an all-zero page), deduplicated.
     pages: Vec<(u32, u32, Option<Vec<u8>>)>,
     /// Page values plus 64 bytes each: what decides staging.
     page_bytes: usize,
     /// Encoded `extra` records: (key, value, or None to clear).
     extras: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    /// Upper bound of the bytes of mutations the commit's manifest
-    /// transaction adds when the pages are staged before it: manifest parts,
-    /// the previous manifest's clear, page-version clears, stage token
-    /// clear, extras, activation record.
+    /// Upper bound of the size (as FoundationDB counts it) the commit's
+    /// manifest transaction adds when the pages are staged before it:
+    /// manifest parts, the previous manifest's clear, page-version clears,
+    /// stage token clear, extras, activation record.
     side_bytes: usize,
-    /// Upper bound of the bytes of mutations of the whole commit in one
-    /// transaction: `side_bytes` plus the keys and values of its pages.
+    /// Upper bound of the size of the whole commit in one transaction:
+    /// `side_bytes`, the sets of its pages, and its reads' conflict ranges.
     txn_bytes: usize,
 }
 
@@ -512,7 +553,7 @@ impl Prepared<'_> {
         self.page_bytes > STAGE_TXN_BYTES_MAX || self.txn_bytes > GROUP_TXN_BYTES_MAX
     }
 
-    /// Upper bound of the bytes [`Store::apply_commit`] writes.
+    /// Upper bound of the size [`Store::apply_commit`] adds (writes only).
     fn apply_bytes(&self, staged: bool) -> usize {
         if staged {
             self.side_bytes
@@ -632,6 +673,7 @@ impl Store {
             inner: Arc::new(Inner {
                 kv,
                 faults,
+                clears: CLEAR_LIMITS,
                 page_key: None,
                 migrations_appended: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -657,7 +699,24 @@ impl Store {
             inner: Arc::new(Inner {
                 kv: self.inner.kv.clone(),
                 faults: self.inner.faults.clone(),
+                clears: self.inner.clears,
                 page_key: Some(key),
+                migrations_appended: std::sync::atomic::AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Test hook: lowers [`SUPERSEDED_CLEARS_INLINE_MAX`] to `inline` and
+    /// [`GC_PAGE_CLEARS_PER_TXN_MAX`] to `gc_step` for this handle.
+    #[cfg(test)]
+    pub(crate) fn with_clear_limits(self, inline: usize, gc_step: usize) -> Store {
+        assert!(gc_step > 0, "a GC step must clear something");
+        Store {
+            inner: Arc::new(Inner {
+                kv: self.inner.kv.clone(),
+                faults: self.inner.faults.clone(),
+                clears: ClearLimits { inline, gc_step },
+                page_key: self.inner.page_key.clone(),
                 migrations_appended: std::sync::atomic::AtomicU64::new(0),
             }),
         }
@@ -1497,8 +1556,18 @@ impl Store {
         actor: &str,
         seq: u64,
     ) -> Result<Option<ManifestV2>, StorageError> {
+        let parts = tx.get_prefix(&keys::manifest(actor, seq))?;
+        Self::decode_manifest(actor, seq, &parts)
+    }
+
+    /// The manifest of `actor` at `seq` from its parts as read (`None`
+    /// when there are none), validated as [`Store::read_manifest`] says.
+    fn decode_manifest(
+        actor: &str,
+        seq: u64,
+        parts: &[KeyValue],
+    ) -> Result<Option<ManifestV2>, StorageError> {
         let prefix = keys::manifest(actor, seq);
-        let parts = tx.get_prefix(&prefix)?;
         if parts.is_empty() {
             return Ok(None);
         }
@@ -1546,10 +1615,18 @@ impl Store {
         if req.epoch == 0 {
             return bad("epoch 0 is never a valid claim".into());
         }
+        if req.extra.len() > EXTRA_RECORDS_PER_COMMIT_MAX {
+            return bad(format!(
+                "{} extra records, over the limit of {EXTRA_RECORDS_PER_COMMIT_MAX} per commit; commit more often",
+                req.extra.len()
+            ));
+        }
         for (name, v) in &req.extra {
-            if name.is_empty() || v.len() > EXTRA_BYTES_MAX {
+            if name.is_empty() || name.len() > EXTRA_NAME_BYTES_MAX || v.len() > EXTRA_BYTES_MAX {
                 return bad(format!(
-                    "extra record {name:?} must have a name and at most {EXTRA_BYTES_MAX} bytes (has {})",
+                    "extra record {:?} must have a name of 1 to {EXTRA_NAME_BYTES_MAX} bytes (has {}) and at most {EXTRA_BYTES_MAX} bytes of value (has {})",
+                    name.chars().take(64).collect::<String>(),
+                    name.len(),
                     v.len()
                 ));
             }
@@ -1623,7 +1700,8 @@ impl Store {
             })
             .collect();
         let token = random_u64();
-        let (page_set_bytes, side_bytes) = Self::commit_bytes_bound(req, token, &pages, &extras);
+        let (page_set_bytes, side_bytes, read_bytes) =
+            Self::commit_bytes_bound(req, token, &pages, &extras, self.kv_().key_prefix_len());
         if side_bytes > GROUP_TXN_BYTES_MAX {
             return bad(format!(
                 "its records other than pages (manifest, {} extra records, page-version clears, activation record) need up to {side_bytes} bytes in one transaction, over GROUP_TXN_BYTES_MAX ({GROUP_TXN_BYTES_MAX} bytes); commit fewer or smaller extra records at a time",
@@ -1633,51 +1711,61 @@ impl Store {
         Ok(Prepared {
             req,
             token,
+            inline_clears_max: self.inner.clears.inline,
             pages,
             page_bytes,
             extras,
             side_bytes,
-            txn_bytes: page_set_bytes + side_bytes,
+            txn_bytes: page_set_bytes + side_bytes + read_bytes,
         })
     }
 
-    /// An upper bound of what [`Store::apply_commit`] writes for a request,
-    /// counted the way [`Transaction`] does: `(page sets, the rest)`. Page
-    /// sets are the keys and values of the non-zero pages (written by the
-    /// staging transactions instead when the commit is staged).
+    /// An upper bound of the size (as FoundationDB counts it, see
+    /// [`crate::kv::cost`]; `prefix` is the backend's key prefix length)
+    /// of a request's commit transaction: `(page sets, the rest of what
+    /// [`Store::apply_commit`] writes, the conflict ranges of what
+    /// [`Store::read_commit_facts`] reads)`. Page sets are the non-zero
+    /// pages (written by the staging transactions instead when the commit
+    /// is staged).
     fn commit_bytes_bound(
         req: &CommitRequest,
         token: u64,
         pages: &[(u32, u32, Option<Vec<u8>>)],
         extras: &[(Vec<u8>, Option<Vec<u8>>)],
-    ) -> (usize, usize) {
+        prefix: usize,
+    ) -> (usize, usize, usize) {
         let actor = &req.actor;
         let head = req.expected_head_seq;
         let seq = head + 1;
-        let range = |begin: &[u8], end_prefix: &[u8]| begin.len() + end_prefix.len() + 1;
+        let k = |key: &[u8]| prefix + key.len();
+        let clear_prefix = |p: &[u8]| cost::clear_range(k(p), k(p) + 1);
         let mut page_sets = 0;
         let mut side = 0;
+        let mut clear_max = 0;
         for (m, pg, v) in pages {
             // The key of the new version; the version it supersedes has a
             // seq <= head, so a key no longer (integers grow with value).
-            let key = keys::page(actor, *m, *pg, seq).len();
+            let key = k(&keys::page(actor, *m, *pg, seq));
             if let Some(v) = v {
-                page_sets += key + v.len();
+                page_sets += cost::set(key, v.len());
             }
-            side += key; // clear of the superseded version
+            clear_max = clear_max.max(cost::clear(key));
         }
+        // Clears of the superseded versions (at most one per page, and none
+        // past SUPERSEDED_CLEARS_INLINE_MAX).
+        side += clear_max * pages.len().min(SUPERSEDED_CLEARS_INLINE_MAX) as u64;
         // Pages beyond a memory's new length, and memories that are gone:
         // one range clear each.
         for (m, mem) in req.memories.iter().enumerate() {
             let n = u32::try_from(pages_for(mem.len_bytes)).unwrap_or(u32::MAX);
-            side += range(
-                &keys::page(actor, m as u32, n, 0),
-                &keys::page_memory_prefix(actor, m as u32),
+            side += cost::clear_range(
+                k(&keys::page(actor, m as u32, n, 0)),
+                k(&keys::page_memory_prefix(actor, m as u32)) + 1,
             );
         }
-        side += range(
-            &keys::page_memory_prefix(actor, req.memories.len() as u32),
-            &keys::page_prefix(actor),
+        side += cost::clear_range(
+            k(&keys::page_memory_prefix(actor, req.memories.len() as u32)),
+            k(&keys::page_prefix(actor)) + 1,
         );
         // The new manifest (rkyv's size does not depend on the integers'
         // values, so a zeroed manifest of the same shape is exact), its
@@ -1704,27 +1792,117 @@ impl Store {
         )
         .len();
         let parts = manifest.div_ceil(VALUE_CHUNK_BYTES).max(1);
-        side += manifest + parts * keys::manifest_part(actor, seq, parts as u64).len();
-        let prev = keys::manifest(actor, head);
-        side += range(&prev, &prev);
+        let part_key = k(&keys::manifest_part(actor, seq, parts as u64));
+        side += parts as u64 * cost::set(part_key, 0) + manifest as u64;
+        side += clear_prefix(&keys::manifest(actor, head));
         // The stage token's clear (staged commits only; counted always).
-        let stage = keys::stage_token(actor, seq, req.epoch, token);
-        side += range(&stage, &stage);
+        side += clear_prefix(&keys::stage_token(actor, seq, req.epoch, token));
         for (key, value) in extras {
-            side += key.len() + value.as_ref().map_or(0, Vec::len);
+            side += match value {
+                Some(v) => cost::set(k(key), v.len()),
+                None => cost::clear(k(key)),
+            };
         }
-        side += keys::act(actor).len() + act_value_bytes_bound();
-        (page_sets, side)
+        side += cost::set(k(&keys::act(actor)), act_value_bytes_bound());
+        // Reads: the activation record, the manifests at the head and next.
+        let reads = cost::get(k(&keys::act(actor)))
+            + cost::range(
+                k(&keys::manifest(actor, seq)),
+                k(&keys::manifest(actor, seq)) + 1,
+                None,
+            )
+            + cost::range(
+                k(&keys::manifest(actor, head)),
+                k(&keys::manifest(actor, head)) + 1,
+                None,
+            );
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        (size(page_sets), size(side), size(reads))
     }
 
-    /// Checks the fence for `p` inside `tx`. Ok(Some(seq)) means our own
-    /// earlier commit already made it (after commit_unknown_result).
-    fn check_fence(
+    /// Reads what the commits of `group` (distinct actors) check and build
+    /// on, in two batched reads whatever the number of requests (two round
+    /// trips on FoundationDB): every activation record, then every
+    /// manifest needed (the head each request builds on, if `with_prev`,
+    /// and the one at its next seq where the head already is there, which
+    /// may be its own commit whose result was unknown). The outer error
+    /// fails the transaction (a retryable read failure); an inner one is a
+    /// request's own unreadable record.
+    fn read_commit_facts(
         tx: &mut Transaction,
+        group: &[&Prepared<'_>],
+        with_prev: bool,
+    ) -> Result<Vec<Result<CommitFacts, StorageError>>, StorageError> {
+        let act_keys: Vec<Vec<u8>> = group.iter().map(|p| keys::act(&p.req.actor)).collect();
+        let acts = tx.get_many(&act_keys)?;
+        let mut ranges = Vec::new();
+        let mut plans = Vec::with_capacity(group.len());
+        for ((p, key), value) in group.iter().zip(&act_keys).zip(acts) {
+            let req = p.req;
+            let act = match value.map(|v| ActV2::decode(key, &v)).transpose() {
+                Ok(act) => act,
+                Err(e) => {
+                    plans.push(Err(e));
+                    continue;
+                }
+            };
+            let mut read = |seq: u64| {
+                ranges.push(RangeRead::prefix(&keys::manifest(&req.actor, seq)));
+                ranges.len() - 1
+            };
+            let next = req.expected_head_seq + 1;
+            let next = act
+                .as_ref()
+                .filter(|a| a.head_seq == next)
+                .map(|_| read(next));
+            let prev = (with_prev && act.is_some() && req.expected_head_seq > 0)
+                .then(|| read(req.expected_head_seq));
+            plans.push(Ok((act, next, prev)));
+        }
+        let mut replies: Vec<Option<Vec<KeyValue>>> =
+            tx.get_ranges(&ranges)?.into_iter().map(Some).collect();
+        let mut manifest = |actor: &str, seq: u64, at: Option<usize>| match at {
+            None => Ok(None),
+            Some(i) => {
+                let parts = replies[i].take().expect("each reply is used once");
+                Self::decode_manifest(actor, seq, &parts)
+            }
+        };
+        Ok(group
+            .iter()
+            .zip(plans)
+            .map(|(p, plan)| {
+                let (act, next, prev) = plan?;
+                let req = p.req;
+                Ok(CommitFacts {
+                    act,
+                    next: manifest(&req.actor, req.expected_head_seq + 1, next)?,
+                    prev: manifest(&req.actor, req.expected_head_seq, prev)?,
+                })
+            })
+            .collect())
+    }
+
+    /// [`Store::read_commit_facts`] of one request.
+    fn read_facts_of(
+        tx: &mut Transaction,
+        p: &Prepared<'_>,
+        with_prev: bool,
+    ) -> Result<CommitFacts, StorageError> {
+        let mut facts = Self::read_commit_facts(tx, &[p], with_prev)?;
+        assert_eq!(facts.len(), 1, "one result per request");
+        facts.pop().expect("one result")
+    }
+
+    /// Checks the fence for `p` on what its transaction read. Ok(Some(seq))
+    /// means our own earlier commit already made it (after
+    /// commit_unknown_result).
+    fn check_fence(
+        facts: &CommitFacts,
         p: &Prepared<'_>,
     ) -> Result<(ActV2, Option<u64>), StorageError> {
         let req = p.req;
-        let Some(act) = Self::read_act(tx, &req.actor)? else {
+        let Some(act) = facts.act.clone() else {
             return Err(StorageError::Fenced {
                 actor: req.actor.clone(),
                 epoch_given: req.epoch,
@@ -1733,7 +1911,7 @@ impl Store {
         };
         let next = req.expected_head_seq + 1;
         if act.head_seq == next
-            && let Some(m) = Self::read_manifest(tx, &req.actor, next)?
+            && let Some(m) = &facts.next
             && m.token == p.token
         {
             return Ok((act, Some(next)));
@@ -1755,30 +1933,31 @@ impl Store {
         Ok((act, None))
     }
 
-    /// The fenced manifest transaction body. All reads and checks happen
-    /// before the first write, so an error leaves `tx` untouched.
+    /// The fenced manifest transaction body, on what the transaction read
+    /// ([`Store::read_commit_facts`], with the previous manifest). It reads
+    /// nothing more, and checks everything before the first write, so an
+    /// error leaves `tx` untouched.
     fn apply_commit(
         tx: &mut Transaction,
         p: &Prepared<'_>,
         staged: bool,
+        facts: CommitFacts,
     ) -> Result<u64, StorageError> {
         let req = p.req;
-        let (mut act, done) = Self::check_fence(tx, p)?;
+        let (mut act, done) = Self::check_fence(&facts, p)?;
         if let Some(seq) = done {
             return Ok(seq);
         }
-        let bytes_before = tx.bytes_written();
+        let size_before = tx.size();
         let prev = if req.expected_head_seq == 0 {
             None
         } else {
-            Some(
-                Self::read_manifest(tx, &req.actor, req.expected_head_seq)?.ok_or_else(|| {
-                    StorageError::corrupt(
-                        &keys::manifest(&req.actor, req.expected_head_seq),
-                        "the head manifest is missing",
-                    )
-                })?,
-            )
+            Some(facts.prev.ok_or_else(|| {
+                StorageError::corrupt(
+                    &keys::manifest(&req.actor, req.expected_head_seq),
+                    "the head manifest is missing",
+                )
+            })?)
         };
         let seq = req.expected_head_seq + 1;
         let mut memories: Vec<MemMapV1> = req
@@ -1815,14 +1994,34 @@ impl Store {
         // clear per page. Nothing valid lives there: this commit's pages
         // are all below the new lengths, and no commit stages at a seq
         // above this one before it is the head.
+        // A rewrite of more than SUPERSEDED_CLEARS_INLINE_MAX pages leaves
+        // the page versions it supersedes, and the previous manifest that
+        // names them, to garbage collection: their clears would make this
+        // transaction huge (about four times the key per clear, as
+        // FoundationDB counts it).
         if let Some(pm) = &prev {
+            let superseded: Vec<(u32, u32, u64)> = pm
+                .memories
+                .iter()
+                .zip(&memories)
+                .enumerate()
+                .flat_map(|(m, (mm, nm))| {
+                    mm.pages
+                        .iter()
+                        .zip(&nm.pages)
+                        .enumerate()
+                        .filter(|(_, (s, now))| **s != 0 && *now != *s)
+                        .map(move |(i, (s, _))| (m as u32, i as u32, *s))
+                })
+                .collect();
+            let inline = superseded.len() <= p.inline_clears_max;
+            if inline {
+                for (m, i, s) in superseded {
+                    tx.clear(&keys::page(&req.actor, m, i, s));
+                }
+            }
             for (m, mm) in pm.memories.iter().enumerate() {
                 let Some(nm) = memories.get(m) else { continue };
-                for (i, (&s, &now)) in mm.pages.iter().zip(&nm.pages).enumerate() {
-                    if s != 0 && now != s {
-                        tx.clear(&keys::page(&req.actor, m as u32, i as u32, s));
-                    }
-                }
                 if mm.pages.iter().skip(nm.pages.len()).any(|&s| s != 0) {
                     let n = u32::try_from(nm.pages.len()).expect("prepare bounds the page count");
                     tx.clear_range(
@@ -1838,7 +2037,9 @@ impl Store {
                     &crate::tuple::range_end(&keys::page_prefix(&req.actor)),
                 );
             }
-            tx.clear_prefix(&keys::manifest(&req.actor, req.expected_head_seq));
+            if inline {
+                tx.clear_prefix(&keys::manifest(&req.actor, req.expected_head_seq));
+            }
         }
         let manifest = ManifestV2 {
             actor: req.actor.clone(),
@@ -1862,9 +2063,9 @@ impl Store {
         }
         act.head_seq = seq;
         tx.set(&keys::act(&req.actor), &act.encode());
-        let written = (tx.bytes_written() - bytes_before) as usize;
+        let written = tx.size() - size_before;
         assert!(
-            written <= p.apply_bytes(staged),
+            written <= p.apply_bytes(staged) as u64,
             "commit of {:?} wrote {written} bytes, over its bound of {} bytes: the group budget would be wrong",
             req.actor,
             p.apply_bytes(staged)
@@ -1886,7 +2087,10 @@ impl Store {
         if p.staged() {
             self.commit_staged(&p)
         } else {
-            self.kv_().transact(|tx| Self::apply_commit(tx, &p, false))
+            self.kv_().transact(|tx| {
+                let facts = Self::read_facts_of(tx, &p, true)?;
+                Self::apply_commit(tx, &p, false, facts)
+            })
         }
     }
 
@@ -1894,7 +2098,10 @@ impl Store {
         if let Some(done) = self.stage_parts(p)? {
             return Ok(done);
         }
-        self.kv_().transact(|tx| Self::apply_commit(tx, p, true))
+        self.kv_().transact(|tx| {
+            let facts = Self::read_facts_of(tx, p, true)?;
+            Self::apply_commit(tx, p, true, facts)
+        })
     }
 
     /// Writes the pages of a staged commit in fenced transactions of at
@@ -1923,7 +2130,8 @@ impl Store {
                 pages: group.iter().map(|(m, pg, _)| (*m, *pg)).collect(),
             });
             let outcome = self.kv_().transact(|tx| {
-                if let (_, Some(done)) = Self::check_fence(tx, p)? {
+                let facts = Self::read_facts_of(tx, p, false)?;
+                if let (_, Some(done)) = Self::check_fence(&facts, p)? {
                     return Ok(StageOutcome::AlreadyCommitted(done));
                 }
                 tx.set(
@@ -2012,20 +2220,33 @@ impl Store {
             return;
         }
         let bound: usize = group.iter().map(|(_, p)| p.txn_bytes).sum();
+        let actors: HashSet<&str> = group.iter().map(|(_, p)| p.req.actor.as_str()).collect();
+        assert_eq!(
+            actors.len(),
+            group.len(),
+            "a group holds one request per actor (their reads are batched before any write)"
+        );
         assert!(
             bound <= GROUP_TXN_BYTES_MAX,
             "a group of {} requests is bounded by {bound} bytes, over GROUP_TXN_BYTES_MAX",
             group.len()
         );
+        let prepared: Vec<&Prepared<'_>> = group.iter().map(|(_, p)| p).collect();
         let r = self.kv_().transact(|tx| {
-            let mut out = Vec::with_capacity(group.len());
-            for (_, p) in &group {
-                match Self::apply_commit(tx, p, false) {
-                    Err(e) if e.is_retryable() => return Err(e),
-                    r => out.push(r),
-                }
-            }
-            assert!(tx.bytes_written() <= bound as u64);
+            // Every request's reads in two batches, then only writes: a
+            // constant number of round trips for the whole group.
+            let facts = Self::read_commit_facts(tx, &prepared, true)?;
+            let out: Vec<Result<u64, StorageError>> = prepared
+                .iter()
+                .zip(facts)
+                .map(|(p, f)| f.and_then(|f| Self::apply_commit(tx, p, false, f)))
+                .collect();
+            assert!(
+                tx.size() <= bound as u64,
+                "a group commit of {} requests is {} bytes, over its bound of {bound}",
+                prepared.len(),
+                tx.size()
+            );
             Ok(out)
         });
         match r {
@@ -2213,16 +2434,45 @@ impl Store {
         }
     }
 
+    /// One bounded garbage-collection transaction, in three rounds of
+    /// reads whatever it finds (three round trips on FoundationDB): the
+    /// activation record; then the head manifest, up to
+    /// [`GC_MANIFESTS_PER_TXN_MAX`] older ones and up to
+    /// [`GC_STAGES_PER_TXN_MAX`] stage markers, side by side; then every
+    /// staged page whose writer must be checked, at once. It clears at most
+    /// [`GC_PAGE_CLEARS_PER_TXN_MAX`] page versions of old manifests: an
+    /// old manifest with more is rewritten without the ones cleared, so the
+    /// next step goes on where this one stopped. `true`: more to do.
     fn gc_step(&self, tx: &mut Transaction, actor: &str) -> Result<(GcStats, bool), StorageError> {
         let mut st = GcStats::default();
         let Some(act) = Self::read_act(tx, actor)? else {
             return Ok((st, false));
         };
         let head = act.head_seq;
+        let listed_max = GC_MANIFESTS_PER_TXN_MAX * 2;
+        let mut reads = tx
+            .get_ranges(&[
+                RangeRead::prefix(&keys::manifest(actor, head)),
+                RangeRead {
+                    begin: keys::manifest(actor, 0),
+                    end: keys::manifest(actor, head),
+                    limit: Some(listed_max),
+                },
+                RangeRead {
+                    limit: Some(GC_STAGES_PER_TXN_MAX),
+                    ..RangeRead::prefix(&keys::stage_prefix(actor))
+                },
+            ])?
+            .into_iter();
+        let (head_parts, old, stages) = (
+            reads.next().expect("three replies"),
+            reads.next().expect("three replies"),
+            reads.next().expect("three replies"),
+        );
         let head_refs: HashSet<(u32, u32, u64)> = if head == 0 {
             HashSet::new()
         } else {
-            Self::read_manifest(tx, actor, head)?
+            Self::decode_manifest(actor, head, &head_parts)?
                 .ok_or_else(|| {
                     StorageError::corrupt(
                         &keys::manifest(actor, head),
@@ -2232,53 +2482,108 @@ impl Store {
                 .refs()
                 .collect()
         };
-        // Old manifests: the seqs below the head, a bounded number per step.
-        let begin = keys::manifest(actor, 0);
-        let end = keys::manifest(actor, head);
-        let limit = GC_MANIFESTS_PER_TXN_MAX * 2;
-        let old = tx.get_range(&begin, &end, Some(limit), false)?;
-        let mut seqs: Vec<u64> = Vec::new();
-        for (k, _) in &old {
-            let s = keys::manifest_seq(k)?;
-            if seqs.last() != Some(&s) {
-                seqs.push(s);
+        // Old manifests, grouped by seq. When the listing hit its limit the
+        // last group may be cut short: it waits for the next step. A
+        // manifest has fewer parts than half the limit, so at least one
+        // group is whole.
+        let mut groups: Vec<(u64, Vec<KeyValue>)> = Vec::new();
+        for (k, v) in old.iter().cloned() {
+            let s = keys::manifest_seq(&k)?;
+            match groups.last_mut() {
+                Some((last, parts)) if *last == s => parts.push((k, v)),
+                _ => groups.push((s, vec![(k, v)])),
             }
         }
-        let more = old.len() == limit || seqs.len() > GC_MANIFESTS_PER_TXN_MAX;
-        seqs.truncate(GC_MANIFESTS_PER_TXN_MAX);
-        let mut doomed: BTreeSet<(u32, u32, u64)> = BTreeSet::new();
-        for s in seqs {
-            match Self::read_manifest(tx, actor, s) {
-                Ok(Some(m)) => doomed.extend(m.refs().filter(|r| !head_refs.contains(r))),
-                Ok(None) => {}
+        let mut more = false;
+        if old.len() == listed_max {
+            groups.pop();
+            assert!(
+                !groups.is_empty(),
+                "a manifest has fewer than {listed_max} parts, so a full listing holds a whole one"
+            );
+            more = true;
+        }
+        if groups.len() > GC_MANIFESTS_PER_TXN_MAX {
+            groups.truncate(GC_MANIFESTS_PER_TXN_MAX);
+            more = true;
+        }
+        let mut budget = self.inner.clears.gc_step;
+        // Versions cleared by this step (old manifests may share them).
+        let mut cleared: HashSet<(u32, u32, u64)> = HashSet::new();
+        for (s, parts) in groups {
+            if budget == 0 {
+                more = true;
+                break;
+            }
+            let mut m = match Self::decode_manifest(actor, s, &parts) {
+                Ok(Some(m)) => m,
+                Ok(None) => unreachable!("a group has at least one part"),
                 Err(e @ StorageError::Corrupt { .. }) => {
                     tracing::warn!(actor, seq = s, error = %e, "gc: dropping unreadable old manifest");
+                    tx.clear_prefix(&keys::manifest(actor, s));
+                    st.manifests_deleted += 1;
+                    continue;
                 }
                 Err(e) => return Err(e),
+            };
+            let doomed: Vec<(u32, u32, u64)> = m
+                .refs()
+                .filter(|r| !head_refs.contains(r) && !cleared.contains(r))
+                .collect();
+            let now = doomed.len().min(budget);
+            for &(mi, pg, ps) in &doomed[..now] {
+                tx.clear(&keys::page(actor, mi, pg, ps));
+                cleared.insert((mi, pg, ps));
             }
+            st.pages_deleted += now as u64;
+            budget -= now;
             tx.clear_prefix(&keys::manifest(actor, s));
+            if now < doomed.len() {
+                // Keep the rest for the next step: the manifest without
+                // the versions cleared now.
+                let gone: Vec<(u32, u32, u64)> = m.refs().filter(|r| cleared.contains(r)).collect();
+                for (mi, pg, _) in gone {
+                    m.memories[mi as usize].pages[pg as usize] = 0;
+                }
+                Self::write_manifest(tx, &m);
+                more = true;
+                break;
+            }
             st.manifests_deleted += 1;
         }
-        for (m, pg, s) in doomed {
-            tx.clear(&keys::page(actor, m, pg, s));
-            st.pages_deleted += 1;
-        }
-        // Stage markers.
-        for (k, v) in tx.get_prefix(&keys::stage_prefix(actor))? {
+        // Stage markers. Pages staged above the head by an owner that may
+        // still be live are checked before they go: all read at once.
+        // A full listing may hide more markers; go on only if this step
+        // removes some (the rest of a full listing can all be in flight).
+        let stages_full = stages.len() == GC_STAGES_PER_TXN_MAX;
+        let mut markers = Vec::with_capacity(stages.len());
+        let mut to_check = Vec::new();
+        for (k, v) in stages {
             let (seq, epoch) = keys::stage_seq_epoch(&k)?;
-            let marker: Option<StageMarkerV1> = decode(&k, &v).ok();
             let in_flight = seq > head && epoch == act.epoch && act.active;
             if in_flight {
                 continue;
             }
-            for (m, pg) in marker.map(|mk| mk.pages).unwrap_or_default() {
+            let pages = decode::<StageMarkerV1>(&k, &v)
+                .map(|mk| mk.pages)
+                .unwrap_or_default();
+            if seq > head {
+                to_check.extend(pages.iter().map(|&(m, pg)| keys::page(actor, m, pg, seq)));
+            }
+            markers.push((k, seq, pages));
+        }
+        let mut checked = to_check.iter().cloned().zip(tx.get_many(&to_check)?);
+        for (k, seq, pages) in markers {
+            for (m, pg) in pages {
                 let pk = keys::page(actor, m, pg, seq);
                 let garbage = if seq <= head {
                     !head_refs.contains(&(m, pg, seq))
                 } else {
                     // The current owner may have re-staged this very key:
                     // only drop it if an older epoch (or nobody live) wrote it.
-                    match tx.get(&pk)? {
+                    let (key, value) = checked.next().expect("one read per staged page");
+                    assert_eq!(key, pk, "staged pages come back in the order asked");
+                    match value {
                         None => false,
                         Some(pv) => match with_archived::<ArchivedPageV2, u64>(
                             FORMAT_V3,
@@ -2299,6 +2604,7 @@ impl Store {
             tx.clear(&k);
             st.stages_deleted += 1;
         }
+        more |= stages_full && st.stages_deleted > 0;
         Ok((st, more))
     }
 }

@@ -39,7 +39,9 @@ use foundationdb::{Database, FdbError, RangeOption};
 use futures::executor::block_on;
 use parking_lot::Mutex;
 
-use super::{KeyValue, KvBackend, KvTransaction, RETRIES_MAX_DEFAULT, TRANSACTION_DURATION_MS_MAX};
+use super::{
+    KeyValue, KvBackend, KvTransaction, RETRIES_MAX_DEFAULT, RangeRead, TRANSACTION_DURATION_MS_MAX,
+};
 use crate::StorageError;
 
 /// Transaction timeout set on every database handle, in milliseconds:
@@ -236,6 +238,10 @@ impl KvBackend for FdbBackend {
         "fdb"
     }
 
+    fn key_prefix_len(&self) -> usize {
+        self.prefix.len()
+    }
+
     fn begin(&self, write: bool) -> Result<Box<dyn KvTransaction>, StorageError> {
         let trx = self.db.create_trx().map_err(|e| map_error(e, false))?;
         Ok(Box::new(FdbTx {
@@ -258,6 +264,50 @@ impl FdbTx {
         k.extend_from_slice(&self.prefix);
         k.extend_from_slice(key);
         k
+    }
+
+    /// One range read, paging through FoundationDB's replies.
+    async fn range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: Option<usize>,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        let mut opt = RangeOption {
+            limit,
+            reverse,
+            mode: StreamingMode::WantAll,
+            ..RangeOption::from((self.key(begin), self.key(end)))
+        };
+        let mut out = Vec::new();
+        let mut iteration = 1;
+        loop {
+            let kvs = self
+                .trx
+                .get_range(&opt, iteration, false)
+                .await
+                .map_err(|e| map_error(e, false))?;
+            for kv in kvs.iter() {
+                let key = kv
+                    .key()
+                    .strip_prefix(self.prefix.as_slice())
+                    .ok_or_else(|| {
+                        StorageError::corrupt(
+                            kv.key(),
+                            "range read returned a key outside the range",
+                        )
+                    })?;
+                out.push((key.to_vec(), kv.value().to_vec()));
+            }
+            match opt.next_range(&kvs) {
+                Some(next) => {
+                    opt = next;
+                    iteration += 1;
+                }
+                None => return Ok(out),
+            }
+        }
     }
 
     fn writable(&self) -> Result<(), StorageError> {
@@ -290,37 +340,16 @@ impl KvTransaction for FdbTx {
         limit: Option<usize>,
         reverse: bool,
     ) -> Result<Vec<KeyValue>, StorageError> {
-        let mut opt = RangeOption {
-            limit,
-            reverse,
-            mode: StreamingMode::WantAll,
-            ..RangeOption::from((self.key(begin), self.key(end)))
-        };
-        let mut out = Vec::new();
-        let mut iteration = 1;
-        loop {
-            let kvs = block_on(self.trx.get_range(&opt, iteration, false))
-                .map_err(|e| map_error(e, false))?;
-            for kv in kvs.iter() {
-                let key = kv
-                    .key()
-                    .strip_prefix(self.prefix.as_slice())
-                    .ok_or_else(|| {
-                        StorageError::corrupt(
-                            kv.key(),
-                            "range read returned a key outside the range",
-                        )
-                    })?;
-                out.push((key.to_vec(), kv.value().to_vec()));
-            }
-            match opt.next_range(&kvs) {
-                Some(next) => {
-                    opt = next;
-                    iteration += 1;
-                }
-                None => return Ok(out),
-            }
-        }
+        block_on(self.range(begin, end, limit, reverse))
+    }
+
+    fn get_ranges(&mut self, ranges: &[RangeRead]) -> Result<Vec<Vec<KeyValue>>, StorageError> {
+        // Every range read is in flight at once; each pages through its
+        // own replies.
+        let reads = ranges
+            .iter()
+            .map(|r| self.range(&r.begin, &r.end, r.limit, false));
+        block_on(futures::future::try_join_all(reads))
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {

@@ -4,14 +4,16 @@
 //!
 //! A round trip is one read call (`get`, `get_many`: a batched read counts
 //! once, as FoundationDB overlaps its reads), one reply of a range read
-//! (FoundationDB sends at most about [`RANGE_REPLY_BYTES`] per reply), or
-//! one commit of a transaction that wrote something.
+//! (FoundationDB sends at most about [`RANGE_REPLY_BYTES`] per reply; the
+//! range reads of one `get_ranges` batch run side by side, so the batch
+//! costs as many as its longest read), or one commit of a transaction that
+//! wrote something.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{KeyValue, KvBackend, KvTransaction};
+use super::{KeyValue, KvBackend, KvTransaction, RangeRead};
 use crate::StorageError;
 
 /// Bytes of one range-read reply, as FoundationDB caps them (about 80 kB).
@@ -60,6 +62,10 @@ impl KvBackend for LatencyKv {
         self.inner.name()
     }
 
+    fn key_prefix_len(&self) -> usize {
+        self.inner.key_prefix_len()
+    }
+
     fn begin(&self, write: bool) -> Result<Box<dyn KvTransaction>, StorageError> {
         Ok(Box::new(LatencyTx {
             inner: self.inner.begin(write)?,
@@ -92,6 +98,12 @@ impl LatencyTx {
     }
 }
 
+/// Replies FoundationDB needs to send `kvs` (one at least).
+fn replies(kvs: &[KeyValue]) -> u64 {
+    let bytes: usize = kvs.iter().map(|(k, v)| k.len() + v.len()).sum();
+    bytes.div_ceil(RANGE_REPLY_BYTES).max(1) as u64
+}
+
 impl KvTransaction for LatencyTx {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.trip();
@@ -115,9 +127,19 @@ impl KvTransaction for LatencyTx {
         reverse: bool,
     ) -> Result<Vec<KeyValue>, StorageError> {
         let kvs = self.inner.get_range(begin, end, limit, reverse)?;
-        let bytes: usize = kvs.iter().map(|(k, v)| k.len() + v.len()).sum();
-        self.trips(bytes.div_ceil(RANGE_REPLY_BYTES).max(1) as u64);
+        self.trips(replies(&kvs));
         Ok(kvs)
+    }
+
+    fn get_ranges(&mut self, ranges: &[RangeRead]) -> Result<Vec<Vec<KeyValue>>, StorageError> {
+        let out = self.inner.get_ranges(ranges)?;
+        let each = out.iter().map(|kvs| replies(kvs));
+        self.trips(if self.sequential {
+            each.sum()
+        } else {
+            each.max().unwrap_or(0)
+        });
+        Ok(out)
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {

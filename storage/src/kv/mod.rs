@@ -1,8 +1,9 @@
 //! The ordered, transactional key-value layer with FoundationDB semantics.
 //!
 //! A [`Kv`] wraps one backend ([`KvBackend`]) and adds what every backend
-//! shares: FoundationDB's size limits, byte counters ([`Stats`]) and the
-//! bounded retry loop [`Kv::transact`].
+//! shares: FoundationDB's size limits, counted as FoundationDB counts them
+//! (see [`cost`]), byte counters ([`Stats`]) and the retry loop
+//! [`Kv::transact`].
 //!
 //! Semantics every backend provides (checked by the conformance suite):
 //! - keys are ordered by memcmp; range reads are `[begin, end)`, with an
@@ -30,7 +31,8 @@ use crate::StorageError;
 pub const KEY_BYTES_MAX: usize = 10_000;
 /// FoundationDB's value size limit, in bytes.
 pub const VALUE_BYTES_MAX: usize = 100_000;
-/// FoundationDB's transaction size limit (bytes of mutations), in bytes.
+/// FoundationDB's transaction size limit, in bytes: mutations plus conflict
+/// ranges, counted as [`cost`] does.
 pub const TRANSACTION_BYTES_MAX: u64 = 10_000_000;
 /// FoundationDB's transaction duration limit, in milliseconds.
 pub const TRANSACTION_DURATION_MS_MAX: u64 = 5_000;
@@ -42,6 +44,67 @@ pub const RETRY_BACKOFF_MS_MAX: u64 = 50;
 /// A key and its value, as returned by range reads.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// One range read of a batch ([`KvTransaction::get_ranges`]): `[begin,
+/// end)` ascending, at most `limit` pairs if given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeRead {
+    /// First key of the range.
+    pub begin: Vec<u8>,
+    /// The key after the range.
+    pub end: Vec<u8>,
+    /// At most this many pairs.
+    pub limit: Option<usize>,
+}
+
+impl RangeRead {
+    /// Every key that extends `prefix` (tuple-style: `prefix..prefix+0xFF`).
+    pub fn prefix(prefix: &[u8]) -> RangeRead {
+        RangeRead {
+            begin: prefix.to_vec(),
+            end: crate::tuple::range_end(prefix),
+            limit: None,
+        }
+    }
+}
+
+/// What a transaction costs against [`TRANSACTION_BYTES_MAX`], as
+/// FoundationDB counts it: every mutation's parameters plus every read and
+/// write conflict range (both ends). Key lengths here are the stored
+/// lengths, the backend's key prefix included.
+pub mod cost {
+    /// `set(k, v)`: the mutation (k + v) and its write conflict range
+    /// `[k, k+\0)`.
+    pub fn set(key: usize, value: usize) -> u64 {
+        (3 * key + 1 + value) as u64
+    }
+
+    /// `clear(k)`: a one-key range clear `[k, k+\0)` and the same write
+    /// conflict range: about four times the key.
+    pub fn clear(key: usize) -> u64 {
+        (4 * key + 2) as u64
+    }
+
+    /// `clear_range(b, e)`: the mutation and its write conflict range.
+    pub fn clear_range(begin: usize, end: usize) -> u64 {
+        (2 * (begin + end)) as u64
+    }
+
+    /// A point read in a write transaction: its read conflict range.
+    pub fn get(key: usize) -> u64 {
+        (2 * key + 1) as u64
+    }
+
+    /// A range read in a write transaction: its read conflict range,
+    /// `[begin, end)`, or up to just after the last key read when a limit
+    /// cut it short (`last` is that key's length).
+    pub fn range(begin: usize, end: usize, last: Option<usize>) -> u64 {
+        match last {
+            Some(last) => (begin + end.max(last + 1)) as u64,
+            None => (begin + end) as u64,
+        }
+    }
+}
+
 /// A storage backend: something that starts transactions.
 pub trait KvBackend: Send + Sync + 'static {
     /// Short name for messages ("memory", "sqlite").
@@ -50,6 +113,12 @@ pub trait KvBackend: Send + Sync + 'static {
     /// write transaction takes the database write lock at once
     /// (`BEGIN IMMEDIATE`).
     fn begin(&self, write: bool) -> Result<Box<dyn KvTransaction>, StorageError>;
+    /// Bytes the backend puts in front of every key (a private test
+    /// prefix on FoundationDB): they count against the key and transaction
+    /// limits.
+    fn key_prefix_len(&self) -> usize {
+        0
+    }
 }
 
 /// One backend transaction. Dropping it without `commit` rolls it back.
@@ -71,6 +140,15 @@ pub trait KvTransaction: Send {
         limit: Option<usize>,
         reverse: bool,
     ) -> Result<Vec<KeyValue>, StorageError>;
+    /// Several ascending range reads: the pairs of each, in the order of
+    /// `ranges`. All in flight at once where the backend can overlap reads
+    /// (FoundationDB); a loop of local reads elsewhere.
+    fn get_ranges(&mut self, ranges: &[RangeRead]) -> Result<Vec<Vec<KeyValue>>, StorageError> {
+        ranges
+            .iter()
+            .map(|r| self.get_range(&r.begin, &r.end, r.limit, false))
+            .collect()
+    }
     /// Writes a key.
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError>;
     /// Removes a key.
@@ -104,11 +182,13 @@ pub struct Stats {
     pub transactions: u64,
     /// Number of retries `transact` made.
     pub retries: u64,
-    /// The largest `bytes_written` of any single committed transaction
-    /// (monotonic, not affected by [`Stats::since`]).
+    /// The largest size of any single committed write transaction, as
+    /// FoundationDB counts it against [`TRANSACTION_BYTES_MAX`] (mutations
+    /// plus conflict ranges, see [`cost`]); monotonic, not affected by
+    /// [`Stats::since`].
     pub transaction_bytes_max: u64,
-    /// `bytes_written` of the most recently committed write transaction
-    /// (not affected by [`Stats::since`]).
+    /// The size (as above) of the most recently committed write
+    /// transaction (not affected by [`Stats::since`]).
     pub transaction_bytes_last: u64,
 }
 
@@ -134,14 +214,43 @@ pub struct Transaction {
     inner: Box<dyn KvTransaction>,
     counters: Arc<Counters>,
     write: bool,
+    /// Bytes of the backend's key prefix, counted with every key.
+    prefix: usize,
+    /// Bytes of mutations (keys and values), for [`Stats::bytes_written`].
     bytes: u64,
+    /// The size FoundationDB counts: mutations plus conflict ranges.
+    size: u64,
     mutations: u64,
     deferred: Option<StorageError>,
 }
 
 impl Transaction {
+    /// Adds `n` bytes to the size; false (and the commit will fail) once
+    /// it is over [`TRANSACTION_BYTES_MAX`].
+    fn grow(&mut self, n: u64) -> bool {
+        self.size += n;
+        if self.size > TRANSACTION_BYTES_MAX {
+            self.deferred.get_or_insert(StorageError::LimitExceeded {
+                what: "transaction",
+                bytes: self.size,
+                limit: TRANSACTION_BYTES_MAX,
+            });
+            return false;
+        }
+        true
+    }
+
+    /// Counts a read's conflict range (write transactions only: a
+    /// read-only one sends none).
+    fn read_conflict(&mut self, n: u64) {
+        if self.write {
+            self.grow(n);
+        }
+    }
+
     /// Reads one key (seeing this transaction's own writes).
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.read_conflict(cost::get(self.prefix + key.len()));
         self.inner.get(key)
     }
 
@@ -151,7 +260,56 @@ impl Transaction {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        let n = keys.iter().map(|k| cost::get(self.prefix + k.len())).sum();
+        self.read_conflict(n);
         self.inner.get_many(keys)
+    }
+
+    /// Several ascending range reads at once (all in flight together on
+    /// FoundationDB): the pairs of each, in the order of `ranges`.
+    pub fn get_ranges(&mut self, ranges: &[RangeRead]) -> Result<Vec<Vec<KeyValue>>, StorageError> {
+        let asked: Vec<RangeRead> = ranges
+            .iter()
+            .filter(|r| r.limit != Some(0) && r.begin < r.end)
+            .cloned()
+            .collect();
+        let mut got = if asked.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.get_ranges(&asked)?
+        }
+        .into_iter();
+        let mut out = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            if r.limit == Some(0) || r.begin >= r.end {
+                out.push(Vec::new());
+                continue;
+            }
+            let kvs = got.next().expect("one reply per range asked");
+            self.range_conflict(&r.begin, &r.end, r.limit, false, &kvs);
+            out.push(kvs);
+        }
+        Ok(out)
+    }
+
+    fn range_conflict(
+        &mut self,
+        begin: &[u8],
+        end: &[u8],
+        limit: Option<usize>,
+        reverse: bool,
+        kvs: &[KeyValue],
+    ) {
+        let p = self.prefix;
+        let cut = limit.is_some_and(|l| kvs.len() >= l);
+        let n = match kvs.last() {
+            Some((last, _)) if cut && reverse => cost::range(p + last.len(), p + end.len(), None),
+            Some((last, _)) if cut => {
+                cost::range(p + begin.len(), p + end.len(), Some(p + last.len()))
+            }
+            _ => cost::range(p + begin.len(), p + end.len(), None),
+        };
+        self.read_conflict(n);
     }
 
     /// Reads `[begin, end)`: ascending, or descending if `reverse`; at most
@@ -166,7 +324,9 @@ impl Transaction {
         if limit == Some(0) || begin >= end {
             return Ok(Vec::new());
         }
-        self.inner.get_range(begin, end, limit, reverse)
+        let kvs = self.inner.get_range(begin, end, limit, reverse)?;
+        self.range_conflict(begin, end, limit, reverse, &kvs);
+        Ok(kvs)
     }
 
     /// Reads every key that extends `prefix` (tuple-style: `prefix..prefix+0xFF`).
@@ -175,7 +335,9 @@ impl Transaction {
         self.get_range(prefix, &end, None, false)
     }
 
-    fn account(&mut self, bytes: usize) -> bool {
+    /// Counts a mutation: `bytes` of keys and values, `size` as
+    /// FoundationDB counts it.
+    fn account(&mut self, bytes: usize, size: u64) -> bool {
         if self.deferred.is_some() {
             return false;
         }
@@ -185,22 +347,17 @@ impl Transaction {
         }
         self.bytes += bytes as u64;
         self.mutations += 1;
-        if self.bytes > TRANSACTION_BYTES_MAX {
-            self.deferred = Some(StorageError::LimitExceeded {
-                what: "transaction",
-                bytes: self.bytes,
-                limit: TRANSACTION_BYTES_MAX,
-            });
-            return false;
-        }
-        true
+        self.grow(size)
     }
 
+    /// Whether `key`, with the backend's prefix, is within
+    /// [`KEY_BYTES_MAX`].
     fn check_key(&mut self, key: &[u8]) -> bool {
-        if key.len() > KEY_BYTES_MAX {
+        let stored = self.prefix + key.len();
+        if stored > KEY_BYTES_MAX {
             self.deferred.get_or_insert(StorageError::LimitExceeded {
                 what: "key",
-                bytes: key.len() as u64,
+                bytes: stored as u64,
                 limit: KEY_BYTES_MAX as u64,
             });
             return false;
@@ -224,7 +381,8 @@ impl Transaction {
             });
             return;
         }
-        if self.check_key(key) && self.account(key.len() + value.len()) {
+        let size = cost::set(self.prefix + key.len(), value.len());
+        if self.check_key(key) && self.account(key.len() + value.len(), size) {
             let r = self.inner.set(key, value);
             self.defer(r);
         }
@@ -232,7 +390,8 @@ impl Transaction {
 
     /// Removes `key`.
     pub fn clear(&mut self, key: &[u8]) {
-        if self.check_key(key) && self.account(key.len()) {
+        let size = cost::clear(self.prefix + key.len());
+        if self.check_key(key) && self.account(key.len(), size) {
             let r = self.inner.clear(key);
             self.defer(r);
         }
@@ -243,7 +402,11 @@ impl Transaction {
         if begin >= end {
             return;
         }
-        if self.check_key(begin) && self.check_key(end) && self.account(begin.len() + end.len()) {
+        let size = cost::clear_range(self.prefix + begin.len(), self.prefix + end.len());
+        if self.check_key(begin)
+            && self.check_key(end)
+            && self.account(begin.len() + end.len(), size)
+        {
             let r = self.inner.clear_range(begin, end);
             self.defer(r);
         }
@@ -255,9 +418,15 @@ impl Transaction {
         self.clear_range(prefix, &end);
     }
 
-    /// Bytes of mutations so far.
+    /// Bytes of mutations so far (keys and values).
     pub fn bytes_written(&self) -> u64 {
         self.bytes
+    }
+
+    /// The transaction's size so far as FoundationDB counts it against
+    /// [`TRANSACTION_BYTES_MAX`]: mutations plus conflict ranges.
+    pub fn size(&self) -> u64 {
+        self.size
     }
 
     /// Commits. Counters move only if the commit succeeded.
@@ -265,7 +434,8 @@ impl Transaction {
         if let Some(e) = self.deferred {
             return Err(e);
         }
-        let (bytes, mutations, counters) = (self.bytes, self.mutations, self.counters);
+        let (bytes, size, mutations, counters) =
+            (self.bytes, self.size, self.mutations, self.counters);
         let r = self.inner.commit();
         // A commit_unknown_result may have applied; it is counted only when
         // known to be committed, so counters stay an exact lower bound.
@@ -277,10 +447,10 @@ impl Transaction {
             counters.transactions.fetch_add(1, Ordering::Relaxed);
             counters
                 .transaction_bytes_max
-                .fetch_max(bytes, Ordering::Relaxed);
+                .fetch_max(size, Ordering::Relaxed);
             counters
                 .transaction_bytes_last
-                .store(bytes, Ordering::Relaxed);
+                .store(size, Ordering::Relaxed);
         }
         r
     }
@@ -321,6 +491,12 @@ impl Kv {
         self.backend.name()
     }
 
+    /// Bytes the backend puts in front of every key (see
+    /// [`KvBackend::key_prefix_len`]).
+    pub fn key_prefix_len(&self) -> usize {
+        self.backend.key_prefix_len()
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> Stats {
         let c = &self.counters;
@@ -349,7 +525,9 @@ impl Kv {
             inner: self.backend.begin(write)?,
             counters: self.counters.clone(),
             write,
+            prefix: self.backend.key_prefix_len(),
             bytes: 0,
+            size: 0,
             mutations: 0,
             deferred: None,
         })

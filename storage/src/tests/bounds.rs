@@ -272,3 +272,163 @@ fn activation_index_matches_active_claims() {
     assert_eq!(all.len(), 13);
     assert!(all.iter().all(|(_, a)| a.epoch >= 1));
 }
+
+/// A rewrite of more pages than a commit clears inline leaves the versions
+/// it supersedes (and the manifest naming them) to GC, which clears them in
+/// steps of at most its per-transaction budget, and loses nothing.
+#[test]
+fn huge_rewrite_leaves_superseded_pages_to_bounded_gc() {
+    let store = Store::memory().with_clear_limits(8, 5);
+    let a = claim(&store, "huge/1", "pop-a");
+    let first: Vec<(u32, Vec<u8>)> = (0..20).map(|i| (i, sparse_page(1, i))).collect();
+    store
+        .commit_snapshot(&req("huge/1", a.epoch, 0, 20, &first))
+        .unwrap();
+    let pages = |s: &Store| {
+        s.kv()
+            .read(|tx| tx.get_prefix(&crate::keys::page_prefix("huge/1")))
+            .unwrap()
+            .len()
+    };
+    // A small rewrite still clears inline.
+    store
+        .commit_snapshot(&req("huge/1", a.epoch, 1, 20, &[(0, sparse_page(2, 0))]))
+        .unwrap();
+    assert_eq!(pages(&store), 20);
+    assert!(!store.needs_gc("huge/1").unwrap());
+    // Rewriting all 20 (over the inline 8) leaves the 20 old versions.
+    let second: Vec<(u32, Vec<u8>)> = (0..20).map(|i| (i, sparse_page(3, i))).collect();
+    store
+        .commit_snapshot(&req("huge/1", a.epoch, 2, 20, &second))
+        .unwrap();
+    assert_eq!(pages(&store), 40, "the superseded versions wait for GC");
+    assert!(store.needs_gc("huge/1").unwrap());
+    let head = store.load_snapshot("huge/1").unwrap().unwrap();
+    let st = store.gc_snapshots("huge/1").unwrap();
+    assert_eq!(st.pages_deleted, 20, "{st:?}");
+    assert_eq!(st.manifests_deleted, 1, "{st:?}");
+    assert_eq!(st.transactions, 4, "20 clears at 5 per step: {st:?}");
+    assert_eq!(pages(&store), 20);
+    assert!(!store.needs_gc("huge/1").unwrap());
+    assert_eq!(store.load_snapshot("huge/1").unwrap().unwrap(), head);
+    for (i, p) in &second {
+        let off = *i as usize * PAGE_SIZE;
+        assert_eq!(&head.memories[0][off..off + PAGE_SIZE], &p[..]);
+    }
+}
+
+/// A transaction's size counts what FoundationDB counts: a clear costs
+/// about four times its key, a set three times its key plus the value, and
+/// a write transaction's reads their conflict ranges.
+#[test]
+fn transaction_size_counts_conflict_ranges() {
+    let kv = Store::memory().kv().clone();
+    let key = vec![b'k'; 100];
+    let mut tx = kv.begin().unwrap();
+    tx.set(&key, &[1; 50]);
+    assert_eq!(tx.size(), 3 * 100 + 1 + 50);
+    assert_eq!(tx.bytes_written(), 150);
+    tx.clear(&key);
+    assert_eq!(tx.size(), 351 + 4 * 100 + 2);
+    tx.get(&key).unwrap();
+    assert_eq!(tx.size(), 753 + 2 * 100 + 1);
+    tx.get_range(b"a", b"b", None, false).unwrap();
+    assert_eq!(tx.size(), 954 + 2);
+    tx.commit().unwrap();
+    assert_eq!(kv.stats().transaction_bytes_last, 956);
+    // A read-only transaction sends no conflict ranges.
+    let mut ro = kv.begin_read().unwrap();
+    ro.get(&key).unwrap();
+    assert_eq!(ro.size(), 0);
+    // Clears alone push a transaction over the limit long before their
+    // keys add up to it.
+    let big_key = vec![b'x'; 9_000];
+    let clears = (TRANSACTION_BYTES_MAX / (4 * 9_000)) as usize + 1;
+    assert!((clears * 9_000) as u64 <= TRANSACTION_BYTES_MAX / 3);
+    let r = kv.transact(|tx| {
+        for i in 0..clears {
+            let mut k = big_key.clone();
+            k.extend_from_slice(&(i as u64).to_be_bytes());
+            tx.clear(&k[..9_000]);
+        }
+        Ok(())
+    });
+    assert!(
+        matches!(
+            r,
+            Err(StorageError::LimitExceeded {
+                what: "transaction",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+}
+
+/// A backend that puts `n` bytes in front of every key, as FoundationDB
+/// does with a test prefix.
+struct Prefixed(std::sync::Arc<dyn crate::kv::KvBackend>, usize);
+
+impl crate::kv::KvBackend for Prefixed {
+    fn name(&self) -> &'static str {
+        "prefixed"
+    }
+    fn begin(&self, write: bool) -> Result<Box<dyn crate::kv::KvTransaction>, StorageError> {
+        self.0.begin(write)
+    }
+    fn key_prefix_len(&self) -> usize {
+        self.1
+    }
+}
+
+/// The key limit counts the backend's prefix: a key that fits alone but
+/// not with the prefix is refused by the crate, not by the backend.
+#[test]
+fn key_limit_includes_the_backend_prefix() {
+    use crate::kv::KEY_BYTES_MAX;
+    let kv = Kv::new(std::sync::Arc::new(Prefixed(
+        std::sync::Arc::new(crate::kv::memory::MemoryBackend::new()),
+        16,
+    )));
+    let fits = vec![b'k'; KEY_BYTES_MAX - 16];
+    kv.transact(|tx| {
+        tx.set(&fits, b"v");
+        Ok(())
+    })
+    .unwrap();
+    let over = vec![b'k'; KEY_BYTES_MAX - 15];
+    let r = kv.transact(|tx| {
+        tx.set(&over, b"v");
+        Ok(())
+    });
+    assert_eq!(
+        r,
+        Err(StorageError::LimitExceeded {
+            what: "key",
+            bytes: KEY_BYTES_MAX as u64 + 1,
+            limit: KEY_BYTES_MAX as u64,
+        })
+    );
+}
+
+/// Extra records are bounded in count and name length per commit, with a
+/// message that says what to do.
+#[test]
+fn extra_records_bounded_in_count_and_name() {
+    let store = Store::memory();
+    let mut r = small_req_with_extras(&store, "ext/1", 0, 0);
+    r.extra = (0..EXTRA_RECORDS_PER_COMMIT_MAX + 1)
+        .map(|i| (format!("k{i}"), vec![1]))
+        .collect();
+    match store.commit_snapshot(&r) {
+        Err(StorageError::InvalidArgument(m)) => assert!(m.contains("commit more often"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    r.extra = vec![("n".repeat(EXTRA_NAME_BYTES_MAX + 1), vec![1])];
+    assert!(matches!(
+        store.commit_snapshot(&r),
+        Err(StorageError::InvalidArgument(_))
+    ));
+    r.extra = vec![("n".repeat(EXTRA_NAME_BYTES_MAX), vec![1])];
+    assert_eq!(store.commit_snapshot(&r), Ok(1));
+}

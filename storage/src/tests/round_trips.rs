@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::conformance::{claim, page, req};
+use crate::conformance::{claim, page, random_page, req, sparse_page};
 use crate::kv::KvBackend;
 use crate::kv::latency::LatencyKv;
 use crate::kv::memory::MemoryBackend;
@@ -106,4 +106,98 @@ fn component_fetch_round_trips_are_bounded_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let backend = SqliteBackend::open(&dir.path().join("t.db")).unwrap();
     component_fetch_round_trips_are_bounded(Arc::new(backend));
+}
+
+/// A first commit for each of `n` actors named `prefix/i`, then the
+/// requests of their second commit (one sparse page each: small enough
+/// that all of them fit one group).
+fn second_commits(store: &Store, prefix: &str, n: usize) -> Vec<crate::CommitRequest> {
+    (0..n)
+        .map(|i| {
+            let actor = format!("{prefix}/{i}");
+            let a = claim(store, &actor, "pop-a");
+            store
+                .commit_snapshot(&req(&actor, a.epoch, 0, 4, &[(0, page(i as u64, 0))]))
+                .unwrap();
+            req(&actor, a.epoch, 1, 4, &[(1, sparse_page(i as u64, 1))])
+        })
+        .collect()
+}
+
+/// A group commit of 1 and of 32 actors costs the same round trips: every
+/// activation record in one batch, every manifest in another, one commit.
+fn group_commit_round_trips_are_constant(backend: Arc<dyn KvBackend>) {
+    let (store, trips) = counted(backend);
+    let mut costs = Vec::new();
+    for n in [1usize, 32] {
+        let reqs = second_commits(&store, &format!("g{n}"), n);
+        let before = trips.load(Ordering::Relaxed);
+        let out = store.commit_batch(&reqs);
+        assert!(out.iter().all(|r| r == &Ok(2)), "{out:?}");
+        costs.push(trips.load(Ordering::Relaxed) - before);
+    }
+    assert_eq!(
+        costs[0], costs[1],
+        "group commit round trips grow with requests: {costs:?}"
+    );
+    assert_eq!(costs[1], 3, "two batched reads and the commit: {costs:?}");
+}
+
+#[test]
+fn group_commit_round_trips_are_constant_memory() {
+    group_commit_round_trips_are_constant(Arc::new(MemoryBackend::new()));
+}
+
+#[test]
+fn group_commit_round_trips_are_constant_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = SqliteBackend::open(&dir.path().join("t.db")).unwrap();
+    group_commit_round_trips_are_constant(Arc::new(backend));
+}
+
+/// A GC step costs the same round trips whether it collects one old
+/// manifest or twenty, and abandoned stages of any size: the activation
+/// record, one batch of range reads, one batch of staged-page reads, the
+/// commit.
+fn gc_round_trips_are_constant(backend: Arc<dyn KvBackend>) {
+    let (store, trips) = counted(backend);
+    // Nothing superseded is cleared inline: every commit leaves its
+    // predecessor's manifest to GC.
+    let store = store.with_clear_limits(0, 10_000);
+    let mut costs = Vec::new();
+    for commits in [2u64, 21] {
+        let actor = format!("gc{commits}");
+        let a = claim(&store, &actor, "pop-a");
+        for head in 0..commits {
+            store
+                .commit_snapshot(&req(&actor, a.epoch, head, 4, &[(0, page(head + 1, 0))]))
+                .unwrap();
+        }
+        // A stage the POP abandoned at the next seq, then lost the actor.
+        let big: Vec<(u32, Vec<u8>)> = (0..20).map(|i| (i, random_page(i as u64))).collect();
+        store
+            .stage_without_manifest(&req(&actor, a.epoch, commits, 20, &big))
+            .unwrap();
+        claim(&store, &actor, "pop-b");
+        let before = trips.load(Ordering::Relaxed);
+        let st = store.gc_snapshots(&actor).unwrap();
+        assert_eq!(st.manifests_deleted, commits - 1, "{st:?}");
+        assert_eq!(st.pages_deleted, commits - 1 + 20, "{st:?}");
+        assert_eq!(st.transactions, 1, "{st:?}");
+        costs.push(trips.load(Ordering::Relaxed) - before);
+    }
+    assert_eq!(costs[0], costs[1], "GC round trips grow: {costs:?}");
+    assert_eq!(costs[1], 4, "{costs:?}");
+}
+
+#[test]
+fn gc_round_trips_are_constant_memory() {
+    gc_round_trips_are_constant(Arc::new(MemoryBackend::new()));
+}
+
+#[test]
+fn gc_round_trips_are_constant_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = SqliteBackend::open(&dir.path().join("t.db")).unwrap();
+    gc_round_trips_are_constant(Arc::new(backend));
 }
