@@ -182,8 +182,10 @@ mod tests {
             StorageError::Busy { detail: "x".into() },
             StorageError::RetriesExhausted {
                 attempts: 3,
+                elapsed_ms: 10_000,
                 last: Box::new(StorageError::NotCommitted),
             },
+            StorageError::CommitTimedOut { timeout_ms: 15_000 },
             StorageError::Unavailable {
                 detail: "partitioned".into(),
             },

@@ -1252,6 +1252,270 @@ pub(crate) fn gc_removes_unreferenced_pages_and_orphaned_stages(h: &Harness) {
     );
 }
 
+/// Two write transactions that conflict: the one that read a key another
+/// changed after it started fails with `not_committed` and applies nothing
+/// (memory, FoundationDB); sqlite serializes writers instead, so the
+/// second one waits for the first and reads its write. Disjoint keys never
+/// conflict.
+pub(crate) fn two_transactions_conflict(h: &Harness) {
+    let kv = h.kv();
+    let read = |key: &str| kv.read(|tx| tx.get(&k(key))).unwrap();
+    kv.transact(|tx| {
+        tx.set(&k("c"), b"0");
+        Ok(())
+    })
+    .unwrap();
+    if kv.backend_name() == "sqlite" {
+        let mut t1 = kv.begin().unwrap();
+        assert_eq!(t1.get(&k("c")).unwrap().as_deref(), Some(&b"0"[..]));
+        let (sent, got) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let kv2 = kv.clone();
+            s.spawn(move || {
+                // Waits for t1's write lock, then sees t1's commit.
+                let mut t2 = kv2.begin().expect("begin after the first writer");
+                let seen = t2.get(&k("c")).expect("read");
+                t2.set(&k("c"), b"2");
+                t2.commit().expect("commit");
+                sent.send(seen).expect("send");
+            });
+            t1.set(&k("c"), b"1");
+            t1.commit().unwrap();
+            let seen = got
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the second writer finished");
+            assert_eq!(seen.as_deref(), Some(&b"1"[..]), "serial order");
+        });
+        assert_eq!(read("c").as_deref(), Some(&b"2"[..]));
+        return;
+    }
+    let mut t1 = kv.begin().unwrap();
+    let mut t2 = kv.begin().unwrap();
+    assert_eq!(t1.get(&k("c")).unwrap().as_deref(), Some(&b"0"[..]));
+    t2.set(&k("c"), b"2");
+    t2.commit().unwrap();
+    t1.set(&k("c"), b"1");
+    t1.set(&k("side"), b"x");
+    assert_eq!(t1.commit(), Err(StorageError::NotCommitted));
+    assert_eq!(read("c").as_deref(), Some(&b"2"[..]));
+    assert_eq!(read("side"), None, "nothing of the failed commit applied");
+    // Disjoint keys: both commit.
+    let mut t3 = kv.begin().unwrap();
+    let mut t4 = kv.begin().unwrap();
+    t3.get(&k("a")).unwrap();
+    t3.set(&k("a"), b"3");
+    t4.get(&k("b")).unwrap();
+    t4.set(&k("b"), b"4");
+    t3.commit().unwrap();
+    t4.commit().unwrap();
+    assert_eq!(read("a").as_deref(), Some(&b"3"[..]));
+    assert_eq!(read("b").as_deref(), Some(&b"4"[..]));
+}
+
+/// A claim racing a stream of snapshot commits by the previous holder:
+/// every commit that succeeded landed before the claim (the head counts
+/// exactly them), every one after it is fenced, and the snapshot is the
+/// last one acknowledged.
+pub(crate) fn claim_races_fence(h: &Harness) {
+    const COMMITS_MAX: u64 = 400;
+    let a = claim(h, "race/1", "pop-a");
+    let barrier = Barrier::new(2);
+    let (acked, new_epoch) = std::thread::scope(|s| {
+        let committer = s.spawn(|| {
+            barrier.wait();
+            let mut acked = 0u64;
+            for head in 0..COMMITS_MAX {
+                match h.commit_snapshot(&req("race/1", a.epoch, head, 1, &[(0, page(head + 1, 0))]))
+                {
+                    Ok(seq) => {
+                        assert_eq!(seq, head + 1);
+                        acked = seq;
+                    }
+                    Err(StorageError::Fenced { .. }) => break,
+                    Err(e) => panic!("commit {head}: {e}"),
+                }
+            }
+            acked
+        });
+        barrier.wait();
+        // Let some commits land first, then take the actor over.
+        while h.get_activation("race/1").unwrap().unwrap().head_seq < 3 {
+            std::thread::yield_now();
+        }
+        let b = claim(h, "race/1", "pop-b");
+        (committer.join().expect("committer"), b.epoch)
+    });
+    assert!((3..COMMITS_MAX).contains(&acked), "{acked}");
+    let act = h.get_activation("race/1").unwrap().unwrap();
+    assert_eq!(act.epoch, new_epoch);
+    assert_eq!(
+        act.head_seq, acked,
+        "the head counts exactly the acknowledged commits"
+    );
+    let s = h.load_snapshot("race/1").unwrap().unwrap();
+    assert_eq!(s.seq, acked);
+    assert_eq!(s.epoch, a.epoch);
+    assert_eq!(&s.memories[0][..], &page(acked, 0)[..]);
+    // The old holder stays fenced.
+    assert!(matches!(
+        h.commit_snapshot(&req("race/1", a.epoch, acked, 1, &[(0, page(9, 0))])),
+        Err(StorageError::Fenced { .. })
+    ));
+}
+
+/// A key of exactly the maximum length and a value of exactly the maximum
+/// size, the backend's own key prefix counted, are stored and read back;
+/// one byte more is refused by the crate with `LimitExceeded`, never by
+/// the backend.
+pub(crate) fn max_key_and_value_sizes(h: &Harness) {
+    use crate::kv::KEY_BYTES_MAX;
+    let kv = h.kv();
+    let mut key = k("max");
+    key.resize(KEY_BYTES_MAX - kv.key_prefix_len(), b'k');
+    let value: Vec<u8> = (0..VALUE_BYTES_MAX).map(|i| (i % 251) as u8).collect();
+    kv.transact(|tx| {
+        tx.set(&key, &value);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(kv.read(|tx| tx.get(&key)).unwrap(), Some(value.clone()));
+    let got = kv.read(|tx| tx.get_prefix(&k("max"))).unwrap();
+    assert_eq!(got, vec![(key.clone(), value.clone())]);
+    let mut longer = key.clone();
+    longer.push(b'k');
+    let r = kv.transact(|tx| {
+        tx.set(&longer, b"v");
+        Ok(())
+    });
+    assert_eq!(
+        r,
+        Err(StorageError::LimitExceeded {
+            what: "key",
+            bytes: KEY_BYTES_MAX as u64 + 1,
+            limit: KEY_BYTES_MAX as u64,
+        })
+    );
+    let mut bigger = value.clone();
+    bigger.push(0);
+    let r = kv.transact(|tx| {
+        tx.set(&key, &bigger);
+        Ok(())
+    });
+    assert!(
+        matches!(r, Err(StorageError::LimitExceeded { what: "value", .. })),
+        "{r:?}"
+    );
+    assert_eq!(kv.read(|tx| tx.get(&key)).unwrap(), Some(value));
+}
+
+/// Commits whose result came back unknown, although they were applied, are
+/// applied once: a snapshot commit, a group commit, a claim and a release
+/// (each detects its own earlier commit when retried). On FoundationDB,
+/// run with `TERN_FDB_CLIENT_BUGGIFY=1` to have the client inject unknown
+/// results of its own as well.
+pub(crate) fn unknown_result_is_idempotent(h: &Harness) {
+    let (faulty, faults) = crate::kv::faulty::FaultyKv::new(h.kv().backend());
+    let store = Store::from_kv(Kv::new(Arc::new(faulty)), None);
+    let a = claim(&store, "unk/1", "pop-a");
+    let b = claim(&store, "unk/2", "pop-a");
+    for head in 0..20u64 {
+        faults.fail_next_commits(Fault::CommitUnknownResult, 1);
+        let seq = store
+            .commit_snapshot(&req(
+                "unk/1",
+                a.epoch,
+                head,
+                2,
+                &[(head as u32 % 2, page(head + 1, 0))],
+            ))
+            .unwrap();
+        assert_eq!(seq, head + 1, "applied once");
+        faults.fail_next_commits(Fault::CommitUnknownResult, 1);
+        let out = store.commit_batch(&[req("unk/2", b.epoch, head, 1, &[(0, page(head + 7, 0))])]);
+        assert_eq!(out, vec![Ok(head + 1)]);
+    }
+    assert_eq!(store.get_activation("unk/1").unwrap().unwrap().head_seq, 20);
+    assert_eq!(store.get_activation("unk/2").unwrap().unwrap().head_seq, 20);
+    assert_eq!(
+        &store.load_snapshot("unk/2").unwrap().unwrap().memories[0][..],
+        &page(26, 0)[..]
+    );
+    // A claim whose result was unknown takes one epoch, not two.
+    faults.fail_next_commits(Fault::CommitUnknownResult, 1);
+    let c = claim(&store, "unk/1", "pop-b");
+    assert_eq!(c.epoch, a.epoch + 1);
+    faults.fail_next_commits(Fault::CommitUnknownResult, 1);
+    store.release("unk/1", c.epoch).unwrap();
+    assert!(!store.get_activation("unk/1").unwrap().unwrap().active);
+    assert_eq!(faults.pending(), 0, "every fault was used");
+    #[cfg(feature = "fdb")]
+    if h.kv().backend_name() == "fdb" {
+        let buggify = std::env::var(crate::kv::fdb::BUGGIFY_ENV).is_ok_and(|v| v == "1");
+        if !buggify {
+            skip_notice(&format!(
+                "conformance::fdb::unknown_result_is_idempotent ran without client buggify; set {}=1 to let FoundationDB inject its own unknown results",
+                crate::kv::fdb::BUGGIFY_ENV
+            ));
+        }
+        // Under buggify, the cluster's own faults: a long run of commits,
+        // each acknowledged once, the head counting them exactly.
+        let d = claim(&store, "unk/3", "pop-a");
+        for head in 0..200u64 {
+            let seq = store
+                .commit_snapshot(&req("unk/3", d.epoch, head, 1, &[(0, page(head + 1, 0))]))
+                .unwrap();
+            assert_eq!(seq, head + 1);
+        }
+        assert_eq!(
+            store.get_activation("unk/3").unwrap().unwrap().head_seq,
+            200
+        );
+    }
+}
+
+/// A store that cannot be reached fails when it is opened, with a message
+/// that names it, instead of at the first request: a sqlite file whose
+/// directory cannot be created, a FoundationDB cluster whose coordinator
+/// does not answer. (An in-process store is always reachable.)
+pub(crate) fn unreachable_store_fails_fast(h: &Harness) {
+    match h.kv().backend_name() {
+        "sqlite" => {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("file");
+            std::fs::write(&file, b"not a directory").unwrap();
+            let url = format!("sqlite:{}", file.join("db/tern.db").display());
+            match Store::open(&url) {
+                Err(e) => assert!(e.to_string().contains("file"), "names the path: {e}"),
+                Ok(_) => panic!("opened a store under a regular file"),
+            }
+        }
+        #[cfg(feature = "fdb")]
+        "fdb" => {
+            let dir = tempfile::tempdir().unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let cluster = dir.path().join("fdb.cluster");
+            std::fs::write(&cluster, format!("tern:unreachable@127.0.0.1:{port}\n")).unwrap();
+            match crate::kv::fdb::FdbBackend::open(&cluster) {
+                Err(StorageError::Unavailable { detail }) => {
+                    assert!(
+                        detail.contains("fdb.cluster"),
+                        "names the cluster file: {detail}"
+                    )
+                }
+                Err(e) => panic!("expected Unavailable, got {e}"),
+                Ok(_) => panic!("opened an unreachable cluster"),
+            }
+        }
+        other => skip_notice(&format!(
+            "conformance::{other}::unreachable_store_fails_fast: an in-process store cannot be unreachable"
+        )),
+    }
+}
+
 /// Instantiates the suite for one backend: `$open` is an expression of type
 /// `Option<Harness>` (`None` skips the test, after the opener printed why);
 /// inside it, `test` is the case's name.
@@ -1370,6 +1634,35 @@ macro_rules! conformance_suite {
                 run(
                     "corrupted_snapshot_detected",
                     super::corrupted_snapshot_detected,
+                );
+            }
+            #[test]
+            fn two_transactions_conflict() {
+                run(
+                    "two_transactions_conflict",
+                    super::two_transactions_conflict,
+                );
+            }
+            #[test]
+            fn claim_races_fence() {
+                run("claim_races_fence", super::claim_races_fence);
+            }
+            #[test]
+            fn max_key_and_value_sizes() {
+                run("max_key_and_value_sizes", super::max_key_and_value_sizes);
+            }
+            #[test]
+            fn unknown_result_is_idempotent() {
+                run(
+                    "unknown_result_is_idempotent",
+                    super::unknown_result_is_idempotent,
+                );
+            }
+            #[test]
+            fn unreachable_store_fails_fast() {
+                run(
+                    "unreachable_store_fails_fast",
+                    super::unreachable_store_fails_fast,
                 );
             }
             #[test]

@@ -42,11 +42,26 @@ pub enum StorageError {
         detail: String,
     },
 
-    /// The retry loop of `transact` gave up.
-    #[error("gave up after {attempts} attempts (retries_max); last error: {last}")]
+    /// A commit got no answer within the client's hang guard (FoundationDB
+    /// `transaction_timed_out` (1031) while committing): the store is
+    /// unreachable or overloaded, and the commit may or may not have been
+    /// applied. Retried once by `transact`.
+    #[error(
+        "the commit got no answer within {timeout_ms} ms (1031): the store is unreachable or overloaded, and the commit may or may not have been applied"
+    )]
+    CommitTimedOut {
+        /// The hang guard, in milliseconds.
+        timeout_ms: u64,
+    },
+
+    /// The retry loop of `transact` gave up: its time budget ran out, or a
+    /// commit timed out twice.
+    #[error("gave up after {attempts} attempts in {elapsed_ms} ms; last error: {last}")]
     RetriesExhausted {
         /// How many times the transaction was attempted.
         attempts: u32,
+        /// Time from the first attempt to giving up, in milliseconds.
+        elapsed_ms: u64,
         /// The last retryable error seen.
         last: Box<StorageError>,
     },
@@ -164,13 +179,15 @@ pub enum StorageError {
 impl StorageError {
     /// Whether running the same transaction again may succeed.
     ///
-    /// True for `not_committed`, `commit_unknown_result` (the closure must
-    /// detect its own earlier commit), `transaction_too_old` and `Busy`.
+    /// True for `not_committed`, `commit_unknown_result` and a commit
+    /// timeout (the closure must detect its own earlier commit),
+    /// `transaction_too_old` and `Busy` (throttling included).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
             StorageError::NotCommitted
                 | StorageError::CommitUnknownResult
+                | StorageError::CommitTimedOut { .. }
                 | StorageError::TransactionTooOld { .. }
                 | StorageError::Busy { .. }
         )
@@ -194,6 +211,7 @@ impl StorageError {
             StorageError::NotCommitted => Some(1020),
             StorageError::CommitUnknownResult => Some(1021),
             StorageError::TransactionTooOld { .. } => Some(1007),
+            StorageError::CommitTimedOut { .. } => Some(1031),
             _ => None,
         }
     }

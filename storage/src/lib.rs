@@ -111,7 +111,7 @@ mod tests;
 
 pub use codec::PageKey;
 pub use error::StorageError;
-pub use kv::memory::{Fault, FaultInjector};
+pub use kv::faulty::{Fault, FaultInjector, FaultyKv};
 pub use kv::{Kv, Stats, Transaction};
 pub use migrations::{
     MIGRATION_AGE_MS_MAX, MIGRATION_TRIM_BATCH_MAX, MIGRATION_TRIM_EVERY, MIGRATIONS_KEPT_MAX,

@@ -17,7 +17,8 @@ use crate::codec::{
     with_archived,
 };
 use crate::keys;
-use crate::kv::memory::{FaultInjector, MemoryBackend};
+use crate::kv::faulty::{FaultInjector, FaultyKv};
+use crate::kv::memory::MemoryBackend;
 use crate::kv::sqlite::SqliteBackend;
 use crate::kv::{
     KeyValue, Kv, RangeRead, Stats, TRANSACTION_BYTES_MAX, Transaction, VALUE_BYTES_MAX, cost,
@@ -636,8 +637,7 @@ impl Store {
     /// A new in-process store and the handle that injects commit faults
     /// into it.
     pub fn memory_with_faults() -> (Store, FaultInjector) {
-        let backend = MemoryBackend::new();
-        let faults = backend.fault_injector();
+        let (backend, faults) = FaultyKv::new(Arc::new(MemoryBackend::new()));
         let store = Store::from_kv(Kv::new(Arc::new(backend)), Some(faults.clone()));
         (store, faults)
     }
@@ -680,11 +680,11 @@ impl Store {
         }
     }
 
-    /// Sets how many times transactions are retried (see [`Kv::transact`]).
-    pub fn with_retries_max(self, retries_max: u32) -> Store {
+    /// Sets how long transactions are retried (see [`Kv::transact`]).
+    pub fn with_retry_budget(self, budget: std::time::Duration) -> Store {
         let faults = self.inner.faults.clone();
         let key = self.inner.page_key.clone();
-        let s = Store::from_kv(self.inner.kv.clone().with_retries_max(retries_max), faults);
+        let s = Store::from_kv(self.inner.kv.clone().with_retry_budget(budget), faults);
         match key {
             Some(k) => s.with_page_key(k),
             None => s,

@@ -157,10 +157,18 @@ impl KvTransaction for LatencyTx {
         self.inner.clear_range(begin, end)
     }
 
-    fn commit(self: Box<Self>) -> Result<(), StorageError> {
+    fn commit(&mut self) -> Result<(), StorageError> {
         if self.wrote {
             self.trip();
         }
         self.inner.commit()
+    }
+
+    fn on_error(&mut self, error: &StorageError) -> Result<bool, StorageError> {
+        let reset = self.inner.on_error(error)?;
+        if reset {
+            self.wrote = false;
+        }
+        Ok(reset)
     }
 }

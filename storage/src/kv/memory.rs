@@ -1,5 +1,6 @@
 //! In-process backend: a multi-version `BTreeMap` with optimistic
-//! concurrency control, and fault injection.
+//! concurrency control (faults are injected by [`super::faulty`], over
+//! this backend or any other).
 //!
 //! Each transaction reads at the version current when it began (snapshot
 //! isolation) and records the ranges it read. At commit, if any transaction
@@ -20,56 +21,6 @@ use crate::StorageError;
 
 /// How often (in commits) old versions are swept.
 const SWEEP_EVERY_COMMITS: u64 = 256;
-
-/// A fault to inject into upcoming commits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// Fail with `not_committed` (1020); nothing is applied.
-    NotCommitted,
-    /// Apply the writes, then report `commit_unknown_result` (1021).
-    CommitUnknownResult,
-    /// Fail with `transaction_too_old` (1007); nothing is applied.
-    TransactionTooOld,
-}
-
-/// A handle that makes upcoming commits of a memory store fail.
-///
-/// Faults are consumed in order, one per commit of a transaction that has
-/// writes (read-only commits do not consume faults).
-#[derive(Clone, Default)]
-pub struct FaultInjector {
-    queue: Arc<Mutex<VecDeque<Option<Fault>>>>,
-}
-
-impl FaultInjector {
-    /// Makes the next `n` write commits fail with `fault`, after any
-    /// faults already queued.
-    pub fn fail_next_commits(&self, fault: Fault, n: usize) {
-        let mut q = self.queue.lock();
-        q.extend(std::iter::repeat_n(Some(fault), n));
-    }
-
-    /// Lets the next `n` write commits (after any already queued entries)
-    /// through unharmed; combine with [`FaultInjector::fail_next_commits`]
-    /// to fail a commit in the middle of a sequence.
-    pub fn pass_next_commits(&self, n: usize) {
-        self.queue.lock().extend(std::iter::repeat_n(None, n));
-    }
-
-    /// Entries (faults and passes) still queued.
-    pub fn pending(&self) -> usize {
-        self.queue.lock().len()
-    }
-
-    /// Drops every queued fault.
-    pub fn clear(&self) {
-        self.queue.lock().clear();
-    }
-
-    fn take(&self) -> Option<Fault> {
-        self.queue.lock().pop_front().flatten()
-    }
-}
 
 type Value = Arc<Vec<u8>>;
 /// A key range `[begin, end)`.
@@ -120,7 +71,6 @@ fn at(versions: &[(u64, Option<Value>)], rv: u64) -> Option<&Value> {
 #[derive(Default)]
 pub struct MemoryBackend {
     state: Arc<Mutex<State>>,
-    faults: FaultInjector,
 }
 
 impl MemoryBackend {
@@ -133,11 +83,6 @@ impl MemoryBackend {
     /// A new, empty database.
     pub fn new() -> MemoryBackend {
         MemoryBackend::default()
-    }
-
-    /// The fault injector of this database.
-    pub fn fault_injector(&self) -> FaultInjector {
-        self.faults.clone()
     }
 }
 
@@ -153,7 +98,6 @@ impl KvBackend for MemoryBackend {
         drop(st);
         Ok(Box::new(MemTx {
             state: self.state.clone(),
-            faults: self.faults.clone(),
             rv,
             started: Instant::now(),
             write,
@@ -167,7 +111,6 @@ impl KvBackend for MemoryBackend {
 
 struct MemTx {
     state: Arc<Mutex<State>>,
-    faults: FaultInjector,
     rv: u64,
     started: Instant,
     write: bool,
@@ -339,21 +282,11 @@ impl KvTransaction for MemTx {
         Ok(())
     }
 
-    fn commit(mut self: Box<Self>) -> Result<(), StorageError> {
+    fn commit(&mut self) -> Result<(), StorageError> {
         if self.write_ranges.is_empty() {
             return Ok(());
         }
         self.check_age()?;
-        let fault = self.faults.take();
-        match fault {
-            Some(Fault::NotCommitted) => return Err(StorageError::NotCommitted),
-            Some(Fault::TransactionTooOld) => {
-                return Err(StorageError::TransactionTooOld {
-                    limit_ms: TRANSACTION_DURATION_MS_MAX,
-                });
-            }
-            _ => {}
-        }
         let mut st = self.state.lock();
         for (v, ranges) in st.log.iter() {
             if *v <= self.rv {
@@ -395,9 +328,6 @@ impl KvTransaction for MemTx {
         st.commits += 1;
         st.sweep();
         drop(st);
-        if fault == Some(Fault::CommitUnknownResult) {
-            return Err(StorageError::CommitUnknownResult);
-        }
         Ok(())
     }
 }

@@ -3,7 +3,12 @@
 //! A [`Kv`] wraps one backend ([`KvBackend`]) and adds what every backend
 //! shares: FoundationDB's size limits, counted as FoundationDB counts them
 //! (see [`cost`]), byte counters ([`Stats`]) and the retry loop
-//! [`Kv::transact`].
+//! [`Kv::transact`], which follows FoundationDB's rules on every backend:
+//! each retry waits as the backend says (FoundationDB's own `on_error`,
+//! with its longer waits when the cluster throttles; elsewhere the same
+//! schedule, [`BACKOFF_MS_FIRST`] doubling up to [`BACKOFF_MS_MAX`]), and
+//! a transaction is retried for a time budget ([`RETRY_BUDGET_MS_DEFAULT`])
+//! rather than a number of times.
 //!
 //! Semantics every backend provides (checked by the conformance suite):
 //! - keys are ordered by memcmp; range reads are `[begin, end)`, with an
@@ -16,6 +21,7 @@
 //!   overlaps with another writer at all (sqlite serializes writers, so
 //!   its conflicts surface as waits, not failures).
 
+pub mod faulty;
 #[cfg(feature = "fdb")]
 pub mod fdb;
 pub mod latency;
@@ -24,6 +30,7 @@ pub mod sqlite;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::StorageError;
 
@@ -36,10 +43,14 @@ pub const VALUE_BYTES_MAX: usize = 100_000;
 pub const TRANSACTION_BYTES_MAX: u64 = 10_000_000;
 /// FoundationDB's transaction duration limit, in milliseconds.
 pub const TRANSACTION_DURATION_MS_MAX: u64 = 5_000;
-/// Default number of retries of [`Kv::transact`] after the first attempt.
-pub const RETRIES_MAX_DEFAULT: u32 = 20;
-/// Cap of the backoff between retries, in milliseconds.
-pub const RETRY_BACKOFF_MS_MAX: u64 = 50;
+/// How long [`Kv::transact`] retries a transaction by default, in
+/// milliseconds from its first attempt (at least one retry happens).
+pub const RETRY_BUDGET_MS_DEFAULT: u64 = 10_000;
+/// The first wait before a retry, in milliseconds (FoundationDB's).
+pub const BACKOFF_MS_FIRST: u64 = 10;
+/// The longest wait before a retry, in milliseconds (FoundationDB's
+/// default `max_retry_delay`).
+pub const BACKOFF_MS_MAX: u64 = 1_000;
 
 /// A key and its value, as returned by range reads.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
@@ -155,8 +166,17 @@ pub trait KvTransaction: Send {
     fn clear(&mut self, key: &[u8]) -> Result<(), StorageError>;
     /// Removes every key in `[begin, end)`.
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StorageError>;
-    /// Commits atomically.
-    fn commit(self: Box<Self>) -> Result<(), StorageError>;
+    /// Commits atomically. Called at most once per attempt.
+    fn commit(&mut self) -> Result<(), StorageError>;
+    /// After `error`, a retryable error of this attempt: waits as the
+    /// backend's own retry rules say and resets the transaction for
+    /// another attempt (`Ok(true)`; FoundationDB's `on_error`), or says the
+    /// caller must wait by [`backoff`] and begin a new transaction
+    /// (`Ok(false)`, the default). An error means: do not retry.
+    fn on_error(&mut self, error: &StorageError) -> Result<bool, StorageError> {
+        let _ = error;
+        Ok(false)
+    }
 }
 
 /// Counters shared by every clone of a store.
@@ -430,12 +450,18 @@ impl Transaction {
     }
 
     /// Commits. Counters move only if the commit succeeded.
-    pub fn commit(self) -> Result<(), StorageError> {
-        if let Some(e) = self.deferred {
+    pub fn commit(mut self) -> Result<(), StorageError> {
+        self.commit_attempt()
+    }
+
+    /// Commits this attempt, keeping the backend transaction for
+    /// [`KvTransaction::on_error`].
+    fn commit_attempt(&mut self) -> Result<(), StorageError> {
+        if let Some(e) = self.deferred.clone() {
             return Err(e);
         }
         let (bytes, size, mutations, counters) =
-            (self.bytes, self.size, self.mutations, self.counters);
+            (self.bytes, self.size, self.mutations, &self.counters);
         let r = self.inner.commit();
         // A commit_unknown_result may have applied; it is counted only when
         // known to be committed, so counters stay an exact lower bound.
@@ -462,7 +488,7 @@ impl Transaction {
 pub struct Kv {
     backend: Arc<dyn KvBackend>,
     counters: Arc<Counters>,
-    retries_max: u32,
+    retry_budget: Duration,
 }
 
 impl Kv {
@@ -471,24 +497,30 @@ impl Kv {
         Kv {
             backend,
             counters: Arc::default(),
-            retries_max: RETRIES_MAX_DEFAULT,
+            retry_budget: Duration::from_millis(RETRY_BUDGET_MS_DEFAULT),
         }
     }
 
-    /// Sets how many times `transact` retries after the first attempt.
-    pub fn with_retries_max(mut self, retries_max: u32) -> Kv {
-        self.retries_max = retries_max;
+    /// Sets how long `transact` retries a transaction, from its first
+    /// attempt (at least one retry happens whatever the budget).
+    pub fn with_retry_budget(mut self, budget: Duration) -> Kv {
+        self.retry_budget = budget;
         self
     }
 
-    /// The retry limit of `transact`.
-    pub fn retries_max(&self) -> u32 {
-        self.retries_max
+    /// The retry budget of `transact`.
+    pub fn retry_budget(&self) -> Duration {
+        self.retry_budget
     }
 
     /// The backend's name.
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Arc<dyn KvBackend> {
+        self.backend.clone()
     }
 
     /// Bytes the backend puts in front of every key (see
@@ -521,8 +553,13 @@ impl Kv {
     }
 
     fn begin_mode(&self, write: bool) -> Result<Transaction, StorageError> {
-        Ok(Transaction {
-            inner: self.backend.begin(write)?,
+        Ok(self.wrap(self.backend.begin(write)?, write))
+    }
+
+    /// A fresh attempt on the backend transaction `inner`.
+    fn wrap(&self, inner: Box<dyn KvTransaction>, write: bool) -> Transaction {
+        Transaction {
+            inner,
             counters: self.counters.clone(),
             write,
             prefix: self.backend.key_prefix_len(),
@@ -530,12 +567,15 @@ impl Kv {
             size: 0,
             mutations: 0,
             deferred: None,
-        })
+        }
     }
 
-    /// Runs `f` in a write transaction and commits, retrying up to
-    /// `retries_max` times on retryable errors (`not_committed`,
-    /// `transaction_too_old`, `commit_unknown_result`, busy).
+    /// Runs `f` in a write transaction and commits, retrying on retryable
+    /// errors (`not_committed`, `transaction_too_old`,
+    /// `commit_unknown_result`, busy, throttling) for the retry budget,
+    /// with the backend's waits between attempts. A commit that timed out
+    /// is retried once: a second timeout gives up, saying that the commit
+    /// may or may not have been applied.
     ///
     /// On `commit_unknown_result` the closure runs again: a closure whose
     /// effect must not be applied twice has to re-read state and detect its
@@ -560,39 +600,58 @@ impl Kv {
         write: bool,
         mut f: impl FnMut(&mut Transaction) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
-        let mut attempt: u32 = 0;
+        let started = Instant::now();
+        let mut attempts: u32 = 0;
+        let mut commit_timeouts = 0;
+        let mut reset: Option<Box<dyn KvTransaction>> = None;
         loop {
-            let result = self.begin_mode(write).and_then(|mut tx| {
-                let v = f(&mut tx)?;
-                tx.commit().map(|()| v)
-            });
-            match result {
+            attempts += 1;
+            let inner = match reset.take() {
+                Some(inner) => inner,
+                None => self.backend.begin(write)?,
+            };
+            let mut tx = self.wrap(inner, write);
+            let e = match f(&mut tx).and_then(|v| tx.commit_attempt().map(|()| v)) {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() => {
-                    if attempt >= self.retries_max {
-                        return Err(StorageError::RetriesExhausted {
-                            attempts: attempt + 1,
-                            last: Box::new(e),
-                        });
-                    }
-                    attempt += 1;
-                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(attempt, error = %e, "retrying transaction");
-                    backoff(attempt);
-                }
+                Err(e) if e.is_retryable() => e,
                 Err(e) => return Err(e),
+            };
+            if matches!(e, StorageError::CommitTimedOut { .. }) {
+                commit_timeouts += 1;
+            }
+            let elapsed = started.elapsed();
+            if commit_timeouts > 1 || (attempts > 1 && elapsed >= self.retry_budget) {
+                return Err(StorageError::RetriesExhausted {
+                    attempts,
+                    elapsed_ms: elapsed.as_millis() as u64,
+                    last: Box::new(e),
+                });
+            }
+            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(attempts, error = %e, "retrying transaction");
+            let mut inner = tx.inner;
+            if inner.on_error(&e)? {
+                reset = Some(inner);
+            } else {
+                drop(inner);
+                backoff(attempts);
             }
         }
     }
 }
 
-/// Exponential backoff with jitter, capped at [`RETRY_BACKOFF_MS_MAX`].
-/// The first retry is immediate.
-fn backoff(attempt: u32) {
-    if attempt <= 1 {
-        return;
-    }
-    let cap_us = (RETRY_BACKOFF_MS_MAX * 1000).min(100u64 << attempt.min(16));
-    let jitter = crate::random_u64() % cap_us.max(1);
-    std::thread::sleep(std::time::Duration::from_micros(cap_us / 2 + jitter / 2));
+/// Waits before retry number `retry` (from 1), as FoundationDB does:
+/// [`BACKOFF_MS_FIRST`] doubling up to [`BACKOFF_MS_MAX`], each wait
+/// jittered down by up to half.
+pub fn backoff(retry: u32) {
+    std::thread::sleep(backoff_delay(retry, crate::random_u64()));
+}
+
+/// The wait before retry number `retry`, with `random` choosing the jitter.
+pub fn backoff_delay(retry: u32, random: u64) -> Duration {
+    let cap_us = (BACKOFF_MS_FIRST * 1000)
+        .saturating_mul(1 << retry.saturating_sub(1).min(16))
+        .min(BACKOFF_MS_MAX * 1000);
+    let jitter = random % (cap_us / 2 + 1);
+    Duration::from_micros(cap_us - jitter)
 }

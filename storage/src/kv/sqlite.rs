@@ -254,7 +254,7 @@ impl KvTransaction for SqliteTx {
         Ok(())
     }
 
-    fn commit(self: Box<Self>) -> Result<(), StorageError> {
+    fn commit(&mut self) -> Result<(), StorageError> {
         self.conn().execute_batch("COMMIT").map_err(map_err)?;
         Ok(())
     }

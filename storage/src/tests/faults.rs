@@ -125,17 +125,42 @@ fn retry_on_transaction_too_old() {
 }
 
 #[test]
-fn retries_are_bounded_by_retries_max() {
+fn retries_are_bounded_by_the_time_budget() {
     let (store, faults) = Store::memory_with_faults();
-    let store = store.with_retries_max(2);
+    // A spent budget still allows one retry, and no more.
+    let spent = store.clone().with_retry_budget(std::time::Duration::ZERO);
     faults.fail_next_commits(Fault::NotCommitted, 10);
-    match store.kv().transact(increment) {
-        Err(StorageError::RetriesExhausted { attempts, last }) => {
-            assert_eq!(attempts, 3);
+    match spent.kv().transact(increment) {
+        Err(StorageError::RetriesExhausted { attempts, last, .. }) => {
+            assert_eq!(attempts, 2);
             assert_eq!(*last, StorageError::NotCommitted);
         }
         other => panic!("expected RetriesExhausted, got {other:?}"),
     }
+    assert_eq!(faults.pending(), 8);
+    faults.clear();
+    // A budget of 300 ms: retried, with waits, until it is spent.
+    let budget = store
+        .clone()
+        .with_retry_budget(std::time::Duration::from_millis(300));
+    faults.fail_next_commits(Fault::TransactionTooOld, 10_000);
+    match budget.kv().transact(increment) {
+        Err(StorageError::RetriesExhausted {
+            attempts,
+            elapsed_ms,
+            last,
+        }) => {
+            assert!(attempts >= 2, "{attempts}");
+            assert!(elapsed_ms >= 300, "gave up before the budget: {elapsed_ms}");
+            assert!(
+                faults.pending() > 10_000 - 200,
+                "waits between attempts: {attempts} attempts"
+            );
+            assert!(matches!(*last, StorageError::TransactionTooOld { .. }));
+        }
+        other => panic!("expected RetriesExhausted, got {other:?}"),
+    }
+    faults.clear();
     assert_eq!(counter(&store), 0);
     assert!(
         !StorageError::Fenced {
@@ -327,4 +352,44 @@ fn moved_manifest_detected() {
         other => panic!("expected Corrupt, got {other:?}"),
     }
     assert!(store.load_snapshot("m/a").unwrap().is_some());
+}
+
+/// A commit that timed out is retried once; a second timeout gives up with
+/// a message that says the commit may or may not have been applied.
+#[test]
+fn commit_timeout_is_retried_once() {
+    let (store, faults) = Store::memory_with_faults();
+    faults.fail_next_commits(Fault::CommitTimedOut, 1);
+    store.kv().transact(increment).unwrap();
+    assert_eq!(counter(&store), 1);
+    assert_eq!(store.stats().retries, 1);
+    faults.fail_next_commits(Fault::CommitTimedOut, 3);
+    match store.kv().transact(increment) {
+        Err(e @ StorageError::RetriesExhausted { attempts: 2, .. }) => {
+            assert!(
+                e.to_string().contains("may or may not have been applied"),
+                "{e}"
+            );
+            assert!(e.is_transient(), "the caller may try again later");
+        }
+        other => panic!("expected a give-up after two timeouts, got {other:?}"),
+    }
+    assert_eq!(faults.pending(), 1, "no third attempt");
+}
+
+/// The wait before each retry follows FoundationDB's schedule: 10 ms
+/// doubling to 1 s, jittered down by at most half.
+#[test]
+fn backoff_follows_foundationdb_schedule() {
+    use crate::kv::backoff_delay;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    assert_eq!(ms(backoff_delay(1, 0)), 10.0);
+    assert_eq!(ms(backoff_delay(2, 0)), 20.0);
+    assert_eq!(ms(backoff_delay(7, 0)), 640.0);
+    assert_eq!(ms(backoff_delay(8, 0)), 1000.0);
+    assert_eq!(ms(backoff_delay(60, 0)), 1000.0);
+    for r in [1u64, 7, u64::MAX / 3, u64::MAX] {
+        let d = ms(backoff_delay(3, r));
+        assert!((20.0..=40.0).contains(&d), "{d}");
+    }
 }

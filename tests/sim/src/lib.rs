@@ -1342,9 +1342,9 @@ fn new_core(store: &Store, origin: Instant) -> Arc<Core> {
 
 async fn run(cfg: SimConfig, seed: u64, engine: TernEngine, wasm: Arc<Vec<u8>>) -> SeedReport {
     let origin = Instant::now();
-    let backend = Arc::new(tern_storage::kv::memory::MemoryBackend::new());
-    let injector = backend.fault_injector();
-    let backend: Arc<dyn KvBackend> = backend;
+    let (backend, injector) =
+        tern_storage::FaultyKv::new(Arc::new(tern_storage::kv::memory::MemoryBackend::new()));
+    let backend: Arc<dyn KvBackend> = Arc::new(backend);
     let store = Store::from_kv(Kv::new(backend.clone()), Some(injector.clone()));
     let cores = (0..DIRECTORIES).map(|_| new_core(&store, origin)).collect();
     let mut rng = StdRng::seed_from_u64(seed);
