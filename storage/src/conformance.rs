@@ -1516,6 +1516,29 @@ pub(crate) fn unreachable_store_fails_fast(h: &Harness) {
     }
 }
 
+/// A transaction that outlives FoundationDB's 5 s limit gets
+/// `transaction_too_old` (retryable) from its next read, on every backend:
+/// never a timeout that blames the network. (This case waits the 5 s out.)
+pub(crate) fn read_after_age_limit_is_too_old(h: &Harness) {
+    let kv = h.kv();
+    let mut tx = kv.begin().unwrap();
+    tx.get(&k("x")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(
+        crate::kv::TRANSACTION_DURATION_MS_MAX + 200,
+    ));
+    match tx.get(&k("x")) {
+        Err(e @ StorageError::TransactionTooOld { .. }) => assert!(e.is_retryable()),
+        other => panic!("expected transaction_too_old, got {other:?}"),
+    }
+    drop(tx);
+    // A fresh transaction works at once.
+    kv.transact(|tx| {
+        tx.set(&k("x"), b"1");
+        Ok(())
+    })
+    .unwrap();
+}
+
 /// Instantiates the suite for one backend: `$open` is an expression of type
 /// `Option<Harness>` (`None` skips the test, after the opener printed why);
 /// inside it, `test` is the case's name.
@@ -1663,6 +1686,13 @@ macro_rules! conformance_suite {
                 run(
                     "unreachable_store_fails_fast",
                     super::unreachable_store_fails_fast,
+                );
+            }
+            #[test]
+            fn read_after_age_limit_is_too_old() {
+                run(
+                    "read_after_age_limit_is_too_old",
+                    super::read_after_age_limit_is_too_old,
                 );
             }
             #[test]

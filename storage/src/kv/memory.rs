@@ -134,12 +134,7 @@ fn overlaps(a: &Range, b: &Range) -> bool {
 
 impl MemTx {
     fn check_age(&self) -> Result<(), StorageError> {
-        if self.started.elapsed().as_millis() as u64 > TRANSACTION_DURATION_MS_MAX {
-            return Err(StorageError::TransactionTooOld {
-                limit_ms: TRANSACTION_DURATION_MS_MAX,
-            });
-        }
-        Ok(())
+        super::check_age(self.started)
     }
 
     fn in_cleared(&self, key: &[u8]) -> bool {

@@ -52,6 +52,18 @@ pub const BACKOFF_MS_FIRST: u64 = 10;
 /// default `max_retry_delay`).
 pub const BACKOFF_MS_MAX: u64 = 1_000;
 
+/// Fails with `transaction_too_old` once a transaction that began at
+/// `started` has lived longer than [`TRANSACTION_DURATION_MS_MAX`], as
+/// FoundationDB does (the local backends apply the same rule).
+pub(crate) fn check_age(started: Instant) -> Result<(), StorageError> {
+    if started.elapsed().as_millis() as u64 > TRANSACTION_DURATION_MS_MAX {
+        return Err(StorageError::TransactionTooOld {
+            limit_ms: TRANSACTION_DURATION_MS_MAX,
+        });
+    }
+    Ok(())
+}
+
 /// A key and its value, as returned by range reads.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 

@@ -13,10 +13,14 @@
 //!   (up to [`BUSY_TIMEOUT_MS`], then [`StorageError::Busy`], which is
 //!   retryable). Read-only transactions read a WAL snapshot and never
 //!   block writers.
+//! - A transaction older than FoundationDB's 5 s limit fails its next read
+//!   or its commit with `transaction_too_old` (retryable), as on
+//!   FoundationDB: no backend lets a transaction hold the write lock, or a
+//!   snapshot, for longer.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rusqlite::{Connection, ErrorCode, OpenFlags, params};
@@ -156,6 +160,7 @@ impl KvBackend for SqliteBackend {
             conn: Some(conn),
             pool: self.pool.clone(),
             write,
+            started: Instant::now(),
         }))
     }
 }
@@ -164,6 +169,8 @@ struct SqliteTx {
     conn: Option<Connection>,
     pool: Arc<Mutex<Vec<Connection>>>,
     write: bool,
+    /// When the transaction began (its locks held).
+    started: Instant,
 }
 
 impl SqliteTx {
@@ -196,6 +203,7 @@ impl Drop for SqliteTx {
 
 impl KvTransaction for SqliteTx {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        super::check_age(self.started)?;
         let mut st = self
             .conn()
             .prepare_cached("SELECT v FROM kv WHERE k = ?1")
@@ -219,6 +227,7 @@ impl KvTransaction for SqliteTx {
         } else {
             "SELECT k, v FROM kv WHERE k >= ?1 AND k < ?2 ORDER BY k ASC LIMIT ?3"
         };
+        super::check_age(self.started)?;
         let limit = limit.map(|l| l.min(i64::MAX as usize) as i64).unwrap_or(-1);
         let mut st = self.conn().prepare_cached(sql).map_err(map_err)?;
         let rows = st
@@ -255,6 +264,9 @@ impl KvTransaction for SqliteTx {
     }
 
     fn commit(&mut self) -> Result<(), StorageError> {
+        if self.write {
+            super::check_age(self.started)?;
+        }
         self.conn().execute_batch("COMMIT").map_err(map_err)?;
         Ok(())
     }
