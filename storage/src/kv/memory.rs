@@ -7,7 +7,7 @@
 //! committed after that version wrote into one of those ranges, the commit
 //! fails with `not_committed`, as FoundationDB's resolver does. Read-only
 //! transactions always commit. Transactions older than
-//! [`TRANSACTION_DURATION_MS_MAX`] fail with `transaction_too_old`.
+//! [`super::TRANSACTION_DURATION_MS_MAX`] fail with `transaction_too_old`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::{KeyValue, KvBackend, KvTransaction, TRANSACTION_DURATION_MS_MAX};
+use super::{KeyValue, KvBackend, KvTransaction};
 use crate::StorageError;
 
 /// How often (in commits) old versions are swept.
