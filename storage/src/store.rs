@@ -1356,8 +1356,22 @@ impl Store {
         }
         let token = token.unwrap_or_else(random_u64);
         let act_key = keys::act(actor);
+        let pop_key = keys::pop(pop);
         self.kv_().transact(|tx| {
-            let cur = Self::read_act(tx, actor)?;
+            // The activation record and the claimant's POP record in one
+            // batch; the holder's POP record, when there is one, after.
+            let (cur, claimant) = if read_pops {
+                let mut got = tx
+                    .get_many(&[act_key.clone(), pop_key.clone()])?
+                    .into_iter();
+                let (act, claimant) = (got.next().flatten(), got.next().flatten());
+                let act = act.map(|v| ActV2::decode(&act_key, &v)).transpose()?;
+                let claimant: Option<PopRecord> =
+                    claimant.map(|v| decode(&pop_key, &v)).transpose()?;
+                (act, claimant)
+            } else {
+                (Self::read_act(tx, actor)?, None)
+            };
             if let Some(c) = &cur
                 && c.claim_token == token
                 && c.active
@@ -1369,14 +1383,9 @@ impl Store {
                 return Ok(Ok(c.public()));
             }
             let current = cur.as_ref().map(ActV2::public);
-            let (claimant, holder) = if read_pops {
-                let holder = match &current {
-                    Some(c) if c.active && c.pop != pop => Self::read_pop(tx, &c.pop)?,
-                    _ => None,
-                };
-                (Self::read_pop(tx, pop)?, holder)
-            } else {
-                (None, None)
+            let holder = match &current {
+                Some(c) if read_pops && c.active && c.pop != pop => Self::read_pop(tx, &c.pop)?,
+                _ => None,
             };
             let facts = ClaimFacts {
                 current: current.as_ref(),

@@ -201,3 +201,48 @@ fn gc_round_trips_are_constant_sqlite() {
     let backend = SqliteBackend::open(&dir.path().join("t.db")).unwrap();
     gc_round_trips_are_constant(Arc::new(backend));
 }
+
+/// A claim that takes an actor over reads the activation record and the
+/// claimant's POP record in one batch, then the holder's POP record, then
+/// commits: 3 round trips.
+fn claim_round_trips_are_bounded(backend: Arc<dyn KvBackend>) {
+    let (store, trips) = counted(backend);
+    for pop in ["pop-a", "pop-b"] {
+        store
+            .put_pop(
+                pop,
+                &crate::PopRecord {
+                    addr: format!("http://{pop}"),
+                    coords: (0.0, 0.0),
+                    lease_until_ms: 10_000,
+                    incarnation: 1,
+                },
+            )
+            .unwrap();
+    }
+    let judge = |_: &crate::ClaimFacts| Ok::<(), ()>(());
+    store
+        .claim_as("c/1", "pop-a", 1, 1, 7, &judge)
+        .unwrap()
+        .unwrap();
+    let before = trips.load(Ordering::Relaxed);
+    let b = store
+        .claim_as("c/1", "pop-b", 1, 2, 8, &judge)
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.pop, "pop-b");
+    let cost = trips.load(Ordering::Relaxed) - before;
+    assert_eq!(cost, 3, "a takeover claim took {cost} round trips");
+}
+
+#[test]
+fn claim_round_trips_are_bounded_memory() {
+    claim_round_trips_are_bounded(Arc::new(MemoryBackend::new()));
+}
+
+#[test]
+fn claim_round_trips_are_bounded_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = SqliteBackend::open(&dir.path().join("t.db")).unwrap();
+    claim_round_trips_are_bounded(Arc::new(backend));
+}
