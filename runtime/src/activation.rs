@@ -253,7 +253,10 @@ impl Node {
                     return;
                 }
                 Msg::Images { reply } => {
-                    let _ = reply.send(act.baseline.images().to_vec());
+                    let _ = reply.send((
+                        act.baseline.images().to_vec(),
+                        act.baseline.globals().to_vec(),
+                    ));
                 }
                 Msg::Call { req, route, reply } => {
                     if !self.lease_ok() {
@@ -582,11 +585,14 @@ impl Node {
         let (instance, baseline, head_seq, (idem, fwd)) = match snap {
             Some(snap) => {
                 let (inst, baseline) = if snap.meta.component_digest == ty.prep.digest() {
-                    let lens: Vec<usize> = snap.memories.iter().map(Vec::len).collect();
-                    let mut inst =
-                        ActorInstance::new(self.inner.engine.engine(), &ty.prep, &params, &lens)?;
-                    inst.write_memories(&snap.memories)?;
-                    (inst, Baseline::restored(snap.memories))
+                    let inst = ActorInstance::restored(
+                        self.inner.engine.engine(),
+                        &ty.prep,
+                        &params,
+                        &snap.memories,
+                        &snap.meta.globals,
+                    )?;
+                    (inst, Baseline::restored(snap.memories, snap.meta.globals))
                 } else {
                     let up = self.upgrade(&key, &ty, &params, snap.memories, &snap.meta)?;
                     ty = up.ty;
@@ -607,10 +613,12 @@ impl Node {
                 }));
             }
             None => {
-                let inst = ActorInstance::new(self.inner.engine.engine(), &ty.prep, &params, &[])?;
+                let mut inst =
+                    ActorInstance::new(self.inner.engine.engine(), &ty.prep, &params, &[])?;
                 let mut b = Baseline::default();
                 // SAFETY: the instance runs no guest code right now.
                 unsafe { b.absorb(inst.memories()) };
+                b.absorb_globals(inst.read_globals()?);
                 b.mark_all_dirty();
                 (
                     Some(inst),
@@ -676,7 +684,6 @@ impl Node {
             limits: old_ty.config.limits,
             ..params.clone()
         };
-        let lens: Vec<usize> = memories.iter().map(Vec::len).collect();
         let engine = self.inner.engine.engine();
         let to_n = ty.config.version;
         // A rollback of this actor's upgrade gives back the state it had
@@ -691,8 +698,13 @@ impl Node {
             let saved = match kept {
                 Some(p) => p.state,
                 None => {
-                    let mut old = ActorInstance::new(engine, &old_ty.prep, &old_params, &lens)?;
-                    old.write_memories(&memories)?;
+                    let mut old = ActorInstance::restored(
+                        engine,
+                        &old_ty.prep,
+                        &old_params,
+                        &memories,
+                        &meta.globals,
+                    )?;
                     old.save(&old_ty.config.limits)?.map_err(guest_error)?
                 }
             };
@@ -702,7 +714,7 @@ impl Node {
             Ok((new, saved))
         })();
         match moved {
-            Ok((new, saved)) => {
+            Ok((mut new, saved)) => {
                 if *from_n < to_n {
                     let p = tern_storage::PreUpgrade {
                         from_version: *from_n,
@@ -727,6 +739,7 @@ impl Node {
                 let mut baseline = Baseline::default();
                 // SAFETY: the instance runs no guest code right now.
                 unsafe { baseline.absorb(new.memories()) };
+                baseline.absorb_globals(new.read_globals()?);
                 // The next commit replaces the whole image, zero pages
                 // included: no page of the old code's memory may stay in
                 // the manifest.
@@ -754,13 +767,18 @@ impl Node {
                 {
                     tracing::warn!(actor = key, error = %se, "cannot record an upgrade failure");
                 }
-                let mut inst = ActorInstance::new(engine, &old_ty.prep, &old_params, &lens)?;
-                inst.write_memories(&memories)?;
+                let inst = ActorInstance::restored(
+                    engine,
+                    &old_ty.prep,
+                    &old_params,
+                    &memories,
+                    &meta.globals,
+                )?;
                 Ok(Upgraded {
                     ty: old_ty,
                     params: old_params,
                     instance: inst,
-                    baseline: Baseline::restored(memories),
+                    baseline: Baseline::restored(memories, meta.globals.clone()),
                 })
             }
         }
@@ -829,14 +847,13 @@ impl Activation {
     /// instance so the actor rolls back to the baseline.
     fn run_guest(&mut self, node: &Node, turn: TurnInput<'_>) -> Result<TurnOutput> {
         if self.instance.is_none() {
-            let lens = self.baseline.lens();
-            let mut inst = ActorInstance::new(
+            let inst = ActorInstance::restored(
                 node.inner.engine.engine(),
                 &self.ty.prep,
                 &self.params,
-                &lens,
+                self.baseline.images(),
+                self.baseline.globals(),
             )?;
-            inst.write_memories(self.baseline.images())?;
             self.instance = Some(inst);
         }
         let inst = self.instance.as_mut().expect("instance present");
@@ -859,8 +876,16 @@ impl Activation {
                     self.instance = None;
                     return Err(e);
                 }
+                let globals = match inst.read_globals() {
+                    Ok(g) => g,
+                    Err(e) => {
+                        self.instance = None;
+                        return Err(e);
+                    }
+                };
                 // SAFETY: the turn is over; no guest code runs.
                 unsafe { self.baseline.absorb(inst.memories()) };
+                self.baseline.absorb_globals(globals);
                 Ok(out)
             }
             Err(e) => {
@@ -886,7 +911,7 @@ impl Activation {
             meta: SnapshotMeta {
                 component_digest: self.ty.prep.digest().to_string(),
                 engine_version: ENGINE_VERSION.to_string(),
-                globals: Vec::new(),
+                globals: self.baseline.globals().to_vec(),
             },
             memories: self.baseline.delta(),
             extra,

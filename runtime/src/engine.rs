@@ -128,9 +128,15 @@ impl TernEngine {
 
     fn compile(&self, digest: &str, bytes: &[u8]) -> Result<Arc<Prepared>> {
         validate_component(bytes)?;
-        let component = Component::new(&self.engine, bytes)
+        let instrumented = crate::globals::instrument(bytes)?;
+        let component = Component::new(&self.engine, &instrumented.bytes)
             .map_err(|e| RuntimeError::ComponentRejected(format!("does not compile: {e:#}")))?;
-        let pre = Prepared::new(&self.linker, component, digest.to_string())?;
+        let pre = Prepared::new(
+            &self.linker,
+            component,
+            digest.to_string(),
+            instrumented.slots.len(),
+        )?;
         let pre = Arc::new(pre);
         if self.compiled.len() >= COMPILED_CACHED_MAX {
             // Types in use keep their compiled code through `ActorType`.
@@ -143,14 +149,14 @@ impl TernEngine {
 
 /// Refuses what tern cannot snapshot faithfully, with a message saying why.
 ///
-/// The snapshot holds every core linear memory. It does not hold tables or
-/// mutable globals other than the shadow stack pointer, which Rust guests
-/// leave at its initial value between calls. So this refuses:
-/// - core modules, nested components (only a flat component is accepted);
+/// The snapshot holds every core linear memory and every mutable global of
+/// every core instance (captured through `crate::globals`). It does not
+/// hold tables or anything inside a nested component. So this refuses:
+/// - core modules, and nested components that define core modules (a
+///   nested component of types and functions only is fine);
 /// - shared memories and 64-bit memories;
 /// - code that mutates tables (`table.set/grow/fill/copy/init`, `elem.drop`);
-/// - more than one mutable global per module, or one not named
-///   `__stack_pointer` when names are present;
+/// - mutable globals of type v128 or of a reference type;
 /// - async, threads, streams and futures built-ins, and async lifts.
 pub fn validate_component(bytes: &[u8]) -> Result<()> {
     let reject = |m: String| Err(RuntimeError::ComponentRejected(m));
@@ -169,65 +175,26 @@ pub fn validate_component(bytes: &[u8]) -> Result<()> {
         .validate_all(bytes)
         .map_err(|e| RuntimeError::ComponentRejected(format!("invalid component: {e}")))?;
 
-    let mut depth = 0usize; // 0 = top-level component, 1 = its core modules
+    // The encodings of the enclosing modules and components.
+    let mut stack: Vec<wasmparser::Encoding> = Vec::new();
     let mut module_no = 0usize;
-    let mut mutable_globals: Vec<u32> = Vec::new();
-    let mut global_names: std::collections::HashMap<u32, String> = Default::default();
-    let mut imported_globals = 0u32;
-    let check_globals = |module_no: usize,
-                         mutable: &[u32],
-                         names: &std::collections::HashMap<u32, String>|
-     -> Result<()> {
-        if mutable.len() > 1 {
-            return reject(format!(
-                "core module #{module_no} defines {} mutable globals; tern snapshots linear memory only and supports just the shadow stack pointer",
-                mutable.len()
-            ));
-        }
-        if let Some(g) = mutable.first()
-            && let Some(name) = names.get(g)
-            && name != "__stack_pointer"
-        {
-            return reject(format!(
-                "core module #{module_no} has a mutable global `{name}`; tern supports only `__stack_pointer`"
-            ));
-        }
-        Ok(())
-    };
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload
             .map_err(|e| RuntimeError::ComponentRejected(format!("invalid component: {e}")))?;
         match payload {
             Payload::Version { encoding, .. } => {
-                if depth >= 1 && encoding == wasmparser::Encoding::Component {
-                    return reject("nested components are not supported".into());
-                }
                 if encoding == wasmparser::Encoding::Module {
                     module_no += 1;
-                    mutable_globals.clear();
-                    global_names.clear();
-                    imported_globals = 0;
-                }
-                depth += 1;
-            }
-            Payload::End(_) => {
-                if depth == 2 {
-                    check_globals(module_no, &mutable_globals, &global_names)?;
-                }
-                depth = depth.saturating_sub(1);
-            }
-            Payload::ImportSection(imports) => {
-                for imp in imports.into_imports() {
-                    let imp = imp.map_err(|e| RuntimeError::ComponentRejected(e.to_string()))?;
-                    if let wasmparser::TypeRef::Global(g) = imp.ty {
-                        if g.mutable {
-                            return reject(format!(
-                                "core module #{module_no} imports a mutable global; not supported"
-                            ));
-                        }
-                        imported_globals += 1;
+                    if stack.len() > 1 {
+                        return reject(format!(
+                            "core module #{module_no} is defined inside a nested component; tern saves the state of the top-level component's core instances only"
+                        ));
                     }
                 }
+                stack.push(encoding);
+            }
+            Payload::End(_) => {
+                stack.pop();
             }
             Payload::MemorySection(mems) => {
                 for m in mems {
@@ -247,21 +214,12 @@ pub fn validate_component(bytes: &[u8]) -> Result<()> {
             Payload::GlobalSection(globals) => {
                 for (i, g) in globals.into_iter().enumerate() {
                     let g = g.map_err(|e| RuntimeError::ComponentRejected(e.to_string()))?;
-                    if g.ty.mutable {
-                        mutable_globals.push(imported_globals + i as u32);
-                    }
-                }
-            }
-            Payload::CustomSection(c) if c.name() == "name" && depth == 2 => {
-                let reader = wasmparser::NameSectionReader::new(wasmparser::BinaryReader::new(
-                    c.data(),
-                    c.data_offset(),
-                ));
-                for sub in reader.into_iter().flatten() {
-                    if let wasmparser::Name::Global(map) = sub {
-                        for naming in map.into_iter().flatten() {
-                            global_names.insert(naming.index, naming.name.to_string());
-                        }
+                    if g.ty.mutable
+                        && let Err(what) = crate::globals::kind_of(g.ty.content_type)
+                    {
+                        return reject(format!(
+                            "core module #{module_no} defines {what} (its global {i}); tern saves globals of type i32, i64, f32 and f64 only"
+                        ));
                     }
                 }
             }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{ComponentExportIndex, HasSelf, Linker, ResourceTable, TypedFunc};
 use wasmtime::{Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -304,16 +304,37 @@ pub fn linker(engine: &wasmtime::Engine) -> Result<Linker<HostState>> {
 pub struct Prepared {
     pre: ActorPre<HostState>,
     digest: String,
+    /// The getter and setter exports of each captured global, in slot
+    /// order (see `crate::globals`).
+    globals: Vec<(ComponentExportIndex, ComponentExportIndex)>,
 }
 
+/// A global's getter and setter on a live instance.
+type GlobalAccess = (TypedFunc<(), (u64,)>, TypedFunc<(u64,), ()>);
+
 impl Prepared {
-    /// Links `component`; fails with a clear message when it does not
-    /// export `handle` or imports something tern does not offer.
+    /// Links `component` (instrumented for `globals` captured globals);
+    /// fails with a clear message when it does not export `handle` or
+    /// imports something tern does not offer.
     pub fn new(
         linker: &Linker<HostState>,
         component: wasmtime::component::Component,
         digest: String,
+        globals: usize,
     ) -> Result<Self> {
+        let export = |name: String| {
+            component.get_export_index(None, &name).ok_or_else(|| {
+                RuntimeError::Internal(format!("instrumented export {name} missing"))
+            })
+        };
+        let globals = (0..globals)
+            .map(|n| {
+                Ok((
+                    export(format!("{}{n}", crate::globals::GET_EXPORT_PREFIX))?,
+                    export(format!("{}{n}", crate::globals::SET_EXPORT_PREFIX))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let refused = refused_imports(&component);
         if !refused.is_empty() {
             return Err(RuntimeError::ComponentRejected(format!(
@@ -332,7 +353,11 @@ impl Prepared {
                 "it does not implement the tern:actor world (export `handle`): {e:#}"
             ))
         })?;
-        Ok(Prepared { pre, digest })
+        Ok(Prepared {
+            pre,
+            digest,
+            globals,
+        })
     }
 
     /// The sha256 of the component.
@@ -398,6 +423,7 @@ pub struct ActorInstance {
     store: Store<HostState>,
     bindings: Actor,
     memories: Vec<MemoryHandle>,
+    globals: Vec<GlobalAccess>,
     meter: CpuMeter,
 }
 
@@ -452,15 +478,101 @@ impl ActorInstance {
                 left_ms.div_ceil(EPOCH_TICK_MS).max(1),
             ))
         });
-        let (bindings, memories) = hostmem::capture(presize, || prep.pre.instantiate(&mut store));
-        let bindings =
-            bindings.map_err(|e| RuntimeError::Engine(format!("cannot instantiate: {e:#}")))?;
+        let (instance, memories) =
+            hostmem::capture(presize, || prep.pre.instance_pre().instantiate(&mut store));
+        let cannot =
+            |e: wasmtime::Error| RuntimeError::Engine(format!("cannot instantiate: {e:#}"));
+        let instance = instance.map_err(cannot)?;
+        let bindings = Actor::new(&mut store, &instance).map_err(cannot)?;
+        let globals = prep
+            .globals
+            .iter()
+            .map(|(get, set)| {
+                Ok((
+                    instance.get_typed_func(&mut store, get).map_err(cannot)?,
+                    instance.get_typed_func(&mut store, set).map_err(cannot)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(ActorInstance {
             store,
             bindings,
             memories,
+            globals,
             meter: params.meter,
         })
+    }
+
+    /// Instantiates `prep` with the state of a snapshot: its memory images
+    /// and globals (see [`ActorInstance::write_globals`]).
+    pub fn restored(
+        engine: &wasmtime::Engine,
+        prep: &Prepared,
+        params: &InstanceParams,
+        memories: &[Vec<u8>],
+        globals: &[u64],
+    ) -> Result<Self> {
+        let lens: Vec<usize> = memories.iter().map(Vec::len).collect();
+        let mut inst = ActorInstance::new(engine, prep, params, &lens)?;
+        inst.write_memories(memories)?;
+        inst.write_globals(globals)?;
+        Ok(inst)
+    }
+
+    /// Lifts the CPU budget while the runtime itself calls into the
+    /// instance (the global accessors): a turn that used up its budget must
+    /// still be saved. The next turn sets its own budget.
+    fn unmetered(&mut self) -> Result<()> {
+        match self.meter {
+            CpuMeter::Fuel { .. } => self
+                .store
+                .set_fuel(u64::MAX / 2)
+                .map_err(|e| RuntimeError::Engine(format!("cannot set fuel: {e}"))),
+            CpuMeter::Epoch => {
+                self.store.set_epoch_deadline(u64::MAX / 2);
+                Ok(())
+            }
+        }
+    }
+
+    /// The values of every captured mutable global (raw bits, slot order).
+    pub fn read_globals(&mut self) -> Result<Vec<u64>> {
+        if self.globals.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.unmetered()?;
+        let mut out = Vec::with_capacity(self.globals.len());
+        for (get, _) in &self.globals {
+            let (v,) = get
+                .call(&mut self.store, ())
+                .map_err(|e| RuntimeError::Engine(format!("cannot read a global: {e:#}")))?;
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    /// Sets every captured mutable global (raw bits, slot order). An empty
+    /// `values` leaves them at their initial values: snapshots taken before
+    /// tern captured globals hold none, and the only global those
+    /// components could have, the shadow stack pointer, is back at its
+    /// initial value between turns.
+    pub fn write_globals(&mut self, values: &[u64]) -> Result<()> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        if values.len() != self.globals.len() {
+            return Err(RuntimeError::NotSnapshottable(format!(
+                "the snapshot holds {} globals but the component has {}",
+                values.len(),
+                self.globals.len()
+            )));
+        }
+        self.unmetered()?;
+        for ((_, set), v) in self.globals.iter().zip(values) {
+            set.call(&mut self.store, (*v,))
+                .map_err(|e| RuntimeError::Engine(format!("cannot write a global: {e:#}")))?;
+        }
+        Ok(())
     }
 
     /// The instance's linear memories, in creation order.

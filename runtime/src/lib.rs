@@ -15,6 +15,7 @@ pub mod directory;
 pub mod engine;
 pub mod error;
 pub mod flag;
+pub mod globals;
 pub mod grpc;
 pub mod hostmem;
 pub mod idem;

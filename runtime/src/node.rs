@@ -1030,6 +1030,17 @@ impl Node {
     /// The memory images of an actor as of its last successful turn,
     /// activating it if needed. Tests use it to prove faithful restore.
     pub async fn memory_images(&self, actor_type: &str, id: &str) -> Result<Vec<Vec<u8>>> {
+        Ok(self.instance_state(actor_type, id).await?.0)
+    }
+
+    /// The memory images and mutable globals (raw bits, in the order of
+    /// `globals`) of an actor as of its last successful turn, activating
+    /// it if needed. Tests use it to prove faithful restore.
+    pub async fn instance_state(
+        &self,
+        actor_type: &str,
+        id: &str,
+    ) -> Result<(Vec<Vec<u8>>, Vec<u64>)> {
         let key = format!("{actor_type}/{id}");
         let ty = self.type_config(actor_type)?;
         let (tx, rx) = oneshot::channel();

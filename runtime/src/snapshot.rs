@@ -13,25 +13,46 @@ use tern_storage::{MemoryDelta, PAGE_SIZE};
 
 use crate::hostmem::MemoryHandle;
 
-/// Memory images after the last successful turn, and the pages changed
-/// since the last commit.
+/// Memory images and global values after the last successful turn, and
+/// what changed since the last commit.
 #[derive(Default)]
 pub struct Baseline {
     images: Vec<Vec<u8>>,
     dirty: Vec<BTreeSet<u32>>,
     /// Whether the lengths changed since the last commit.
     grown: bool,
+    /// The instance's mutable globals (see `globals`), as raw bits.
+    globals: Vec<u64>,
+    /// Whether a global changed since the last commit.
+    globals_dirty: bool,
 }
 
 impl Baseline {
-    /// A baseline from restored images; nothing is dirty.
-    pub fn restored(images: Vec<Vec<u8>>) -> Baseline {
+    /// A baseline from restored images and globals; nothing is dirty.
+    pub fn restored(images: Vec<Vec<u8>>, globals: Vec<u64>) -> Baseline {
         let dirty = vec![BTreeSet::new(); images.len()];
         Baseline {
             images,
             dirty,
             grown: false,
+            globals,
+            globals_dirty: false,
         }
+    }
+
+    /// The globals.
+    pub fn globals(&self) -> &[u64] {
+        &self.globals
+    }
+
+    /// Folds the live globals into the baseline; true if any changed.
+    pub fn absorb_globals(&mut self, live: Vec<u64>) -> bool {
+        if live == self.globals {
+            return false;
+        }
+        self.globals = live;
+        self.globals_dirty = true;
+        true
     }
 
     /// The images.
@@ -46,7 +67,7 @@ impl Baseline {
 
     /// Whether anything changed since the last commit.
     pub fn is_dirty(&self) -> bool {
-        self.grown || self.dirty.iter().any(|d| !d.is_empty())
+        self.grown || self.globals_dirty || self.dirty.iter().any(|d| !d.is_empty())
     }
 
     /// Folds the live memories into the baseline; returns how many pages
@@ -130,6 +151,7 @@ impl Baseline {
     /// Records that the last [`Baseline::delta`] was committed.
     pub fn committed(&mut self) {
         self.grown = false;
+        self.globals_dirty = false;
         for d in &mut self.dirty {
             d.clear();
         }
@@ -144,13 +166,13 @@ mod tests {
     fn upgrade_marks_zero_pages_dirty_so_no_old_page_survives() {
         let mut image = vec![0u8; 3 * PAGE_SIZE];
         image[PAGE_SIZE] = 1;
-        let mut b = Baseline::restored(vec![image.clone()]);
+        let mut b = Baseline::restored(vec![image.clone()], Vec::new());
         b.mark_all_dirty();
         let pages = |b: &Baseline| -> Vec<u32> {
             b.delta()[0].changed_pages.iter().map(|(p, _)| *p).collect()
         };
         assert_eq!(pages(&b), [1], "a first commit needs only non-zero pages");
-        let mut b = Baseline::restored(vec![image]);
+        let mut b = Baseline::restored(vec![image], Vec::new());
         b.mark_every_page_dirty();
         assert_eq!(
             pages(&b),

@@ -44,8 +44,9 @@ pub(crate) enum Msg {
     Evict,
     /// Drop without persisting or releasing (the lease was lost).
     Abandon,
+    /// The memory images and globals as of the last successful turn.
     Images {
-        reply: oneshot::Sender<Vec<Vec<u8>>>,
+        reply: oneshot::Sender<(Vec<Vec<u8>>, Vec<u64>)>,
     },
     /// Fault injection: panic in the activation's task.
     Panic,
