@@ -6,4 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
+# componentize-py and componentize-js, for the Python and JavaScript actors.
+eval "$(bash scripts/lang-tools.sh)"
 cargo test --workspace -- "$@"

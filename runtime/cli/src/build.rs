@@ -91,9 +91,34 @@ pub enum BuildError {
         /// The package name.
         package: String,
     },
-    /// Reading cargo's output failed.
-    #[error("reading cargo's output: {0}")]
+    /// Reading cargo's output failed, or a file of the build could not be
+    /// read or written.
+    #[error("build I/O: {0}")]
     BuildIo(#[from] std::io::Error),
+    /// The directory holds no actor tern knows how to build.
+    #[error("{dir} is not an actor tern can build: {why}")]
+    NotAnActor {
+        /// The directory.
+        dir: PathBuf,
+        /// What was expected or wrong.
+        why: String,
+    },
+    /// The language's build tool is not installed.
+    #[error("`{tool}` is needed to build this actor and was not found: {install}")]
+    ToolMissing {
+        /// The tool.
+        tool: String,
+        /// How to install it.
+        install: String,
+    },
+    /// The language's build tool failed (its output went to stderr).
+    #[error("`{tool}` failed ({status}); see its output above")]
+    ToolFailed {
+        /// The tool.
+        tool: String,
+        /// Its exit status.
+        status: ExitStatus,
+    },
 }
 
 /// What `cargo metadata` says about the crate to build.

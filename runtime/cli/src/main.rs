@@ -34,9 +34,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build a guest crate into a component; prints the .wasm path last.
+    /// Build an actor into a component: a Rust crate (cargo), a Python
+    /// actor (app.py; componentize-py) or a JavaScript actor (package.json;
+    /// componentize-js). Prints the .wasm path last.
     Build {
-        /// The guest crate's directory.
+        /// The actor's directory.
         path: PathBuf,
         /// Build without optimisations.
         #[arg(long)]
@@ -453,8 +455,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             features,
         } => {
             let features: Vec<&str> = features.iter().map(String::as_str).collect();
-            let out = tern_cli::build::build_guest_with(&path, !debug, &features)
-                .map_err(|e| e.to_string())?;
+            let out =
+                tern_cli::lang::build_actor(&path, !debug, &features).map_err(|e| e.to_string())?;
             println!("{}", out.display());
             Ok(())
         }
