@@ -81,3 +81,29 @@ fn python_actor_survives_restart() {
 fn javascript_actor_survives_restart() {
     survives_restart("counter-js", "counter_js");
 }
+
+/// The README's Python and JavaScript actors are the examples' code: every
+/// line of each block appears in the example the tests build.
+#[test]
+fn readme_language_examples_are_the_built_ones() {
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    for (fence, file) in [
+        ("```python", "examples/counter-py/app.py"),
+        ("```javascript", "examples/counter-js/app.js"),
+    ] {
+        let source = std::fs::read_to_string(workspace().join(file)).unwrap();
+        let start = readme
+            .find(fence)
+            .unwrap_or_else(|| panic!("README has a {fence} block"))
+            + fence.len();
+        let block = &readme[start..start + readme[start..].find("```").unwrap()];
+        let lines: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(lines.len() > 5, "{fence} block is there");
+        for line in lines {
+            assert!(
+                source.lines().any(|s| s == line),
+                "README line {line:?} is not in {file}"
+            );
+        }
+    }
+}
