@@ -30,6 +30,7 @@ struct Figures {
     cold_ms: f64,
     snapshot_bytes: u64,
     turn_bytes: u64,
+    turn_pages: f64,
     warm_per_s: f64,
 }
 
@@ -69,12 +70,14 @@ async fn measure(engine: &TernEngine, wasm: &[u8]) -> Figures {
     let snapshot_bytes = written() - before;
 
     let before = written();
+    let pages_before = node.status().await.pages_changed;
     for _ in 0..SMALL_TURNS {
         node.call(req("a", "incr", "{\"by\": 1}"))
             .await
             .expect("incr");
     }
     let turn_bytes = (written() - before) / SMALL_TURNS as u64;
+    let turn_pages = (node.status().await.pages_changed - pages_before) as f64 / SMALL_TURNS as f64;
 
     let mut cold = 0.0;
     for _ in 0..COLD_ROUNDS {
@@ -94,6 +97,7 @@ async fn measure(engine: &TernEngine, wasm: &[u8]) -> Figures {
         cold_ms: cold / COLD_ROUNDS as f64,
         snapshot_bytes,
         turn_bytes,
+        turn_pages,
         warm_per_s,
     }
 }
@@ -124,12 +128,12 @@ fn main() {
     }
     let rust = &rows[0].2;
     println!(
-        "| actor | component | deploy (compile) | cold activation | snapshot | bytes per small turn | warm calls/s |"
+        "| actor | component | deploy (compile) | cold activation | snapshot | bytes per small turn | pages per small turn | warm calls/s |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for (name, size, f) in &rows {
         println!(
-            "| {name} | {:.1} MB | {:.0} ms ({:.0}×) | {:.1} ms ({:.0}×) | {} kB ({:.0}×) | {} kB ({:.1}×) | {:.0} ({:.2}×) |",
+            "| {name} | {:.1} MB | {:.0} ms ({:.0}×) | {:.1} ms ({:.0}×) | {} kB ({:.0}×) | {} kB ({:.1}×) | {:.1} | {:.0} ({:.2}×) |",
             *size as f64 / 1e6,
             f.deploy_ms,
             f.deploy_ms / rust.deploy_ms,
@@ -139,6 +143,7 @@ fn main() {
             f.snapshot_bytes as f64 / rust.snapshot_bytes as f64,
             f.turn_bytes / 1000,
             f.turn_bytes as f64 / rust.turn_bytes as f64,
+            f.turn_pages,
             f.warm_per_s,
             f.warm_per_s / rust.warm_per_s,
         );

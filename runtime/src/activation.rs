@@ -884,8 +884,13 @@ impl Activation {
                     }
                 };
                 // SAFETY: the turn is over; no guest code runs.
-                unsafe { self.baseline.absorb(inst.memories()) };
+                let changed = unsafe { self.baseline.absorb(inst.memories()) } as u64;
                 self.baseline.absorb_globals(globals);
+                metrics::counter!("tern_pages_changed_total").increment(changed);
+                node.inner
+                    .counters
+                    .pages_changed
+                    .fetch_add(changed, Ordering::Relaxed);
                 Ok(out)
             }
             Err(e) => {

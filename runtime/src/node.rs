@@ -246,6 +246,8 @@ pub struct NodeCounters {
     pub turns: AtomicU64,
     /// Snapshot commits.
     pub commits: AtomicU64,
+    /// 64 KiB memory pages that successful turns changed.
+    pub pages_changed: AtomicU64,
 }
 
 /// A snapshot of a node's state for `status`.
@@ -261,6 +263,8 @@ pub struct NodeStatus {
     pub turns: u64,
     /// Commits.
     pub commits: u64,
+    /// 64 KiB memory pages that successful turns changed.
+    pub pages_changed: u64,
     /// Bytes written to the store by this process.
     pub store_bytes_written: u64,
     /// Resident actor memory, bytes.
@@ -1019,6 +1023,7 @@ impl Node {
             types,
             turns: self.inner.counters.turns.load(Ordering::Relaxed),
             commits: self.inner.counters.commits.load(Ordering::Relaxed),
+            pages_changed: self.inner.counters.pages_changed.load(Ordering::Relaxed),
             store_bytes_written: self.inner.store.stats().bytes_written,
             resident_bytes: self.resident_bytes(),
             config: self.inner.cfg,
