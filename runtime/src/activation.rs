@@ -584,17 +584,23 @@ impl Node {
         let cost = unknown_cost(&ty.config.limits);
         let (instance, baseline, head_seq, (idem, fwd)) = match snap {
             Some(snap) => {
+                let restored = Baseline::from_snapshot(
+                    &key,
+                    snap.memories,
+                    snap.meta.globals.clone(),
+                    &snap.extra,
+                )?;
                 let (inst, baseline) = if snap.meta.component_digest == ty.prep.digest() {
                     let inst = ActorInstance::restored(
                         self.inner.engine.engine(),
                         &ty.prep,
                         &params,
-                        &snap.memories,
-                        &snap.meta.globals,
+                        restored.images(),
+                        restored.globals(),
                     )?;
-                    (inst, Baseline::restored(snap.memories, snap.meta.globals))
+                    (inst, restored)
                 } else {
-                    let up = self.upgrade(&key, &ty, &params, snap.memories, &snap.meta)?;
+                    let up = self.upgrade(&key, &ty, &params, restored, &snap.meta)?;
                     ty = up.ty;
                     params = up.params;
                     (up.instance, up.baseline)
@@ -660,7 +666,7 @@ impl Node {
         key: &str,
         ty: &Arc<ActorType>,
         params: &InstanceParams,
-        memories: Vec<Vec<u8>>,
+        restored: Baseline,
         meta: &SnapshotMeta,
     ) -> Result<Upgraded> {
         let versions = self.inner.store.list_versions(&ty.name)?;
@@ -702,8 +708,8 @@ impl Node {
                         engine,
                         &old_ty.prep,
                         &old_params,
-                        &memories,
-                        &meta.globals,
+                        restored.images(),
+                        restored.globals(),
                     )?;
                     old.save(&old_ty.config.limits)?.map_err(guest_error)?
                 }
@@ -744,6 +750,8 @@ impl Node {
                 // included: no page of the old code's memory may stay in
                 // the manifest.
                 baseline.mark_every_page_dirty();
+                // The old code's page patches go with its pages.
+                baseline.clear_patches(restored.patched());
                 Ok(Upgraded {
                     ty: ty.clone(),
                     params: params.clone(),
@@ -771,14 +779,14 @@ impl Node {
                     engine,
                     &old_ty.prep,
                     &old_params,
-                    &memories,
-                    &meta.globals,
+                    restored.images(),
+                    restored.globals(),
                 )?;
                 Ok(Upgraded {
                     ty: old_ty,
                     params: old_params,
                     instance: inst,
-                    baseline: Baseline::restored(memories, meta.globals.clone()),
+                    baseline: restored,
                 })
             }
         }
@@ -840,7 +848,7 @@ impl Activation {
     /// committed baseline.
     fn resident_bytes(&self) -> u64 {
         let mem: u64 = self.baseline.lens().iter().map(|l| *l as u64).sum();
-        2 * mem
+        2 * mem + self.baseline.stored_bytes() as u64
     }
 
     /// Runs the guest (blocking, on a turn thread). On a trap, drops the
@@ -909,6 +917,8 @@ impl Activation {
         }
         let mut extra = self.idem.pending();
         extra.extend(self.fwd.pending());
+        let mut delta = self.baseline.delta();
+        extra.extend(delta.patches.iter().cloned());
         let req = CommitRequest {
             actor: self.key.clone(),
             epoch: self.epoch,
@@ -918,14 +928,14 @@ impl Activation {
                 engine_version: ENGINE_VERSION.to_string(),
                 globals: self.baseline.globals().to_vec(),
             },
-            memories: self.baseline.delta(),
+            memories: std::mem::take(&mut delta.memories),
             extra,
         };
         match node.inner.committer.commit(req).await {
             Ok(seq) => {
                 node.inner.counters.commits.fetch_add(1, Ordering::Relaxed);
                 self.head_seq = seq;
-                self.baseline.committed();
+                self.baseline.committed(&delta);
                 self.idem.committed();
                 self.fwd.committed();
                 Ok(())

@@ -6,12 +6,54 @@
 //! the changed pages into the baseline and marks them dirty. A commit writes
 //! only the dirty pages (invariant 7). After a trap, the baseline is what the
 //! actor is rolled back to (invariant 3).
+//!
+//! **Page patches.** A dirty page whose change is small is committed as a
+//! patch against the image the store holds for it (`tern_storage::patch`,
+//! at most 8 KiB) in an `extra` side record named `pg/<memory>/<page>`, in
+//! the same commit, instead of the whole page. Interpreters change a few
+//! bytes on each of many pages per turn, so this keeps their commits
+//! small. The baseline keeps the stored image of every patched page (and
+//! of every page dirty since the last commit) to patch against; a page
+//! written whole drops its patch record. A restore applies the records
+//! ([`Baseline::from_snapshot`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use tern_storage::{MemoryDelta, PAGE_SIZE};
+use tern_storage::{MemoryDelta, PAGE_SIZE, StorageError};
 
 use crate::hostmem::MemoryHandle;
+
+/// Side-record prefix of page patches.
+pub const PATCH_PREFIX: &str = "pg/";
+/// Most pages an actor keeps as patches (each costs a 64 KiB copy of its
+/// stored image in the baseline); past it, dirty pages are written whole.
+pub const PATCHED_PAGES_MAX: usize = 1024;
+/// Most bytes of patches one commit carries (the rest of its dirty pages
+/// are written whole), well under the store's per-commit budget.
+pub const PATCH_BYTES_PER_COMMIT_MAX: usize = 1 << 20;
+
+/// A page: (memory, page index).
+type PageId = (u32, u32);
+
+fn patch_name((m, p): PageId) -> String {
+    format!("{PATCH_PREFIX}{m}/{p}")
+}
+
+fn parse_patch_name(name: &str) -> Option<PageId> {
+    let (m, p) = name.strip_prefix(PATCH_PREFIX)?.split_once('/')?;
+    Some((m.parse().ok()?, p.parse().ok()?))
+}
+
+/// What one commit writes for the memories: whole pages, and patch records
+/// (a set, or a clear as an empty value).
+pub struct Delta {
+    /// Whole pages, per memory.
+    pub memories: Vec<MemoryDelta>,
+    /// Patch side records to write or clear.
+    pub patches: Vec<(String, Vec<u8>)>,
+    /// The pages committed as patches.
+    patched: BTreeSet<PageId>,
+}
 
 /// Memory images and global values after the last successful turn, and
 /// what changed since the last commit.
@@ -25,6 +67,13 @@ pub struct Baseline {
     globals: Vec<u64>,
     /// Whether a global changed since the last commit.
     globals_dirty: bool,
+    /// The image the store holds (page without its patch) of every page
+    /// that is patched or dirty since the last commit.
+    stored: BTreeMap<PageId, Vec<u8>>,
+    /// Pages whose committed state is stored image + patch record.
+    patched: BTreeSet<PageId>,
+    /// Patch records to clear at the next commit (another version's).
+    stale_patches: BTreeSet<PageId>,
 }
 
 impl Baseline {
@@ -34,10 +83,56 @@ impl Baseline {
         Baseline {
             images,
             dirty,
-            grown: false,
             globals,
-            globals_dirty: false,
+            ..Baseline::default()
         }
+    }
+
+    /// A baseline from a loaded snapshot: its images with its page patches
+    /// (`pg/` side records of `extra`) applied. A patch for a page the
+    /// images do not have, or one that does not apply, is `Corrupt`.
+    pub fn from_snapshot(
+        actor: &str,
+        images: Vec<Vec<u8>>,
+        globals: Vec<u64>,
+        extra: &[(String, Vec<u8>)],
+    ) -> Result<Baseline, StorageError> {
+        let mut b = Baseline::restored(images, globals);
+        for (name, patch) in extra {
+            if !name.starts_with(PATCH_PREFIX) || patch.is_empty() {
+                continue;
+            }
+            let what = format!("{actor} side record {name}");
+            let id @ (m, p) = parse_patch_name(name).ok_or_else(|| StorageError::Corrupt {
+                key: what.clone(),
+                reason: "not a page patch name".into(),
+            })?;
+            let start = p as usize * PAGE_SIZE;
+            let page = b
+                .images
+                .get_mut(m as usize)
+                .and_then(|img| img.get_mut(start..start + PAGE_SIZE))
+                .ok_or_else(|| StorageError::Corrupt {
+                    key: what.clone(),
+                    reason: "a patch for a page the snapshot does not have".into(),
+                })?;
+            let stored = page.to_vec();
+            tern_storage::patch::apply(&what, page, patch)?;
+            b.stored.insert(id, stored);
+            b.patched.insert(id);
+        }
+        Ok(b)
+    }
+
+    /// The pages committed as patches.
+    pub fn patched(&self) -> &BTreeSet<(u32, u32)> {
+        &self.patched
+    }
+
+    /// Has the next commit clear the patch records of `pages` (those of a
+    /// snapshot taken by other code, after an upgrade).
+    pub fn clear_patches(&mut self, pages: &BTreeSet<(u32, u32)>) {
+        self.stale_patches.extend(pages.iter().copied());
     }
 
     /// The globals.
@@ -67,7 +162,15 @@ impl Baseline {
 
     /// Whether anything changed since the last commit.
     pub fn is_dirty(&self) -> bool {
-        self.grown || self.globals_dirty || self.dirty.iter().any(|d| !d.is_empty())
+        self.grown
+            || self.globals_dirty
+            || !self.stale_patches.is_empty()
+            || self.dirty.iter().any(|d| !d.is_empty())
+    }
+
+    /// Bytes of stored page images kept to patch against.
+    pub fn stored_bytes(&self) -> usize {
+        self.stored.len() * PAGE_SIZE
     }
 
     /// Folds the live memories into the baseline; returns how many pages
@@ -96,6 +199,16 @@ impl Baseline {
                 .enumerate()
             {
                 if l != b {
+                    let id = (i as u32, p as u32);
+                    // The stored image, kept to patch against, when the
+                    // page was clean until now: what the baseline held.
+                    if b.len() == PAGE_SIZE
+                        && !self.dirty[i].contains(&(p as u32))
+                        && !self.stored.contains_key(&id)
+                        && self.stored.len() < PATCHED_PAGES_MAX
+                    {
+                        self.stored.insert(id, b.to_vec());
+                    }
                     b.copy_from_slice(l);
                     self.dirty[i].insert(p as u32);
                     changed += 1;
@@ -119,9 +232,11 @@ impl Baseline {
 
     /// Marks every page dirty, zero pages too (after an upgrade): the next
     /// commit then replaces every page of the previous snapshot, so no
-    /// page written by other code survives in the new code's image.
+    /// page written by other code survives in the new code's image. No
+    /// page is patched against the old code's images.
     pub fn mark_every_page_dirty(&mut self) {
         self.grown = true;
+        self.stored.clear();
         for (img, dirty) in self.images.iter().zip(self.dirty.iter_mut()) {
             for p in 0..img.len().div_ceil(PAGE_SIZE) {
                 dirty.insert(p as u32);
@@ -129,32 +244,84 @@ impl Baseline {
         }
     }
 
-    /// The dirty pages as deltas for a commit. They stay dirty until
-    /// [`Baseline::committed`] is called.
-    pub fn delta(&self) -> Vec<MemoryDelta> {
-        self.images
+    /// What the next commit writes: each dirty page as a patch against its
+    /// stored image when that is small (at most `PATCH_BYTES_MAX`), else
+    /// whole (clearing its patch record, if any). Everything stays dirty
+    /// until [`Baseline::committed`] is called with it.
+    pub fn delta(&self) -> Delta {
+        let mut patches = Vec::new();
+        let mut patched = BTreeSet::new();
+        let mut patch_bytes = 0;
+        let memories = self
+            .images
             .iter()
             .zip(&self.dirty)
-            .map(|(img, dirty)| MemoryDelta {
-                len_bytes: img.len() as u64,
-                changed_pages: dirty
-                    .iter()
-                    .map(|&p| {
-                        let start = p as usize * PAGE_SIZE;
-                        (p, img[start..start + PAGE_SIZE].to_vec())
-                    })
-                    .collect(),
+            .enumerate()
+            .map(|(m, (img, dirty))| {
+                let mut changed_pages = Vec::new();
+                for &p in dirty {
+                    let id = (m as u32, p);
+                    let start = p as usize * PAGE_SIZE;
+                    let page = &img[start..start + PAGE_SIZE];
+                    let patch = self
+                        .stored
+                        .get(&id)
+                        .and_then(|base| tern_storage::patch::encode(base, page))
+                        .filter(|patch| patch_bytes + patch.len() <= PATCH_BYTES_PER_COMMIT_MAX);
+                    match patch {
+                        Some(patch) => {
+                            patch_bytes += patch.len();
+                            patches.push((patch_name(id), patch));
+                            patched.insert(id);
+                        }
+                        None => {
+                            if self.patched.contains(&id) || self.stale_patches.contains(&id) {
+                                patches.push((patch_name(id), Vec::new()));
+                            }
+                            changed_pages.push((p, page.to_vec()));
+                        }
+                    }
+                }
+                MemoryDelta {
+                    len_bytes: img.len() as u64,
+                    changed_pages,
+                }
             })
-            .collect()
+            .collect();
+        for &id in &self.stale_patches {
+            let written = patches.iter().any(|(n, _)| *n == patch_name(id));
+            if !written {
+                patches.push((patch_name(id), Vec::new()));
+            }
+        }
+        Delta {
+            memories,
+            patches,
+            patched,
+        }
     }
 
-    /// Records that the last [`Baseline::delta`] was committed.
-    pub fn committed(&mut self) {
+    /// Records that `delta` (the last [`Baseline::delta`]) was committed.
+    pub fn committed(&mut self, delta: &Delta) {
         self.grown = false;
         self.globals_dirty = false;
-        for d in &mut self.dirty {
-            d.clear();
+        self.stale_patches.clear();
+        for (m, d) in self.dirty.iter_mut().enumerate() {
+            for p in std::mem::take(d) {
+                let id = (m as u32, p);
+                if delta.patched.contains(&id) {
+                    self.patched.insert(id);
+                } else {
+                    // Written whole: the store holds this very image now.
+                    self.patched.remove(&id);
+                    self.stored.remove(&id);
+                }
+            }
         }
+        assert!(
+            self.patched.iter().all(|id| self.stored.contains_key(id)),
+            "every patched page keeps the stored image its patch applies to"
+        );
     }
 }
 
@@ -163,13 +330,71 @@ mod tests {
     use super::*;
 
     #[test]
+    fn restore_applies_page_patches_and_refuses_a_wrong_base() {
+        let base = vec![7u8; 2 * PAGE_SIZE];
+        let mut page1 = vec![7u8; PAGE_SIZE];
+        page1[10] = 99;
+        let patch = tern_storage::patch::encode(&base[PAGE_SIZE..], &page1).unwrap();
+        let extra = vec![
+            (
+                "idem2/k".to_string(),
+                b"other records are left alone".to_vec(),
+            ),
+            (patch_name((0, 1)), patch.clone()),
+        ];
+        let b = Baseline::from_snapshot("a", vec![base.clone()], vec![], &extra).unwrap();
+        assert_eq!(&b.images()[0][PAGE_SIZE..], &page1[..]);
+        assert_eq!(&b.images()[0][..PAGE_SIZE], &base[..PAGE_SIZE]);
+        assert!(b.patched().contains(&(0, 1)));
+        assert!(!b.is_dirty());
+        // The patch was made for page 1; on page 0 of other bytes it fails.
+        let other = vec![vec![1u8; 2 * PAGE_SIZE]];
+        let wrong = vec![(patch_name((0, 1)), patch.clone())];
+        assert!(matches!(
+            Baseline::from_snapshot("a", other, vec![], &wrong),
+            Err(StorageError::Corrupt { .. })
+        ));
+        let beyond = vec![(patch_name((0, 5)), patch)];
+        assert!(matches!(
+            Baseline::from_snapshot("a", vec![base], vec![], &beyond),
+            Err(StorageError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_patched_page_written_whole_drops_its_patch_and_upgrades_clear_them() {
+        let base = vec![7u8; PAGE_SIZE];
+        let mut page = base.clone();
+        page[3] = 1;
+        let patch = tern_storage::patch::encode(&base, &page).unwrap();
+        let extra = vec![(patch_name((0, 0)), patch)];
+        let mut b = Baseline::from_snapshot("a", vec![base], vec![], &extra).unwrap();
+        // After an upgrade every page is written whole, and the old
+        // code's patch records are cleared.
+        let old = b.patched().clone();
+        b.mark_every_page_dirty();
+        b.clear_patches(&old);
+        let d = b.delta();
+        assert_eq!(d.memories[0].changed_pages.len(), 1);
+        assert_eq!(d.patches, vec![(patch_name((0, 0)), Vec::new())]);
+        b.committed(&d);
+        assert!(b.patched().is_empty());
+        assert!(!b.is_dirty());
+        assert_eq!(b.stored_bytes(), 0);
+    }
+
+    #[test]
     fn upgrade_marks_zero_pages_dirty_so_no_old_page_survives() {
         let mut image = vec![0u8; 3 * PAGE_SIZE];
         image[PAGE_SIZE] = 1;
         let mut b = Baseline::restored(vec![image.clone()], Vec::new());
         b.mark_all_dirty();
         let pages = |b: &Baseline| -> Vec<u32> {
-            b.delta()[0].changed_pages.iter().map(|(p, _)| *p).collect()
+            b.delta().memories[0]
+                .changed_pages
+                .iter()
+                .map(|(p, _)| *p)
+                .collect()
         };
         assert_eq!(pages(&b), [1], "a first commit needs only non-zero pages");
         let mut b = Baseline::restored(vec![image], Vec::new());

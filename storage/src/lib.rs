@@ -101,6 +101,7 @@ mod error;
 pub mod keys;
 pub mod kv;
 mod migrations;
+pub mod patch;
 mod store;
 pub mod tuple;
 
