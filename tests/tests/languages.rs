@@ -10,6 +10,10 @@ fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON: {s}: {e}"))
 }
 
+/// The two cluster tests run one at a time: each compiles a 12-18 MB
+/// component, twice, on a machine of two cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn build(example: &str) -> String {
     let dir = workspace().join("examples").join(example);
     let wasm = tern_cli::lang::build_actor(&dir, true, &[])
@@ -20,6 +24,7 @@ fn build(example: &str) -> String {
 /// Deploys `example` as `ty`, increments, churns, SIGKILLs the cluster,
 /// restarts it, and checks that the acknowledged state is all there.
 fn survives_restart(example: &str, ty: &str) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let wasm = build(example);
     let data = tempfile::tempdir().unwrap();
     let mut dev = DevCluster::start(data.path());

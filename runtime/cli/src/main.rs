@@ -410,6 +410,18 @@ impl EndpointArgs {
         let (endpoint, creds) = self.resolve()?;
         connect(&endpoint, &creds).await.map_err(|e| e.to_string())
     }
+
+    /// [`EndpointArgs::connect`] with the deploy deadline.
+    async fn connect_for_deploy(&self) -> Result<Client, String> {
+        let (endpoint, creds) = self.resolve()?;
+        tern_client::connect_with_deadline(
+            &endpoint,
+            &creds,
+            std::time::Duration::from_millis(tern_client::DEPLOY_MS_MAX),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
 }
 
 fn init_logging() {
@@ -623,7 +635,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             let component =
                 std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let mut client = endpoint.connect().await?;
+            let mut client = endpoint.connect_for_deploy().await?;
             let request = pb::DeployRequest {
                 r#type: r#type.clone(),
                 component,

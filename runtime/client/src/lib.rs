@@ -44,6 +44,10 @@ pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 /// The deadline of one call attempt unless the caller sets another, ms.
 pub const CALL_MS_DEFAULT: u64 = 30_000;
+/// The deadline of a deploy, ms: the POP validates, instruments and
+/// compiles the component before it answers, which takes tens of seconds
+/// for an interpreter's 10-20 MB component on a small machine.
+pub const DEPLOY_MS_MAX: u64 = 300_000;
 
 /// One POP in `cluster.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -223,9 +227,19 @@ fn client(ch: Channel, creds: &Credentials) -> Result<Client> {
 /// Connects to a POP (connect timeout, keepalive, and a default deadline of
 /// [`CALL_MS_DEFAULT`] on every request), presenting `creds`.
 pub async fn connect(endpoint: &str, creds: &Credentials) -> Result<Client> {
+    connect_with_deadline(endpoint, creds, Duration::from_millis(CALL_MS_DEFAULT)).await
+}
+
+/// [`connect`] with another deadline on every request (a deploy uses
+/// [`DEPLOY_MS_MAX`]).
+pub async fn connect_with_deadline(
+    endpoint: &str,
+    creds: &Credentials,
+    deadline: Duration,
+) -> Result<Client> {
     let ch = creds
         .endpoint(endpoint)?
-        .timeout(Duration::from_millis(CALL_MS_DEFAULT))
+        .timeout(deadline)
         .connect()
         .await
         .map_err(|e| ClientError::Transport(format!("cannot connect to {endpoint}: {e}")))?;
