@@ -33,6 +33,8 @@ pub struct TernEngine {
     compiling: Arc<DashMap<String, Arc<parking_lot::Mutex<()>>>>,
     /// How CPU budgets are metered.
     meter: CpuMeter,
+    /// Components compiled by this engine (not loaded from a cache).
+    compiles: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How an engine meters a turn's CPU budget.
@@ -88,7 +90,25 @@ impl TernEngine {
             compiled: Arc::new(DashMap::new()),
             compiling: Arc::new(DashMap::new()),
             meter,
+            compiles: Arc::default(),
         })
+    }
+
+    /// How many components this engine compiled (rather than loaded
+    /// compiled code from the store).
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The key of this engine's compiled code in the store: tern's engine
+    /// version and wasmtime's compatibility hash of the configuration
+    /// (code compiled under another key is never loaded).
+    pub fn code_key(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        ENGINE_VERSION.hash(&mut h);
+        format!("{ENGINE_VERSION}/{:016x}", h.finish())
     }
 
     /// How this engine meters CPU budgets.
@@ -109,6 +129,29 @@ impl TernEngine {
     /// Validates and compiles `bytes` (whose sha256 is `digest`), caching the
     /// result by digest.
     pub fn prepare(&self, digest: &str, bytes: &[u8]) -> Result<Arc<Prepared>> {
+        self.prepare_with(digest, bytes, None)
+    }
+
+    /// Like [`TernEngine::prepare`], with `store` as a cache of compiled
+    /// code shared by every POP: code compiled for this engine's
+    /// configuration is loaded from it instead of compiled, and code this
+    /// engine compiles is kept there. An entry that cannot be loaded is
+    /// compiled again (and replaced), never trusted.
+    pub fn prepare_cached(
+        &self,
+        digest: &str,
+        bytes: &[u8],
+        store: &tern_storage::Store,
+    ) -> Result<Arc<Prepared>> {
+        self.prepare_with(digest, bytes, Some(store))
+    }
+
+    fn prepare_with(
+        &self,
+        digest: &str,
+        bytes: &[u8],
+        store: Option<&tern_storage::Store>,
+    ) -> Result<Arc<Prepared>> {
         if let Some(pre) = self.compiled.get(digest) {
             return Ok(pre.clone());
         }
@@ -121,22 +164,95 @@ impl TernEngine {
         if let Some(pre) = self.compiled.get(digest) {
             return Ok(pre.clone());
         }
-        let out = self.compile(digest, bytes);
+        let out = self.compile(digest, bytes, store);
         self.compiling.remove(digest);
         out
     }
 
-    fn compile(&self, digest: &str, bytes: &[u8]) -> Result<Arc<Prepared>> {
-        validate_component(bytes)?;
-        let instrumented = crate::globals::instrument(bytes)?;
-        let component = Component::new(&self.engine, &instrumented.bytes)
-            .map_err(|e| RuntimeError::ComponentRejected(format!("does not compile: {e:#}")))?;
-        let pre = Prepared::new(
-            &self.linker,
-            component,
-            digest.to_string(),
-            instrumented.slots.len(),
-        )?;
+    /// Compiled code from the store, ready to instantiate.
+    fn load_compiled(&self, digest: &str, code: &[u8]) -> Result<Prepared> {
+        // SAFETY: `deserialize` runs the machine code in `code`, so `code`
+        // must be what `Component::serialize` produced. It is: the store
+        // holds it content-addressed, `get_compiled` checked its sha256
+        // against the digest the record names, and only `compile` below
+        // writes such records, with the output of `serialize` for this
+        // component. wasmtime itself refuses code of another version or
+        // configuration (and `code_key` keeps those apart). The store is
+        // trusted as it is for actor state; a damaged entry fails the
+        // digest check or wasmtime's header checks and is recompiled.
+        let component = unsafe { Component::deserialize(&self.engine, code) }
+            .map_err(|e| RuntimeError::Engine(format!("cached compiled code: {e:#}")))?;
+        let mut globals = 0;
+        while globals <= crate::globals::GLOBALS_MAX
+            && component
+                .get_export_index(
+                    None,
+                    format!("{}{globals}", crate::globals::GET_EXPORT_PREFIX),
+                )
+                .is_some()
+        {
+            globals += 1;
+        }
+        Prepared::new(&self.linker, component, digest.to_string(), globals)
+    }
+
+    fn compile(
+        &self,
+        digest: &str,
+        bytes: &[u8],
+        store: Option<&tern_storage::Store>,
+    ) -> Result<Arc<Prepared>> {
+        let key = self.code_key();
+        let cached = store.map(|s| s.get_compiled(digest, &key));
+        let pre = match cached {
+            Some(Ok(Some(code))) => match self.load_compiled(digest, &code) {
+                Ok(pre) => {
+                    metrics::counter!("tern_compiled_code_loaded_total").increment(1);
+                    Some(pre)
+                }
+                Err(e) => {
+                    tracing::warn!(digest, error = %e, "cached compiled code is unusable; compiling again");
+                    None
+                }
+            },
+            Some(Err(e)) => {
+                tracing::warn!(digest, error = %e, "cannot read cached compiled code; compiling again");
+                None
+            }
+            Some(Ok(None)) | None => None,
+        };
+        let pre = match pre {
+            Some(pre) => pre,
+            None => {
+                validate_component(bytes)?;
+                let instrumented = crate::globals::instrument(bytes)?;
+                let component = Component::new(&self.engine, &instrumented.bytes).map_err(|e| {
+                    RuntimeError::ComponentRejected(format!("does not compile: {e:#}"))
+                })?;
+                self.compiles
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics::counter!("tern_components_compiled_total").increment(1);
+                if let Some(store) = store {
+                    let kept = component
+                        .serialize()
+                        .map_err(|e| e.to_string())
+                        .and_then(|code| {
+                            store
+                                .put_compiled(digest, &key, &code)
+                                .map_err(|e| e.to_string())
+                        });
+                    if let Err(e) = kept {
+                        tracing::warn!(digest, error = %e, "cannot keep compiled code in the store");
+                    }
+                }
+                Prepared::new(
+                    &self.linker,
+                    component,
+                    digest.to_string(),
+                    instrumented.slots.len(),
+                )?
+            }
+        };
         let pre = Arc::new(pre);
         if self.compiled.len() >= COMPILED_CACHED_MAX {
             // Types in use keep their compiled code through `ActorType`.

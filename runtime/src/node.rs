@@ -534,7 +534,10 @@ impl Node {
             .map_err(RuntimeError::InvalidArgument)?;
         let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(component));
         // Validate and compile before anything is stored.
-        let prep = self.inner.engine.prepare(&digest, component)?;
+        let prep = self
+            .inner
+            .engine
+            .prepare_cached(&digest, component, &self.inner.store)?;
         let mut before = self.inner.store.list_versions(name)?;
         if before.is_empty()
             && let Some(t) = self.inner.store.get_type(name)?
@@ -664,7 +667,10 @@ impl Node {
                     rec.digest
                 ))
             })?;
-        let prep = self.inner.engine.prepare(&rec.digest, &bytes)?;
+        let prep = self
+            .inner
+            .engine
+            .prepare_cached(&rec.digest, &bytes, &self.inner.store)?;
         let config: TypeConfig = serde_json::from_str(&rec.config_json).map_err(|e| {
             RuntimeError::Engine(format!("type `{name}` has an unreadable config: {e}"))
         })?;
@@ -695,7 +701,9 @@ impl Node {
                         v.digest
                     ))
                 })?;
-                self.inner.engine.prepare(&v.digest, &bytes)?
+                self.inner
+                    .engine
+                    .prepare_cached(&v.digest, &bytes, &self.inner.store)?
             }
         };
         let mut config: TypeConfig = serde_json::from_str(&v.config_json).map_err(|e| {

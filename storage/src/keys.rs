@@ -7,6 +7,7 @@
 //! ("pop", pop)                                    POP membership record
 //! ("comp", digest, "h")                           component header {len, chunks}
 //! ("comp", digest, "c", i)                        component chunk i (< 100 kB)
+//! ("compiled", digest, engine)                    digest of the component's compiled code for an engine
 //! ("type", name)                                  actor type record
 //! ("token", id)                                   client token record (secret hashed)
 //! ("ver", type, n)                                version n of an actor type
@@ -99,6 +100,9 @@ pub(crate) fn last_int(k: &[u8]) -> Result<u64, StorageError> {
             "expected an integer as the last key element",
         )),
     }
+}
+pub(crate) fn compiled(digest: &str, engine: &str) -> Vec<u8> {
+    key(&[Str("compiled"), Str(digest), Str(engine)])
 }
 pub(crate) fn token(id: &str) -> Vec<u8> {
     key(&[Str("token"), Str(id)])

@@ -893,6 +893,42 @@ impl Store {
         })
     }
 
+    /// Keeps the compiled code of component `digest` for the engine
+    /// configuration `engine` (an opaque key): the code is stored like a
+    /// component (content-addressed, chunked, checked against its sha256
+    /// on every read), and a small record names it.
+    pub fn put_compiled(
+        &self,
+        digest: &str,
+        engine: &str,
+        code: &[u8],
+    ) -> Result<(), StorageError> {
+        let code_digest = self.put_component(code)?;
+        let key = keys::compiled(digest, engine);
+        self.kv_().transact(|tx| {
+            tx.set(&key, code_digest.as_bytes());
+            Ok(())
+        })
+    }
+
+    /// The compiled code [`Store::put_compiled`] kept for component
+    /// `digest` and engine `engine`, if any (checked against its digest).
+    pub fn get_compiled(
+        &self,
+        digest: &str,
+        engine: &str,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let key = keys::compiled(digest, engine);
+        let Some(code_digest) = self.kv_().read(|tx| tx.get(&key))? else {
+            return Ok(None);
+        };
+        let code_digest = std::str::from_utf8(&code_digest)
+            .ok()
+            .filter(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| StorageError::corrupt(&key, "not a sha256 digest"))?;
+        self.get_component(code_digest)
+    }
+
     // ----------------------------------------------------------------- types
 
     /// Creates or replaces an actor type.

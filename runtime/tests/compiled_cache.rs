@@ -1,0 +1,79 @@
+//! The compiled-code cache in the store: a POP that never ran a type loads
+//! the code another POP compiled instead of compiling it; a damaged entry
+//! is compiled again, never trusted.
+
+mod common;
+
+use common::*;
+use tern_runtime::config::{Durability, Limits};
+use tern_runtime::{Node, TernEngine};
+use tern_storage::Store;
+
+fn deploy(node: &Node) {
+    node.deploy(
+        "counter",
+        counter_wasm(),
+        tern_runtime::DeployOptions {
+            durability: Durability::Turn,
+            limits: Limits::default(),
+            ..Default::default()
+        },
+    )
+    .expect("deploy");
+}
+
+fn digest() -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(counter_wasm()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_activation_loads_compiled_code() {
+    let store = Store::memory();
+    let first = TernEngine::new().unwrap();
+    deploy(&Node::new("pop-a", store.clone(), first.clone()));
+    assert_eq!(first.compiles(), 1, "the deploying POP compiles once");
+    assert!(
+        store
+            .get_compiled(&digest(), &first.code_key())
+            .unwrap()
+            .is_some(),
+        "and keeps the code in the store"
+    );
+    // Another POP (another engine, same configuration) runs the type.
+    let second = TernEngine::new().unwrap();
+    let node = Node::new("pop-b", store.clone(), second.clone());
+    call(&node, "counter", "a", "incr", serde_json::json!({"by": 4}))
+        .await
+        .unwrap();
+    assert_eq!(value(&node, "counter", "a").await, 4);
+    assert_eq!(second.compiles(), 0, "it loaded the compiled code");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_cache_survives_corruption() {
+    let store = Store::memory();
+    let first = TernEngine::new().unwrap();
+    deploy(&Node::new("pop-a", store.clone(), first.clone()));
+    let key = first.code_key();
+    // The entry now names code that is not compiled code at all.
+    store
+        .put_compiled(&digest(), &key, b"\x7fELF not really compiled code")
+        .unwrap();
+    let second = TernEngine::new().unwrap();
+    let node = Node::new("pop-b", store.clone(), second.clone());
+    call(&node, "counter", "a", "incr", serde_json::json!({"by": 2}))
+        .await
+        .unwrap();
+    assert_eq!(
+        value(&node, "counter", "a").await,
+        2,
+        "the actor still answers"
+    );
+    assert_eq!(second.compiles(), 1, "the damaged entry was compiled again");
+    // ... and replaced: a third POP loads it.
+    let third = TernEngine::new().unwrap();
+    let node = Node::new("pop-c", store.clone(), third.clone());
+    assert_eq!(value(&node, "counter", "b").await, 0);
+    assert_eq!(third.compiles(), 0, "the entry was replaced by good code");
+}
