@@ -286,7 +286,8 @@ fn main() {
     // compiled code in the store (a new engine loads it), against a new
     // engine that compiles it first.
     let store = Store::open(&format!("sqlite:{}", dir.path().join("first.db").display())).unwrap();
-    let deployer = Node::new("deployer", store.clone(), engine.clone());
+    // A new engine, so the code is compiled (and kept in this store) here.
+    let deployer = Node::new("deployer", store.clone(), TernEngine::new().unwrap());
     deployer
         .deploy(
             "counter",
