@@ -288,10 +288,11 @@ impl Baseline {
                 }
             })
             .collect();
-        for &id in &self.stale_patches {
-            let written = patches.iter().any(|(n, _)| *n == patch_name(id));
-            if !written {
-                patches.push((patch_name(id), Vec::new()));
+        // A stale patch of a dirty page was handled above (replaced or
+        // cleared); the others are cleared here.
+        for &(m, p) in &self.stale_patches {
+            if !self.dirty.get(m as usize).is_some_and(|d| d.contains(&p)) {
+                patches.push((patch_name((m, p)), Vec::new()));
             }
         }
         Delta {

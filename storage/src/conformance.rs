@@ -27,6 +27,18 @@ impl std::ops::Deref for Harness {
     }
 }
 
+/// A harness over any KV layer (tests of backend wrappers).
+impl Harness {
+    pub(crate) fn over(kv: Kv) -> Harness {
+        Harness {
+            store: Store::from_kv(kv, None),
+            _dir: None,
+            #[cfg(feature = "fdb")]
+            _fdb: None,
+        }
+    }
+}
+
 pub(crate) fn memory() -> Harness {
     Harness {
         store: Store::memory(),
@@ -1319,10 +1331,11 @@ pub(crate) fn two_transactions_conflict(h: &Harness) {
 pub(crate) fn claim_races_fence(h: &Harness) {
     const COMMITS_MAX: u64 = 400;
     let a = claim(h, "race/1", "pop-a");
-    let barrier = Barrier::new(2);
+    // The committer says when its third commit landed; the claim races
+    // the commits after it.
+    let (landed, third) = std::sync::mpsc::channel();
     let (acked, new_epoch) = std::thread::scope(|s| {
-        let committer = s.spawn(|| {
-            barrier.wait();
+        let committer = s.spawn(move || {
             let mut acked = 0u64;
             for head in 0..COMMITS_MAX {
                 match h.commit_snapshot(&req("race/1", a.epoch, head, 1, &[(0, page(head + 1, 0))]))
@@ -1330,6 +1343,9 @@ pub(crate) fn claim_races_fence(h: &Harness) {
                     Ok(seq) => {
                         assert_eq!(seq, head + 1);
                         acked = seq;
+                        if seq == 3 {
+                            let _ = landed.send(());
+                        }
                     }
                     Err(StorageError::Fenced { .. }) => break,
                     Err(e) => panic!("commit {head}: {e}"),
@@ -1337,11 +1353,11 @@ pub(crate) fn claim_races_fence(h: &Harness) {
             }
             acked
         });
-        barrier.wait();
-        // Let some commits land first, then take the actor over.
-        while h.get_activation("race/1").unwrap().unwrap().head_seq < 3 {
-            std::thread::yield_now();
-        }
+        // Let some commits land first (bounded: a committer that failed
+        // has dropped its sender), then take the actor over.
+        third
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the committer's third commit landed");
         let b = claim(h, "race/1", "pop-b");
         (committer.join().expect("committer"), b.epoch)
     });
