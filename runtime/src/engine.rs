@@ -35,6 +35,10 @@ pub struct TernEngine {
     meter: CpuMeter,
     /// Components compiled by this engine (not loaded from a cache).
     compiles: Arc<std::sync::atomic::AtomicU64>,
+    /// Components loaded from the local code directory.
+    local_loads: Arc<std::sync::atomic::AtomicU64>,
+    /// The POP's local-disk cache of compiled code, if it has one.
+    code_dir: Option<crate::codedir::CodeDir>,
 }
 
 /// How an engine meters a turn's CPU budget.
@@ -91,7 +95,30 @@ impl TernEngine {
             compiling: Arc::new(DashMap::new()),
             meter,
             compiles: Arc::default(),
+            local_loads: Arc::default(),
+            code_dir: None,
         })
+    }
+
+    /// Keeps compiled code in `dir` on local disk too (see
+    /// [`crate::codedir`]): a POP restarting, or a second process on the
+    /// machine, maps it instead of fetching it from the store.
+    pub fn with_code_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Result<TernEngine> {
+        let dir = dir.into();
+        let cd = crate::codedir::CodeDir::open(&dir).map_err(|e| {
+            RuntimeError::Engine(format!(
+                "cannot use {} as the compiled-code directory: {e}",
+                dir.display()
+            ))
+        })?;
+        self.code_dir = Some(cd);
+        Ok(self)
+    }
+
+    /// How many components this engine mapped from its local code
+    /// directory.
+    pub fn local_loads(&self) -> u64 {
+        self.local_loads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many components this engine compiled (rather than loaded
@@ -182,6 +209,12 @@ impl TernEngine {
         // digest check or wasmtime's header checks and is recompiled.
         let component = unsafe { Component::deserialize(&self.engine, code) }
             .map_err(|e| RuntimeError::Engine(format!("cached compiled code: {e:#}")))?;
+        self.prepared(digest, component)
+    }
+
+    /// A loaded component, ready to instantiate. The number of captured
+    /// globals is read off its accessor exports.
+    fn prepared(&self, digest: &str, component: Component) -> Result<Prepared> {
         let mut globals = 0;
         while globals <= crate::globals::GLOBALS_MAX
             && component
@@ -196,6 +229,9 @@ impl TernEngine {
         Prepared::new(&self.linker, component, digest.to_string(), globals)
     }
 
+    /// The compiled code of `digest`: mapped from the local code
+    /// directory, else loaded from the store, else compiled; whatever a
+    /// cache lacked is written back to it.
     fn compile(
         &self,
         digest: &str,
@@ -203,11 +239,32 @@ impl TernEngine {
         store: Option<&tern_storage::Store>,
     ) -> Result<Arc<Prepared>> {
         let key = self.code_key();
-        let cached = store.map(|s| s.get_compiled(digest, &key));
-        let pre = match cached {
+        let local = self
+            .code_dir
+            .as_ref()
+            .and_then(|cd| cd.load(&self.engine, digest, &key))
+            .and_then(|component| match self.prepared(digest, component) {
+                Ok(pre) => Some(pre),
+                Err(e) => {
+                    tracing::warn!(digest, error = %e, "mapped compiled code is unusable");
+                    None
+                }
+            });
+        if local.is_some() {
+            self.local_loads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!("tern_compiled_code_mapped_total").increment(1);
+        }
+        let keep_local = |code: &[u8]| {
+            if let Some(cd) = &self.code_dir {
+                cd.store(digest, &key, code);
+            }
+        };
+        let from_store = || match store.map(|s| s.get_compiled(digest, &key)) {
             Some(Ok(Some(code))) => match self.load_compiled(digest, &code) {
                 Ok(pre) => {
                     metrics::counter!("tern_compiled_code_loaded_total").increment(1);
+                    keep_local(&code);
                     Some(pre)
                 }
                 Err(e) => {
@@ -221,7 +278,7 @@ impl TernEngine {
             }
             Some(Ok(None)) | None => None,
         };
-        let pre = match pre {
+        let pre = match local.or_else(from_store) {
             Some(pre) => pre,
             None => {
                 validate_component(bytes)?;
@@ -232,17 +289,18 @@ impl TernEngine {
                 self.compiles
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 metrics::counter!("tern_components_compiled_total").increment(1);
-                if let Some(store) = store {
-                    let kept = component
-                        .serialize()
-                        .map_err(|e| e.to_string())
-                        .and_then(|code| {
-                            store
-                                .put_compiled(digest, &key, &code)
-                                .map_err(|e| e.to_string())
-                        });
-                    if let Err(e) = kept {
-                        tracing::warn!(digest, error = %e, "cannot keep compiled code in the store");
+                if store.is_some() || self.code_dir.is_some() {
+                    match component.serialize() {
+                        Ok(code) => {
+                            keep_local(&code);
+                            if let Some(Err(e)) = store.map(|s| s.put_compiled(digest, &key, &code))
+                            {
+                                tracing::warn!(digest, error = %e, "cannot keep compiled code in the store");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(digest, error = %format!("{e:#}"), "cannot serialize compiled code")
+                        }
                     }
                 }
                 Prepared::new(

@@ -9,6 +9,7 @@
 mod activation;
 pub mod auth;
 pub mod clock;
+pub mod codedir;
 pub mod committer;
 pub mod config;
 pub mod directory;

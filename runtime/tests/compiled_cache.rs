@@ -77,3 +77,70 @@ async fn compiled_cache_survives_corruption() {
     assert_eq!(value(&node, "counter", "b").await, 0);
     assert_eq!(third.compiles(), 0, "the entry was replaced by good code");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_activation_maps_local_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::memory();
+    let first = TernEngine::new()
+        .unwrap()
+        .with_code_dir(dir.path())
+        .unwrap();
+    deploy(&Node::new("pop-a", store.clone(), first.clone()));
+    assert_eq!(first.compiles(), 1);
+    let file = tern_runtime::codedir::CodeDir::open(dir.path())
+        .unwrap()
+        .file(&digest(), &first.code_key());
+    assert!(file.exists(), "the compiled code is kept on local disk");
+    // The POP restarts (a new engine, same directory).
+    let restarted = TernEngine::new()
+        .unwrap()
+        .with_code_dir(dir.path())
+        .unwrap();
+    let node = Node::new("pop-a", store.clone(), restarted.clone());
+    call(&node, "counter", "a", "incr", serde_json::json!({"by": 3}))
+        .await
+        .unwrap();
+    assert_eq!(value(&node, "counter", "a").await, 3);
+    assert_eq!(restarted.compiles(), 0);
+    assert_eq!(restarted.local_loads(), 1, "it mapped the local file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_local_code_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::memory();
+    let first = TernEngine::new()
+        .unwrap()
+        .with_code_dir(dir.path())
+        .unwrap();
+    deploy(&Node::new("pop-a", store.clone(), first.clone()));
+    let file = tern_runtime::codedir::CodeDir::open(dir.path())
+        .unwrap()
+        .file(&digest(), &first.code_key());
+    // One flipped byte in the middle of the machine code.
+    let mut code = std::fs::read(&file).unwrap();
+    let mid = code.len() / 2;
+    code[mid] ^= 0x40;
+    std::fs::write(&file, &code).unwrap();
+    let second = TernEngine::new()
+        .unwrap()
+        .with_code_dir(dir.path())
+        .unwrap();
+    let node = Node::new("pop-a", store.clone(), second.clone());
+    call(&node, "counter", "a", "incr", serde_json::json!({"by": 5}))
+        .await
+        .unwrap();
+    assert_eq!(value(&node, "counter", "a").await, 5, "the actor answers");
+    assert_eq!(second.local_loads(), 0, "the damaged file was refused");
+    assert_eq!(second.compiles(), 0, "the store's copy was loaded instead");
+    // ... and written back whole: the next start maps it.
+    let third = TernEngine::new()
+        .unwrap()
+        .with_code_dir(dir.path())
+        .unwrap();
+    let node = Node::new("pop-a", store.clone(), third.clone());
+    assert_eq!(value(&node, "counter", "b").await, 0);
+    assert_eq!(third.local_loads(), 1);
+    assert_eq!(third.compiles(), 0);
+}

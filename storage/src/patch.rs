@@ -26,7 +26,8 @@ pub const PATCH_BYTES_MAX: usize = 8 * 1024;
 pub fn encode(base: &[u8], new: &[u8]) -> Option<Vec<u8>> {
     assert_eq!(base.len(), PAGE_SIZE, "a patch's base is one page");
     assert_eq!(new.len(), PAGE_SIZE, "a patch's result is one page");
-    let xor: Vec<u8> = base.iter().zip(new).map(|(a, b)| a ^ b).collect();
+    let mut xor = new.to_vec();
+    xor_into(&mut xor, base);
     let packed = lz4_flex::compress_prepend_size(&xor);
     if HEADER + packed.len() > PATCH_BYTES_MAX {
         return None;
@@ -65,19 +66,44 @@ pub fn apply(what: &str, base: &mut [u8], patch: &[u8]) -> Result<(), StorageErr
             "a page patch must unpack to {PAGE_SIZE} bytes (says {size:?})"
         )));
     }
-    let xor = lz4_flex::decompress_size_prepended(packed)
-        .map_err(|e| corrupt(format!("page patch does not unpack: {e}")))?;
-    if xor.len() != PAGE_SIZE {
-        return Err(corrupt("page patch unpacked to the wrong size".into()));
+    // The XOR is unpacked into a buffer of the thread's, folded with the
+    // base there, checked, and only then copied over the base: no
+    // allocation per page, and a bad patch leaves the base as it was.
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.resize(PAGE_SIZE, 0);
+        let n = lz4_flex::decompress_into(&packed[4..], scratch)
+            .map_err(|e| corrupt(format!("page patch does not unpack: {e}")))?;
+        if n != PAGE_SIZE {
+            return Err(corrupt("page patch unpacked to the wrong size".into()));
+        }
+        xor_into(scratch, base);
+        if crc32fast::hash(scratch) != crc {
+            return Err(corrupt(
+                "page patch applied to a base it was not made for (crc mismatch)".into(),
+            ));
+        }
+        base.copy_from_slice(scratch);
+        Ok(())
+    })
+}
+
+thread_local! {
+    /// One page of scratch space per thread for [`apply`].
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `dst ^= src`, eight bytes at a time (the compiler vectorises it).
+fn xor_into(dst: &mut [u8], src: &[u8]) {
+    assert_eq!(dst.len(), src.len());
+    for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+        let x = u64::from_ne_bytes(d.try_into().expect("8 bytes"))
+            ^ u64::from_ne_bytes(s.try_into().expect("8 bytes"));
+        d.copy_from_slice(&x.to_ne_bytes());
     }
-    let mut result: Vec<u8> = base.iter().zip(&xor).map(|(a, b)| a ^ b).collect();
-    if crc32fast::hash(&result) != crc {
-        return Err(corrupt(
-            "page patch applied to a base it was not made for (crc mismatch)".into(),
-        ));
+    let tail = dst.len() / 8 * 8;
+    for (d, s) in dst[tail..].iter_mut().zip(&src[tail..]) {
+        *d ^= s;
     }
-    base.swap_with_slice(&mut result);
-    Ok(())
 }
 
 #[cfg(test)]

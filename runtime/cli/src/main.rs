@@ -136,6 +136,11 @@ enum Cmd {
         /// cluster needs the same file.
         #[arg(long)]
         page_key_file: Option<PathBuf>,
+        /// Keep compiled code on local disk here, mapped on the next
+        /// activation of a type instead of fetched from the store. Default:
+        /// `PATH.code` beside a `sqlite:PATH` store, none otherwise.
+        #[arg(long)]
+        code_cache: Option<PathBuf>,
         /// Serve without client tokens (anyone who reaches the POP can
         /// deploy and call any actor, and forge forwarded calls), and allow
         /// a non-loopback listen address without TLS: only for experiments.
@@ -530,6 +535,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             budgets,
             tls_dir,
             page_key_file,
+            code_cache,
             insecure,
         } => {
             die_with_parent();
@@ -563,12 +569,21 @@ async fn run(cli: Cli) -> Result<(), String> {
             if let Some(addr) = metrics_listen {
                 start_metrics(addr)?;
             }
-            let mut store = tern_storage::Store::open(&store).map_err(|e| e.to_string())?;
+            let store_url = store;
+            let mut store = tern_storage::Store::open(&store_url).map_err(|e| e.to_string())?;
             if let Some(k) = page_key {
                 tracing::info!(key = %k.id_hex(), "snapshot pages are sealed at rest");
                 store = store.with_page_key(k);
             }
-            let engine = TernEngine::new().map_err(|e| e.to_string())?;
+            let mut engine = TernEngine::new().map_err(|e| e.to_string())?;
+            let code_cache = code_cache.or_else(|| {
+                store_url
+                    .strip_prefix("sqlite:")
+                    .map(|p| PathBuf::from(format!("{p}.code")))
+            });
+            if let Some(dir) = code_cache {
+                engine = engine.with_code_dir(dir).map_err(|e| e.to_string())?;
+            }
             let listener = TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
