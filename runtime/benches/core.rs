@@ -203,18 +203,27 @@ fn main() {
             floor.as_secs_f64() * 1e3,
             cold.as_secs_f64() / floor.as_secs_f64()
         );
-        // Restore alone: read and check the snapshot from the store, then
-        // instantiate and copy it in (no claim: that is the directory's part
-        // of an activation).
+        // Restore alone: read and check the snapshot from the store, apply
+        // its page patches, then instantiate and copy it in (no claim: that
+        // is the directory's part of an activation).
         let mut restore = Duration::ZERO;
         let mut load = Duration::ZERO;
         for _ in 0..COLD_ROUNDS {
             let t = Instant::now();
             let snap = store.load_snapshot("counter/cold").unwrap().unwrap();
             load += t.elapsed();
-            let lens: Vec<usize> = snap.memories.iter().map(Vec::len).collect();
-            let mut inst = ActorInstance::new(engine.engine(), &prep, &params, &lens).unwrap();
-            inst.write_memories(&snap.memories).unwrap();
+            // The images with their page patches applied, as a restore
+            // does.
+            let baseline = tern_runtime::snapshot::Baseline::from_snapshot(
+                "counter/cold",
+                snap.memories,
+                snap.meta.globals.clone(),
+                &snap.extra,
+            )
+            .unwrap();
+            let mut inst =
+                ActorInstance::new(engine.engine(), &prep, &params, &baseline.lens()).unwrap();
+            inst.write_memories(baseline.images()).unwrap();
             inst.call(get_turn(), &params.limits).unwrap().unwrap();
             restore += t.elapsed();
         }
