@@ -99,18 +99,7 @@ fn main() {
     }
     let direct = DIRECT_CALLS as f64 / t.elapsed().as_secs_f64();
 
-    let store = Store::open(&format!("sqlite:{}", dir.path().join("warm.db").display())).unwrap();
-    let node = Node::new("bench", store, engine.clone());
-    node.deploy(
-        "counter",
-        &wasm,
-        tern_runtime::DeployOptions {
-            durability: Durability::Idle,
-            limits: Limits::default(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (_, node) = counter_pop(dir.path(), "warm", &engine, &wasm, Durability::Idle);
     let warm = rt.block_on(async {
         // Callers spread over a few actors, as a POP would see.
         let callers = 8;
@@ -141,22 +130,14 @@ fn main() {
     // 2. Cold activation from sqlite.
     let mut cold_figures: Vec<(&str, f64, f64)> = Vec::new();
     for (label, mb) in [("128 KiB", 0u64), ("1 MiB", 1), ("16 MiB", 16)] {
-        let store = Store::open(&format!(
-            "sqlite:{}",
-            dir.path().join(format!("cold{mb}.db")).display()
-        ))
-        .unwrap();
-        let node = Node::new("bench", store.clone(), engine.clone());
-        node.deploy(
-            "counter",
+        // Idle durability: the timed first call does not also commit.
+        let (store, node) = counter_pop(
+            dir.path(),
+            &format!("cold{mb}"),
+            &engine,
             &wasm,
-            tern_runtime::DeployOptions {
-                durability: Durability::Idle, // the timed first call does not also commit
-                limits: Limits::default(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+            Durability::Idle,
+        );
         let (cold, mem_bytes) = rt.block_on(async {
             let id = "cold";
             if mb > 0 {
@@ -241,24 +222,13 @@ fn main() {
     // 3. Durable vs non-durable turns on sqlite.
     let mut rates = Vec::new();
     for durability in [Durability::Turn, Durability::Idle] {
-        let store = Store::open(&format!(
-            "sqlite:{}",
-            dir.path()
-                .join(format!("turns-{durability:?}.db"))
-                .display()
-        ))
-        .unwrap();
-        let node = Node::new("bench", store.clone(), engine.clone());
-        node.deploy(
-            "counter",
+        let (_, node) = counter_pop(
+            dir.path(),
+            &format!("turns-{durability:?}"),
+            &engine,
             &wasm,
-            tern_runtime::DeployOptions {
-                durability,
-                limits: Limits::default(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+            durability,
+        );
         let rate = rt.block_on(async {
             for a in 0..TURN_ACTORS {
                 node.call(req(&format!("t{a}"), "incr", "{\"by\": 1}"))
@@ -294,20 +264,14 @@ fn main() {
     // 4. A type's first activation at a POP that never ran it: with the
     // compiled code in the store (a new engine loads it), against a new
     // engine that compiles it first.
-    let store = Store::open(&format!("sqlite:{}", dir.path().join("first.db").display())).unwrap();
     // A new engine, so the code is compiled (and kept in this store) here.
-    let deployer = Node::new("deployer", store.clone(), TernEngine::new().unwrap());
-    deployer
-        .deploy(
-            "counter",
-            &wasm,
-            tern_runtime::DeployOptions {
-                durability: Durability::Idle,
-                limits: Limits::default(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let (store, _deployer) = counter_pop(
+        dir.path(),
+        "first",
+        &TernEngine::new().unwrap(),
+        &wasm,
+        Durability::Idle,
+    );
     let code_dir = dir.path().join("code");
     let first = |compile_first: bool, local: bool, round: usize| {
         let fresh = TernEngine::new().unwrap();
@@ -357,20 +321,7 @@ fn main() {
     // 5. Warm gRPC calls: a POP's ActorService (the counter's `get`, idle
     // durability, 8 actors) against a tonic service of the same proto that
     // answers every call with its payload, with the same client.
-    let grpc_store =
-        Store::open(&format!("sqlite:{}", dir.path().join("grpc.db").display())).unwrap();
-    let grpc_node = Node::new("bench", grpc_store, engine.clone());
-    grpc_node
-        .deploy(
-            "counter",
-            &wasm,
-            tern_runtime::DeployOptions {
-                durability: Durability::Idle,
-                limits: Limits::default(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let (_, grpc_node) = counter_pop(dir.path(), "grpc", &engine, &wasm, Durability::Idle);
     let (tern_rate, echo_rate) = rt.block_on(async {
         let tern_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tern_addr = tern_listener.local_addr().unwrap();
@@ -405,6 +356,34 @@ fn main() {
         rates[0],
         tern_rate / echo_rate,
     );
+}
+
+/// A node over a new sqlite store `NAME.db` in `dir`, with the counter
+/// deployed at `durability`.
+fn counter_pop(
+    dir: &Path,
+    name: &str,
+    engine: &TernEngine,
+    wasm: &[u8],
+    durability: Durability,
+) -> (Store, Node) {
+    let store = Store::open(&format!(
+        "sqlite:{}",
+        dir.join(format!("{name}.db")).display()
+    ))
+    .unwrap();
+    let node = Node::new("bench", store.clone(), engine.clone());
+    node.deploy(
+        "counter",
+        wasm,
+        tern_runtime::DeployOptions {
+            durability,
+            limits: Limits::default(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (store, node)
 }
 
 const GRPC_CALLS: usize = 20_000;

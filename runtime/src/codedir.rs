@@ -53,8 +53,10 @@ impl CodeDir {
     /// elsewhere".
     pub fn load(&self, engine: &Engine, digest: &str, key: &str) -> Option<Component> {
         let path = self.file(digest, key);
-        let code = match std::fs::read(&path) {
-            Ok(code) => code,
+        // The check streams the file (the code is not copied onto the
+        // heap: `deserialize_file` maps it).
+        let actual = match std::fs::File::open(&path).and_then(file_check_line) {
+            Ok(line) => line,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot read cached compiled code");
@@ -62,7 +64,7 @@ impl CodeDir {
             }
         };
         let expected = std::fs::read_to_string(self.sidecar(digest, key)).unwrap_or_default();
-        if expected.trim() != check_line(&code) {
+        if expected.trim() != actual {
             tracing::warn!(path = %path.display(), "cached compiled code fails its checksum; compiling or fetching it again");
             self.remove(digest, key);
             return None;
@@ -151,8 +153,26 @@ fn name(digest: &str, key: &str) -> String {
     format!("{digest}-{key}")
 }
 
+/// What a sidecar holds for `code`: its length and crc32.
 fn check_line(code: &[u8]) -> String {
     format!("{} {:08x}", code.len(), crc32fast::hash(code))
+}
+
+/// [`check_line`] of a file's contents, read in chunks.
+fn file_check_line(mut file: std::fs::File) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut len = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n;
+    }
+    Ok(format!("{len} {:08x}", hasher.finalize()))
 }
 
 #[cfg(test)]

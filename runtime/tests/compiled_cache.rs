@@ -22,6 +22,21 @@ fn deploy(node: &Node) {
     .expect("deploy");
 }
 
+/// A POP's engine (a new process) keeping compiled code in `dir`.
+fn engine_with_code_dir(dir: &tempfile::TempDir) -> TernEngine {
+    TernEngine::new()
+        .unwrap()
+        .with_code_dir(dir.path())
+        .unwrap()
+}
+
+/// The counter's code file in `dir` for `engine`'s configuration.
+fn code_file(dir: &tempfile::TempDir, engine: &TernEngine) -> std::path::PathBuf {
+    tern_runtime::codedir::CodeDir::open(dir.path())
+        .unwrap()
+        .file(&digest(), &engine.code_key())
+}
+
 fn digest() -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(counter_wasm()))
@@ -82,21 +97,13 @@ async fn compiled_cache_survives_corruption() {
 async fn first_activation_maps_local_code() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::memory();
-    let first = TernEngine::new()
-        .unwrap()
-        .with_code_dir(dir.path())
-        .unwrap();
+    let first = engine_with_code_dir(&dir);
     deploy(&Node::new("pop-a", store.clone(), first.clone()));
     assert_eq!(first.compiles(), 1);
-    let file = tern_runtime::codedir::CodeDir::open(dir.path())
-        .unwrap()
-        .file(&digest(), &first.code_key());
+    let file = code_file(&dir, &first);
     assert!(file.exists(), "the compiled code is kept on local disk");
     // The POP restarts (a new engine, same directory).
-    let restarted = TernEngine::new()
-        .unwrap()
-        .with_code_dir(dir.path())
-        .unwrap();
+    let restarted = engine_with_code_dir(&dir);
     let node = Node::new("pop-a", store.clone(), restarted.clone());
     call(&node, "counter", "a", "incr", serde_json::json!({"by": 3}))
         .await
@@ -110,23 +117,15 @@ async fn first_activation_maps_local_code() {
 async fn damaged_local_code_is_not_trusted() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::memory();
-    let first = TernEngine::new()
-        .unwrap()
-        .with_code_dir(dir.path())
-        .unwrap();
+    let first = engine_with_code_dir(&dir);
     deploy(&Node::new("pop-a", store.clone(), first.clone()));
-    let file = tern_runtime::codedir::CodeDir::open(dir.path())
-        .unwrap()
-        .file(&digest(), &first.code_key());
+    let file = code_file(&dir, &first);
     // One flipped byte in the middle of the machine code.
     let mut code = std::fs::read(&file).unwrap();
     let mid = code.len() / 2;
     code[mid] ^= 0x40;
     std::fs::write(&file, &code).unwrap();
-    let second = TernEngine::new()
-        .unwrap()
-        .with_code_dir(dir.path())
-        .unwrap();
+    let second = engine_with_code_dir(&dir);
     let node = Node::new("pop-a", store.clone(), second.clone());
     call(&node, "counter", "a", "incr", serde_json::json!({"by": 5}))
         .await
@@ -135,10 +134,7 @@ async fn damaged_local_code_is_not_trusted() {
     assert_eq!(second.local_loads(), 0, "the damaged file was refused");
     assert_eq!(second.compiles(), 0, "the store's copy was loaded instead");
     // ... and written back whole: the next start maps it.
-    let third = TernEngine::new()
-        .unwrap()
-        .with_code_dir(dir.path())
-        .unwrap();
+    let third = engine_with_code_dir(&dir);
     let node = Node::new("pop-a", store.clone(), third.clone());
     assert_eq!(value(&node, "counter", "b").await, 0);
     assert_eq!(third.local_loads(), 1);
