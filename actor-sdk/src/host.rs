@@ -241,3 +241,76 @@ pub fn call<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
         ))
     })
 }
+
+/// The method an alarm's turn runs: list the handler in [`actor!`](crate::actor)
+/// as `json on_alarm as "~alarm"`, with
+/// `fn on_alarm(&mut self, alarm: Alarm) -> Result<(), ActorError>`.
+pub const ALARM_METHOD: &str = "~alarm";
+
+/// A fired alarm, as its `~alarm` turn receives it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Alarm {
+    /// Its id, as [`set_alarm`] returned it: the same on every delivery of
+    /// this alarm (delivery is at least once).
+    pub id: u64,
+    /// The tag given to [`set_alarm`].
+    pub tag: String,
+    /// When it was due, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// Sets a durable alarm at `at_ms` (ms since the Unix epoch) carrying `tag`;
+/// returns its id. It is committed with the current turn and fires as a
+/// turn of the `~alarm` method (see [`Alarm`]). Off wasm32: returns
+/// increasing ids and fires nothing.
+pub fn set_alarm(at_ms: u64, tag: &str) -> Result<u64, ActorError> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        imports::set_alarm(at_ms, tag).map_err(ActorError::from)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let _ = (at_ms, tag);
+        Ok(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Cancels alarm `id` with the current turn; false if it is not set.
+/// Off wasm32: always false.
+pub fn cancel_alarm(id: u64) -> bool {
+    #[cfg(target_arch = "wasm32")]
+    {
+        imports::cancel_alarm(id)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = id;
+        false
+    }
+}
+
+/// Publishes `payload` on `topic` to the actor's subscribers, released
+/// once the current turn commits. Off wasm32: accepted and dropped.
+pub fn publish(topic: &str, payload: &[u8]) -> Result<(), ActorError> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        imports::publish(topic, payload).map_err(ActorError::from)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = (topic, payload);
+        Ok(())
+    }
+}
+
+/// Publishes `value` as JSON on `topic` (see [`publish`]).
+pub fn publish_json<T: Serialize + ?Sized>(topic: &str, value: &T) -> Result<(), ActorError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| {
+        ActorError::internal(format!(
+            "event for topic {topic:?} does not encode as JSON: {e}"
+        ))
+    })?;
+    publish(topic, &bytes)
+}

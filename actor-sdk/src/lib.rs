@@ -213,7 +213,8 @@ mod panic_hook;
 
 pub use dispatch::{Actor, ActorCell};
 pub use host::{
-    Activation, ActorAddress, activation, call, call_raw, log, now_ms, random_u64, self_address,
+    ALARM_METHOD, Activation, ActorAddress, Alarm, activation, call, call_raw, cancel_alarm, log,
+    now_ms, publish, publish_json, random_u64, self_address, set_alarm,
 };
 
 /// What kind of failure an [`ActorError`] is. Mirrors the WIT `error-kind`.

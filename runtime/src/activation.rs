@@ -30,6 +30,7 @@ use crate::idem::{
 };
 use crate::instance::{ActorInstance, InstanceParams, TurnInput, TurnOutput, guest_error};
 use crate::node::{ActorType, CallOutput, CallRequest, Node, Route};
+use crate::outbox::{ALARM_METHOD, Outbox, WAKE_METHOD};
 use crate::snapshot::Baseline;
 use crate::table::{Delivered, Handle, Msg};
 
@@ -63,6 +64,10 @@ pub(crate) struct Activation {
     vtime: u64,
     /// CPU time its turns usually take, ns (a moving average).
     cost: u64,
+    /// Its alarms and event numbering (see [`crate::outbox`]).
+    outbox: Outbox,
+    /// The alarm the current turn delivers, if it is an alarm's turn.
+    firing: Option<u64>,
 }
 
 fn retention(ty: &ActorType) -> Retention {
@@ -210,13 +215,39 @@ impl Node {
         // One idle timer per activation, re-armed only when it fires early.
         let idle_timer = tokio::time::sleep(idle);
         tokio::pin!(idle_timer);
+        // The next alarm's timer, re-armed before every wait.
+        let alarm_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(alarm_timer);
         loop {
+            let mut alarm_next = None;
+            if !closing && let Some((at_ms, id)) = act.outbox.next_alarm() {
+                let wait = Duration::from_millis(at_ms.saturating_sub(self.now_ms()));
+                alarm_timer.as_mut().reset(Instant::now() + wait);
+                alarm_next = Some(id);
+            }
             let msg = if closing {
                 rx.recv().await
             } else {
                 tokio::select! {
                     biased;
                     m = rx.recv() => m,
+                    () = &mut alarm_timer, if alarm_next.is_some() => {
+                        handle.busy.store(true, Ordering::Release);
+                        let id = alarm_next.expect("the branch runs only when armed");
+                        let (back, fatal) = self.fire_alarm(act, id).await;
+                        let Some(back) = back else {
+                            self.end_after_turn_panic(&mut rx, &key, claim.0).await;
+                            return;
+                        };
+                        act = back;
+                        handle.busy.store(false, Ordering::Release);
+                        self.inner.table.set_resident(&handle, act.resident_bytes());
+                        if fatal {
+                            self.end_after_commit_failure(&mut rx, &key, act.epoch).await;
+                            return;
+                        }
+                        continue;
+                    }
                     () = &mut idle_timer => {
                         let deadline = act.last_turn + idle;
                         if deadline > Instant::now() {
@@ -310,12 +341,7 @@ impl Node {
                         // The turn panicked on its thread: the activation
                         // is gone.
                         let _ = reply.send(Delivered::Reply(res));
-                        let msg = "a turn panicked".to_string();
-                        fail_queued(&mut rx, || {
-                            Delivered::Reply(Err(internal_after_panic(&key, "a turn", &msg)))
-                        })
-                        .await;
-                        let _ = self.inner.dir.release(&key, claim.0).await;
+                        self.end_after_turn_panic(&mut rx, &key, claim.0).await;
                         return;
                     };
                     act = back;
@@ -328,19 +354,8 @@ impl Node {
                         .store(self.since_start_ms(), Ordering::Release);
                     self.inner.table.set_resident(&handle, act.resident_bytes());
                     if fatal {
-                        // The store no longer matches our memory (fenced or
-                        // a failed commit): drop this activation; the next
-                        // call restores from the store.
-                        tracing::warn!(actor = %key, "activation dropped after a commit failure");
-                        let epoch = act.epoch;
-                        fail_queued(&mut rx, || {
-                            Delivered::Reply(Err(RuntimeError::Superseded {
-                                actor: key.clone(),
-                                epoch,
-                            }))
-                        })
-                        .await;
-                        let _ = self.inner.dir.release(&key, act.epoch).await;
+                        self.end_after_commit_failure(&mut rx, &key, act.epoch)
+                            .await;
                         return;
                     }
                     self.shed_if_over(&key);
@@ -401,6 +416,78 @@ impl Node {
         tracing::debug!(actor = %key, "evicted");
     }
 
+    /// Ends an activation whose turn panicked on its thread: fails what is
+    /// queued and releases the claim.
+    async fn end_after_turn_panic(&self, rx: &mut mpsc::Receiver<Msg>, key: &str, epoch: u64) {
+        let msg = "a turn panicked".to_string();
+        fail_queued(rx, || {
+            Delivered::Reply(Err(internal_after_panic(key, "a turn", &msg)))
+        })
+        .await;
+        let _ = self.inner.dir.release(key, epoch).await;
+    }
+
+    /// Ends an activation whose memory may be ahead of the store (fenced,
+    /// or a failed commit): the next call restores from the store.
+    async fn end_after_commit_failure(&self, rx: &mut mpsc::Receiver<Msg>, key: &str, epoch: u64) {
+        tracing::warn!(actor = %key, "activation dropped after a commit failure");
+        fail_queued(rx, || {
+            Delivered::Reply(Err(RuntimeError::Superseded {
+                actor: key.to_string(),
+                epoch,
+            }))
+        })
+        .await;
+        let _ = self.inner.dir.release(key, epoch).await;
+    }
+
+    /// Delivers alarm `id` as a turn of [`ALARM_METHOD`]. A turn that
+    /// stands consumes the alarm, whatever it answered; one that is rolled
+    /// back (a trap, a budget, an `unavailable` answer) leaves it, to be
+    /// retried with backoff. Returns the activation (`None` if the turn
+    /// panicked) and whether it must end.
+    async fn fire_alarm(
+        &self,
+        mut act: Box<Activation>,
+        id: u64,
+    ) -> (Option<Box<Activation>>, bool) {
+        let Some(entry) = act.outbox.alarm(id).cloned() else {
+            return (Some(act), false);
+        };
+        if !self.lease_ok() {
+            return (Some(act), true);
+        }
+        let (ty, aid) = act.key.split_once('/').expect("an actor key is type/id");
+        let payload = serde_json::json!({"id": id, "tag": entry.tag, "at_ms": entry.at_ms});
+        let req = CallRequest::new(ty, aid, ALARM_METHOD, payload.to_string().into_bytes());
+        let route = Route {
+            deadline: Some(
+                Instant::now() + Duration::from_millis(crate::node::CALL_DEADLINE_MS_DEFAULT),
+            ),
+            ..Route::default()
+        };
+        act.firing = Some(id);
+        let (back, res, fatal) = self.turn(act, &req, route).await;
+        let Some(mut act) = back else {
+            return (None, true);
+        };
+        act.firing = None;
+        let now = self.now_ms();
+        if act.outbox.alarm(id).is_some() {
+            let delay = act.outbox.failed(id, now);
+            metrics::counter!("tern_alarm_retries_total").increment(1);
+            tracing::warn!(actor = %act.key, alarm = id, error = ?res.err(), retry_in_ms = delay, "the alarm's turn was rolled back; it will be retried");
+        } else {
+            metrics::counter!("tern_alarms_fired_total").increment(1);
+            metrics::histogram!("tern_alarm_lateness_seconds")
+                .record(now.saturating_sub(entry.at_ms) as f64 / 1e3);
+            if let Err(e) = res {
+                tracing::info!(actor = %act.key, alarm = id, error = %e, "the alarm's handler answered an error; the alarm is consumed");
+            }
+        }
+        (Some(act), fatal)
+    }
+
     /// Runs one call's turn: the idempotency check, the guest (on the turn
     /// pool) and, in `turn` durability, the commit. Returns the activation
     /// (`None` if the turn panicked and took it down), the result, and
@@ -412,6 +499,16 @@ impl Node {
         req: &CallRequest,
         mut route: Route,
     ) -> (Option<Box<Activation>>, Result<CallOutput>, bool) {
+        if req.method == WAKE_METHOD {
+            // No guest code runs: activating was the point (its due alarms
+            // fire from the mailbox loop).
+            let out = CallOutput {
+                payload: Vec::new(),
+                epoch: act.epoch,
+                pop: self.inner.name.clone(),
+            };
+            return (Some(act), Ok(out), false);
+        }
         if req.method == crate::node::VERSION_PROBE_METHOD {
             // No guest code runs: the answer is the version this
             // activation runs (a rollout reactivating its actors).
@@ -520,9 +617,11 @@ impl Node {
         }
         let must_persist = match act.ty.config.durability {
             Durability::Turn => act.is_dirty(),
-            // Keep one commit's side records small.
+            // Keep one commit's side records small; release events and
+            // make alarms durable with the turn that made them.
             Durability::Idle => {
                 act.idem.pending_bytes() + act.fwd.pending_bytes() > IDEM_PENDING_BYTES_MAX
+                    || act.outbox.is_dirty()
             }
         };
         // A POP whose lease ended by its own clock commits nothing and
@@ -582,6 +681,10 @@ impl Node {
         let (epoch, claimed_head) = claim;
         let now_ms = self.now_ms();
         let cost = unknown_cost(&ty.config.limits);
+        let outbox = match &snap {
+            Some(s) => Outbox::restore(&key, epoch, &s.extra),
+            None => Outbox::new(epoch),
+        };
         let (instance, baseline, head_seq, (idem, fwd)) = match snap {
             Some(snap) => {
                 let restored = Baseline::from_snapshot(
@@ -651,6 +754,8 @@ impl Node {
             last_turn: Instant::now(),
             vtime: self.inner.turns.vclock(),
             cost,
+            outbox,
+            firing: None,
         })
     }
 
@@ -841,7 +946,10 @@ impl Activation {
 
     /// Whether anything waits for a commit.
     fn is_dirty(&self) -> bool {
-        self.baseline.is_dirty() || self.idem.is_dirty() || self.fwd.is_dirty()
+        self.baseline.is_dirty()
+            || self.idem.is_dirty()
+            || self.fwd.is_dirty()
+            || self.outbox.is_dirty()
     }
 
     /// Bytes this activation holds: its instance's memories and the
@@ -865,6 +973,7 @@ impl Activation {
             self.instance = Some(inst);
         }
         let inst = self.instance.as_mut().expect("instance present");
+        inst.set_effects(self.outbox.begin(self.firing));
         match inst.call(turn, &self.ty.config.limits) {
             // A guest that answers `unavailable` (typically passing on a
             // nested call's failure) tells its caller to retry; the retry
@@ -884,6 +993,24 @@ impl Activation {
                     self.instance = None;
                     return Err(e);
                 }
+                let fx = inst.take_effects();
+                // Topics this actor never numbered before: continue after
+                // what the store holds (a lost topic record must not make
+                // numbers repeat).
+                let mut starts = std::collections::HashMap::new();
+                for (topic, _) in &fx.events {
+                    if !starts.contains_key(topic) && !fx.topics.contains(topic) {
+                        match node.inner.store.last_event_seq(&self.key, topic) {
+                            Ok(s) => {
+                                starts.insert(topic.clone(), s);
+                            }
+                            Err(e) => {
+                                self.instance = None;
+                                return Err(e.into());
+                            }
+                        }
+                    }
+                }
                 let globals = match inst.read_globals() {
                     Ok(g) => g,
                     Err(e) => {
@@ -894,6 +1021,8 @@ impl Activation {
                 // SAFETY: the turn is over; no guest code runs.
                 let changed = unsafe { self.baseline.absorb(inst.memories()) } as u64;
                 self.baseline.absorb_globals(globals);
+                self.outbox
+                    .apply(fx, |t| starts.get(t).copied().unwrap_or_default());
                 metrics::counter!("tern_pages_changed_total").increment(changed);
                 node.inner
                     .counters
@@ -919,6 +1048,8 @@ impl Activation {
         extra.extend(self.fwd.pending());
         let mut delta = self.baseline.delta();
         extra.extend(delta.patches.iter().cloned());
+        let outbox = self.outbox.pending();
+        extra.extend(outbox.extra);
         let req = CommitRequest {
             actor: self.key.clone(),
             epoch: self.epoch,
@@ -930,6 +1061,8 @@ impl Activation {
             },
             memories: std::mem::take(&mut delta.memories),
             extra,
+            due: outbox.due,
+            events: outbox.events,
         };
         match node.inner.committer.commit(req).await {
             Ok(seq) => {
@@ -938,6 +1071,10 @@ impl Activation {
                 self.baseline.committed(&delta);
                 self.idem.committed();
                 self.fwd.committed();
+                let topics = self.outbox.committed();
+                if !topics.is_empty() {
+                    node.inner.feeds.poke(&self.key, &topics);
+                }
                 Ok(())
             }
             Err(RuntimeError::Storage(tern_storage::StorageError::Fenced { .. })) => {

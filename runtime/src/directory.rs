@@ -122,6 +122,17 @@ pub trait Directory: Send + Sync + 'static {
     async fn record_migration(&self, m: MigrationInfo) -> Result<()>;
     /// POPs, activations and recent migrations.
     async fn cluster_view(&self) -> Result<ClusterView>;
+    /// The names of the POPs whose lease is current.
+    async fn live_pops(&self) -> Result<Vec<String>> {
+        Ok(self
+            .cluster_view()
+            .await?
+            .pops
+            .into_iter()
+            .filter(|p| p.alive)
+            .map(|p| p.name)
+            .collect())
+    }
 }
 
 /// The lease as this POP's own (monotonic) clock sees it.

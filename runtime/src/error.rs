@@ -235,6 +235,16 @@ pub enum RuntimeError {
     /// The token is valid but lacks what the request needs.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// A subscriber could not keep up (or stopped reading) and was
+    /// dropped; it may subscribe again from its last seq.
+    #[error("{0}")]
+    SubscriberDropped(String),
+    /// Events a subscriber asked for are no longer kept.
+    #[error("{0}")]
+    EventsTrimmed(String),
+    /// A subscription ended for a passing reason; subscribe again.
+    #[error("{0}")]
+    Resubscribe(String),
 }
 
 impl RuntimeError {
@@ -251,16 +261,19 @@ impl RuntimeError {
             | RuntimeError::MailboxFull { .. }
             | RuntimeError::CpuBudget { .. }
             | RuntimeError::MemoryCap { .. }
-            | RuntimeError::PopBudget(_) => K::ResourceExhausted,
+            | RuntimeError::PopBudget(_)
+            | RuntimeError::SubscriberDropped(_) => K::ResourceExhausted,
             RuntimeError::Trap { .. } => K::Aborted,
             RuntimeError::Guest { kind, .. } | RuntimeError::Remote { kind, .. } => *kind,
             RuntimeError::CodeMismatch { .. }
             | RuntimeError::NotSnapshottable(_)
-            | RuntimeError::CallCycle(_) => K::FailedPrecondition,
+            | RuntimeError::CallCycle(_)
+            | RuntimeError::EventsTrimmed(_) => K::FailedPrecondition,
             RuntimeError::Superseded { .. }
             | RuntimeError::NotHere { .. }
             | RuntimeError::LeaseLost(_)
             | RuntimeError::ShuttingDown
+            | RuntimeError::Resubscribe(_)
             | RuntimeError::Transport(_) => K::Unavailable,
             RuntimeError::DeadlineExceeded(_) => K::DeadlineExceeded,
             RuntimeError::Unauthenticated(_) => K::Unauthenticated,

@@ -11,6 +11,7 @@ use crate::config::Limits;
 use crate::engine::{CpuMeter, EPOCH_TICK_MS};
 use crate::error::{Result, RuntimeError};
 use crate::hostmem::{self, MemoryHandle};
+use crate::outbox::{Refusal, TurnEffects};
 
 wasmtime::component::bindgen!({
     path: "../actor-sdk/wit",
@@ -88,6 +89,8 @@ pub struct HostState {
     /// The current turn's deadline.
     deadline: Option<tokio::time::Instant>,
     world: World,
+    /// The current turn's alarms and events (see [`crate::outbox`]).
+    fx: TurnEffects,
 }
 
 impl WasiView for HostState {
@@ -190,6 +193,30 @@ impl tern::actor::host::Host for HostState {
             kind: error_kind(&e),
             message: e.to_string(),
         })
+    }
+
+    fn set_alarm(&mut self, at_ms: u64, tag: String) -> std::result::Result<u64, ActorError> {
+        self.fx.set_alarm(at_ms, tag).map_err(refused)
+    }
+
+    fn cancel_alarm(&mut self, id: u64) -> bool {
+        self.fx.cancel_alarm(id)
+    }
+
+    fn publish(&mut self, topic: String, payload: Vec<u8>) -> std::result::Result<(), ActorError> {
+        self.fx.publish(topic, payload).map_err(refused)
+    }
+}
+
+/// The guest's error for an outbox call the runtime refused.
+fn refused((limit, message): Refusal) -> ActorError {
+    ActorError {
+        kind: if limit {
+            GuestErrorKind::ResourceExhausted
+        } else {
+            GuestErrorKind::InvalidArgument
+        },
+        message,
     }
 }
 
@@ -455,6 +482,7 @@ impl ActorInstance {
             nested_calls: 0,
             deadline: None,
             world: params.world.clone(),
+            fx: TurnEffects::closed(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| s);
@@ -606,6 +634,17 @@ impl ActorInstance {
         Ok(())
     }
 
+    /// Gives the next turn its view of the actor's alarms and topics.
+    pub fn set_effects(&mut self, fx: TurnEffects) {
+        self.store.data_mut().fx = fx;
+    }
+
+    /// What the last turn did to the actor's alarms and events (the view
+    /// given by [`ActorInstance::set_effects`], changed by its host calls).
+    pub fn take_effects(&mut self) -> TurnEffects {
+        std::mem::take(&mut self.store.data_mut().fx)
+    }
+
     /// Runs one turn. `Ok(output)` means the guest returned (its memory
     /// changes stand); `Err` means it trapped, ran out of CPU or memory, and
     /// this instance must be discarded (the caller rolls back).
@@ -622,6 +661,7 @@ impl ActorInstance {
     /// The instance must be discarded afterwards.
     pub fn save(&mut self, limits: &Limits) -> Result<TurnOutput> {
         self.begin(upgrade_turn("save"), limits)?;
+        self.store.data_mut().fx = TurnEffects::closed();
         let res = self.bindings.call_save(&mut self.store);
         res.map_err(|e| self.trap_error(e, "save", limits))
     }
@@ -634,6 +674,7 @@ impl ActorInstance {
         limits: &Limits,
     ) -> Result<std::result::Result<(), ActorError>> {
         self.begin(upgrade_turn("load"), limits)?;
+        self.store.data_mut().fx = TurnEffects::closed();
         let res = self.bindings.call_load(&mut self.store, state);
         res.map_err(|e| self.trap_error(e, "load", limits))
     }

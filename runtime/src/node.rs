@@ -11,6 +11,7 @@
 //! - the seams it talks to the world through: a [`Directory`], [`Peers`],
 //!   a [`World`] (clock and randomness), and the storage [`Store`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -141,6 +142,35 @@ pub struct RolloutOutcome {
     /// Of those, the ones still on another version (their upgrade failed;
     /// `tern versions TYPE` says why).
     pub failed: u64,
+}
+
+/// How often a POP reads the alarm due index, ms.
+pub const ALARM_SWEEP_MS: u64 = 250;
+/// An alarm is left to the POP running its actor for this long after it is
+/// due before the sweeper considers it missed, ms.
+pub const ALARM_SWEEP_GRACE_MS: u64 = 250;
+/// Due alarms read per sweep.
+pub const ALARM_SWEEP_BATCH: usize = 256;
+/// An actor woken for an alarm is not woken again for this long, ms.
+pub const ALARM_WAKE_AGAIN_MS: u64 = 500;
+/// Overdue this long, an alarm is woken by any POP, not only the chosen
+/// one (a directory view that disagrees must not strand it), ms.
+pub const ALARM_ANY_POP_MS: u64 = 10_000;
+/// How long the sweeper trusts its list of live POPs, ms.
+pub const ALARM_POPS_REFRESH_MS: u64 = 1_000;
+/// Wakes one POP keeps in flight (and remembers) at most.
+pub const ALARM_WAKES_MAX: usize = 1_024;
+
+/// The POP of `pops` that wakes `actor`: highest hash of (POP, actor).
+fn rendezvous<'a>(pops: &'a [String], actor: &str) -> Option<&'a str> {
+    use std::hash::{Hash, Hasher};
+    pops.iter()
+        .max_by_key(|p| {
+            let mut h = std::hash::DefaultHasher::new();
+            (p.as_str(), actor).hash(&mut h);
+            h.finish()
+        })
+        .map(String::as_str)
 }
 
 /// Actors `Node::versions` reads at most.
@@ -299,6 +329,8 @@ pub(crate) struct NodeInner {
     pub(crate) started: tokio::time::Instant,
     /// The same, by the wall clock.
     pub(crate) started_wall_ms: u64,
+    /// Subscribers of actors' events held here.
+    pub(crate) feeds: Arc<crate::feeds::Feeds>,
 }
 
 /// A POP node. Cheap to clone.
@@ -415,10 +447,15 @@ impl NodeBuilder {
                 cfg: self.cfg,
                 started: tokio::time::Instant::now(),
                 started_wall_ms,
+                feeds: Arc::default(),
             }),
         };
         node.spawn_heartbeat();
         node.spawn_learn_peers();
+        if !node.inner.turns.is_lock_step() {
+            // A simulator drives time itself; it has no alarm sweeper.
+            node.spawn_alarm_sweeper();
+        }
         Ok(node)
     }
 }
@@ -451,6 +488,16 @@ pub(crate) fn check_call(req: &CallRequest) -> Result<()> {
     check_name("actor type", &req.actor_type, ACTOR_NAME_BYTES_MAX)?;
     check_name("actor id", &req.id, ACTOR_NAME_BYTES_MAX)?;
     check_name("method", &req.method, METHOD_NAME_BYTES_MAX)?;
+    if req.method.starts_with('~')
+        && req.method != VERSION_PROBE_METHOD
+        && req.method != crate::outbox::WAKE_METHOD
+    {
+        // `~alarm` turns come only from the actor's own alarms.
+        return Err(RuntimeError::InvalidArgument(format!(
+            "method `{}`: names starting with `~` are reserved for the runtime",
+            req.method
+        )));
+    }
     if let Some(k) = &req.idempotency_key
         && (k.is_empty() || k.len() > IDEMPOTENCY_KEY_BYTES_MAX)
     {
@@ -729,6 +776,136 @@ impl Node {
     /// activation is abandoned at once (a newer epoch may exist elsewhere);
     /// then the POP registers again as a new incarnation. This task runs on
     /// the tokio workers, which guest turns never occupy.
+    /// Subscribes to `topic` of actor `actor_type/id`, from the event after
+    /// `resume_after` (0: from the oldest kept). The actor need not be
+    /// active anywhere; its type must exist.
+    pub fn subscribe(
+        &self,
+        actor_type: &str,
+        id: &str,
+        topic: &str,
+        resume_after: u64,
+    ) -> Result<crate::feeds::Subscription> {
+        check_name("actor type", actor_type, ACTOR_NAME_BYTES_MAX)?;
+        check_name("actor id", id, ACTOR_NAME_BYTES_MAX)?;
+        if topic.is_empty()
+            || topic.len() > tern_storage::TOPIC_BYTES_MAX
+            || topic.chars().any(char::is_control)
+        {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "topic must be 1 to {} bytes without control characters (has {} bytes)",
+                tern_storage::TOPIC_BYTES_MAX,
+                topic.len()
+            )));
+        }
+        self.type_config(actor_type)?;
+        self.inner.feeds.subscribe(
+            &self.inner.store,
+            &format!("{actor_type}/{id}"),
+            topic,
+            resume_after,
+        )
+    }
+
+    /// Subscribers held at this POP.
+    pub fn subscribers(&self) -> usize {
+        self.inner.feeds.subscribers()
+    }
+
+    /// Wakes actors whose alarms are due but that no POP runs: every
+    /// [`ALARM_SWEEP_MS`], reads the store's due index; an actor active
+    /// here fires its own alarms, and each other one is woken (activated
+    /// through the normal route, which fires its due alarms) by one POP,
+    /// chosen among the directory's live POPs by rendezvous hashing, or by
+    /// any POP once the alarm is [`ALARM_ANY_POP_MS`] overdue.
+    fn spawn_alarm_sweeper(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(ALARM_SWEEP_MS));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut woken: HashMap<String, tokio::time::Instant> = HashMap::new();
+            let mut live: (Vec<String>, Option<tokio::time::Instant>) = (Vec::new(), None);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let node = Node { inner };
+                if node.inner.shutting_down.load(Ordering::Acquire) {
+                    return;
+                }
+                if !node.lease_ok() {
+                    continue;
+                }
+                let now = node.now_ms();
+                let store = node.inner.store.clone();
+                let until = now.saturating_sub(ALARM_SWEEP_GRACE_MS);
+                let due = match tokio::task::spawn_blocking(move || {
+                    store.list_due(until, ALARM_SWEEP_BATCH)
+                })
+                .await
+                {
+                    Ok(Ok(d)) => d,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot read the alarm due index");
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                if due.is_empty() {
+                    continue;
+                }
+                woken.retain(|_, t| t.elapsed() < Duration::from_millis(ALARM_WAKE_AGAIN_MS));
+                if live
+                    .1
+                    .is_none_or(|t| t.elapsed() > Duration::from_millis(ALARM_POPS_REFRESH_MS))
+                {
+                    match node.inner.dir.live_pops().await {
+                        Ok(p) => live = (p, Some(tokio::time::Instant::now())),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cannot list live POPs; waking only long-overdue alarms")
+                        }
+                    }
+                }
+                for d in due {
+                    if woken.len() >= ALARM_WAKES_MAX {
+                        break;
+                    }
+                    if node.inner.table.contains(&d.actor) || woken.contains_key(&d.actor) {
+                        continue;
+                    }
+                    let overdue = now.saturating_sub(d.at_ms);
+                    if overdue < ALARM_ANY_POP_MS
+                        && rendezvous(&live.0, &d.actor) != Some(node.name())
+                    {
+                        continue;
+                    }
+                    woken.insert(d.actor.clone(), tokio::time::Instant::now());
+                    let n = node.clone();
+                    tokio::spawn(async move { n.wake(d).await });
+                }
+            }
+        });
+    }
+
+    /// Activates the actor of a due alarm (see [`Node::spawn_alarm_sweeper`]).
+    async fn wake(&self, d: tern_storage::DueAlarm) {
+        let Some((ty, id)) = d.actor.split_once('/') else {
+            tracing::warn!(actor = %d.actor, "a due alarm names no type/id; removing it");
+            let _ = blocking(|| self.inner.store.clear_due(&d));
+            return;
+        };
+        let req = CallRequest::new(ty, id, crate::outbox::WAKE_METHOD, Vec::new());
+        match self.call(req).await {
+            Ok(_) => metrics::counter!("tern_alarm_wakes_total").increment(1),
+            Err(RuntimeError::UnknownType(t)) => {
+                tracing::warn!(actor = %d.actor, ty = %t, "an alarm is due for an actor whose type is gone; removing it");
+                let _ = blocking(|| self.inner.store.clear_due(&d));
+            }
+            Err(e) => {
+                tracing::debug!(actor = %d.actor, error = %e, "cannot wake an actor with a due alarm yet");
+            }
+        }
+    }
+
     fn spawn_heartbeat(&self) {
         let weak = Arc::downgrade(&self.inner);
         let dir = self.inner.dir.clone();

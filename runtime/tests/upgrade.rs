@@ -227,6 +227,7 @@ async fn raw_memory_never_restored_into_other_code() {
                 changed_pages: vec![(0, vec![7u8; tern_storage::PAGE_SIZE])],
             }],
             extra: Vec::new(),
+            ..Default::default()
         })
         .unwrap();
     store.release("todo/r", e).unwrap();

@@ -107,6 +107,7 @@ fn request(actor: &str, epoch: u64, head: u64, changed: Vec<(u32, Vec<u8>)>) -> 
             changed_pages: changed,
         }],
         extra: vec![],
+        ..Default::default()
     }
 }
 

@@ -64,6 +64,7 @@ fn restore(sequential: bool) -> (f64, u64) {
                 changed_pages: changed,
             }],
             extra: vec![],
+            ..Default::default()
         })
         .expect("commit");
     let before = trips.load(Ordering::Relaxed);
@@ -93,6 +94,7 @@ fn change(actor: &str, epoch: u64, head: u64, page: u32) -> CommitRequest {
             changed_pages: vec![(page, data)],
         }],
         extra: vec![],
+        ..Default::default()
     }
 }
 

@@ -200,6 +200,7 @@ pub(crate) fn req(
             changed_pages: changed.to_vec(),
         }],
         extra: vec![],
+        ..Default::default()
     }
 }
 
@@ -887,6 +888,123 @@ pub(crate) fn corrupt_compressed_page_detected(h: &Harness) {
     }
     put(&orig);
     assert_eq!(h.load_snapshot("cz/1").unwrap().unwrap().memories, want);
+}
+
+/// The alarm due index moves with the commits that set and clear alarms,
+/// and a fenced commit adds nothing to it.
+pub(crate) fn due_index_commits_with_the_turn(h: &Harness) {
+    let a = claim(h, "al/1", "pop-a");
+    let mut r = req("al/1", a.epoch, 0, 1, &[]);
+    r.due = vec![
+        DueChange {
+            at_ms: 2_000,
+            id: 7,
+            set: true,
+        },
+        DueChange {
+            at_ms: 1_000,
+            id: 8,
+            set: true,
+        },
+    ];
+    h.commit_snapshot(&r).unwrap();
+    let due = h.list_due(1_500, 10).unwrap();
+    assert_eq!(
+        due,
+        vec![DueAlarm {
+            at_ms: 1_000,
+            actor: "al/1".into(),
+            id: 8
+        }],
+        "only what is due before the bound, earliest first"
+    );
+    assert_eq!(h.list_due(u64::MAX, 10).unwrap().len(), 2);
+    assert_eq!(h.list_due(u64::MAX, 1).unwrap().len(), 1, "the limit holds");
+    // A zombie's commit (stale epoch) adds nothing.
+    let b = h.claim("al/1", "pop-b", 1, &|_| true).unwrap();
+    let mut stale = req("al/1", a.epoch, 1, 1, &[]);
+    stale.due = vec![DueChange {
+        at_ms: 10,
+        id: 9,
+        set: true,
+    }];
+    assert!(matches!(
+        h.commit_snapshot(&stale),
+        Err(StorageError::Fenced { .. })
+    ));
+    assert_eq!(h.list_due(u64::MAX, 10).unwrap().len(), 2);
+    let mut r2 = req("al/1", b.epoch, 1, 1, &[]);
+    r2.due = vec![DueChange {
+        at_ms: 1_000,
+        id: 8,
+        set: false,
+    }];
+    h.commit_snapshot(&r2).unwrap();
+    let left = h.list_due(u64::MAX, 10).unwrap();
+    assert_eq!(
+        left,
+        vec![DueAlarm {
+            at_ms: 2_000,
+            actor: "al/1".into(),
+            id: 7
+        }]
+    );
+    h.clear_due(&left[0]).unwrap();
+    assert!(h.list_due(u64::MAX, 10).unwrap().is_empty());
+}
+
+/// Events are stored with the commit that publishes them, read back in
+/// order after a seq, and trimmed to the newest EVENTS_KEPT_PER_TOPIC.
+pub(crate) fn events_commit_in_order_and_are_trimmed(h: &Harness) {
+    let a = claim(h, "ev/1", "pop-a");
+    let ev = |seq: u64| EventRecord {
+        topic: "state".into(),
+        seq,
+        payload: seq.to_le_bytes().to_vec(),
+    };
+    let mut head = 0;
+    let mut next = 1;
+    while next <= EVENTS_KEPT_PER_TOPIC + 10 {
+        let mut r = req("ev/1", a.epoch, head, 1, &[]);
+        r.events = (next..next + 50).map(ev).collect();
+        head = h.commit_snapshot(&r).unwrap();
+        next += 50;
+    }
+    let newest = next - 1;
+    assert_eq!(h.last_event_seq("ev/1", "state").unwrap(), newest);
+    assert_eq!(h.last_event_seq("ev/1", "other").unwrap(), 0);
+    let all = h.read_events("ev/1", "state", 0, usize::MAX).unwrap();
+    assert_eq!(
+        all.len() as u64,
+        EVENTS_KEPT_PER_TOPIC,
+        "older events are trimmed"
+    );
+    assert_eq!(all[0].seq, newest - EVENTS_KEPT_PER_TOPIC + 1);
+    assert!(all.windows(2).all(|w| w[1].seq == w[0].seq + 1), "no gap");
+    assert_eq!(all.last().unwrap(), &ev(newest));
+    let tail = h.read_events("ev/1", "state", newest - 3, 2).unwrap();
+    assert_eq!(tail, vec![ev(newest - 2), ev(newest - 1)]);
+    // Oversized or unnamed events are refused with nothing written.
+    let mut bad = req("ev/1", a.epoch, head, 1, &[]);
+    bad.events = vec![EventRecord {
+        topic: "state".into(),
+        seq: newest + 1,
+        payload: vec![0; EVENT_BYTES_MAX + 1],
+    }];
+    assert!(matches!(
+        h.commit_snapshot(&bad),
+        Err(StorageError::InvalidArgument(_))
+    ));
+    bad.events = vec![EventRecord {
+        topic: String::new(),
+        seq: newest + 1,
+        payload: vec![],
+    }];
+    assert!(matches!(
+        h.commit_snapshot(&bad),
+        Err(StorageError::InvalidArgument(_))
+    ));
+    assert_eq!(h.last_event_seq("ev/1", "state").unwrap(), newest);
 }
 
 pub(crate) fn snapshot_roundtrip_multi_memory_and_extras(h: &Harness) {
@@ -1645,6 +1763,20 @@ macro_rules! conformance_suite {
                 run(
                     "corrupt_compressed_page_detected",
                     super::corrupt_compressed_page_detected,
+                );
+            }
+            #[test]
+            fn due_index_commits_with_the_turn() {
+                run(
+                    "due_index_commits_with_the_turn",
+                    super::due_index_commits_with_the_turn,
+                );
+            }
+            #[test]
+            fn events_commit_in_order_and_are_trimmed() {
+                run(
+                    "events_commit_in_order_and_are_trimmed",
+                    super::events_commit_in_order_and_are_trimmed,
                 );
             }
             #[test]

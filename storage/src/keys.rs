@@ -18,6 +18,8 @@
 //! ("snap", actor, "p", memory, page, seq)         page image written at seq
 //! ("snap", actor, "s", seq, epoch, token, part)   stage marker of a staged commit
 //! ("snap", actor, "x", name)                      side record (e.g. idempotency key)
+//! ("due", at_ms, actor, id)                       '' alarm due index (same txn as the alarm's side record)
+//! ("ev", actor, topic, seq)                       an event a committed turn published
 //! ```
 //! Integers are order-preserving, so manifests and page versions sort by
 //! seq. The page key carries the memory index in front of the page index,
@@ -205,4 +207,33 @@ pub(crate) fn manifest_seq(k: &[u8]) -> Result<u64, StorageError> {
 /// (seq, epoch) of a stage marker key.
 pub(crate) fn stage_seq_epoch(k: &[u8]) -> Result<(u64, u64), StorageError> {
     Ok((int_at(k, 3)?, int_at(k, 4)?))
+}
+
+/// The alarm due index: `("due", at_ms, actor, id)`, ordered by due time.
+pub(crate) fn due(at_ms: u64, actor: &str, id: u64) -> Vec<u8> {
+    key(&[Str("due"), Int(at_ms), Str(actor), Int(id)])
+}
+/// Every due-index entry with a due time below `at_ms`.
+pub(crate) fn due_until(at_ms: u64) -> (Vec<u8>, Vec<u8>) {
+    (key(&[Str("due")]), key(&[Str("due"), Int(at_ms)]))
+}
+/// (at_ms, actor, id) of a due-index key.
+pub(crate) fn due_parts(k: &[u8]) -> Result<(u64, String, u64), StorageError> {
+    match elems(k)?.as_slice() {
+        [
+            _,
+            OwnedElem::Int(at),
+            OwnedElem::Str(actor),
+            OwnedElem::Int(id),
+        ] => Ok((*at, actor.clone(), *id)),
+        _ => Err(StorageError::corrupt(k, "not an alarm due-index key")),
+    }
+}
+/// An event an actor published: `("ev", actor, topic, seq)`.
+pub(crate) fn event(actor: &str, topic: &str, seq: u64) -> Vec<u8> {
+    key(&[Str("ev"), Str(actor), Str(topic), Int(seq)])
+}
+/// Every event of one topic of an actor.
+pub(crate) fn event_topic_prefix(actor: &str, topic: &str) -> Vec<u8> {
+    key(&[Str("ev"), Str(actor), Str(topic)])
 }

@@ -36,6 +36,13 @@
 //!   is the caller's policy (the runtime's idempotency table keeps a
 //!   bounded number and deletes the rest with empty values). This crate
 //!   does not count them.
+//! - `due/<at_ms>/<actor>/<id>` (alarm due index): written and removed in
+//!   the same commit as the alarm's `extra` record, so it holds one entry
+//!   per pending alarm; the runtime bounds alarms per actor.
+//!   [`Store::clear_due`] removes an entry whose actor cannot be woken.
+//! - `ev/<actor>/<topic>/<seq>` (published events): each commit keeps the
+//!   newest [`EVENTS_KEPT_PER_TOPIC`] of a topic and clears older ones in
+//!   the same transaction; the runtime bounds topics per actor.
 //! - `act_by_pop/<pop>/<actor>`: exactly one entry per active claim; the
 //!   claim that moves an actor and the release remove it in the same
 //!   transaction, so no entry outlives its claim.
@@ -119,12 +126,15 @@ pub use migrations::{
     MIGRATIONS_LIST_MAX, MigrationRecord,
 };
 pub use store::{
-    ActivationRecord, ClaimFacts, CommitRequest, EXTRA_BYTES_MAX, EXTRA_NAME_BYTES_MAX,
-    EXTRA_RECORDS_PER_COMMIT_MAX, GC_MANIFESTS_PER_TXN_MAX, GC_PAGE_CLEARS_PER_TXN_MAX,
-    GC_STAGES_PER_TXN_MAX, GROUP_TXN_BYTES_MAX, GcStats, LoadedSnapshot, MemoryDelta, PAGE_SIZE,
-    POP_NAME_BYTES_MAX, PRE_UPGRADE_BYTES_MAX, PopRecord, PreUpgrade, STAGE_TXN_BYTES_MAX,
-    SUPERSEDED_CLEARS_INLINE_MAX, SnapshotMeta, Store, TOKENS_MAX, TokenRecord, TypeRecord,
-    UPGRADE_FAILURES_MAX, UpgradeFailure, VALUE_CHUNK_BYTES, VERSIONS_MAX, VersionRecord,
+    ActivationRecord, ClaimFacts, CommitRequest, DUE_CHANGES_PER_COMMIT_MAX, DueAlarm, DueChange,
+    EVENT_BYTES_MAX, EVENTS_KEPT_PER_TOPIC, EVENTS_PER_COMMIT_MAX, EXTRA_BYTES_MAX,
+    EXTRA_NAME_BYTES_MAX, EXTRA_RECORDS_PER_COMMIT_MAX, EventRecord, GC_MANIFESTS_PER_TXN_MAX,
+    GC_PAGE_CLEARS_PER_TXN_MAX, GC_STAGES_PER_TXN_MAX, GROUP_TXN_BYTES_MAX, GcStats,
+    LoadedSnapshot, MemoryDelta, OUTBOX_LIST_MAX, PAGE_SIZE, POP_NAME_BYTES_MAX,
+    PRE_UPGRADE_BYTES_MAX, PopRecord, PreUpgrade, STAGE_TXN_BYTES_MAX,
+    SUPERSEDED_CLEARS_INLINE_MAX, SnapshotMeta, Store, TOKENS_MAX, TOPIC_BYTES_MAX, TokenRecord,
+    TypeRecord, UPGRADE_FAILURES_MAX, UpgradeFailure, VALUE_CHUNK_BYTES, VERSIONS_MAX,
+    VersionRecord,
 };
 
 /// A random-enough u64 for commit tokens (not for cryptography): std's

@@ -38,6 +38,19 @@ pub const EXTRA_BYTES_MAX: usize = 65_536;
 pub const EXTRA_NAME_BYTES_MAX: usize = 1024;
 /// Most `extra` side records one commit writes or clears.
 pub const EXTRA_RECORDS_PER_COMMIT_MAX: usize = 16_384;
+/// Most alarm due-index changes one commit makes.
+pub const DUE_CHANGES_PER_COMMIT_MAX: usize = 1_024;
+/// Most events one commit publishes.
+pub const EVENTS_PER_COMMIT_MAX: usize = 256;
+/// Largest event payload, in bytes.
+pub const EVENT_BYTES_MAX: usize = 65_536;
+/// Longest topic name, in bytes.
+pub const TOPIC_BYTES_MAX: usize = 128;
+/// Events kept per actor and topic: a commit clears the ones older than
+/// its newest event's seq minus this.
+pub const EVENTS_KEPT_PER_TOPIC: u64 = 256;
+/// Most due alarms or events one listing returns.
+pub const OUTBOX_LIST_MAX: usize = 1_024;
 /// The largest size, as FoundationDB counts it (mutations plus read and
 /// write conflict ranges, see [`crate::kv::cost`]), that one commit
 /// transaction may reach, counted with an upper bound computed before it
@@ -321,6 +334,47 @@ pub struct CommitRequest {
     /// by `load_snapshot`. An empty value deletes the record. Each value is
     /// at most [`EXTRA_BYTES_MAX`] bytes.
     pub extra: Vec<(String, Vec<u8>)>,
+    /// Alarm due-index entries to add or remove with this commit (see
+    /// [`Store::list_due`]). The alarm itself is the caller's `extra`
+    /// record; the index only says when to wake the actor.
+    pub due: Vec<DueChange>,
+    /// Events this commit publishes, stored under `ev/<actor>/<topic>/<seq>`
+    /// and read back with [`Store::read_events`]. Each topic keeps its
+    /// newest [`EVENTS_KEPT_PER_TOPIC`] events; the commit clears older ones.
+    pub events: Vec<EventRecord>,
+}
+
+/// One change to the alarm due index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueChange {
+    /// When the alarm is due, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The alarm's id (unique per actor).
+    pub id: u64,
+    /// Add the entry (`true`) or remove it (`false`).
+    pub set: bool,
+}
+
+/// An alarm that is due, from the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueAlarm {
+    /// When it was due, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The actor (`type/id`).
+    pub actor: String,
+    /// The alarm's id.
+    pub id: u64,
+}
+
+/// One published event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Its topic: 1 to [`TOPIC_BYTES_MAX`] bytes.
+    pub topic: String,
+    /// Its number in the topic: 1, 2, 3... with no gap.
+    pub seq: u64,
+    /// Its payload: at most [`EVENT_BYTES_MAX`] bytes.
+    pub payload: Vec<u8>,
 }
 
 /// A snapshot as loaded.
@@ -536,8 +590,11 @@ struct Prepared<'a> {
     pages: Vec<(u32, u32, Option<Vec<u8>>)>,
     /// Page values plus 64 bytes each: what decides staging.
     page_bytes: usize,
-    /// Encoded `extra` records: (key, value, or None to clear).
+    /// Encoded `extra` records, due-index entries and events: (key,
+    /// value, or None to clear).
     extras: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Ranges cleared with the commit: events past their topic's retention.
+    range_clears: Vec<(Vec<u8>, Vec<u8>)>,
     /// Upper bound of the size (as FoundationDB counts it) the commit's
     /// manifest transaction adds when the pages are staged before it:
     /// manifest parts, the previous manifest's clear, page-version clears,
@@ -1676,6 +1733,39 @@ impl Store {
                 ));
             }
         }
+        if req.due.len() > DUE_CHANGES_PER_COMMIT_MAX {
+            return bad(format!(
+                "{} alarm due-index changes, over the limit of {DUE_CHANGES_PER_COMMIT_MAX} per commit",
+                req.due.len()
+            ));
+        }
+        if req.events.len() > EVENTS_PER_COMMIT_MAX {
+            return bad(format!(
+                "{} events, over the limit of {EVENTS_PER_COMMIT_MAX} per commit",
+                req.events.len()
+            ));
+        }
+        for e in &req.events {
+            if e.topic.is_empty() || e.topic.len() > TOPIC_BYTES_MAX {
+                return bad(format!(
+                    "event topic must be 1 to {TOPIC_BYTES_MAX} bytes (has {})",
+                    e.topic.len()
+                ));
+            }
+            if e.payload.len() > EVENT_BYTES_MAX {
+                return bad(format!(
+                    "event on topic {:?} has {} bytes, over the limit of {EVENT_BYTES_MAX}",
+                    e.topic,
+                    e.payload.len()
+                ));
+            }
+            if e.seq == 0 {
+                return bad(format!(
+                    "event on topic {:?} has seq 0; seqs start at 1",
+                    e.topic
+                ));
+            }
+        }
         let mut dedup: BTreeMap<(u32, u32), &[u8]> = BTreeMap::new();
         for (m, mem) in req.memories.iter().enumerate() {
             let npages = pages_for(mem.len_bytes);
@@ -1736,7 +1826,7 @@ impl Store {
                 (m, p, v)
             })
             .collect();
-        let extras: Vec<(Vec<u8>, Option<Vec<u8>>)> = req
+        let mut extras: Vec<(Vec<u8>, Option<Vec<u8>>)> = req
             .extra
             .iter()
             .map(|(name, v)| {
@@ -1744,9 +1834,40 @@ impl Store {
                 (keys::extra(&req.actor, name), value)
             })
             .collect();
+        extras.extend(req.due.iter().map(|d| {
+            let value = d.set.then(|| encode(&ExtraV1 { data: Vec::new() }));
+            (keys::due(d.at_ms, &req.actor, d.id), value)
+        }));
+        let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
+        for e in &req.events {
+            extras.push((
+                keys::event(&req.actor, &e.topic, e.seq),
+                Some(encode(&ExtraV1 {
+                    data: e.payload.clone(),
+                })),
+            ));
+            let n = newest.entry(&e.topic).or_default();
+            *n = (*n).max(e.seq);
+        }
+        let range_clears: Vec<(Vec<u8>, Vec<u8>)> = newest
+            .into_iter()
+            .filter(|(_, seq)| *seq > EVENTS_KEPT_PER_TOPIC)
+            .map(|(topic, seq)| {
+                (
+                    keys::event(&req.actor, topic, 0),
+                    keys::event(&req.actor, topic, seq - EVENTS_KEPT_PER_TOPIC + 1),
+                )
+            })
+            .collect();
         let token = random_u64();
-        let (page_set_bytes, side_bytes, read_bytes) =
-            Self::commit_bytes_bound(req, token, &pages, &extras, self.kv_().key_prefix_len());
+        let (page_set_bytes, side_bytes, read_bytes) = Self::commit_bytes_bound(
+            req,
+            token,
+            &pages,
+            &extras,
+            &range_clears,
+            self.kv_().key_prefix_len(),
+        );
         if side_bytes > GROUP_TXN_BYTES_MAX {
             return bad(format!(
                 "its records other than pages (manifest, {} extra records, page-version clears, activation record) need up to {side_bytes} bytes in one transaction, over GROUP_TXN_BYTES_MAX ({GROUP_TXN_BYTES_MAX} bytes); commit fewer or smaller extra records at a time",
@@ -1760,6 +1881,7 @@ impl Store {
             pages,
             page_bytes,
             extras,
+            range_clears,
             side_bytes,
             txn_bytes: page_set_bytes + side_bytes + read_bytes,
         })
@@ -1777,6 +1899,7 @@ impl Store {
         token: u64,
         pages: &[(u32, u32, Option<Vec<u8>>)],
         extras: &[(Vec<u8>, Option<Vec<u8>>)],
+        range_clears: &[(Vec<u8>, Vec<u8>)],
         prefix: usize,
     ) -> (usize, usize, usize) {
         let actor = &req.actor;
@@ -1847,6 +1970,9 @@ impl Store {
                 Some(v) => cost::set(k(key), v.len()),
                 None => cost::clear(k(key)),
             };
+        }
+        for (begin, end) in range_clears {
+            side += cost::clear_range(k(begin), k(end));
         }
         side += cost::set(k(&keys::act(actor)), act_value_bytes_bound());
         // Reads: the activation record, the manifests at the head and next.
@@ -2105,6 +2231,9 @@ impl Store {
                 Some(v) => tx.set(key, v),
                 None => tx.clear(key),
             }
+        }
+        for (begin, end) in &p.range_clears {
+            tx.clear_range(begin, end);
         }
         act.head_seq = seq;
         tx.set(&keys::act(&req.actor), &act.encode());
@@ -2427,6 +2556,73 @@ impl Store {
                 extra,
             }))
         })
+    }
+
+    /// Alarms due before `until_ms`, earliest first, at most `limit` (and
+    /// at most [`OUTBOX_LIST_MAX`]). An entry stays until a commit of its
+    /// actor removes it (the turn that handled the alarm, or one that
+    /// cancelled it), or [`Store::clear_due`].
+    pub fn list_due(&self, until_ms: u64, limit: usize) -> Result<Vec<DueAlarm>, StorageError> {
+        let (begin, end) = keys::due_until(until_ms);
+        let limit = limit.min(OUTBOX_LIST_MAX);
+        self.kv_()
+            .read(|tx| tx.get_range(&begin, &end, Some(limit), false))?
+            .into_iter()
+            .map(|(k, _)| {
+                let (at_ms, actor, id) = keys::due_parts(&k)?;
+                Ok(DueAlarm { at_ms, actor, id })
+            })
+            .collect()
+    }
+
+    /// Removes one due-index entry whose actor can no longer be woken (its
+    /// type is gone).
+    pub fn clear_due(&self, due: &DueAlarm) -> Result<(), StorageError> {
+        let key = keys::due(due.at_ms, &due.actor, due.id);
+        self.kv_().transact(|tx| {
+            tx.clear(&key);
+            Ok(())
+        })
+    }
+
+    /// Events of `actor`'s `topic` with a seq above `after`, oldest first,
+    /// at most `limit` (and at most [`OUTBOX_LIST_MAX`]).
+    pub fn read_events(
+        &self,
+        actor: &str,
+        topic: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StorageError> {
+        let begin = keys::event(actor, topic, after.saturating_add(1));
+        let end = crate::tuple::range_end(&keys::event_topic_prefix(actor, topic));
+        let limit = limit.min(OUTBOX_LIST_MAX);
+        self.kv_()
+            .read(|tx| tx.get_range(&begin, &end, Some(limit), false))?
+            .into_iter()
+            .map(|(k, v)| {
+                let e: ExtraV1 = decode(&k, &v)?;
+                Ok(EventRecord {
+                    topic: topic.to_string(),
+                    seq: keys::last_int(&k)?,
+                    payload: e.data,
+                })
+            })
+            .collect()
+    }
+
+    /// The newest event seq of `actor`'s `topic` (0 if none is kept).
+    pub fn last_event_seq(&self, actor: &str, topic: &str) -> Result<u64, StorageError> {
+        let begin = keys::event_topic_prefix(actor, topic);
+        let end = crate::tuple::range_end(&begin);
+        match self
+            .kv_()
+            .read(|tx| tx.get_range(&begin, &end, Some(1), true))?
+            .first()
+        {
+            Some((k, _)) => keys::last_int(k),
+            None => Ok(0),
+        }
     }
 
     /// Whether [`Store::gc_snapshots`] has anything to do for `actor`: staged

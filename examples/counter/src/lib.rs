@@ -35,6 +35,13 @@
 //! | `print` | (ignored) | adds 1, then `println!`s to WASI stdout: the runtime refuses the turn (a handle to stdout cannot survive a restore) and rolls it back |
 //! | `echo` | raw bytes | the same bytes |
 //! | `call_other` | `{"type": t, "id": i, "method": m, "payload": any JSON (optional), "by": n (optional)}` | adds `n` (default 0) to the counter, then calls `t/i.m` through the host with `payload` encoded as JSON (empty if absent) and returns the callee's reply bytes verbatim; the callee's error is passed through (an `unavailable` one rolls the turn back, the addition with it) |
+//! | `set_alarm` | `{"in_ms": n, "tag": t}` or `{"at_ms": n, "tag": t}` | `{"id": i, "at_ms": n}`; a durable alarm (tag `repeat:<ms>` re-arms itself) |
+//! | `set_alarm_then_panic` | as `set_alarm` | sets the alarm, then panics: the alarm must not survive the rollback |
+//! | `cancel_alarm` | `{"id": i}` | `true` if it was set |
+//! | `~alarm` | (from the runtime) | records the alarm once per id |
+//! | `fired` | (ignored) | `{"fired": [[id, tag, due_ms, delivered_ms], ...]}` |
+//! | `publish` | `{"topic": t, "n": n, "prefix": p}` | `{"value": v}`; publishes `n` events `"<p><i>"` and adds `n` |
+//! | `publish_then_panic` | as `publish` | publishes, then panics: nothing may be published |
 //! | `unavailable_below` | `{"min": n}` | `{"value": v}` if the counter is at least `n`; else answers `unavailable` (so a caller's retry can succeed later) |
 
 use std::collections::HashMap;
@@ -57,6 +64,57 @@ pub struct Counter {
     hog: Vec<Vec<u8>>,
     history: Vec<(u64, u64)>,
     applied: Vec<u64>,
+    /// Alarms delivered: (id, tag, due at ms, delivered at ms), each id once.
+    fired: Vec<(u64, String, u64, u64)>,
+}
+
+/// `set_alarm`'s request: due `in_ms` from now (or at `at_ms`).
+#[derive(Deserialize)]
+pub struct SetAlarm {
+    /// Due this many ms from now.
+    #[serde(default)]
+    pub in_ms: u64,
+    /// Due at this time (ms since the Unix epoch), if given.
+    #[serde(default)]
+    pub at_ms: Option<u64>,
+    /// The alarm's tag.
+    #[serde(default)]
+    pub tag: String,
+}
+
+/// `set_alarm`'s reply.
+#[derive(Serialize)]
+pub struct AlarmSet {
+    /// The alarm's id.
+    pub id: u64,
+    /// When it is due.
+    pub at_ms: u64,
+}
+
+/// `cancel_alarm`'s request.
+#[derive(Deserialize)]
+pub struct CancelAlarm {
+    /// The alarm's id.
+    pub id: u64,
+}
+
+/// `fired`'s reply.
+#[derive(Serialize)]
+pub struct Fired {
+    /// (id, tag, due at ms, delivered at ms), oldest first.
+    pub fired: Vec<(u64, String, u64, u64)>,
+}
+
+/// `publish`'s request: `n` events on `topic`, payloads `"<prefix><i>"`.
+#[derive(Deserialize)]
+pub struct Publish {
+    /// The topic.
+    pub topic: String,
+    /// How many events.
+    pub n: u32,
+    /// Payload prefix.
+    #[serde(default)]
+    pub prefix: String,
 }
 
 /// `apply` request: a call id.
@@ -394,7 +452,75 @@ impl Counter {
     }
 }
 
+impl Counter {
+    /// Sets an alarm; see [`SetAlarm`].
+    fn set_alarm(&mut self, req: SetAlarm) -> Result<AlarmSet, ActorError> {
+        let at_ms = req
+            .at_ms
+            .unwrap_or_else(|| tern_actor_sdk::now_ms() + req.in_ms);
+        let id = tern_actor_sdk::set_alarm(at_ms, &req.tag)?;
+        Ok(AlarmSet { id, at_ms })
+    }
+
+    /// Sets an alarm, then panics: the turn rolls back, and the alarm with it.
+    fn set_alarm_then_panic(&mut self, req: SetAlarm) -> Result<AlarmSet, ActorError> {
+        self.set_alarm(req)?;
+        panic!("set_alarm_then_panic: rolling back the alarm");
+    }
+
+    /// Cancels an alarm.
+    fn cancel_alarm(&mut self, req: CancelAlarm) -> Result<bool, ActorError> {
+        Ok(tern_actor_sdk::cancel_alarm(req.id))
+    }
+
+    /// An alarm's turn: records it once per id (delivery is at least once).
+    /// A tag `repeat:<ms>` sets the next alarm that many ms later.
+    fn on_alarm(&mut self, alarm: tern_actor_sdk::Alarm) -> Result<(), ActorError> {
+        if self.fired.iter().any(|f| f.0 == alarm.id) {
+            return Ok(());
+        }
+        if let Some(ms) = alarm.tag.strip_prefix("repeat:") {
+            let ms: u64 = ms
+                .parse()
+                .map_err(|_| ActorError::invalid_argument("repeat:<ms> needs a number"))?;
+            tern_actor_sdk::set_alarm(alarm.at_ms + ms, &alarm.tag)?;
+        }
+        self.fired
+            .push((alarm.id, alarm.tag, alarm.at_ms, tern_actor_sdk::now_ms()));
+        Ok(())
+    }
+
+    /// Every alarm delivered.
+    fn fired(&mut self) -> Result<Fired, ActorError> {
+        Ok(Fired {
+            fired: self.fired.clone(),
+        })
+    }
+
+    /// Publishes `n` events; adds `n` to the counter.
+    fn publish(&mut self, req: Publish) -> Result<Value, ActorError> {
+        for i in 0..req.n {
+            tern_actor_sdk::publish(&req.topic, format!("{}{i}", req.prefix).as_bytes())?;
+        }
+        self.value += u64::from(req.n);
+        Ok(Value { value: self.value })
+    }
+
+    /// Publishes, then panics: nothing is published.
+    fn publish_then_panic(&mut self, req: Publish) -> Result<Value, ActorError> {
+        self.publish(req)?;
+        panic!("publish_then_panic: rolling back the events");
+    }
+}
+
 actor!(Counter {
+    json set_alarm,
+    json set_alarm_then_panic,
+    json cancel_alarm,
+    json on_alarm as "~alarm",
+    json0 fired,
+    json publish,
+    json publish_then_panic,
     json incr,
     json0 get,
     json tick,

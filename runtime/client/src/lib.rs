@@ -398,6 +398,88 @@ impl TernClient {
     }
 }
 
+/// Events a subscription buffers for its reader.
+pub const SUBSCRIPTION_BUFFER: usize = 64;
+
+/// A subscription's events, as a [`tokio_stream::Stream`].
+pub type Events =
+    tokio_stream::wrappers::ReceiverStream<std::result::Result<pb::Event, tonic::Status>>;
+
+impl TernClient {
+    /// Follows the events `actor_type/id` publishes on `topic`, from the one
+    /// after `resume_after` (0: every kept event), as a stream. When its
+    /// POP fails or says UNAVAILABLE, the subscription moves to the next
+    /// nearest POP and resumes after the last event it delivered: no gap,
+    /// no duplicate (bounded retries with backoff). Any other status ends
+    /// the stream as its last item: RESOURCE_EXHAUSTED if this reader fell
+    /// too far behind, FAILED_PRECONDITION if events it needs are no longer
+    /// kept, both naming the seq to resume after. Dropping the stream ends
+    /// the subscription.
+    pub fn subscribe(&self, actor_type: &str, id: &str, topic: &str, resume_after: u64) -> Events {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIPTION_BUFFER);
+        let clients = self.clients.clone();
+        let mut i = self.current.load(Relaxed);
+        let req = pb::SubscribeRequest {
+            r#type: actor_type.to_string(),
+            id: id.to_string(),
+            topic: topic.to_string(),
+            resume_after,
+        };
+        tokio::spawn(async move {
+            let mut last = resume_after;
+            let mut backoff = CLIENT_BACKOFF_MS;
+            let mut retries = 0;
+            loop {
+                let mut c = clients[i % clients.len()].clone();
+                let req = pb::SubscribeRequest {
+                    resume_after: last,
+                    ..req.clone()
+                };
+                let ended = match c.subscribe(req).await {
+                    Ok(r) => {
+                        let mut s = r.into_inner();
+                        loop {
+                            match s.message().await {
+                                Ok(Some(ev)) => {
+                                    if ev.seq <= last {
+                                        continue;
+                                    }
+                                    last = ev.seq;
+                                    retries = 0;
+                                    backoff = CLIENT_BACKOFF_MS;
+                                    if tx.send(Ok(ev)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Ok(None) => {
+                                    break tonic::Status::unavailable("the POP ended the stream");
+                                }
+                                Err(st) => break st,
+                            }
+                        }
+                    }
+                    Err(st) => st,
+                };
+                let transport = std::error::Error::source(&ended).is_some();
+                if !(transport || ended.code() == tonic::Code::Unavailable)
+                    || retries >= CLIENT_RETRIES_MAX
+                {
+                    let _ = tx.send(Err(ended)).await;
+                    return;
+                }
+                if transport {
+                    i += 1;
+                }
+                retries += 1;
+                tokio::time::sleep(Duration::from_millis(backoff)).await;
+                backoff = (backoff * 2).min(CLIENT_BACKOFF_MS_MAX);
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -431,6 +431,20 @@ impl Directory for DirectoryLink {
         Ok(())
     }
 
+    async fn live_pops(&self) -> Result<Vec<String>> {
+        let pops = self
+            .call("list pops", true, |mut c, t| async move {
+                c.list_pops(Self::req(pb::ListPopsRequest {}, t)).await
+            })
+            .await?
+            .pops;
+        Ok(pops
+            .into_iter()
+            .filter(|p| p.alive)
+            .map(|p| p.name)
+            .collect())
+    }
+
     async fn cluster_view(&self) -> Result<ClusterView> {
         let pops = self
             .call("list pops", true, |mut c, t| async move {

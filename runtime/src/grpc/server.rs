@@ -409,6 +409,29 @@ impl ActorService for ActorServiceImpl {
         }))
     }
 
+    type SubscribeStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        self.authorize(&req, Need::Call(&req.get_ref().r#type))?;
+        let r = req.into_inner();
+        let sub = self
+            .node
+            .subscribe(&r.r#type, &r.id, &r.topic, r.resume_after)?;
+        let stream = futures::stream::unfold(sub, |mut sub| async move {
+            let item = sub.next().await?.map(|e| pb::Event {
+                topic: e.topic,
+                seq: e.seq,
+                payload: e.payload,
+            });
+            Some((item.map_err(Status::from), sub))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn revoke_token(
         &self,
         req: Request<pb::RevokeTokenRequest>,
