@@ -38,7 +38,7 @@
 //! | `set_alarm` | `{"in_ms": n, "tag": t}` or `{"at_ms": n, "tag": t}` | `{"id": i, "at_ms": n}`; a durable alarm (tag `repeat:<ms>` re-arms itself) |
 //! | `set_alarm_then_panic` | as `set_alarm` | sets the alarm, then panics: the alarm must not survive the rollback |
 //! | `cancel_alarm` | `{"id": i}` | `true` if it was set |
-//! | `~alarm` | (from the runtime) | records the alarm once per id |
+//! | `~alarm` | (from the runtime) | records the alarm once per id, and publishes `[id, tag, due_ms, delivered_ms, pop]` on topic `alarms` |
 //! | `fired` | (ignored) | `{"fired": [[id, tag, due_ms, delivered_ms], ...]}` |
 //! | `publish` | `{"topic": t, "n": n, "prefix": p}` | `{"value": v}`; publishes `n` events `"<p><i>"` and adds `n` |
 //! | `publish_then_panic` | as `publish` | publishes, then panics: nothing may be published |
@@ -485,8 +485,19 @@ impl Counter {
                 .map_err(|_| ActorError::invalid_argument("repeat:<ms> needs a number"))?;
             tern_actor_sdk::set_alarm(alarm.at_ms + ms, &alarm.tag)?;
         }
-        self.fired
-            .push((alarm.id, alarm.tag, alarm.at_ms, tern_actor_sdk::now_ms()));
+        let now = tern_actor_sdk::now_ms();
+        // Watchers of the actor's alarms get one event per alarm.
+        tern_actor_sdk::publish_json(
+            "alarms",
+            &(
+                alarm.id,
+                &alarm.tag,
+                alarm.at_ms,
+                now,
+                tern_actor_sdk::activation().pop,
+            ),
+        )?;
+        self.fired.push((alarm.id, alarm.tag, alarm.at_ms, now));
         Ok(())
     }
 
