@@ -82,6 +82,21 @@ fn doom_lobby_loses_nothing_under_pop_kill() {
         "updates were applied twice: {text}"
     );
     assert!(n("matches_completed") > 0, "no match completed: {text}");
+    // Match state is pushed, driven by alarms: every subscriber saw every
+    // event once, across the POP kill.
+    assert!(n("push_events") > 0, "no match event was pushed: {text}");
+    assert_eq!(n("push_gaps"), 0, "a subscriber missed events: {text}");
+    assert_eq!(
+        n("push_duplicates"),
+        0,
+        "a subscriber got an event twice: {text}"
+    );
+    for k in ["push_latency_ms", "alarm_late_ms"] {
+        assert!(
+            r[k]["p50"].is_number() && r[k]["p99"].is_number() && r[k]["calls"].as_u64() > Some(0),
+            "report lacks `{k}` figures: {text}"
+        );
+    }
     // The mid-run upgrade (version 2 of the actors, --rollout now).
     assert!(
         r["upgrade_failures"]

@@ -409,8 +409,9 @@ impl TernClient {
     /// Follows the events `actor_type/id` publishes on `topic`, from the one
     /// after `resume_after` (0: every kept event), as a stream. When its
     /// POP fails or says UNAVAILABLE, the subscription moves to the next
-    /// nearest POP and resumes after the last event it delivered: no gap,
-    /// no duplicate (bounded retries with backoff). Any other status ends
+    /// nearest POP and resumes after the last event it delivered, so the
+    /// server sends no gap and no duplicate (bounded retries with backoff;
+    /// events are passed on exactly as received). Any other status ends
     /// the stream as its last item: RESOURCE_EXHAUSTED if this reader fell
     /// too far behind, FAILED_PRECONDITION if events it needs are no longer
     /// kept, both naming the seq to resume after. Dropping the stream ends
@@ -442,10 +443,9 @@ impl TernClient {
                         loop {
                             match s.message().await {
                                 Ok(Some(ev)) => {
-                                    if ev.seq <= last {
-                                        continue;
-                                    }
-                                    last = ev.seq;
+                                    // Passed on as received: a reader can
+                                    // audit the server's numbering.
+                                    last = last.max(ev.seq);
                                     retries = 0;
                                     backoff = CLIENT_BACKOFF_MS;
                                     if tx.send(Ok(ev)).await.is_err() {

@@ -8,17 +8,23 @@
 //! | `state` | (ignored) | [`MatchState`] |
 //! | `audit` | (ignored) | [`InputAudit`]: per player, every applied input's action id |
 //!
-//! Time advances lazily: every call first runs the ticks (10 per second)
-//! that elapsed since the last call, so the match needs no timer. A tick
-//! respawns dead players ([`RESPAWN_TICKS`] after their death) and ends the
-//! match at [`TICK_LIMIT`]. A `fire` hits the first player in line of sight
+//! Time is driven by durable alarms: `start` sets one for the first tick,
+//! and each alarm's turn runs the ticks (10 per second) due by now, sets
+//! the next alarm and publishes the match on topic `state` (a [`Pushed`]),
+//! so players follow the match by subscription, without calling it. Calls
+//! also run the ticks due first, so the state a call answers is current.
+//! An alarm due while the match's POP was down fires late, once a POP hosts
+//! the match again, and catches the ticks up. A tick respawns dead players
+//! ([`RESPAWN_TICKS`] after their death) and ends the match at
+//! [`TICK_LIMIT`]. A `fire` hits the first player in line of sight
 //! for [`DAMAGE`]; a kill scores a frag, and [`FRAG_LIMIT`] frags end the
 //! match.
 //!
 //! When the match ends it reports each player's result to
 //! `player/<name>.match_result`. A report that fails (the player's POP is
-//! down) stays pending and is retried on every later call, so clients call
-//! `tick` until `reports_pending` is 0. Players make the report idempotent.
+//! down) stays pending and is retried by an alarm every
+//! [`REPORT_RETRY_MS`] (and on every later call); the last `state` event
+//! has `reports_pending` 0. Players make the report idempotent.
 //!
 //! Inputs are recorded, not deduplicated, for the client's audit: an input
 //! that arrives after the end is not applied (`applied: false`) and not
@@ -61,6 +67,21 @@ pub const DAMAGE: i32 = 34;
 pub const RESPAWN_TICKS: u64 = 5;
 /// Most inputs recorded per player for the audit.
 pub const INPUT_IDS_MAX: usize = 100_000;
+/// How often an ended match retries the result reports that failed, ms.
+pub const REPORT_RETRY_MS: u64 = 500;
+/// The topic a match publishes its state on.
+pub const STATE_TOPIC: &str = "state";
+
+/// One `state` event: the match after an alarm's turn.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Pushed {
+    /// The match.
+    pub state: MatchState,
+    /// When the turn that published it ran, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// How late the alarm that drove this turn fired, ms.
+    pub alarm_late_ms: u64,
+}
 
 /// Whether `(x, y)` is a wall (outside the map counts as wall).
 pub fn is_wall(x: i32, y: i32) -> bool {
@@ -202,6 +223,11 @@ impl Game {
                 }
                 Ok(self.state())
             }),
+            tern_actor_sdk::ALARM_METHOD => {
+                crate::json("match.alarm", payload, |a: tern_actor_sdk::Alarm| {
+                    self.on_alarm(&a, now)
+                })
+            }
             "audit" => crate::json("match.audit", b"", |()| {
                 Ok(InputAudit {
                     match_id: self.id.clone(),
@@ -272,7 +298,37 @@ impl Game {
             self.inputs.push(Vec::new());
         }
         tern_actor_sdk::info!("match/{} started", self.id);
+        tern_actor_sdk::set_alarm(now + TICK_MS, "tick")?;
         Ok(self.state())
+    }
+
+    /// An alarm's turn: the ticks due, the reports pending, the next alarm,
+    /// and the match published to its subscribers.
+    pub fn on_alarm(&mut self, alarm: &tern_actor_sdk::Alarm, now: u64) -> Result<(), ActorError> {
+        if self.fighters.is_empty() {
+            return Ok(());
+        }
+        self.advance(now);
+        self.report();
+        if self.ended.is_none() {
+            // The next tick; after an outage, the next one from now (the
+            // ticks missed were just caught up).
+            let mut next = alarm.at_ms + TICK_MS;
+            if next <= now {
+                next = now + TICK_MS - now.saturating_sub(self.started_ms) % TICK_MS;
+            }
+            tern_actor_sdk::set_alarm(next, "tick")?;
+        } else if !self.reports_pending.is_empty() {
+            tern_actor_sdk::set_alarm(now + REPORT_RETRY_MS, "report")?;
+        }
+        tern_actor_sdk::publish_json(
+            STATE_TOPIC,
+            &Pushed {
+                state: self.state(),
+                at_ms: now,
+                alarm_late_ms: now.saturating_sub(alarm.at_ms),
+            },
+        )
     }
 
     /// Runs the ticks that elapsed up to `now`.

@@ -114,7 +114,12 @@ macro_rules! forward {
                 }
             )*
         }
-        actor!(Lobby { $(raw $m),* });
+        impl Lobby {
+            fn alarm(&mut self, payload: &[u8]) -> Result<Vec<u8>, ActorError> {
+                self.route(tern_actor_sdk::ALARM_METHOD, payload)
+            }
+        }
+        actor!(Lobby { $(raw $m,)* raw alarm as "~alarm" });
     };
 }
 

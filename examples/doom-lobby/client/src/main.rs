@@ -148,6 +148,18 @@ struct Report {
     failover_ms_max: u64,
     failover_actors: usize,
     player_gap_ms_max: u64,
+    /// Match events received by subscription (each subscriber counts).
+    push_events: u64,
+    /// Events a subscriber missed: must be 0, POP kills included.
+    push_gaps: u64,
+    /// Events a subscriber got twice: must be 0.
+    push_duplicates: u64,
+    /// Subscriptions that ended with an error.
+    push_errors: u64,
+    /// Publish (the match's turn) to receive (the player), ms.
+    push_latency_ms: Lat,
+    /// How late the alarms driving match ticks fired, ms.
+    alarm_late_ms: Lat,
     migrations: usize,
     migrations_list: Vec<String>,
     /// With `--upgrade-at`: when the second version was deployed, s.
@@ -443,7 +455,20 @@ async fn session(
     let matches_completed = c.matches_completed.load(Relaxed);
     let mut errors: Vec<String> = tallies.iter().flat_map(|t| t.errors.clone()).collect();
     errors.truncate(10);
+    let push_gaps = c.push_gaps.load(Relaxed);
+    let push_duplicates = c.push_duplicates.load(Relaxed);
+    let push_latency_ms = lat_of(&mut sh.push_latency_us.lock());
+    // Lateness is recorded in ms; `lat_of` takes µs.
+    let mut late: Vec<u64> = sh
+        .alarm_late_ms
+        .lock()
+        .values()
+        .map(|ms| ms * 1000)
+        .collect();
+    let alarm_late_ms = lat_of(&mut late);
     let ok = audit.lost_updates == 0
+        && push_gaps == 0
+        && push_duplicates == 0
         && audit.duplicate_applies == 0
         && audit.phantom_applies == 0
         && audit.unaudited_actors == 0
@@ -471,6 +496,12 @@ async fn session(
         failover_ms_max,
         failover_actors,
         player_gap_ms_max: tallies.iter().map(|t| t.gap_ms_max).max().unwrap_or(0),
+        push_events: c.push_events.load(Relaxed),
+        push_gaps,
+        push_duplicates,
+        push_errors: c.push_errors.load(Relaxed),
+        push_latency_ms,
+        alarm_late_ms,
         migrations: migrations.len(),
         migrations_list: migrations,
         upgrade_at_s,
@@ -632,6 +663,24 @@ fn print_summary(r: &Report, demo: bool) {
     row(
         "longest gap for a player",
         format!("{} ms", r.player_gap_ms_max),
+    );
+    row(
+        "push: events / gaps / duplicates",
+        format!(
+            "{} / {} / {} ({} subscriptions ended in error)",
+            r.push_events, r.push_gaps, r.push_duplicates, r.push_errors
+        ),
+    );
+    row(
+        "push latency p50 / p99",
+        format!(
+            "{:.1} / {:.1} ms",
+            r.push_latency_ms.p50, r.push_latency_ms.p99
+        ),
+    );
+    row(
+        "alarm lateness p50 / p99",
+        format!("{:.1} / {:.1} ms", r.alarm_late_ms.p50, r.alarm_late_ms.p99),
     );
     row("migrations", r.migrations.to_string());
     if let Some(at) = r.upgrade_at_s {

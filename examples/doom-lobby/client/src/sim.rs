@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use doom_lobby_actors::game::{InputAudit, MatchState, is_wall};
+use doom_lobby_actors::game::{InputAudit, MatchState, Pushed, STATE_TOPIC, is_wall};
 use doom_lobby_actors::matchmaker::Ticket;
 use doom_lobby_actors::player::{Audit, ITEMS, PlayerState};
 use parking_lot::Mutex;
@@ -125,7 +125,18 @@ pub struct Counters {
     pub matches_completed: AtomicU64,
     /// Players in a match right now.
     pub playing: AtomicU64,
+    /// Match events received by subscription.
+    pub push_events: AtomicU64,
+    /// Events a subscriber never got (a seq jumped ahead).
+    pub push_gaps: AtomicU64,
+    /// Events a subscriber got twice (a seq did not go up).
+    pub push_duplicates: AtomicU64,
+    /// Subscriptions that ended with an error.
+    pub push_errors: AtomicU64,
 }
+
+/// Push samples kept at most (latencies and alarm lateness).
+pub const PUSH_SAMPLES_MAX: usize = 1_000_000;
 
 /// State shared by the players and the chaos task.
 pub struct Shared {
@@ -153,6 +164,10 @@ pub struct Shared {
     /// The first calls that took over [`SLOW_CALL_MS`], for the report.
     pub slow_calls: Mutex<Vec<String>>,
     travel_to: Mutex<Option<(usize, Metro, Instant)>>,
+    /// Publish-to-receive latencies of match events, µs.
+    pub push_latency_us: Mutex<Vec<u64>>,
+    /// How late each match tick's alarm fired, ms, by (match, event seq).
+    pub alarm_late_ms: Mutex<HashMap<(String, u64), u64>>,
 }
 
 /// Why a call failed for good.
@@ -192,6 +207,8 @@ impl Shared {
             travel: Mutex::new(None),
             slow_calls: Mutex::new(Vec::new()),
             travel_to: Mutex::new(None),
+            push_latency_us: Mutex::new(Vec::new()),
+            alarm_late_ms: Mutex::new(HashMap::new()),
         })
     }
 
@@ -667,6 +684,7 @@ impl PlayerRun {
     async fn play(&mut self, match_id: &str) {
         let sh = self.sh.clone();
         let mut view: Option<MatchState> = None;
+        let (pushed, follower) = follow_match(&sh, &self.client, match_id);
         let mut tick = tokio::time::interval(Duration::from_millis(1000 / INPUT_HZ));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ended = false;
@@ -674,6 +692,17 @@ impl PlayerRun {
             tick.tick().await;
             self.maybe_travel().await;
             self.maybe_act().await;
+            if let Some(p) = pushed.borrow().clone()
+                && view
+                    .as_ref()
+                    .is_none_or(|v| p.tick > v.tick || p.ended.is_some())
+            {
+                ended = p.ended.is_some();
+                view = Some(p);
+            }
+            if ended {
+                break;
+            }
             let (kind, dir) = self.decide(view.as_ref());
             let id = self.next_id();
             let body = json!({"player": self.spec.name, "action_id": id, "kind": kind, "dir": dir});
@@ -716,30 +745,20 @@ impl PlayerRun {
             }
         }
         if !ended {
+            follower.abort();
             return;
         }
-        // Wait (bounded) until the match has delivered every result.
-        let started = Instant::now();
-        loop {
-            if view.as_ref().is_some_and(|v| v.reports_pending == 0) {
+        // The match pushes its state until every result is delivered: wait
+        // (bounded) for that event; no polling.
+        match tokio::time::timeout(Duration::from_millis(REPORT_WAIT_MS_MAX), follower).await {
+            Ok(Ok(true)) => {
                 sh.match_ended(match_id);
                 self.tally.matches_done.push(match_id.to_string());
-                return;
             }
-            if started.elapsed() > Duration::from_millis(REPORT_WAIT_MS_MAX) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            match sh
-                .call::<MatchState>(&self.client, "match", match_id, "tick", json!(null), None)
-                .await
-            {
-                Ok(r) => {
-                    self.ok();
-                    view = Some(r.body);
-                }
-                Err(e) => self.tally.error(e),
-            }
+            Ok(_) => {}
+            Err(_) => self.tally.error(CallError(format!(
+                "match/{match_id}: no event with every result delivered within {REPORT_WAIT_MS_MAX} ms"
+            ))),
         }
     }
 
@@ -805,6 +824,83 @@ impl PlayerRun {
         }
         ("move", random)
     }
+}
+
+/// Subscribes to `match/<id>`'s `state` topic from its first event. The
+/// returned task audits the numbering (gaps, duplicates), records each
+/// event's publish-to-receive latency and its alarm's lateness, keeps the
+/// newest state in the watch, and ends `true` at the event that says every
+/// result was delivered.
+fn follow_match(
+    sh: &Arc<Shared>,
+    client: &TernClient,
+    match_id: &str,
+) -> (
+    tokio::sync::watch::Receiver<Option<MatchState>>,
+    tokio::task::JoinHandle<bool>,
+) {
+    use tokio_stream::StreamExt;
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let mut events = client.subscribe("match", match_id, STATE_TOPIC, 0);
+    let sh = sh.clone();
+    let id = match_id.to_string();
+    let task = tokio::spawn(async move {
+        let mut last = 0u64;
+        while let Some(item) = events.next().await {
+            let ev = match item {
+                Ok(ev) => ev,
+                Err(s) => {
+                    sh.counters.push_errors.fetch_add(1, Relaxed);
+                    sh.event(format!(
+                        "match/{id}: subscription ended: {:?}: {}",
+                        s.code(),
+                        s.message()
+                    ));
+                    return false;
+                }
+            };
+            let c = &sh.counters;
+            c.push_events.fetch_add(1, Relaxed);
+            if ev.seq <= last {
+                c.push_duplicates.fetch_add(1, Relaxed);
+                continue;
+            }
+            c.push_gaps.fetch_add(ev.seq - last - 1, Relaxed);
+            last = ev.seq;
+            let Ok(p) = serde_json::from_slice::<Pushed>(&ev.payload) else {
+                sh.event(format!("match/{id}: event {} is not a match state", ev.seq));
+                continue;
+            };
+            let now = wall_ms();
+            {
+                let mut lat = sh.push_latency_us.lock();
+                if lat.len() < PUSH_SAMPLES_MAX {
+                    lat.push(now.saturating_sub(p.at_ms) * 1000);
+                }
+            }
+            {
+                let mut late = sh.alarm_late_ms.lock();
+                if late.len() < PUSH_SAMPLES_MAX {
+                    late.insert((id.clone(), ev.seq), p.alarm_late_ms);
+                }
+            }
+            let done = p.state.ended.is_some() && p.state.reports_pending == 0;
+            tx.send_replace(Some(p.state));
+            if done {
+                return true;
+            }
+        }
+        false
+    });
+    (rx, task)
+}
+
+/// Wall-clock ms since the Unix epoch (events carry the actor's).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The players of a run: `n`, spread over the metros, named
