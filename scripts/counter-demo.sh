@@ -35,6 +35,10 @@ WASM="$("$TERN" build examples/counter | tail -n 1)"
 echo "== built $WASM"
 "$TERN" deploy counter "$WASM"
 for n in 1 2 3; do "$TERN" call counter/demo incr "{\"by\": $n}"; done
+echo "== a durable alarm, and the event its turn pushes to a subscriber"
+"$TERN" call counter/demo set_alarm '{"in_ms": 500, "tag": "hello"}'
+"$TERN" subscribe counter/demo alarms --count 1 --timeout-s 30 | tee "$DATA/alarm.json"
+grep -q '"hello"' "$DATA/alarm.json"
 echo "== a token that may only call counter actors"
 CALLER="$("$TERN" token create --scope call --types counter --label demo)"
 "$TERN" call counter/demo get --token "$CALLER"

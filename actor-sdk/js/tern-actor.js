@@ -42,6 +42,25 @@ export function call(actorType, id, method, args) {
   return __ternDecode(host.call(actorType, id, method, payload));
 }
 
+// Sets a durable alarm at `atMs` (ms since the Unix epoch), committed with
+// this call's turn; returns its id (a BigInt). At that time the actor's
+// `onAlarm(alarm)` method runs with `{id, tag, at_ms}` (at least once:
+// check the id if it must not repeat).
+export function setAlarm(atMs, tag = '') {
+  return host.setAlarm(BigInt(atMs), String(tag));
+}
+
+// Cancels an alarm with this turn; false if it is not set.
+export function cancelAlarm(id) {
+  return host.cancelAlarm(BigInt(id));
+}
+
+// Publishes `value` (JSON) on `topic` to the actor's subscribers, once this
+// turn commits.
+export function publish(topic, value) {
+  host.publish(String(topic), __ternEnc.encode(JSON.stringify(value)));
+}
+
 function __ternDecode(bytes) {
   if (!bytes || bytes.length === 0) return {};
   try {
@@ -58,7 +77,14 @@ export function actor(methods, upgrade = {}) {
 }
 
 export function handle(method, payload) {
-  const fn = __ternMethods && Object.hasOwn(__ternMethods, method) ? __ternMethods[method] : undefined;
+  if (method === '~alarm') {
+    const onAlarm = __ternMethods && Object.hasOwn(__ternMethods, 'onAlarm') ? __ternMethods.onAlarm : undefined;
+    if (typeof onAlarm !== 'function') throw fail('not-found', 'an alarm fired but the actor defines no onAlarm(alarm)');
+    onAlarm(__ternDecode(payload));
+    return __ternEnc.encode('null');
+  }
+  // `onAlarm` runs only for the actor's own alarms.
+  const fn = method !== 'onAlarm' && __ternMethods && Object.hasOwn(__ternMethods, method) ? __ternMethods[method] : undefined;
   if (typeof fn !== 'function') throw fail('not-found', `no method '${method}'`);
   return __ternEnc.encode(JSON.stringify(fn(__ternDecode(payload)) ?? null));
 }

@@ -45,7 +45,10 @@ _LEVELS = {
     "error": host.Level.ERROR,
 }
 
-_ENTRIES = ("handle", "save", "load")
+_ENTRIES = ("handle", "save", "load", "on_alarm")
+
+# The method an alarm's turn runs; the SDK calls ``on_alarm`` for it.
+ALARM_METHOD = "~alarm"
 
 
 def fail(kind, message):
@@ -75,6 +78,25 @@ def call(actor_type, actor_id, method, args=None):
     return _decode(host.call(actor_type, actor_id, method, payload))
 
 
+def set_alarm(at_ms, tag=""):
+    """Sets a durable alarm at ``at_ms`` (ms since the Unix epoch), committed
+    with this call's turn; returns its id. At that time the actor's
+    ``on_alarm(alarm)`` method runs with ``{"id", "tag", "at_ms"}``
+    (at least once: check the id if it must not repeat)."""
+    return host.set_alarm(int(at_ms), str(tag))
+
+
+def cancel_alarm(alarm_id):
+    """Cancels an alarm with this turn; False if it is not set."""
+    return host.cancel_alarm(int(alarm_id))
+
+
+def publish(topic, value):
+    """Publishes ``value`` (JSON) on ``topic`` to the actor's subscribers,
+    once this turn commits."""
+    host.publish(str(topic), json.dumps(value).encode())
+
+
 def _decode(payload):
     if not payload:
         return {}
@@ -88,6 +110,12 @@ class Actor(wit_world.WitWorld):
     """Dispatches calls to the subclass's public methods by name."""
 
     def handle(self, method, payload):
+        if method == ALARM_METHOD:
+            fn = getattr(self, "on_alarm", None)
+            if not callable(fn):
+                raise fail("not-found", "an alarm fired but the actor defines no on_alarm(alarm)")
+            fn(_decode(payload))
+            return b"null"
         if method.startswith("_") or method in _ENTRIES:
             raise fail("not-found", f"no method {method!r}")
         fn = getattr(self, method, None)

@@ -1,5 +1,5 @@
-// The counter actor in JavaScript: `incr`, `get`, and `churn`, which
-// allocates heavily. State is plain module variables; tern persists the
+// The counter actor in JavaScript: `incr`, `get`, `churn`, which allocates
+// heavily, and `remind`, which sets an alarm (counted by `reminded`). State is plain module variables; tern persists the
 // engine itself. `actor` and `fail` come from tern's helper, which
 // `tern build` puts in front of this module.
 //
@@ -10,6 +10,8 @@ let value = 0;
 // Kept between calls by `churn` (bounded).
 const kept = [];
 const KEPT_MAX = 64;
+// Alarms delivered, by id (delivery is at least once).
+const reminded = new Set();
 
 actor({
   incr(args) {
@@ -31,5 +33,19 @@ actor({
     kept.push(String(squares.reduce((a, b) => (a + b) % 1000003, 0)));
     kept.splice(0, Math.max(0, kept.length - KEPT_MAX));
     return { items: n, kept: kept.length, last: kept[kept.length - 1] };
+  },
+  // Sets an alarm `in_ms` from now.
+  remind(args) {
+    // u64s cross as BigInts.
+    return { id: Number(setAlarm(nowMs() + BigInt(args.in_ms ?? 0), 'remind')) };
+  },
+  onAlarm(alarm) {
+    if (!reminded.has(alarm.id)) {
+      reminded.add(alarm.id);
+      publish('reminders', alarm);
+    }
+  },
+  reminded() {
+    return { reminded: reminded.size };
   },
 });

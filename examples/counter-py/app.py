@@ -1,15 +1,17 @@
-"""The counter actor in Python: `incr`, `get`, and `churn`, which allocates
-heavily. State is plain globals; tern persists the interpreter itself.
+"""The counter actor in Python: `incr`, `get`, `churn`, which allocates
+heavily, and `remind`, which sets an alarm (counted by `reminded`). State is plain globals; tern persists the interpreter itself.
 
 Build with `tern build examples/counter-py` (needs componentize-py:
 `pip install componentize-py==0.25.1`)."""
 
-from tern_actor import Actor, fail
+from tern_actor import Actor, fail, now_ms, publish, set_alarm
 
 value = 0
 # Kept between calls by `churn` (bounded).
 kept = []
 KEPT_MAX = 64
+# Alarms delivered, by id (delivery is at least once).
+reminded = set()
 
 
 class WitWorld(Actor):
@@ -33,3 +35,15 @@ class WitWorld(Actor):
         kept.append(str(sum(squares) % 1_000_003))
         del kept[:-KEPT_MAX]
         return {"items": n, "kept": len(kept), "last": kept[-1]}
+
+    def remind(self, args):
+        """Sets an alarm `in_ms` from now."""
+        return {"id": set_alarm(now_ms() + args.get("in_ms", 0), "remind")}
+
+    def on_alarm(self, alarm):
+        if alarm["id"] not in reminded:
+            reminded.add(alarm["id"])
+            publish("reminders", alarm)
+
+    def reminded(self, args):
+        return {"reminded": len(reminded)}

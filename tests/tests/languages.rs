@@ -66,6 +66,13 @@ fn survives_restart(example: &str, ty: &str) {
         again["kept"], 2,
         "the interpreter's heap came back: {again}"
     );
+    // A durable alarm through the language's SDK: set, committed, fired.
+    dev.tern(&["call", &actor, "remind", "{\"in_ms\": 0}"])
+        .expect("remind");
+    dev.wait_until("the alarm fires", 30_000, || {
+        dev.tern(&["call", &actor, "reminded"])
+            .is_ok_and(|out| json(&out)["reminded"] == 1)
+    });
     let missing = dev
         .tern(&["call", &actor, "nope"])
         .expect_err("an unknown method is refused");

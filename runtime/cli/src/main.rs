@@ -218,6 +218,27 @@ enum Cmd {
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
+    /// Follow the events an actor publishes on a topic: one JSON line per
+    /// event, `{"seq": N, "payload": ...}` (the payload as JSON when it is
+    /// JSON, else as a string). Any POP serves it; the actor need not be
+    /// active. Ends after --count events, after --timeout-s, or on Ctrl-C.
+    Subscribe {
+        /// The actor, as TYPE/ID.
+        actor: String,
+        /// The topic.
+        topic: String,
+        /// Start after this seq (0: every event still kept).
+        #[arg(long, default_value_t = 0)]
+        resume_after: u64,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds (default: never).
+        #[arg(long)]
+        timeout_s: Option<u64>,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
     /// Show a POP's state.
     Status {
         /// Print JSON.
@@ -730,6 +751,52 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .into_inner();
             println!("{}", String::from_utf8_lossy(&reply.payload));
             Ok(())
+        }
+        Cmd::Subscribe {
+            actor,
+            topic,
+            resume_after,
+            count,
+            timeout_s,
+            endpoint,
+        } => {
+            let (ty, id) = actor.split_once('/').ok_or_else(|| {
+                format!("actor `{actor}` must be written TYPE/ID, e.g. counter/a")
+            })?;
+            let mut client = endpoint.connect().await?;
+            let follow = async {
+                let mut stream = client
+                    .subscribe(pb::SubscribeRequest {
+                        r#type: ty.to_string(),
+                        id: id.to_string(),
+                        topic: topic.clone(),
+                        resume_after,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                let mut seen = 0;
+                while count.is_none_or(|c| seen < c) {
+                    let Some(ev) = stream.message().await.map_err(status_error)? else {
+                        break;
+                    };
+                    let payload = serde_json::from_slice::<serde_json::Value>(&ev.payload)
+                        .unwrap_or_else(|_| {
+                            serde_json::Value::String(
+                                String::from_utf8_lossy(&ev.payload).into_owned(),
+                            )
+                        });
+                    println!("{}", serde_json::json!({"seq": ev.seq, "payload": payload}));
+                    seen += 1;
+                }
+                Ok::<(), String>(())
+            };
+            match timeout_s {
+                Some(s) => tokio::time::timeout(std::time::Duration::from_secs(s), follow)
+                    .await
+                    .map_err(|_| format!("no more events within {s} s"))?,
+                None => follow.await,
+            }
         }
         Cmd::Rollback {
             r#type,
