@@ -4,7 +4,8 @@
 //! [`crate::outbox`]), so a subscriber needs no activation: each
 //! (actor, topic) that has subscribers here gets one *feed* task that reads
 //! new events from the store (woken at once by a local commit, else every
-//! [`FEED_POLL_MS`]) and broadcasts them. Each subscriber first catches up
+//! [`FEED_POLL_MS`] while the topic is busy, backing off to
+//! [`FEED_POLL_MS_MAX`] while it is idle) and broadcasts them. Each subscriber first catches up
 //! from the store after its `resume_after`, then follows the feed, filling
 //! any gap from the store again: it sees every event once, in order, across
 //! the actor's migrations and failovers.
@@ -31,8 +32,12 @@ pub const FEED_BUFFER: usize = 256;
 /// Events buffered between a subscriber and its connection.
 pub const SUBSCRIBER_BUFFER: usize = 64;
 /// How often a feed reads the store when no local commit woke it, ms: the
-/// latency of events published at another POP.
+/// latency of events published at another POP while a topic is busy.
 pub const FEED_POLL_MS: u64 = 20;
+/// A feed whose reads find nothing doubles its wait up to this, ms: an idle
+/// topic costs a store read per this period, and its next event from
+/// another POP arrives within it.
+pub const FEED_POLL_MS_MAX: u64 = 320;
 /// Events read from the store at once.
 const READ_BATCH: usize = 256;
 
@@ -158,6 +163,7 @@ impl Feeds {
                 _ => 0,
             }
         };
+        let mut wait = FEED_POLL_MS;
         loop {
             {
                 let mut feeds = self.feeds.lock().expect("feeds lock");
@@ -180,6 +186,11 @@ impl Feeds {
                 Err(_) => Vec::new(),
             };
             let full = batch.len() == READ_BATCH;
+            wait = if batch.is_empty() {
+                (wait * 2).min(FEED_POLL_MS_MAX)
+            } else {
+                FEED_POLL_MS
+            };
             for e in batch {
                 last = e.seq;
                 // No receiver is not an error: the check above ends the feed.
@@ -189,8 +200,8 @@ impl Feeds {
                 continue;
             }
             tokio::select! {
-                () = feed.poke.notified() => {}
-                () = tokio::time::sleep(Duration::from_millis(FEED_POLL_MS)) => {}
+                () = feed.poke.notified() => wait = FEED_POLL_MS,
+                () = tokio::time::sleep(Duration::from_millis(wait)) => {}
             }
         }
     }

@@ -671,6 +671,29 @@ mod tests {
     }
 
     #[test]
+    fn alarms_tick_the_match_and_catch_up_after_an_outage() {
+        let mut g = started(2);
+        let alarm = |at_ms| tern_actor_sdk::Alarm {
+            id: 1,
+            tag: "tick".into(),
+            at_ms,
+        };
+        g.on_alarm(&alarm(TICK_MS), TICK_MS).unwrap();
+        assert_eq!(g.tick, 1);
+        // An alarm that fires 3 s late (its POP died) runs every tick due.
+        g.on_alarm(&alarm(2 * TICK_MS), 2 * TICK_MS + 3_000).unwrap();
+        assert_eq!(g.tick, 32);
+        // Past the time limit the match ends; results stay pending off wasm.
+        g.on_alarm(&alarm(TICK_LIMIT * TICK_MS), TICK_LIMIT * TICK_MS).unwrap();
+        assert_eq!(g.ended.as_deref(), Some("time limit"));
+        assert_eq!(g.state().reports_pending, 2);
+        // An alarm for a match never started changes nothing.
+        let mut idle = Game::new("x");
+        idle.on_alarm(&alarm(0), 10).unwrap();
+        assert_eq!(idle.tick, 0);
+    }
+
+    #[test]
     fn time_limit_ends_the_match() {
         let mut g = started(2);
         g.advance(TICK_LIMIT * TICK_MS - 1);
