@@ -501,6 +501,13 @@ mod echo {
         ) -> Result<Response<pb::RevokeTokenReply>, Status> {
             no()
         }
+        type SubscribeStream = tokio_stream::Empty<Result<pb::Event, Status>>;
+        async fn subscribe(
+            &self,
+            _: Request<pb::SubscribeRequest>,
+        ) -> Result<Response<Self::SubscribeStream>, Status> {
+            no()
+        }
     }
 
     /// Serves the echo service on a loopback port; returns its address.
