@@ -133,7 +133,7 @@ pub async fn serve_core(
             .map_err(|e| DirectoryError::Server(format!("TLS settings: {e}")))?;
     }
     let sweeper = tokio::spawn(sweep_loop(core.clone()));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = tern_proto::incoming(listener);
     let closer = dir.clone();
     let res = builder
         .timeout(Duration::from_millis(

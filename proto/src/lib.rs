@@ -59,6 +59,16 @@ pub fn endpoint_tls(
         .map_err(|e| format!("TLS settings for `{url}`: {e}"))
 }
 
+/// The connections a server accepts on `listener`, with no Nagle delay.
+///
+/// `Server::builder().tcp_nodelay` applies only to listeners tonic binds
+/// itself, not to an incoming stream: without this, a reply written in
+/// several pieces on a connection that also carries a stream (a
+/// subscription, a watch) waits for the peer's delayed ACK, about 40 ms.
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// An endpoint to `url` with tern's connection settings, without TLS
 /// settings (see [`endpoint_tls`]).
 pub fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, String> {

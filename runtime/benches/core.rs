@@ -518,7 +518,7 @@ mod echo {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(ActorServiceServer::new(Echo))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+                .serve_with_incoming(tern_proto::incoming(listener)),
         );
         addr
     }

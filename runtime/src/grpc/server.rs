@@ -15,7 +15,6 @@ use std::time::Duration;
 use tern_proto::actor as pb;
 use tern_proto::actor::actor_service_server::{ActorService, ActorServiceServer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
@@ -113,7 +112,7 @@ pub async fn serve(
         .concurrency_limit_per_connection(CONCURRENT_REQUESTS_PER_CONNECTION_MAX)
         .tcp_nodelay(true)
         .add_service(service(node, security.tokens))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(tern_proto::incoming(listener), shutdown)
         .await
         .map_err(|e| e.to_string())
 }
