@@ -49,10 +49,21 @@ struct Feed {
 }
 
 /// The POP's feeds and subscribers.
-#[derive(Default)]
 pub struct Feeds {
     feeds: Mutex<HashMap<FeedKey, Arc<Feed>>>,
     subscribers: Arc<AtomicUsize>,
+    /// Set when the POP shuts down: every subscription ends.
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Feeds {
+    fn default() -> Self {
+        Feeds {
+            feeds: Mutex::default(),
+            subscribers: Arc::default(),
+            closing: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 /// A subscriber that has not taken an event for this long is dropped, ms.
@@ -86,6 +97,13 @@ impl Drop for Held {
 }
 
 impl Feeds {
+    /// Ends every subscription (the POP is shutting down: a server drains
+    /// its open streams before it stops) and refuses new ones. Each
+    /// subscriber is told to subscribe again after its last seq.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
     /// Subscribers held now.
     pub fn subscribers(&self) -> usize {
         self.subscribers.load(Ordering::Acquire)
@@ -114,6 +132,9 @@ impl Feeds {
         topic: &str,
         resume_after: u64,
     ) -> Result<Subscription> {
+        if *self.closing.borrow() {
+            return Err(RuntimeError::ShuttingDown);
+        }
         let held = self.subscribers.fetch_add(1, Ordering::AcqRel);
         let held_guard = Held(self.subscribers.clone());
         if held >= SUBSCRIBERS_MAX {
@@ -147,7 +168,7 @@ impl Feeds {
             resume_after,
             rx,
             (out, end.clone()),
-            held_guard,
+            (held_guard, self.closing.subscribe()),
         ));
         Ok(Subscription { rx: sub, end })
     }
@@ -282,10 +303,10 @@ async fn follow(
     resume_after: u64,
     mut rx: broadcast::Receiver<Arc<EventRecord>>,
     (out, end): (Out, Arc<Mutex<Option<RuntimeError>>>),
-    held: Held,
+    (held, mut closing): (Held, tokio::sync::watch::Receiver<bool>),
 ) {
     let mut last = resume_after;
-    let ended: std::result::Result<(), Option<RuntimeError>> = async {
+    let work = async {
         catch_up(&store, &out, &key, &mut last).await?;
         loop {
             match rx.recv().await {
@@ -311,8 +332,18 @@ async fn follow(
                 }
             }
         }
-    }
-    .await;
+    };
+    let ended: std::result::Result<(), Option<RuntimeError>> = tokio::select! {
+        r = work => r,
+        _ = closing.wait_for(|c| *c) => Err(None),
+    };
+    let ended = match ended {
+        Err(None) if *closing.borrow() => Err(Some(RuntimeError::Resubscribe(format!(
+            "this POP is shutting down; subscribe to {}/{} again (at another POP) with resume_after={last}",
+            key.0, key.1
+        )))),
+        other => other,
+    };
     if let Err(Some(e)) = ended {
         *end.lock().expect("end lock") = Some(e);
     }

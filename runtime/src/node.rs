@@ -807,6 +807,12 @@ impl Node {
         )
     }
 
+    /// Ends every subscription held here and refuses new ones (before a
+    /// server drains its streams on shutdown).
+    pub fn close_subscriptions(&self) {
+        self.inner.feeds.close();
+    }
+
     /// Subscribers held at this POP.
     pub fn subscribers(&self) -> usize {
         self.inner.feeds.subscribers()
@@ -992,6 +998,7 @@ impl Node {
     /// Evicts every actor (persisting them) and refuses new calls.
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Release);
+        self.close_subscriptions();
         self.inner.table.end_all(|| Msg::Evict).await;
     }
 

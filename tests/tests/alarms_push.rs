@@ -195,3 +195,46 @@ fn push_resumes_without_gap_after_failover() {
         assert_eq!(seqs, expected, "every event once, in order");
     });
 }
+
+/// A POP stopped with SIGTERM ends its subscriptions with UNAVAILABLE,
+/// naming the seq to resume after, instead of holding its shutdown open.
+#[test]
+fn pop_shutdown_ends_subscriptions() {
+    let data = tempfile::tempdir().unwrap();
+    let mut dev = DevCluster::start(data.path());
+    dev.tern(&["deploy", "feed", wasm()]).expect("deploy");
+    let rt = runtime();
+    let mut stream = rt.block_on(async {
+        let c = dev.client(PARIS);
+        call(&c, "feed", "s", "publish", json!({"topic": "t", "n": 2})).await;
+        let mut raw = dev.connect("fra").await;
+        let mut s = raw
+            .subscribe(pb::SubscribeRequest {
+                r#type: "feed".into(),
+                id: "s".into(),
+                topic: "t".into(),
+                resume_after: 0,
+            })
+            .await
+            .expect("subscribe")
+            .into_inner();
+        for seq in 1..=2 {
+            let e = s.message().await.expect("an event").expect("open");
+            assert_eq!(e.seq, seq);
+        }
+        s
+    });
+    let status = dev.terminate();
+    assert!(status.success(), "tern dev exited with {status}");
+    let end = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("the stream ends")
+    });
+    let s = end.expect_err("the stream ends with a status");
+    assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+    assert!(
+        s.message().contains("shutting down") && s.message().contains("resume_after=2"),
+        "{s:?}"
+    );
+}

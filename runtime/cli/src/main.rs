@@ -1140,7 +1140,14 @@ async fn serve(node: Node, listener: TcpListener, security: Security) -> Result<
         tokens = security.tokens.is_some(),
         "serving ActorService"
     );
-    tern_runtime::grpc::serve(node.clone(), listener, security, shutdown_signal()).await?;
+    // Open subscriptions would keep the server draining forever: end them
+    // (each subscriber is told to resume elsewhere) once the signal comes.
+    let closer = node.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        closer.close_subscriptions();
+    };
+    tern_runtime::grpc::serve(node.clone(), listener, security, shutdown).await?;
     tracing::info!("shutting down: persisting actors");
     node.shutdown().await;
     Ok(())

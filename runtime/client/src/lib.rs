@@ -468,9 +468,9 @@ impl TernClient {
                     let _ = tx.send(Err(ended)).await;
                     return;
                 }
-                if transport {
-                    i += 1;
-                }
+                // Any POP serves a subscription: try the next one (this one
+                // may be shutting down).
+                i += 1;
                 retries += 1;
                 tokio::time::sleep(Duration::from_millis(backoff)).await;
                 backoff = (backoff * 2).min(CLIENT_BACKOFF_MS_MAX);

@@ -681,10 +681,12 @@ mod tests {
         g.on_alarm(&alarm(TICK_MS), TICK_MS).unwrap();
         assert_eq!(g.tick, 1);
         // An alarm that fires 3 s late (its POP died) runs every tick due.
-        g.on_alarm(&alarm(2 * TICK_MS), 2 * TICK_MS + 3_000).unwrap();
+        g.on_alarm(&alarm(2 * TICK_MS), 2 * TICK_MS + 3_000)
+            .unwrap();
         assert_eq!(g.tick, 32);
         // Past the time limit the match ends; results stay pending off wasm.
-        g.on_alarm(&alarm(TICK_LIMIT * TICK_MS), TICK_LIMIT * TICK_MS).unwrap();
+        g.on_alarm(&alarm(TICK_LIMIT * TICK_MS), TICK_LIMIT * TICK_MS)
+            .unwrap();
         assert_eq!(g.ended.as_deref(), Some("time limit"));
         assert_eq!(g.state().reports_pending, 2);
         // An alarm for a match never started changes nothing.
