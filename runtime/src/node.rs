@@ -145,10 +145,10 @@ pub struct RolloutOutcome {
 }
 
 /// How often a POP reads the alarm due index, ms.
-pub const ALARM_SWEEP_MS: u64 = 250;
+pub const ALARM_SWEEP_MS: u64 = 100;
 /// An alarm is left to the POP running its actor for this long after it is
 /// due before the sweeper considers it missed, ms.
-pub const ALARM_SWEEP_GRACE_MS: u64 = 250;
+pub const ALARM_SWEEP_GRACE_MS: u64 = 150;
 /// Due alarms read per sweep.
 pub const ALARM_SWEEP_BATCH: usize = 256;
 /// An actor woken for an alarm is not woken again for this long, ms.
