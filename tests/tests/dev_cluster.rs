@@ -140,3 +140,78 @@ fn dev_refuses_bad_directory_counts() {
         "{err}"
     );
 }
+
+/// A second `tern dev` on a data directory in use is refused, naming the
+/// running one's PID, and touches nothing: the first cluster's file, logs
+/// and POPs carry on.
+#[test]
+fn second_dev_on_same_data_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let dev = DevCluster::start(data.path());
+    let before = std::fs::read_to_string(data.path().join("cluster.json")).unwrap();
+    let out = std::process::Command::new(tern_tests::tern_bin())
+        .args(["dev", "--base-port", "0", "--pops", "1", "--data"])
+        .arg(data.path())
+        .output()
+        .expect("run a second tern dev");
+    assert!(!out.status.success(), "the second tern dev was accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("PID {}", dev.cluster.pid)),
+        "the refusal names the running cluster's PID: {err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("cluster.json")).unwrap(),
+        before,
+        "the first cluster's file was rewritten"
+    );
+    let wasm = counter_wasm().to_str().unwrap();
+    dev.tern(&["deploy", "counter", wasm]).expect("deploy");
+    let out = dev
+        .tern(&["call", "counter/a", "incr", "{\"by\": 2}"])
+        .expect("the first cluster still serves");
+    assert_eq!(json(&out)["value"], 2);
+}
+
+/// With no --endpoint or --data, the CLI finds `.tern/cluster.json` in a
+/// parent directory (as cargo finds Cargo.toml), and says where it looked
+/// when there is none.
+#[test]
+fn endpoint_found_from_subdirectory() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("game/.tern");
+    std::fs::create_dir_all(&data).unwrap();
+    let dev = DevCluster::start(&data);
+    let wasm = counter_wasm().to_str().unwrap();
+    dev.tern(&["deploy", "counter", wasm]).expect("deploy");
+    let deep = root.path().join("game/src/actors");
+    std::fs::create_dir_all(&deep).unwrap();
+    let tern = |dir: &std::path::Path, args: &[&str]| {
+        std::process::Command::new(tern_tests::tern_bin())
+            .args(args)
+            .current_dir(dir)
+            .env_remove("TERN_DATA")
+            .env_remove("TERN_ENDPOINT")
+            .env_remove("TERN_TOKEN")
+            .env_remove("TERN_CA")
+            .output()
+            .expect("run tern")
+    };
+    let out = tern(&deep, &["call", "counter/sub", "incr", "{\"by\": 3}"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&String::from_utf8_lossy(&out.stdout))["value"], 3);
+    // Outside any project: a clear error naming the places looked at.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = tern(elsewhere.path(), &["call", "counter/sub", "get"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no .tern/cluster.json found")
+            && err.contains(&elsewhere.path().join(".tern").display().to_string()),
+        "{err}"
+    );
+}

@@ -383,9 +383,11 @@ struct EndpointArgs {
     #[arg(long, env = "TERN_ENDPOINT")]
     endpoint: Option<String>,
     /// A `tern dev` data directory: its cluster.json, tls/ca.pem and
-    /// admin.token are the defaults for the other options.
-    #[arg(long, env = "TERN_DATA", default_value = ".tern")]
-    data: PathBuf,
+    /// admin.token are the defaults for the other options (default: the
+    /// first `.tern` holding a cluster.json in the current directory or
+    /// one of its parents, the way cargo finds Cargo.toml).
+    #[arg(long, env = "TERN_DATA")]
+    data: Option<PathBuf>,
     /// Bearer token (default: DATA/admin.token, if there is one).
     #[arg(long, env = "TERN_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -395,12 +397,54 @@ struct EndpointArgs {
     ca: Option<PathBuf>,
 }
 
+/// The first `.tern` directory holding a `cluster.json` in `from` or one
+/// of its ancestors; `Err` lists every place looked at.
+fn find_data_dir(from: &Path) -> Result<PathBuf, Vec<PathBuf>> {
+    let mut looked = Vec::new();
+    for dir in from.ancestors() {
+        let candidate = dir.join(".tern");
+        if candidate.join("cluster.json").is_file() {
+            return Ok(candidate);
+        }
+        looked.push(candidate);
+    }
+    Err(looked)
+}
+
+/// An endpoint as typed: `host:port` means `http://host:port`.
+fn endpoint_url(e: &str) -> String {
+    if e.contains("://") {
+        e.to_string()
+    } else {
+        format!("http://{e}")
+    }
+}
+
 impl EndpointArgs {
-    fn resolve(&self) -> Result<(String, Credentials), String> {
-        let endpoint = match &self.endpoint {
-            Some(e) => e.clone(),
+    /// The data directory: `--data`, else the nearest `.tern` upward.
+    fn data_dir(&self) -> Result<PathBuf, Vec<PathBuf>> {
+        match &self.data {
+            Some(d) => Ok(d.clone()),
             None => {
-                let path = self.data.join("cluster.json");
+                let cwd = std::env::current_dir().map_err(|_| Vec::new())?;
+                find_data_dir(&cwd)
+            }
+        }
+    }
+
+    fn resolve(&self) -> Result<(String, Credentials), String> {
+        let data = self.data_dir();
+        let endpoint = match (&self.endpoint, &data) {
+            (Some(e), _) => endpoint_url(e),
+            (None, Err(looked)) => {
+                let places: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
+                return Err(format!(
+                    "no --endpoint given and no .tern/cluster.json found (looked in {}); start a cluster with `tern dev`, or pass --endpoint or --data",
+                    places.join(", ")
+                ));
+            }
+            (None, Ok(data)) => {
+                let path = data.join("cluster.json");
                 let cluster = ClusterFile::read(&path).map_err(|e| {
                     format!(
                         "no --endpoint given and cannot read {}: {e}; start a cluster with `tern dev` or pass --endpoint",
@@ -414,20 +458,16 @@ impl EndpointArgs {
                     .ok_or_else(|| format!("{} lists no POPs", path.display()))?
             }
         };
-        let ca = self
-            .ca
-            .clone()
-            .or_else(|| Some(self.data.join("tls/ca.pem")).filter(|p| p.exists()));
+        let data = data.ok();
+        let in_data = |rel: &str| data.as_ref().map(|d| d.join(rel)).filter(|p| p.exists());
+        let ca = self.ca.clone().or_else(|| in_data("tls/ca.pem"));
         let ca_pem = ca.as_deref().map(tern_proto::tls::read_pem).transpose()?;
         let token = match &self.token {
             Some(t) => Some(t.trim().to_string()),
-            None => {
-                let f = self.data.join("admin.token");
-                f.exists()
-                    .then(|| tern_client::read_token_file(&f))
-                    .transpose()
-                    .map_err(|e| e.to_string())?
-            }
+            None => in_data("admin.token")
+                .map(|f| tern_client::read_token_file(&f))
+                .transpose()
+                .map_err(|e| e.to_string())?,
         };
         Ok((endpoint, Credentials { ca_pem, token }))
     }
@@ -1253,6 +1293,45 @@ fn write_cluster_file(
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+/// Takes `DATA/dev.lock` (an exclusive lock the OS drops when the process
+/// dies, however it dies) and writes our PID in it. A second `tern dev` on
+/// the same data directory is refused, naming the running one's PID:
+/// otherwise it would truncate the first cluster's logs, overwrite its
+/// cluster.json, and its POPs (same names, new incarnations) would void
+/// the first cluster's activations.
+fn lock_data_dir(data: &Path) -> Result<std::fs::File, String> {
+    use std::io::{Read, Seek, Write};
+    let path = data.join("dev.lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => {
+            let pid = std::process::id();
+            f.set_len(0)
+                .and_then(|()| f.rewind())
+                .and_then(|()| writeln!(f, "{pid}"))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            Ok(f)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = f.read_to_string(&mut text);
+            let pid = text.trim();
+            let pid = if pid.is_empty() { "unknown" } else { pid };
+            Err(format!(
+                "another `tern dev` (PID {pid}) is running on {}; stop it first (kill {pid}), or give this one another --data",
+                data.display()
+            ))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
 async fn dev(a: DevArgs) -> Result<(), String> {
     let DevArgs {
         pops,
@@ -1274,6 +1353,9 @@ async fn dev(a: DevArgs) -> Result<(), String> {
     std::fs::create_dir_all(&run).map_err(|e| format!("cannot create {}: {e}", run.display()))?;
     let data = &std::fs::canonicalize(data)
         .map_err(|e| format!("cannot resolve {}: {e}", data.display()))?;
+    // Before anything in the directory is touched: one `tern dev` per
+    // data directory.
+    let _lock = lock_data_dir(data)?;
     let store_url = format!("sqlite:{}", data.join("tern.db").display());
     let tls_dir = data.join("tls");
     let token_file = data.join("admin.token");
