@@ -46,7 +46,7 @@ if "$TERN" deploy counter "$WASM" --token "$CALLER" 2>"$DATA/refused.txt"; then
   echo "a call token deployed" >&2; exit 1
 fi
 cat "$DATA/refused.txt"
-grep -q PermissionDenied "$DATA/refused.txt"
+grep -q PERMISSION_DENIED "$DATA/refused.txt"
 echo "== SIGKILL the cluster and start it again on the same data"
 kill -9 "$PID"; wait "$PID" 2>/dev/null || true
 start

@@ -58,7 +58,7 @@ fn cli_errors_are_clear() {
     let dev = DevCluster::start(data.path());
     let err = dev.tern(&["call", "nosuch/x", "get"]).unwrap_err();
     assert!(
-        err.contains("NotFound") && err.contains("tern deploy nosuch"),
+        err.contains("NOT_FOUND") && err.contains("tern deploy nosuch"),
         "{err}"
     );
     let err = dev.tern(&["call", "no-slash", "get"]).unwrap_err();
@@ -71,9 +71,43 @@ fn cli_errors_are_clear() {
         .tern(&["deploy", "bad", bogus.to_str().unwrap()])
         .unwrap_err();
     assert!(
-        err.contains("InvalidArgument") && err.contains("not a WebAssembly binary"),
+        err.contains("INVALID_ARGUMENT") && err.contains("not a WebAssembly binary"),
         "{err}"
     );
+    // `--idempotency-key`: a retry gets the first reply, applied once.
+    let wasm = counter_wasm().to_str().unwrap();
+    dev.tern(&["deploy", "counter", wasm]).expect("deploy");
+    for _ in 0..2 {
+        let out = dev
+            .tern(&[
+                "call",
+                "counter/k",
+                "incr",
+                "{\"by\": 5}",
+                "--idempotency-key",
+                "k-1",
+            ])
+            .expect("incr");
+        assert_eq!(json(&out)["value"], 5, "applied once");
+    }
+    // An endpoint without a scheme is taken as http:// (this cluster
+    // speaks TLS, so the plain-text attempt fails as a transport error,
+    // not as a malformed endpoint).
+    let hostport = dev.endpoint().trim_start_matches("https://").to_string();
+    let out = std::process::Command::new(tern_tests::tern_bin())
+        .args([
+            "call",
+            "counter/k",
+            "get",
+            "--endpoint",
+            &hostport,
+            "--data",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("bad endpoint"), "{err}");
     let status = dev.tern(&["status", "--json"]).expect("status");
     assert_eq!(json(&status)["pop"], "fra");
 }

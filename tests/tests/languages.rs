@@ -77,7 +77,7 @@ fn survives_restart(example: &str, ty: &str) {
         .tern(&["call", &actor, "nope"])
         .expect_err("an unknown method is refused");
     assert!(
-        missing.contains("NotFound")
+        missing.contains("NOT_FOUND")
             || missing.contains("not found")
             || missing.contains("no method"),
         "{missing}"

@@ -261,7 +261,7 @@ fn deploy_needs_deploy_scope() {
         .tern(&["deploy", "counter", wasm, "--token", &caller])
         .unwrap_err();
     assert!(
-        err.contains("PermissionDenied") && err.contains("needs scope `deploy`"),
+        err.contains("PERMISSION_DENIED") && err.contains("needs scope `deploy`"),
         "{err}"
     );
     let err = dev
@@ -277,7 +277,7 @@ fn deploy_needs_deploy_scope() {
     let err = dev
         .tern(&["token", "create", "--scope", "admin", "--token", &deployer])
         .unwrap_err();
-    assert!(err.contains("PermissionDenied"), "{err}");
+    assert!(err.contains("PERMISSION_DENIED"), "{err}");
     let listed = dev.tern(&["token", "list"]).expect("admin lists tokens");
     assert!(
         listed.contains("\"ci\"") && !listed.contains(&deployer[22..]),

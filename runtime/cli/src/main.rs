@@ -215,6 +215,10 @@ enum Cmd {
         method: String,
         /// The JSON payload (default: none).
         json: Option<String>,
+        /// Apply the call at most once: a retry with the same key gets the
+        /// first call's reply (1 to 256 bytes).
+        #[arg(long)]
+        idempotency_key: Option<String>,
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
@@ -521,8 +525,34 @@ fn main() -> ExitCode {
     }
 }
 
+/// A status as the CLI prints it: the code as gRPC names it (the README's
+/// error table uses the same names), then the message.
 fn status_error(s: tonic::Status) -> String {
-    format!("{:?}: {}", s.code(), s.message())
+    format!("{}: {}", code_name(s.code()), s.message())
+}
+
+/// gRPC's canonical name of `code` (`NOT_FOUND`, ...).
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
@@ -770,6 +800,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             actor,
             method,
             json,
+            idempotency_key,
             endpoint,
         } => {
             let (ty, id) = actor.split_once('/').ok_or_else(|| {
@@ -784,11 +815,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                 None => Vec::new(),
             };
             let mut client = endpoint.connect().await?;
-            let reply = client
-                .call(call_request(ty, id, &method, payload))
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut req = call_request(ty, id, &method, payload);
+            req.idempotency_key = idempotency_key.unwrap_or_default();
+            let reply = client.call(req).await.map_err(status_error)?.into_inner();
             println!("{}", String::from_utf8_lossy(&reply.payload));
             Ok(())
         }
