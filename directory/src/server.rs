@@ -134,6 +134,16 @@ pub async fn serve_core(
     }
     let sweeper = tokio::spawn(sweep_loop(core.clone()));
     let incoming = tern_proto::incoming(listener);
+    // A directory answers while it runs: its state is all in the store.
+    let (reporter, health, reflection) = tern_proto::health_and_reflection();
+    for name in [
+        "",
+        tern_proto::directory::directory_service_server::SERVICE_NAME,
+    ] {
+        reporter
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     let closer = dir.clone();
     let res = builder
         .timeout(Duration::from_millis(
@@ -144,6 +154,8 @@ pub async fn serve_core(
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
         .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
         .add_service(service(dir.clone()))
+        .add_service(health)
+        .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             closer.close();

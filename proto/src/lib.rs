@@ -17,6 +17,31 @@ pub mod directory {
 
 pub mod tls;
 
+/// The standard `grpc.health.v1.Health` service (its reporter sets what
+/// it answers) and server reflection (`grpc.reflection.v1`) over tern's
+/// descriptors, so grpcurl and standard health probes work. Neither needs
+/// a token: they tell nothing about actors.
+pub fn health_and_reflection() -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("tern's own descriptors are valid");
+    (reporter, health, reflection)
+}
+
+/// The encoded `FileDescriptorSet` of tern's services, for gRPC server
+/// reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tern_descriptor.bin"));
+
 use std::time::Duration;
 
 /// Largest gRPC message a tern server or client accepts, in bytes.

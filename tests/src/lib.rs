@@ -268,6 +268,12 @@ pub async fn directory_as(
     tls_dir: &Path,
     stem: Option<&str>,
 ) -> DirectoryServiceClient<Channel> {
+    DirectoryServiceClient::new(channel_as(url, ca_dir, tls_dir, stem))
+}
+
+/// A lazy TLS channel to `url` trusting `ca_dir/ca.pem`, presenting the
+/// certificate `tls_dir/<stem>.pem` if a stem is given.
+pub fn channel_as(url: &str, ca_dir: &Path, tls_dir: &Path, stem: Option<&str>) -> Channel {
     let ca = std::fs::read(ca_dir.join("ca.pem")).expect("ca.pem");
     let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
     if let Some(stem) = stem {
@@ -276,11 +282,10 @@ pub async fn directory_as(
             std::fs::read(tls_dir.join(format!("{stem}.key"))).expect("key"),
         ));
     }
-    let ch = tern_proto::endpoint_tls(url, Some(&cfg))
-        .expect("directory URL")
+    tern_proto::endpoint_tls(url, Some(&cfg))
+        .expect("URL")
         .timeout(Duration::from_secs(10))
-        .connect_lazy();
-    DirectoryServiceClient::new(ch)
+        .connect_lazy()
 }
 
 /// Metro coordinates of the POPs `tern dev` starts, and of nearby clients.

@@ -106,15 +106,48 @@ pub async fn serve(
             .tls_config(tls.server(tern_proto::tls::ClientCerts::Optional))
             .map_err(|e| format!("TLS settings: {e}"))?;
     }
-    builder
+    let (reporter, health, reflection) = tern_proto::health_and_reflection();
+    let lease = tokio::spawn(report_lease(node.clone(), reporter));
+    let served = builder
         .http2_keepalive_interval(Some(Duration::from_millis(KEEPALIVE_INTERVAL_MS)))
         .http2_keepalive_timeout(Some(Duration::from_millis(KEEPALIVE_TIMEOUT_MS)))
         .concurrency_limit_per_connection(CONCURRENT_REQUESTS_PER_CONNECTION_MAX)
         .tcp_nodelay(true)
         .add_service(service(node, security.tokens))
+        .add_service(health)
+        .add_service(reflection)
         .serve_with_incoming_shutdown(tern_proto::incoming(listener), shutdown)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string());
+    lease.abort();
+    served
+}
+
+/// How often the health service re-reads the POP's lease, ms.
+pub const HEALTH_POLL_MS: u64 = 250;
+
+/// Keeps `grpc.health.v1` in step with the POP's lease: SERVING while the
+/// lease is current, NOT_SERVING while the POP holds none (it cannot run
+/// actors then, so a load balancer should send callers elsewhere).
+async fn report_lease(node: Node, reporter: tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus;
+    let mut last = None;
+    loop {
+        let ok = node.lease_ok();
+        if last != Some(ok) {
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            for name in ["", tern_proto::actor::actor_service_server::SERVICE_NAME] {
+                reporter.set_service_status(name, status).await;
+            }
+            tracing::info!(serving = ok, "health status");
+            last = Some(ok);
+        }
+        tokio::time::sleep(Duration::from_millis(HEALTH_POLL_MS)).await;
+    }
 }
 
 /// The bearer token of a request, if any.
