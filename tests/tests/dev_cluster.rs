@@ -249,3 +249,46 @@ fn endpoint_found_from_subdirectory() {
         "{err}"
     );
 }
+
+/// `tern dev` supervises its children: a directory (or a POP) killed with
+/// SIGKILL is restarted on its address, the restart is logged, and calls
+/// go on routing.
+#[test]
+fn dev_restarts_crashed_directory() {
+    use nix::sys::signal::Signal;
+    let data = tempfile::tempdir().unwrap();
+    let mut dev = DevCluster::start_with(data.path(), 1, &["--directories", "1"]);
+    let wasm = counter_wasm().to_str().unwrap();
+    dev.tern(&["deploy", "counter", wasm]).expect("deploy");
+    for (what, pid) in [
+        ("directory", dev.cluster.directories[0].pid),
+        ("POP", dev.cluster.pops[0].pid),
+    ] {
+        DevCluster::signal(pid, Signal::SIGKILL);
+        let started = std::time::Instant::now();
+        loop {
+            dev.refresh();
+            let now = if what == "POP" {
+                dev.cluster.pops[0].pid
+            } else {
+                dev.cluster.directories[0].pid
+            };
+            if now != pid {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "tern dev did not restart the {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        dev.wait_until("calls route again", 30_000, || {
+            dev.tern(&["call", "counter/r", "incr", "{\"by\": 1}"]).is_ok()
+        });
+    }
+    let log = std::fs::read_to_string(data.path().join("dev.log")).unwrap();
+    assert!(
+        log.matches("child restarted").count() >= 2,
+        "each restart is logged: {log}"
+    );
+}
