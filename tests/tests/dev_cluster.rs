@@ -34,6 +34,13 @@ fn counter_survives_process_restart() {
         sum,
         "acknowledged increments were lost"
     );
+    // The POP's log is plain text, kept across the restart.
+    let log = std::fs::read_to_string(data.path().join("pop-fra.log")).unwrap();
+    assert!(!log.contains('\x1b'), "ANSI codes in the log file");
+    assert!(
+        log.matches("serving ActorService").count() >= 2,
+        "the restarted cluster appended to the log: {log}"
+    );
 }
 
 #[test]
@@ -283,7 +290,8 @@ fn dev_restarts_crashed_directory() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         dev.wait_until("calls route again", 30_000, || {
-            dev.tern(&["call", "counter/r", "incr", "{\"by\": 1}"]).is_ok()
+            dev.tern(&["call", "counter/r", "incr", "{\"by\": 1}"])
+                .is_ok()
         });
     }
     let log = std::fs::read_to_string(data.path().join("dev.log")).unwrap();

@@ -9,3 +9,4 @@
 pub mod build;
 pub mod certs;
 pub mod lang;
+pub mod logfile;

@@ -30,6 +30,11 @@ use tokio::net::TcpListener;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Write logs to this file instead of stderr: plain text, appended,
+    /// rotated past 8 MiB (3 old files kept). `tern dev` gives its
+    /// directories and POPs DATA/<name>.log.
+    #[arg(long, global = true)]
+    log_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -494,18 +499,33 @@ impl EndpointArgs {
     }
 }
 
-fn init_logging() {
+fn init_logging(log_file: Option<&Path>) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    match log_file {
+        Some(path) => {
+            let log = tern_cli::logfile::RotatingLog::open(path)
+                .map_err(|e| format!("cannot open the log file {}: {e}", path.display()))?;
+            fmt.with_ansi(false)
+                .with_writer(std::sync::Mutex::new(log))
+                .init();
+        }
+        None => {
+            // Colour only for a person at a terminal.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            fmt.with_ansi(ansi).with_writer(std::io::stderr).init();
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    if let Err(e) = init_logging(cli.log_file.as_deref()) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1451,8 +1471,6 @@ async fn dev(a: DevArgs) -> Result<(), String> {
             ready: run.join(format!("directory-{n}.json")),
             log: data.join(format!("directory-{n}.log")),
         };
-        // A new cluster, a new log (a restart appends to it).
-        let _ = std::fs::remove_file(&spec.log);
         dirs.push(supervise::Proc::start(spec).await?);
         bar.inc(1);
     }
@@ -1484,7 +1502,6 @@ async fn dev(a: DevArgs) -> Result<(), String> {
             args.push(SocketAddr::new(m.ip(), m.port() + i as u16).to_string());
         }
         let log = data.join(format!("pop-{name}.log"));
-        let _ = std::fs::remove_file(&log);
         let spec = supervise::Spec {
             what: format!("POP {name}"),
             args,

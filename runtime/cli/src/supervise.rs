@@ -92,7 +92,10 @@ pub struct Proc {
 fn launch(spec: &Spec) -> Result<Child, String> {
     let _ = std::fs::remove_file(&spec.ready);
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let log = std::fs::OpenOptions::new()
+    // The child writes its logs itself (`--log-file`: appended, rotated);
+    // its stderr goes to the same file, for what does not go through the
+    // log (a panic's message, an early error).
+    let stderr = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&spec.log)
@@ -101,10 +104,12 @@ fn launch(spec: &Spec) -> Result<Child, String> {
         .args(&spec.args)
         .arg("--ready-file")
         .arg(&spec.ready)
+        .arg("--log-file")
+        .arg(&spec.log)
         .env("TERN_PARENT_PID", std::process::id().to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(log)
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start `tern {}`: {e}", spec.args[0]))
