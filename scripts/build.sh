@@ -6,4 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-cargo build -q -p tern-cli -p doom-lobby -p tern-sim --bins
+# Not -q: a first build takes many minutes, and cargo's progress shows it
+# is working.
+echo "building tern, doom-lobby and tern-sim (a first build takes a while) ..." >&2
+cargo build -p tern-cli -p doom-lobby -p tern-sim --bins

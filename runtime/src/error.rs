@@ -156,6 +156,9 @@ pub enum RuntimeError {
     /// A call between actors would form a cycle.
     #[error("call cycle: {0}; actor calls must not re-enter an actor that is waiting on them")]
     CallCycle(String),
+    /// A chain of calls between actors is deeper than `CALL_DEPTH_MAX`.
+    #[error("call chain too deep: {0}")]
+    CallTooDeep(String),
     /// A snapshot was taken with different code than the type runs now.
     #[error(
         "{actor} was persisted by component {snapshot_digest} ({snapshot_engine}), which is not a version of type `{ty}` (now {current_digest}); its memory is never restored into other code. Deploy that component as a version of `{ty}` again to let the actor move by state transfer"
@@ -268,6 +271,7 @@ impl RuntimeError {
             RuntimeError::CodeMismatch { .. }
             | RuntimeError::NotSnapshottable(_)
             | RuntimeError::CallCycle(_)
+            | RuntimeError::CallTooDeep(_)
             | RuntimeError::EventsTrimmed(_) => K::FailedPrecondition,
             RuntimeError::Superseded { .. }
             | RuntimeError::NotHere { .. }

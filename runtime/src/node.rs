@@ -1266,9 +1266,10 @@ impl ActorCaller for Node {
             return Err(RuntimeError::CallCycle(names.join(" -> ")));
         }
         if call.chain.len() >= CALL_DEPTH_MAX {
-            return Err(RuntimeError::CallCycle(format!(
-                "call chain deeper than CALL_DEPTH_MAX = {CALL_DEPTH_MAX}: {} -> {target}",
-                call.chain.join(" -> ")
+            return Err(RuntimeError::CallTooDeep(format!(
+                "{} -> {target} would be {} calls deep, over the limit of CALL_DEPTH_MAX = {CALL_DEPTH_MAX}; make fewer nested calls",
+                call.chain.join(" -> "),
+                call.chain.len() + 1
             )));
         }
         let mut req = CallRequest::new(call.ty, call.id, call.method, call.payload);
