@@ -300,3 +300,66 @@ fn dev_restarts_crashed_directory() {
         "each restart is logged: {log}"
     );
 }
+
+/// `tern new NAME` makes a crate outside any workspace that `tern build`
+/// builds as it stands, and that deploys and answers.
+#[test]
+fn tern_new_scaffolds_buildable_actor() {
+    let root = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(tern_tests::tern_bin())
+            .args(args)
+            .current_dir(root.path())
+            // Reuse the workspace's guest builds of the same dependencies.
+            .env(
+                "TERN_GUEST_TARGET_DIR",
+                tern_tests::workspace().join("target/guest"),
+            )
+            .output()
+            .expect("run tern");
+        assert!(
+            out.status.success(),
+            "tern {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let dir = run(&["new", "my-actor"]);
+    assert_eq!(dir, "my-actor");
+    let manifest = std::fs::read_to_string(root.path().join("my-actor/Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("tern-actor-sdk") && manifest.contains("serde"),
+        "{manifest}"
+    );
+    // The README shows this Cargo.toml, line for line (but the SDK's path).
+    let readme = std::fs::read_to_string(tern_tests::workspace().join("README.md")).unwrap();
+    let start = readme.find("```toml").expect("README shows the Cargo.toml") + 7;
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    for line in block.lines().filter(|l| !l.trim().is_empty()) {
+        if line.starts_with("tern-actor-sdk = { path") {
+            continue;
+        }
+        assert!(
+            manifest.lines().any(|m| m == line),
+            "README line {line:?} is not in the scaffold: {manifest}"
+        );
+    }
+    // A second `tern new` into the same place is refused.
+    let again = std::process::Command::new(tern_tests::tern_bin())
+        .args(["new", "my-actor"])
+        .current_dir(root.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+    let built = run(&["build", "my-actor"]);
+    let wasm = built.lines().last().expect("the .wasm path").to_string();
+    assert!(wasm.ends_with(".wasm"), "{built}");
+    let data = tempfile::tempdir().unwrap();
+    let dev = DevCluster::start(data.path());
+    dev.tern(&["deploy", "mine", &wasm]).expect("deploy");
+    let out = dev
+        .tern(&["call", "mine/x", "incr", "{\"by\": 7}"])
+        .expect("call");
+    assert_eq!(json(&out)["value"], 7);
+}

@@ -10,3 +10,4 @@ pub mod build;
 pub mod certs;
 pub mod lang;
 pub mod logfile;
+pub mod scaffold;

@@ -39,6 +39,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Make a new actor crate NAME (a directory of that name, or --dir):
+    /// Cargo.toml depending on the SDK and serde, a counter to start from,
+    /// and a unit test. `tern build DIR` builds it as it stands.
+    New {
+        /// The crate's name.
+        name: String,
+        /// Where to put it (default: ./NAME); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Use the SDK from this `actor-sdk` directory (default: the one of
+        /// the checkout this tern was built from).
+        #[arg(long, conflicts_with = "sdk_git")]
+        sdk_path: Option<PathBuf>,
+        /// Use the SDK from this git repository instead.
+        #[arg(long)]
+        sdk_git: Option<String>,
+    },
     /// Build an actor into a component: a Rust crate (cargo), a Python
     /// actor (app.py; componentize-py) or a JavaScript actor (package.json;
     /// componentize-js). Prints the .wasm path last.
@@ -589,6 +606,35 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Dev(args) => dev(args).await,
+        Cmd::New {
+            name,
+            dir,
+            sdk_path,
+            sdk_git,
+        } => {
+            use tern_cli::scaffold::{Sdk, default_sdk, scaffold};
+            let sdk = match (sdk_path, sdk_git) {
+                (Some(p), _) => Sdk::Path(
+                    std::fs::canonicalize(&p)
+                        .map_err(|e| format!("--sdk-path {}: {e}", p.display()))?,
+                ),
+                (None, Some(url)) => Sdk::Git(url),
+                (None, None) => default_sdk().ok_or(
+                    "this tern was not built from a checkout that is still here: give --sdk-path DIR (a tern checkout's actor-sdk) or --sdk-git URL",
+                )?,
+            };
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let files = scaffold(&dir, &name, &sdk)?;
+            for f in files {
+                eprintln!("created {}", f.display());
+            }
+            println!("{}", dir.display());
+            eprintln!(
+                "next: tern build {}   (then tern deploy TYPE <the .wasm it prints>)",
+                dir.display()
+            );
+            Ok(())
+        }
         Cmd::Certs { dir, pops, sans } => {
             let c = certs::generate(&dir, &pops, &sans)?;
             println!("CA          {}", c.ca.display());
