@@ -363,3 +363,62 @@ fn tern_new_scaffolds_buildable_actor() {
         .expect("call");
     assert_eq!(json(&out)["value"], 7);
 }
+
+/// SIGTERM to `tern dev`'s whole process group (what Ctrl-C does) stops
+/// the cluster in order: POPs persist and release their actors before the
+/// directories go, so no release fails and an `idle` actor's state is kept.
+#[test]
+fn group_sigterm_stops_the_cluster_in_order() {
+    use std::os::unix::process::CommandExt;
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("cluster.json");
+    let mut child = std::process::Command::new(tern_tests::tern_bin())
+        .args(["dev", "--base-port", "0", "--pops", "2", "--data"])
+        .arg(data.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(data.path().join("dev.log")).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !tern_client::ClusterFile::read(&file).is_ok_and(|c| c.pid == child.id()) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "no cluster file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let cluster = tern_client::ClusterFile::read(&file).unwrap();
+    let endpoint = cluster.pops[0].endpoint.clone();
+    let tern = |args: &[&str]| {
+        let out = std::process::Command::new(tern_tests::tern_bin())
+            .args(args)
+            .args(["--endpoint", &endpoint, "--data"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let wasm = counter_wasm().to_str().unwrap();
+    tern(&["deploy", "lazy", wasm, "--durability", "idle"]);
+    tern(&["call", "lazy/g", "incr", "{\"by\": 4}"]);
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "tern dev exited with {status}");
+    for name in ["fra", "iad"] {
+        let log = std::fs::read_to_string(data.path().join(format!("pop-{name}.log"))).unwrap();
+        assert!(!log.contains("release failed"), "pop {name}: {log}");
+    }
+    let dev = DevCluster::start(data.path());
+    let out = dev.tern(&["call", "lazy/g", "get"]).expect("get");
+    assert_eq!(json(&out)["value"], 4, "the idle actor was persisted");
+}

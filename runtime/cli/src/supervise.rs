@@ -107,6 +107,11 @@ fn launch(spec: &Spec) -> Result<Child, String> {
         .arg("--log-file")
         .arg(&spec.log)
         .env("TERN_PARENT_PID", std::process::id().to_string())
+        // A process group of its own: Ctrl-C or a SIGTERM to `tern dev`'s
+        // group reaches `tern dev` alone, which stops the POPs (they
+        // persist and release their actors) before the directories they
+        // release through.
+        .process_group(0)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(stderr)
