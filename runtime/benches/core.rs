@@ -501,6 +501,12 @@ mod echo {
         ) -> Result<Response<pb::RevokeTokenReply>, Status> {
             no()
         }
+        async fn logs(
+            &self,
+            _: Request<pb::LogsRequest>,
+        ) -> Result<Response<pb::LogsReply>, Status> {
+            no()
+        }
         type SubscribeStream = tokio_stream::Empty<Result<pb::Event, Status>>;
         async fn subscribe(
             &self,

@@ -48,6 +48,9 @@ pub struct NestedCall<'a> {
 pub trait ActorCaller: Send + Sync {
     /// Makes a nested call and waits for its reply. Blocks.
     fn call_blocking(&self, call: NestedCall<'_>) -> Result<Vec<u8>>;
+
+    /// Keeps a line the guest logged (for `tern logs`). Default: nothing.
+    fn guest_log(&self, _actor: &str, _level: Level, _message: &str) {}
 }
 
 /// The idempotency key of the `n`-th nested call of a turn keyed `base`.
@@ -131,6 +134,7 @@ impl tern::actor::types::Host for HostState {}
 impl tern::actor::host::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
         let actor = format!("{}/{}", self.actor_type, self.actor_id);
+        self.caller.guest_log(&actor, level, &message);
         match level {
             Level::Trace => tracing::trace!(target: "tern::guest", %actor, "{message}"),
             Level::Debug => tracing::debug!(target: "tern::guest", %actor, "{message}"),

@@ -19,6 +19,7 @@ pub mod feeds;
 pub mod flag;
 pub mod globals;
 pub mod grpc;
+pub mod guestlog;
 pub mod hostmem;
 pub mod idem;
 pub mod instance;

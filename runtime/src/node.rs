@@ -331,6 +331,8 @@ pub(crate) struct NodeInner {
     pub(crate) started_wall_ms: u64,
     /// Subscribers of actors' events held here.
     pub(crate) feeds: Arc<crate::feeds::Feeds>,
+    /// Recent guest log lines of the actors that ran here.
+    pub(crate) guest_logs: crate::guestlog::GuestLogs,
 }
 
 /// A POP node. Cheap to clone.
@@ -448,6 +450,7 @@ impl NodeBuilder {
                 started: tokio::time::Instant::now(),
                 started_wall_ms,
                 feeds: Arc::default(),
+                guest_logs: crate::guestlog::GuestLogs::default(),
             }),
         };
         node.spawn_heartbeat();
@@ -811,6 +814,22 @@ impl Node {
     /// server drains its streams on shutdown).
     pub fn close_subscriptions(&self) {
         self.inner.feeds.close();
+    }
+
+    /// The newest `limit` guest log lines `actor_type/id` logged at this
+    /// POP (oldest first).
+    pub fn guest_logs(
+        &self,
+        actor_type: &str,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::guestlog::LogLine>> {
+        check_name("actor type", actor_type, ACTOR_NAME_BYTES_MAX)?;
+        check_name("actor id", id, ACTOR_NAME_BYTES_MAX)?;
+        Ok(self
+            .inner
+            .guest_logs
+            .recent(&format!("{actor_type}/{id}"), limit))
     }
 
     /// Subscribers held at this POP.
@@ -1258,6 +1277,20 @@ const LEARN_PEERS_ATTEMPTS: u32 = 10;
 const NESTED_CALL_SLACK: Duration = Duration::from_millis(100);
 
 impl ActorCaller for Node {
+    fn guest_log(&self, actor: &str, level: crate::instance::Level, message: &str) {
+        use crate::instance::Level as L;
+        let level = match level {
+            L::Trace => "trace",
+            L::Debug => "debug",
+            L::Info => "info",
+            L::Warn => "warn",
+            L::Error => "error",
+        };
+        self.inner
+            .guest_logs
+            .push(actor, level, message, self.now_ms());
+    }
+
     fn call_blocking(&self, call: NestedCall<'_>) -> Result<Vec<u8>> {
         let target = format!("{}/{}", call.ty, call.id);
         if call.chain.contains(&target) {

@@ -109,3 +109,35 @@ fn health_and_reflection_served() {
         "the POP serves again once it has a lease",
     );
 }
+
+/// `tern logs TYPE/ID` shows what an actor logged, asked at a POP where it
+/// never ran: every live POP is asked and the lines merged.
+#[test]
+fn tern_logs_shows_an_actors_lines_wherever_it_ran() {
+    let data = tempfile::tempdir().unwrap();
+    let dev = DevCluster::start_pops(data.path(), 2);
+    let wasm = tern_tests::counter_wasm().to_str().unwrap();
+    dev.tern_at("fra", &["deploy", "counter", wasm])
+        .expect("deploy");
+    dev.tern_at(
+        "fra",
+        &[
+            "call",
+            "counter/a",
+            "call_other",
+            r#"{"type": "counter", "id": "b", "method": "get"}"#,
+        ],
+    )
+    .expect("call_other logs a line");
+    let out = dev.tern_at("iad", &["logs", "counter/a"]).expect("logs");
+    assert!(
+        out.contains("call_other -> counter/b.get") && out.contains(" fra "),
+        "the line and the POP it was logged at: {out}"
+    );
+    let none = dev
+        .tern_at("iad", &["logs", "counter/nobody"])
+        .expect("logs");
+    assert!(none.is_empty(), "{none}");
+    let err = dev.tern_at("iad", &["logs", "no-slash"]).unwrap_err();
+    assert!(err.contains("TYPE/ID"), "{err}");
+}

@@ -265,6 +265,18 @@ enum Cmd {
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
+    /// Show an actor's recent log lines (what it logged through the SDK),
+    /// wherever it ran: every live POP is asked for the lines it kept
+    /// (the newest 200 per actor) and they are merged by time.
+    Logs {
+        /// The actor, as TYPE/ID.
+        actor: String,
+        /// Show at most this many (the newest).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
     /// Show a POP's state.
     Status {
         /// Print JSON.
@@ -885,6 +897,67 @@ async fn run(cli: Cli) -> Result<(), String> {
             req.idempotency_key = idempotency_key.unwrap_or_default();
             let reply = client.call(req).await.map_err(status_error)?.into_inner();
             println!("{}", String::from_utf8_lossy(&reply.payload));
+            Ok(())
+        }
+        Cmd::Logs {
+            actor,
+            limit,
+            endpoint,
+        } => {
+            let (ty, id) = actor.split_once('/').ok_or_else(|| {
+                format!("actor `{actor}` must be written TYPE/ID, e.g. counter/a")
+            })?;
+            let (first, creds) = endpoint.resolve()?;
+            let mut client = connect(&first, &creds).await.map_err(|e| e.to_string())?;
+            let s = client
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let mut pops: Vec<(String, String)> = s
+                .pops
+                .iter()
+                .filter(|p| p.alive)
+                .map(|p| (p.name.clone(), p.endpoint.clone()))
+                .collect();
+            if pops.is_empty() {
+                pops.push((s.pop.clone(), first.clone()));
+            }
+            let mut lines = Vec::new();
+            for (name, ep) in &pops {
+                let got = async {
+                    let mut c = connect(ep, &creds).await.map_err(|e| e.to_string())?;
+                    c.logs(pb::LogsRequest {
+                        r#type: ty.to_string(),
+                        id: id.to_string(),
+                        limit,
+                    })
+                    .await
+                    .map_err(status_error)
+                }
+                .await;
+                match got {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        lines.extend(r.lines.into_iter().map(|l| (l, r.pop.clone())));
+                    }
+                    Err(e) => eprintln!("warning: POP {name} did not answer: {e}"),
+                }
+            }
+            lines.sort_by_key(|(l, _)| l.at_ms);
+            let skip = lines.len().saturating_sub(limit as usize);
+            if lines.is_empty() {
+                eprintln!("no log lines of {actor} are kept at any live POP");
+            }
+            for (l, pop) in lines.into_iter().skip(skip) {
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(l.at_ms);
+                println!(
+                    "{} {:5} {pop} {}",
+                    humantime::format_rfc3339_millis(at),
+                    l.level,
+                    l.message
+                );
+            }
             Ok(())
         }
         Cmd::Subscribe {

@@ -464,6 +464,28 @@ impl ActorService for ActorServiceImpl {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<pb::LogsReply>, Status> {
+        self.authorize(&req, Need::Deploy(&req.get_ref().r#type))?;
+        let r = req.into_inner();
+        let limit = if r.limit == 0 {
+            usize::MAX
+        } else {
+            r.limit as usize
+        };
+        let lines = self.node.guest_logs(&r.r#type, &r.id, limit)?;
+        Ok(Response::new(pb::LogsReply {
+            lines: lines
+                .into_iter()
+                .map(|l| pb::LogLine {
+                    at_ms: l.at_ms,
+                    level: l.level.to_string(),
+                    message: l.message,
+                })
+                .collect(),
+            pop: self.node.name().to_string(),
+        }))
+    }
+
     async fn revoke_token(
         &self,
         req: Request<pb::RevokeTokenRequest>,
