@@ -261,6 +261,15 @@ impl GrpcDirectory {
     /// Runs `f` on a blocking thread, within the per-request deadline. At
     /// the deadline the caller gets `DEADLINE_EXCEEDED`; the blocking call
     /// itself cannot be cancelled and finishes on its own.
+    /// A span for handling `req`, joined to the caller's trace.
+    fn traced<T>(req: &Request<T>, name: &'static str, actor: &str) -> tracing::Span {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let span = tracing::debug_span!("directory", op = name, actor = %actor);
+        // (An error only means no trace layer records spans here.)
+        let _ = span.set_parent(tern_proto::trace::extract(req.metadata()));
+        span
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Core) -> Result<T, DirectoryError> + Send + 'static,
@@ -333,8 +342,10 @@ impl DirectoryService for GrpcDirectory {
         req: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupReply>, Status> {
         self.acting_pop(&req)?;
+        let span = Self::traced(&req, "lookup", &req.get_ref().actor);
         let r = req.into_inner();
-        let h = self.run(move |c| c.lookup(&r.actor)).await?;
+        let h =
+            tracing::Instrument::instrument(self.run(move |c| c.lookup(&r.actor)), span).await?;
         Ok(Response::new(pb::LookupReply {
             active: h.map(to_pb),
         }))
@@ -346,11 +357,14 @@ impl DirectoryService for GrpcDirectory {
     ) -> Result<Response<pb::ClaimReply>, Status> {
         use pb::claim_reply::Outcome;
         let acting = self.acting_pop(&req)?;
+        let span = Self::traced(&req, "claim", &req.get_ref().actor);
         let r = req.into_inner();
         Self::must_be(&acting, &r.pop, "claim")?;
-        let out = self
-            .run(move |c| c.claim_once(&r.actor, &r.pop, r.incarnation, r.request_token))
-            .await?;
+        let out = tracing::Instrument::instrument(
+            self.run(move |c| c.claim_once(&r.actor, &r.pop, r.incarnation, r.request_token)),
+            span,
+        )
+        .await?;
         let outcome = match out {
             ClaimOutcome::Granted { epoch, head_seq } => {
                 Outcome::Granted(pb::Granted { epoch, head_seq })

@@ -17,6 +17,55 @@ pub mod directory {
 
 pub mod tls;
 
+/// W3C trace context (`traceparent`, `tracestate`) in gRPC metadata, through
+/// the process's global propagator (none is set unless traces are
+/// exported, and then these do nothing).
+pub mod trace {
+    use opentelemetry::propagation::{Extractor, Injector};
+    use tonic::metadata::{KeyRef, MetadataKey, MetadataMap, MetadataValue};
+
+    struct Inject<'a>(&'a mut MetadataMap);
+
+    impl Injector for Inject<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(k), Ok(v)) = (
+                MetadataKey::from_bytes(key.as_bytes()),
+                MetadataValue::try_from(value.as_str()),
+            ) {
+                self.0.insert(k, v);
+            }
+        }
+    }
+
+    struct Extract<'a>(&'a MetadataMap);
+
+    impl Extractor for Extract<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.0
+                .keys()
+                .filter_map(|k| match k {
+                    KeyRef::Ascii(k) => Some(k.as_str()),
+                    KeyRef::Binary(_) => None,
+                })
+                .collect()
+        }
+    }
+
+    /// Puts `cx`'s trace context into an outgoing request's metadata.
+    pub fn inject(cx: &opentelemetry::Context, md: &mut MetadataMap) {
+        opentelemetry::global::get_text_map_propagator(|p| p.inject_context(cx, &mut Inject(md)));
+    }
+
+    /// The trace context an incoming request carries (empty if none).
+    pub fn extract(md: &MetadataMap) -> opentelemetry::Context {
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extract(md)))
+    }
+}
+
 /// The standard `grpc.health.v1.Health` service (its reporter sets what
 /// it answers) and server reflection (`grpc.reflection.v1`) over tern's
 /// descriptors, so grpcurl and standard health probes work. Neither needs

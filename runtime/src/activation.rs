@@ -153,24 +153,27 @@ impl Node {
         id: String,
         handle: Arc<Handle>,
         mut rx: mpsc::Receiver<Msg>,
+        origin: tracing::Span,
     ) {
         let key = handle.key.clone();
         let started = Instant::now();
         handle.busy.store(true, Ordering::Release);
-        let claim = match self.inner.dir.claim(&key).await {
-            Ok(ClaimOutcome::Granted { epoch, head_seq }) => (epoch, head_seq),
-            Ok(ClaimOutcome::Held(o)) => {
-                // Every queued caller re-routes to the holder.
-                self.inner.peers.learn(&o.endpoint);
-                fail_queued(&mut rx, || Delivered::Held(o.clone())).await;
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(actor = %key, error = %e, "claim failed");
-                fail_queued_with(&mut rx, &e).await;
-                return;
-            }
-        };
+        let claim_span = tracing::debug_span!(parent: &origin, "claim", actor = %key);
+        let claim =
+            match tracing::Instrument::instrument(self.inner.dir.claim(&key), claim_span).await {
+                Ok(ClaimOutcome::Granted { epoch, head_seq }) => (epoch, head_seq),
+                Ok(ClaimOutcome::Held(o)) => {
+                    // Every queued caller re-routes to the holder.
+                    self.inner.peers.learn(&o.endpoint);
+                    fail_queued(&mut rx, || Delivered::Held(o.clone())).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(actor = %key, error = %e, "claim failed");
+                    fail_queued_with(&mut rx, &e).await;
+                    return;
+                }
+            };
         let node = self.clone();
         let (at, idc) = (actor_type.clone(), id.clone());
         let vclock = self.inner.turns.vclock();
@@ -179,10 +182,16 @@ impl Node {
             .type_config(&actor_type)
             .map(|c| unknown_cost(&c.limits))
             .unwrap_or(0);
+        let restore = tracing::debug_span!(parent: &origin, "restore", actor = %key);
+        // The activation outlives the call that made it: holding its span
+        // would keep that call's trace open.
+        drop(origin);
         let act = self
             .inner
             .turns
-            .run(vclock, cost, move || node.activate(&at, &idc, claim))
+            .run(vclock, cost, move || {
+                restore.in_scope(|| node.activate(&at, &idc, claim))
+            })
             .await;
         let mut act = match act {
             Ok((Ok(a), _)) => Box::new(a),
@@ -336,7 +345,7 @@ impl Node {
                         });
                         continue;
                     }
-                    let (back, res, fatal) = self.turn(act, &req, route).await;
+                    let (back, res, fatal) = self.turn(act, &req, *route).await;
                     let Some(back) = back else {
                         // The turn panicked on its thread: the activation
                         // is gone.
@@ -548,10 +557,20 @@ impl Node {
         let idem_key = req.idempotency_key.clone();
         let deadline = route.deadline;
         let chain = route.chain;
+        // A child of the call's span; the guest's log lines are its events,
+        // its nested calls its children.
+        let span = tracing::debug_span!(
+            parent: route.span.as_ref().and_then(|s| s.id()),
+            "turn",
+            actor = %act.key,
+            method = %req.method,
+        );
+        let turn_span = span.clone();
         let ran = self
             .inner
             .turns
             .run(prio, cost, move || {
+                let _in_turn = span.enter();
                 let out = act.run_guest(
                     &node,
                     TurnInput {
@@ -637,7 +656,8 @@ impl Node {
             );
         }
         if must_persist {
-            if let Err(e) = act.persist(self).await {
+            let persisted = tracing::Instrument::instrument(act.persist(self), turn_span);
+            if let Err(e) = persisted.await {
                 // Memory is ahead of the store: the activation must end.
                 return (Some(act), Err(e), true);
             }
@@ -1064,7 +1084,8 @@ impl Activation {
             due: outbox.due,
             events: outbox.events,
         };
-        match node.inner.committer.commit(req).await {
+        let span = tracing::debug_span!("commit", actor = %self.key);
+        match tracing::Instrument::instrument(node.inner.committer.commit(req), span).await {
             Ok(seq) => {
                 node.inner.counters.commits.fetch_add(1, Ordering::Relaxed);
                 self.head_seq = seq;

@@ -89,6 +89,9 @@ pub struct Route {
     /// When the caller stops waiting (default: [`CALL_DEADLINE_MS_DEFAULT`]
     /// from arrival).
     pub deadline: Option<tokio::time::Instant>,
+    /// The call's span (set by routing): the turn it runs is its child,
+    /// though the turn runs on another task.
+    pub span: Option<tracing::Span>,
 }
 
 /// A successful call's result.
@@ -1312,7 +1315,10 @@ impl ActorCaller for Node {
             chain: call.chain.to_vec(),
             via: None,
             deadline: call.deadline,
+            span: None,
         };
+        // A child of the turn's span, which is current on this thread.
+        let span = tracing::debug_span!("nested call", to = %target, method = %call.method);
         let rt = self.inner.rt.clone();
         let deadline = call.deadline;
         if !self.inner.turns.may_block() {
@@ -1325,7 +1331,7 @@ impl ActorCaller for Node {
         self.inner
             .turns
             .block_on(&rt, async move {
-                let fut = node.route(req, route);
+                let fut = tracing::Instrument::instrument(node.route(req, route), span);
                 match deadline {
                     Some(d) => tokio::time::timeout_at(d + NESTED_CALL_SLACK, fut)
                         .await

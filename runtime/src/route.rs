@@ -93,7 +93,18 @@ impl Node {
     }
 
     /// Routes a call, returning where it went.
-    pub async fn dispatch(&self, mut req: CallRequest, mut route: Route) -> Result<Routed> {
+    pub async fn dispatch(&self, req: CallRequest, mut route: Route) -> Result<Routed> {
+        let span = tracing::debug_span!(
+            "route",
+            actor = %format!("{}/{}", req.actor_type, req.id),
+            method = %req.method,
+            pop = %self.inner.name,
+        );
+        route.span = Some(span.clone());
+        tracing::Instrument::instrument(self.dispatch_in_span(req, route), span).await
+    }
+
+    async fn dispatch_in_span(&self, mut req: CallRequest, mut route: Route) -> Result<Routed> {
         check_call(&req)?;
         if self
             .inner
@@ -164,7 +175,9 @@ impl Node {
                     if req.idempotency_key.is_none() {
                         req.idempotency_key = Some(self.forward_key());
                     }
-                    match self.hop(&key, &owner, &req, &route, deadline).await? {
+                    let hop = self.hop(&key, &owner, &req, &route, deadline);
+                    let span = tracing::debug_span!("forward", to = %owner.pop);
+                    match tracing::Instrument::instrument(hop, span).await? {
                         Hop::Reply(out) => return Ok(Routed::Done(out)),
                         Hop::NotHere { moved_to } => {
                             self.inner.dir.invalidate(&key);
@@ -249,7 +262,7 @@ impl Node {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let msg = Msg::Call {
                 req: req.clone(),
-                route: route.clone(),
+                route: Box::new(route.clone()),
                 reply: tx,
             };
             self.deliver(key, &req.actor_type, &req.id, ty, msg).await?;

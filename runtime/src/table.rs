@@ -37,7 +37,8 @@ const ADMIT_EVICTIONS_MAX: usize = 8;
 pub(crate) enum Msg {
     Call {
         req: CallRequest,
-        route: Route,
+        /// Boxed: a route (with its span) is the bulk of the message.
+        route: Box<Route>,
         reply: oneshot::Sender<Delivered>,
     },
     /// Persist, release and end.
@@ -311,10 +312,13 @@ impl Node {
                 let node = self.clone();
                 let (actor_type, id) = (actor_type.to_string(), id.to_string());
                 let h = handle.clone();
+                // The call that activates the actor: its claim and restore
+                // are traced as its children.
+                let origin = tracing::Span::current();
                 tokio::spawn(async move {
                     let _guard = guard;
                     let key = h.key.clone();
-                    let run = node.run_activation(actor_type, id, h, rx);
+                    let run = node.run_activation(actor_type, id, h, rx, origin);
                     if let Err(p) = AssertUnwindSafe(run).catch_unwind().await {
                         metrics::counter!("tern_activation_panics_total").increment(1);
                         tracing::error!(actor = %key, panic = %panic_message(p.as_ref()), "activation task panicked; it was removed and its queued calls failed");

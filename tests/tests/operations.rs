@@ -141,3 +141,146 @@ fn tern_logs_shows_an_actors_lines_wherever_it_ran() {
     let err = dev.tern_at("iad", &["logs", "no-slash"]).unwrap_err();
     assert!(err.contains("TYPE/ID"), "{err}");
 }
+
+/// An in-process OTLP collector: every span exported to it, as
+/// (trace id, service name, span name).
+mod collector {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+
+    /// (trace id, service name, span name).
+    pub type Spans = Arc<Mutex<Vec<(Vec<u8>, String, String)>>>;
+    /// Every span event's name (tracing-opentelemetry puts a log line's
+    /// message there).
+    pub type Events = Arc<Mutex<Vec<String>>>;
+
+    struct Collector(Spans, Events);
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            req: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut got = self.0.lock().unwrap();
+            for rs in req.into_inner().resource_spans {
+                let service = rs
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|a| a.key == "service.name")
+                    .and_then(|a| a.value.as_ref())
+                    .and_then(|v| match &v.value {
+                        Some(Value::StringValue(s)) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                for ss in rs.scope_spans {
+                    for s in ss.spans {
+                        self.1
+                            .lock()
+                            .unwrap()
+                            .extend(s.events.iter().map(|e| e.name.clone()));
+                        got.push((s.trace_id, service.clone(), s.name));
+                    }
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }))
+        }
+    }
+
+    /// Serves a collector on a loopback port; returns its URL and spans.
+    pub async fn start() -> (String, Spans, Events) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let spans = Spans::default();
+        let events = Events::default();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(Collector(
+                    spans.clone(),
+                    events.clone(),
+                )))
+                .serve_with_incoming(tern_proto::incoming(listener)),
+        );
+        (url, spans, events)
+    }
+}
+
+/// A nested call forwarded from one POP to another yields one trace with
+/// spans from both POPs: the W3C trace context travels in gRPC metadata.
+#[test]
+fn trace_spans_cross_pops() {
+    use tern_tests::metro::*;
+    let rt = runtime();
+    let (url, spans, events) = rt.block_on(collector::start());
+    let data = tempfile::tempdir().unwrap();
+    let dev = DevCluster::start_with(data.path(), 2, &["--otlp-endpoint", &url]);
+    let wasm = tern_tests::counter_wasm().to_str().unwrap();
+    dev.tern(&["deploy", "fixed", wasm, "--follow-caller", "false"])
+        .expect("deploy");
+    rt.block_on(async {
+        // b lives at iad, a at fra; a calls b.
+        let ny = dev.client(NEW_YORK);
+        let r = ny
+            .call("fixed", "b", "get", Vec::new(), None)
+            .await
+            .unwrap();
+        assert_eq!(r.reply.pop, "iad");
+        let paris = dev.client(PARIS);
+        let body = br#"{"type": "fixed", "id": "b", "method": "get"}"#.to_vec();
+        let r = paris
+            .call("fixed", "a", "call_other", body, None)
+            .await
+            .unwrap();
+        assert_eq!(r.reply.pop, "fra");
+    });
+    // One trace must hold the call at fra, its turn, the nested call, its
+    // forward, and the call, route and turn it caused at iad. The
+    // exporters batch (every 5 s by default): wait, bounded.
+    let want = [
+        ("tern-pop-fra", "call"),
+        ("tern-pop-fra", "turn"),
+        ("tern-pop-fra", "nested call"),
+        ("tern-pop-fra", "forward"),
+        ("tern-pop-iad", "call"),
+        ("tern-pop-iad", "route"),
+        ("tern-pop-iad", "turn"),
+    ];
+    let started = Instant::now();
+    loop {
+        let got = spans.lock().unwrap().clone();
+        let complete = got.iter().any(|(t, svc, name)| {
+            svc == "tern-pop-fra"
+                && name == "nested call"
+                && want
+                    .iter()
+                    .all(|(ws, wn)| got.iter().any(|(u, s, n)| u == t && s == ws && n == wn))
+        });
+        if complete {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no trace holds all of {want:?}; spans: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The actor's log line is an event of its turn.
+    let events = events.lock().unwrap().clone();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("call_other -> fixed/b.get")),
+        "the guest's log line is not a span event: {events:?}"
+    );
+}

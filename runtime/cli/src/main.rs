@@ -35,6 +35,13 @@ struct Cli {
     /// directories and POPs DATA/<name>.log.
     #[arg(long, global = true)]
     log_file: Option<PathBuf>,
+    /// Export OpenTelemetry traces over OTLP/gRPC to this collector
+    /// (`http://127.0.0.1:4317`). Spans: route, forward, claim, restore,
+    /// turn (the actor's log lines are its events), nested call, commit;
+    /// the W3C `traceparent` travels in gRPC metadata between clients,
+    /// POPs and directories. `tern dev` passes it to its children.
+    #[arg(long, global = true, env = "TERN_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -528,33 +535,92 @@ impl EndpointArgs {
     }
 }
 
-fn init_logging(log_file: Option<&Path>) -> Result<(), String> {
+/// The name a process reports its spans under.
+fn service_name(cmd: &Cmd) -> String {
+    match cmd {
+        Cmd::Pop { name, .. } => format!("tern-pop-{name}"),
+        Cmd::Directory { .. } => "tern-directory".into(),
+        Cmd::Dev(_) => "tern-dev".into(),
+        _ => "tern-cli".into(),
+    }
+}
+
+/// Sets up logs (stderr or `--log-file`) and, with `--otlp-endpoint`,
+/// trace export. Must run inside the tokio runtime (the exporter's gRPC
+/// channel lives on it). Returns the tracer provider, to flush at exit.
+fn init_logging(
+    log_file: Option<&Path>,
+    otlp: Option<&str>,
+    service: String,
+) -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, String> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
-    match log_file {
+    let fmt = match log_file {
         Some(path) => {
             let log = tern_cli::logfile::RotatingLog::open(path)
                 .map_err(|e| format!("cannot open the log file {}: {e}", path.display()))?;
-            fmt.with_ansi(false)
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
                 .with_writer(std::sync::Mutex::new(log))
-                .init();
+                .boxed()
         }
         None => {
             // Colour only for a person at a terminal.
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            fmt.with_ansi(ansi).with_writer(std::io::stderr).init();
+            tracing_subscriber::fmt::layer()
+                .with_ansi(ansi)
+                .with_writer(std::io::stderr)
+                .boxed()
         }
-    }
-    Ok(())
+    };
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    let Some(url) = otlp else {
+        registry.init();
+        return Ok(None);
+    };
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(url)
+        .with_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| format!("--otlp-endpoint {url}: {e}"))?;
+    // Spans leave at least every second (the SDK's default is 5 s).
+    let batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
+        .with_batch_config(
+            opentelemetry_sdk::trace::BatchConfigBuilder::default()
+                .with_scheduled_delay(std::time::Duration::from_secs(1))
+                .build(),
+        )
+        .build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_span_processor(batch)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build(),
+        )
+        .build();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("tern"))
+        .with_filter(tracing_subscriber::filter::Targets::new().with_targets([
+            ("tern", tracing::Level::DEBUG),
+            ("tern_runtime", tracing::Level::DEBUG),
+            ("tern_directory", tracing::Level::DEBUG),
+        ]));
+    registry.with(otel).init();
+    Ok(Some(provider))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_logging(cli.log_file.as_deref()) {
-        eprintln!("error: {e}");
-        return ExitCode::FAILURE;
-    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -565,13 +631,35 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let tracer = {
+        let _in_rt = rt.enter();
+        match init_logging(
+            cli.log_file.as_deref(),
+            cli.otlp_endpoint.as_deref(),
+            service_name(&cli.cmd),
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let code = match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    };
+    if let Some(t) = tracer {
+        // Flush the spans still batched (bounded by the exporter's timeout).
+        let _in_rt = rt.enter();
+        if let Err(e) = t.shutdown() {
+            eprintln!("warning: could not flush traces: {e}");
+        }
     }
+    code
 }
 
 /// A status as the CLI prints it: the code as gRPC names it (the README's
@@ -605,6 +693,7 @@ fn code_name(code: tonic::Code) -> &'static str {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    let otlp = cli.otlp_endpoint.clone();
     match cli.cmd {
         Cmd::Build {
             path,
@@ -617,7 +706,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("{}", out.display());
             Ok(())
         }
-        Cmd::Dev(args) => dev(args).await,
+        Cmd::Dev(args) => dev(args, otlp).await,
         Cmd::New {
             name,
             dir,
@@ -1500,7 +1589,7 @@ fn lock_data_dir(data: &Path) -> Result<std::fs::File, String> {
     }
 }
 
-async fn dev(a: DevArgs) -> Result<(), String> {
+async fn dev(a: DevArgs, otlp: Option<String>) -> Result<(), String> {
     let DevArgs {
         pops,
         directories,
@@ -1527,8 +1616,12 @@ async fn dev(a: DevArgs) -> Result<(), String> {
     let store_url = format!("sqlite:{}", data.join("tern.db").display());
     let tls_dir = data.join("tls");
     let token_file = data.join("admin.token");
-    // Security flags every child gets.
+    // Flags every child gets: security, and where traces go.
     let mut secure_args: Vec<String> = Vec::new();
+    if let Some(url) = &otlp {
+        secure_args.push("--otlp-endpoint".into());
+        secure_args.push(url.clone());
+    }
     if insecure {
         secure_args.push("--insecure".into());
         eprintln!(

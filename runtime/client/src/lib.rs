@@ -359,6 +359,10 @@ impl TernClient {
         idempotency_key: Option<String>,
     ) -> std::result::Result<Called, tonic::Status> {
         use std::sync::atomic::Ordering::Relaxed;
+        use tracing::Instrument;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let span =
+            tracing::debug_span!("client call", actor = %format!("{actor_type}/{id}"), method);
         let mut req = call_request(actor_type, id, method, payload);
         req.idempotency_key = idempotency_key.unwrap_or_default();
         let mut backoff = CLIENT_BACKOFF_MS;
@@ -368,7 +372,9 @@ impl TernClient {
             let mut c = self.clients[i].clone();
             let mut r = tonic::Request::new(req.clone());
             r.set_timeout(Duration::from_millis(CALL_MS_DEFAULT));
-            match c.call(r).await {
+            // The POP's spans join the caller's trace (W3C traceparent).
+            tern_proto::trace::inject(&span.context(), r.metadata_mut());
+            match c.call(r).instrument(span.clone()).await {
                 Ok(r) => {
                     return Ok(Called {
                         reply: r.into_inner(),

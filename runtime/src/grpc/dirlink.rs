@@ -256,6 +256,7 @@ impl DirectoryLink {
     fn req<T>(msg: T, within: Duration) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         r.set_timeout(within);
+        super::inject_trace(r.metadata_mut());
         r
     }
 }

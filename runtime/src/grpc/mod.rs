@@ -199,6 +199,13 @@ pub fn placement_to_pb(p: Placement) -> pb::Placement {
     }
 }
 
+/// Puts the current span's trace context into an outgoing request, so the
+/// receiver's spans join the same trace.
+pub(crate) fn inject_trace(md: &mut tonic::metadata::MetadataMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    tern_proto::trace::inject(&tracing::Span::current().context(), md);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

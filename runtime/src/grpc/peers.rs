@@ -109,6 +109,7 @@ impl Peers for GrpcPeers {
                 via_pop: self.me.clone(),
             });
             request.set_timeout(left);
+            super::inject_trace(request.metadata_mut());
             metrics::counter!("tern_calls_forwarded_total").increment(1);
             match client.call(request).await {
                 Ok(r) => {

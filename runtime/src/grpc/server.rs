@@ -29,6 +29,8 @@ use crate::directory::blocking;
 use crate::error::RuntimeError;
 use crate::node::{CallRequest, DeployOptions, Node, Route};
 use crate::route::Routed;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Longest `authorization` header value read, bytes.
 pub const AUTHORIZATION_BYTES_MAX: usize = 512;
@@ -227,6 +229,14 @@ impl ActorService for ActorServiceImpl {
     async fn call(&self, req: Request<pb::CallRequest>) -> Result<Response<pb::CallReply>, Status> {
         let deadline = request_timeout(&req).map(|d| tokio::time::Instant::now() + d);
         let caller = self.authorize(&req, Need::Call(&req.get_ref().r#type))?;
+        // The caller's trace (a client's, or the forwarding POP's) goes on.
+        let span = tracing::debug_span!(
+            "call",
+            actor = %format!("{}/{}", req.get_ref().r#type, req.get_ref().id),
+            method = %req.get_ref().method,
+        );
+        // (An error only means no trace layer records spans here.)
+        let _ = span.set_parent(tern_proto::trace::extract(req.metadata()));
         let mut r = req.into_inner();
         if let Caller::Pop(name) = &caller
             && !r.via_pop.is_empty()
@@ -257,8 +267,10 @@ impl ActorService for ActorServiceImpl {
                     chain: r.chain,
                     via: (!r.via_pop.is_empty()).then_some(r.via_pop),
                     deadline,
+                    span: None,
                 },
             )
+            .instrument(span)
             .await?;
         let out = match routed {
             Routed::Done(out) => out,

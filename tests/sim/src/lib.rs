@@ -706,6 +706,7 @@ fn send(
             };
             let arrived = Route {
                 deadline: timeout.map(|t| Instant::now() + t),
+                span: None,
                 ..route
             };
             let out = target.dispatch(req, arrived).await;
@@ -749,6 +750,7 @@ impl Peers for SimPeers {
             chain: route.chain.clone(),
             via: Some(self.pop.clone()),
             deadline: route.deadline,
+            span: None,
         };
         if shared.roll(shared.faults.lock().dup_pm) {
             // A duplicated message: the owner gets it twice.
@@ -786,6 +788,7 @@ async fn client_call(
 ) -> Result<CallOutput, RuntimeError> {
     let route = Route {
         deadline: Some(deadline),
+        span: None,
         ..Route::default()
     };
     let rx = send(shared, "client", pop, req, route);
