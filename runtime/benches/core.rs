@@ -501,6 +501,12 @@ mod echo {
         ) -> Result<Response<pb::RevokeTokenReply>, Status> {
             no()
         }
+        async fn inspect(
+            &self,
+            _: Request<pb::InspectRequest>,
+        ) -> Result<Response<pb::InspectReply>, Status> {
+            no()
+        }
         async fn logs(
             &self,
             _: Request<pb::LogsRequest>,

@@ -68,6 +68,8 @@ pub(crate) struct Activation {
     outbox: Outbox,
     /// The alarm the current turn delivers, if it is an alarm's turn.
     firing: Option<u64>,
+    /// Its last turns, for an inspector (at most `LAST_TURNS_KEPT`).
+    last_turns: std::collections::VecDeque<crate::node::TurnInfo>,
 }
 
 fn retention(ty: &ActorType) -> Retention {
@@ -291,6 +293,14 @@ impl Node {
                     })
                     .await;
                     return;
+                }
+                Msg::Inspect { reply } => {
+                    let _ = reply.send(crate::node::Inspection {
+                        epoch: act.epoch,
+                        version: act.ty.config.version.max(1),
+                        memory_bytes: act.baseline.lens().iter().map(|l| *l as u64).sum(),
+                        last_turns: act.last_turns.iter().cloned().collect(),
+                    });
                 }
                 Msg::Images { reply } => {
                     let _ = reply.send((
@@ -670,6 +680,21 @@ impl Node {
             return (Some(act), Err(e), true);
         }
         metrics::histogram!("tern_turn_seconds").record(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.inner
+                .counters
+                .turns_failed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if act.last_turns.len() >= crate::node::LAST_TURNS_KEPT {
+            act.last_turns.pop_front();
+        }
+        act.last_turns.push_back(crate::node::TurnInfo {
+            method: req.method.clone(),
+            at_ms: self.now_ms(),
+            ok: result.is_ok(),
+            micros: started.elapsed().as_micros() as u64,
+        });
         let epoch = act.epoch;
         (
             Some(act),
@@ -776,6 +801,7 @@ impl Node {
             cost,
             outbox,
             firing: None,
+            last_turns: std::collections::VecDeque::new(),
         })
     }
 

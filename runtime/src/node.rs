@@ -281,6 +281,8 @@ pub struct NodeCounters {
     pub commits: AtomicU64,
     /// 64 KiB memory pages that successful turns changed.
     pub pages_changed: AtomicU64,
+    /// Turns that failed (trapped, refused, or answered an error).
+    pub turns_failed: AtomicU64,
 }
 
 /// A snapshot of a node's state for `status`.
@@ -294,6 +296,8 @@ pub struct NodeStatus {
     pub types: Vec<(String, String, TypeConfig)>,
     /// Turns run.
     pub turns: u64,
+    /// Turns that failed.
+    pub turns_failed: u64,
     /// Commits.
     pub commits: u64,
     /// 64 KiB memory pages that successful turns changed.
@@ -1236,6 +1240,7 @@ impl Node {
             actors,
             types,
             turns: self.inner.counters.turns.load(Ordering::Relaxed),
+            turns_failed: self.inner.counters.turns_failed.load(Ordering::Relaxed),
             commits: self.inner.counters.commits.load(Ordering::Relaxed),
             pages_changed: self.inner.counters.pages_changed.load(Ordering::Relaxed),
             store_bytes_written: self.inner.store.stats().bytes_written,
@@ -1271,6 +1276,63 @@ impl Node {
         })
     }
 }
+
+/// Turns an activation remembers for [`Node::inspect`].
+pub const LAST_TURNS_KEPT: usize = 10;
+
+/// One recent turn, for an inspector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnInfo {
+    /// Its method.
+    pub method: String,
+    /// When it ended, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// How long it took, µs.
+    pub micros: u64,
+}
+
+/// Where an active actor stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// Its activation's epoch.
+    pub epoch: u64,
+    /// The version of its type it runs.
+    pub version: u64,
+    /// Its linear memory, bytes.
+    pub memory_bytes: u64,
+    /// Its last turns, newest last.
+    pub last_turns: Vec<TurnInfo>,
+}
+
+impl Node {
+    /// Where `actor_type/id` stands if it is active here (`None` if not;
+    /// never activates it).
+    pub async fn inspect(&self, actor_type: &str, id: &str) -> Result<Option<Inspection>> {
+        check_name("actor type", actor_type, ACTOR_NAME_BYTES_MAX)?;
+        check_name("actor id", id, ACTOR_NAME_BYTES_MAX)?;
+        let (tx, rx) = oneshot::channel();
+        if !self
+            .inner
+            .table
+            .send_now(&format!("{actor_type}/{id}"), Msg::Inspect { reply: tx })
+        {
+            return Ok(None);
+        }
+        match tokio::time::timeout(Duration::from_millis(INSPECT_WAIT_MS), rx).await {
+            Ok(Ok(i)) => Ok(Some(i)),
+            // It ended meanwhile.
+            Ok(Err(_)) => Ok(None),
+            Err(_) => Err(RuntimeError::DeadlineExceeded(format!(
+                "{actor_type}/{id} did not answer the inspector within {INSPECT_WAIT_MS} ms (a long turn?)"
+            ))),
+        }
+    }
+}
+
+/// Longest an inspection waits for the actor's mailbox to reach it, ms.
+pub const INSPECT_WAIT_MS: u64 = 2_000;
 
 /// Times a starting POP asks the directory for its peers.
 const LEARN_PEERS_ATTEMPTS: u32 = 10;

@@ -51,6 +51,10 @@ pub(crate) enum Msg {
     },
     /// Fault injection: panic in the activation's task.
     Panic,
+    /// Where the actor stands, for an inspector.
+    Inspect {
+        reply: oneshot::Sender<crate::node::Inspection>,
+    },
 }
 
 /// What became of a call delivered to an activation.

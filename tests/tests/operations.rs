@@ -284,3 +284,112 @@ fn trace_spans_cross_pops() {
         "the guest's log line is not a span event: {events:?}"
     );
 }
+
+/// Runs headless Chromium on `url` (Debian's `chromium`; `.ci/run`
+/// installs it): the DOM after the page's scripts ran for a few seconds
+/// of virtual time, or a screenshot into `png`.
+fn chromium(url: &str, png: Option<&std::path::Path>) -> String {
+    let out_file = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = std::process::Command::new("chromium");
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1100,1000",
+        // The page holds an event stream open: stop loading after 3 s.
+        "--timeout=3000",
+    ]);
+    match png {
+        Some(p) => cmd.arg(format!("--screenshot={}", p.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let mut child = cmd
+        .arg(url)
+        .stdout(out_file.reopen().unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run chromium (apt-get install chromium; .ci/run does)");
+    // Bounded: a browser that hangs fails the test, it does not stall it.
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish within 60 s on {url}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "chromium failed on {url}: {status}");
+    std::fs::read_to_string(out_file.path()).unwrap()
+}
+
+/// The live cluster page, in a real browser: after an actor followed its
+/// caller to another POP and a POP was killed, the page shows that POP as
+/// dead and the migration as an arc. The test saves a screenshot
+/// (target/cluster-page.png).
+#[test]
+fn cluster_page_shows_killed_pop() {
+    use tern_tests::metro::*;
+    let data = tempfile::tempdir().unwrap();
+    let dev = DevCluster::start_pops(data.path(), 3);
+    let url = dev.cluster.page.clone().expect("tern dev serves the page");
+    let wasm = tern_tests::counter_wasm().to_str().unwrap();
+    dev.tern(&["deploy", "player", wasm]).expect("deploy");
+    let rt = runtime();
+    rt.block_on(async {
+        let paris = dev.client(PARIS);
+        let r = paris
+            .call("player", "p1", "get", Vec::new(), None)
+            .await
+            .unwrap();
+        assert_eq!(r.reply.pop, "fra");
+        // Called from New York, it follows its caller to iad.
+        let ny = dev.client(NEW_YORK);
+        let mut at = String::new();
+        for _ in 0..20 {
+            at = ny
+                .call("player", "p1", "get", Vec::new(), None)
+                .await
+                .unwrap()
+                .reply
+                .pop;
+            if at == "iad" {
+                break;
+            }
+        }
+        assert_eq!(at, "iad", "the actor did not follow its caller");
+    });
+    // nrt stops dead (SIGSTOP: `tern dev`, which serves the page, would
+    // restart a killed POP at once). Its lease lapses within 3 s.
+    dev.signal_pop("nrt", Signal::SIGSTOP);
+    let started = Instant::now();
+    let dom = loop {
+        let dom = chromium(&url, None);
+        if dom.contains(r#"class="pop dead" data-pop="nrt""#) && dom.contains(r#"class="arc""#) {
+            break dom;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the page does not show nrt dead and a migration arc: {dom}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(dom.contains(r#"class="pop alive" data-pop="fra""#), "{dom}");
+    assert!(dom.contains("player/p1: fra → iad"), "{dom}");
+    let png = tern_tests::workspace().join("target/cluster-page.png");
+    let _ = std::fs::remove_file(&png);
+    chromium(&url, Some(&png));
+    let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 10_000, "no screenshot at {}", png.display());
+    // The inspector answers for the actor, where it is now.
+    let inspected = chromium(&format!("{url}api/actor?actor=player/p1"), None);
+    assert!(
+        inspected.contains("\"pop\":\"iad\"") && inspected.contains("\"epoch\""),
+        "{inspected}"
+    );
+    dev.signal_pop("nrt", Signal::SIGCONT);
+}

@@ -10,4 +10,5 @@ pub mod build;
 pub mod certs;
 pub mod lang;
 pub mod logfile;
+pub mod page;
 pub mod scaffold;

@@ -1509,6 +1509,10 @@ struct DevArgs {
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Serve the live cluster page here (loopback only: it reads with the
+    /// admin token); its URL is printed and written to cluster.json.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    page_listen: SocketAddr,
     /// No TLS and no tokens: anyone who reaches a port may act as a
     /// POP or a client (the pre-security behaviour, for experiments).
     #[arg(long)]
@@ -1596,6 +1600,7 @@ async fn dev(a: DevArgs, otlp: Option<String>) -> Result<(), String> {
         ref data,
         base_port,
         metrics_listen,
+        page_listen,
         insecure,
     } = a;
     if pops == 0 || pops > METROS.len() {
@@ -1733,9 +1738,38 @@ async fn dev(a: DevArgs, otlp: Option<String>) -> Result<(), String> {
         metrics: metrics_listen.map(|a| format!("http://{a}/metrics")),
         ca: (!insecure).then(|| tls_dir.join("ca.pem")),
         token_file: (!insecure).then(|| token_file.clone()),
+        page: None,
     };
+    if !page_listen.ip().is_loopback() {
+        return Err(format!(
+            "--page-listen {page_listen}: the page reads with the admin token, so it listens on loopback only"
+        ));
+    }
+    let page_listener = tokio::net::TcpListener::bind(page_listen)
+        .await
+        .map_err(|e| format!("cannot serve the cluster page on {page_listen}: {e}"))?;
+    let page_url = format!(
+        "http://{}/",
+        page_listener.local_addr().map_err(|e| e.to_string())?
+    );
+    let base = ClusterFile {
+        page: Some(page_url.clone()),
+        ..base
+    };
+    let creds = Credentials::of_cluster(&base).map_err(|e| e.to_string())?;
+    let page_pops: Vec<(String, String)> = procs
+        .iter()
+        .zip(METROS)
+        .map(|((p, _), (name, _))| (name.to_string(), p.endpoint.clone()))
+        .collect();
+    tokio::spawn(async move {
+        if let Err(e) = tern_cli::page::serve(page_listener, page_pops, creds).await {
+            tracing::warn!(error = %e, "the cluster page stopped");
+        }
+    });
     let path = data.join("cluster.json");
     write_cluster_file(&path, &base, &dirs, &procs)?;
+    eprintln!("tern dev: cluster page at {page_url}");
     for d in &dirs {
         eprintln!("tern dev: {} at {}", d.what(), d.endpoint);
     }

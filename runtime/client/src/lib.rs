@@ -96,6 +96,9 @@ pub struct ClusterFile {
     /// checks tokens.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// The live cluster page's URL, if `tern dev` serves one.
+    #[serde(default)]
+    pub page: Option<String>,
 }
 
 impl ClusterFile {

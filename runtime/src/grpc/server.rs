@@ -410,6 +410,7 @@ impl ActorService for ActorServiceImpl {
                 .collect(),
             actors: s.actors,
             turns_total: s.turns,
+            turns_failed_total: s.turns_failed,
             commits_total: s.commits,
             store_bytes_written: s.store_bytes_written,
             pops,
@@ -474,6 +475,40 @@ impl ActorService for ActorServiceImpl {
             Some((item.map_err(Status::from), sub))
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn inspect(
+        &self,
+        req: Request<pb::InspectRequest>,
+    ) -> Result<Response<pb::InspectReply>, Status> {
+        self.authorize(&req, Need::Deploy(&req.get_ref().r#type))?;
+        let r = req.into_inner();
+        let pop = self.node.name().to_string();
+        Ok(Response::new(
+            match self.node.inspect(&r.r#type, &r.id).await? {
+                None => pb::InspectReply {
+                    pop,
+                    ..Default::default()
+                },
+                Some(i) => pb::InspectReply {
+                    active: true,
+                    pop,
+                    epoch: i.epoch,
+                    version: i.version,
+                    memory_bytes: i.memory_bytes,
+                    last_turns: i
+                        .last_turns
+                        .into_iter()
+                        .map(|t| pb::TurnInfo {
+                            method: t.method,
+                            at_ms: t.at_ms,
+                            ok: t.ok,
+                            micros: t.micros,
+                        })
+                        .collect(),
+                },
+            },
+        ))
     }
 
     async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<pb::LogsReply>, Status> {
