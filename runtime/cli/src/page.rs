@@ -180,7 +180,7 @@ async fn poll(endpoints: Vec<(String, String)>, creds: Credentials, out: watch::
             })
             .collect();
         migrations.retain(|m| at_ms.saturating_sub(m.at_ms) <= ARC_MS);
-        migrations.sort_by(|a, b| b.at_ms.cmp(&a.at_ms));
+        migrations.sort_by_key(|m| std::cmp::Reverse(m.at_ms));
         migrations.truncate(MIGRATIONS_SHOWN_MAX);
         out.send_replace(Snapshot {
             at_ms,
@@ -229,7 +229,7 @@ async fn actor(
     let at = snapshot
         .pops
         .iter()
-        .find(|p| p.actor_list.iter().any(|a| *a == q.actor))
+        .find(|p| p.actor_list.contains(&q.actor))
         .map(|p| p.name.clone());
     // Ask where the snapshot saw it, else every POP.
     let order: Vec<&(String, String)> = page
