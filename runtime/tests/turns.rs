@@ -307,7 +307,11 @@ async fn stale_epoch_commit_refused() {
     assert_eq!(err.kind(), tern_runtime::ErrorKind::Unavailable, "{err}");
     let snap = store.load_snapshot("counter/z").unwrap().unwrap();
     assert_eq!(snap.epoch, 1, "the zombie's commit landed");
-    // And the new owner sees only the state committed under epoch 1.
+    // And the new owner sees only the state committed under epoch 1. (It
+    // registers under the same POP name: the old node must be gone, or its
+    // heartbeat would register again and void the new one.)
+    node.shutdown().await;
+    drop(node);
     let other = node_with_counter(store.clone(), "counter", Durability::Turn, limits());
     store.release("counter/z", 2).unwrap();
     assert_eq!(value(&other, "counter", "z").await, 1);

@@ -236,6 +236,10 @@ async fn raw_memory_never_restored_into_other_code() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
     assert!(err.to_string().contains("never restored"), "{err}");
+    // The next node registers under the same POP name: this one must be
+    // gone, or its heartbeat would register again and void the next one.
+    node.shutdown().await;
+    drop(node);
 
     // The counter's code, then the todo's, as versions of one type.
     let node = node_with_counter(
