@@ -248,12 +248,12 @@ async fn raw_memory_never_restored_into_other_code() {
         Default::default(),
         Default::default(),
     );
-    call(&node, "thing", "x", "incr", json!({"by": 41}))
+    call_retrying(&node, "thing", "x", "incr", json!({"by": 41}))
         .await
         .unwrap();
     assert!(node.evict("thing", "x").await);
     deploy(&node, "thing", &todo(&[]), Rollout::Lazy);
-    let got = call(&node, "thing", "x", "list", serde_json::Value::Null)
+    let got = call_retrying(&node, "thing", "x", "list", serde_json::Value::Null)
         .await
         .expect("the todo code runs on what it could read");
     assert_eq!(got, json!([]), "no counter bytes reached the todo code");

@@ -83,3 +83,27 @@ pub async fn value(node: &Node, ty: &str, id: &str) -> u64 {
         .as_u64()
         .expect("value is a number")
 }
+
+/// [`call`], retried (at most 5 times) while it answers UNAVAILABLE, as
+/// the contract tells callers to: a deploy compiles on the test's runtime
+/// threads, and on a loaded machine that can hold up the POP's heartbeat
+/// past its lease, so the POP registers again and its calls in flight are
+/// told to retry.
+pub async fn call_retrying(
+    node: &Node,
+    ty: &str,
+    id: &str,
+    method: &str,
+    json: serde_json::Value,
+) -> Result<serde_json::Value, RuntimeError> {
+    let mut attempts = 0;
+    loop {
+        match call(node, ty, id, method, json.clone()).await {
+            Err(e) if e.kind() == tern_runtime::ErrorKind::Unavailable && attempts < 5 => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
+}
