@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tern_client::{Events, TernClient};
 use tern_tests::metro::*;
-use tern_tests::{DevCluster, counter_wasm, percentile, runtime};
+use tern_tests::{DevCluster, call_json, counter_wasm, percentile, runtime};
 use tokio_stream::StreamExt;
 
 const ALARMS: usize = 200;
@@ -48,14 +48,6 @@ fn rss(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .expect("VmRSS");
     kb * 1024
-}
-
-async fn call(c: &TernClient, ty: &str, id: &str, method: &str, v: Value) -> Value {
-    let r = c
-        .call(ty, id, method, serde_json::to_vec(&v).unwrap(), None)
-        .await
-        .unwrap_or_else(|e| panic!("{ty}/{id}.{method}: {e:?}"));
-    serde_json::from_slice(&r.reply.payload).expect("JSON reply")
 }
 
 async fn next(events: &mut Events) -> tern_client::pb::Event {
@@ -106,7 +98,7 @@ fn main() {
                 subs.push(readers[i / STREAMS_PER_CLIENT].subscribe(ty, &format!("a{i}"), "alarms", 0));
             }
             for i in 0..ALARMS {
-                call(&c, ty, &format!("a{i}"), "set_alarm", json!({"in_ms": 2000 + (i % 50) * 10, "tag": label})).await;
+                call_json(&c, ty, &format!("a{i}"), "set_alarm", json!({"in_ms": 2000 + (i % 50) * 10, "tag": label})).await;
             }
             let mut late = Vec::new();
             for s in &mut subs {
@@ -123,14 +115,14 @@ fn main() {
 
         // 2. Publish-to-receive.
         let writer = dev.client(PARIS);
-        call(&writer, "feed", "f", "get", json!(null)).await;
+        call_json(&writer, "feed", "f", "get", json!(null)).await;
         let mut local = dev.client(PARIS).subscribe("feed", "f", "t", 0);
         let mut remote = dev.client(NEW_YORK).subscribe("feed", "f", "t", 0);
         let (mut at_local, mut at_remote, mut rtt) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..EVENTS {
             let sent = wall_ms();
             let t = Instant::now();
-            call(&writer, "feed", "f", "publish", json!({"topic": "t", "n": 1, "prefix": format!("{sent}:")})).await;
+            call_json(&writer, "feed", "f", "publish", json!({"topic": "t", "n": 1, "prefix": format!("{sent}:")})).await;
             rtt.push(t.elapsed().as_secs_f64() * 1e3);
             for (s, out) in [(&mut local, &mut at_local), (&mut remote, &mut at_remote)] {
                 let e = next(s).await;
@@ -148,7 +140,7 @@ fn main() {
         let pid = dev.pop("fra").pid;
         let c = dev.client(PARIS);
         for t in 0..TOPICS {
-            call(&c, "feed", &format!("h{t}"), "get", json!(null)).await;
+            call_json(&c, "feed", &format!("h{t}"), "get", json!(null)).await;
         }
         let readers: Vec<TernClient> = (0..SUBSCRIBERS.div_ceil(STREAMS_PER_CLIENT))
             .map(|_| dev.client(PARIS))
@@ -160,7 +152,7 @@ fn main() {
         }
         // Every subscription is open once one event reaches each.
         for t in 0..TOPICS {
-            call(&c, "feed", &format!("h{t}"), "publish", json!({"topic": "t", "n": 1})).await;
+            call_json(&c, "feed", &format!("h{t}"), "publish", json!({"topic": "t", "n": 1})).await;
         }
         for s in &mut held {
             next(s).await;

@@ -412,3 +412,19 @@ pub async fn storm(client: Client, spinners: usize, duration: std::time::Duratio
     report.lease_errors = lease_errors.load(Ordering::Relaxed);
     report
 }
+
+/// Calls `ty/id.method` with a JSON payload through `c` and decodes the
+/// JSON reply; panics, naming the call, if it fails.
+pub async fn call_json(
+    c: &TernClient,
+    ty: &str,
+    id: &str,
+    method: &str,
+    v: serde_json::Value,
+) -> serde_json::Value {
+    let r = c
+        .call(ty, id, method, serde_json::to_vec(&v).unwrap(), None)
+        .await
+        .unwrap_or_else(|e| panic!("{ty}/{id}.{method}: {e:?}"));
+    serde_json::from_slice(&r.reply.payload).expect("JSON reply")
+}

@@ -10,21 +10,13 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use tern_client::{TernClient, pb};
+use tern_client::pb;
 use tern_tests::metro::*;
-use tern_tests::{DevCluster, counter_wasm, runtime};
+use tern_tests::{DevCluster, call_json, counter_wasm, runtime};
 use tokio_stream::StreamExt;
 
 fn wasm() -> &'static str {
     counter_wasm().to_str().unwrap()
-}
-
-async fn call(c: &TernClient, ty: &str, id: &str, method: &str, v: Value) -> Value {
-    let r = c
-        .call(ty, id, method, serde_json::to_vec(&v).unwrap(), None)
-        .await
-        .unwrap_or_else(|e| panic!("{ty}/{id}.{method}: {e:?}"));
-    serde_json::from_slice(&r.reply.payload).expect("JSON reply")
 }
 
 /// The next event of `events` within `secs` seconds.
@@ -61,7 +53,7 @@ fn alarm_fires_after_pop_kill() {
     let rt = runtime();
     rt.block_on(async {
         let near_fra = dev.client(PARIS);
-        let set = call(&near_fra, "timer", "t1", "set_alarm", json!({"in_ms": 0, "tag": "repeat:300"})).await;
+        let set = call_json(&near_fra, "timer", "t1", "set_alarm", json!({"in_ms": 0, "tag": "repeat:300"})).await;
         assert!(set["id"].as_u64().is_some());
         let near_iad = dev.client(NEW_YORK);
         let mut events = near_iad.subscribe("timer", "t1", "alarms", 0);
@@ -116,7 +108,7 @@ fn alarm_survives_restart() {
     dev.tern(&["deploy", "timer", wasm()]).expect("deploy");
     let rt = runtime();
     let set = rt.block_on(async {
-        call(
+        call_json(
             &dev.client(PARIS),
             "timer",
             "r1",
@@ -140,7 +132,7 @@ fn alarm_survives_restart() {
             )
         );
         assert!(e.4 >= e.3, "an alarm never fires early");
-        let fired = call(&c, "timer", "r1", "fired", json!(null)).await;
+        let fired = call_json(&c, "timer", "r1", "fired", json!(null)).await;
         assert_eq!(fired["fired"].as_array().unwrap().len(), 1, "{fired}");
     });
 }
@@ -206,7 +198,7 @@ fn pop_shutdown_ends_subscriptions() {
     let rt = runtime();
     let mut stream = rt.block_on(async {
         let c = dev.client(PARIS);
-        call(&c, "feed", "s", "publish", json!({"topic": "t", "n": 2})).await;
+        call_json(&c, "feed", "s", "publish", json!({"topic": "t", "n": 2})).await;
         let mut raw = dev.connect("fra").await;
         let mut s = raw
             .subscribe(pb::SubscribeRequest {
