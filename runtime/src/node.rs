@@ -859,11 +859,9 @@ impl Node {
             let mut live: (Vec<String>, Option<tokio::time::Instant>) = (Vec::new(), None);
             loop {
                 tick.tick().await;
-                let Some(inner) = weak.upgrade() else { return };
-                let node = Node { inner };
-                if node.inner.shutting_down.load(Ordering::Acquire) {
+                let Some(node) = Node::running(&weak) else {
                     return;
-                }
+                };
                 if !node.lease_ok() {
                     continue;
                 }
@@ -938,6 +936,15 @@ impl Node {
         }
     }
 
+    /// The node behind a background task's weak handle, unless it is gone
+    /// or shutting down (the task's cue to stop).
+    fn running(weak: &std::sync::Weak<NodeInner>) -> Option<Node> {
+        let node = Node {
+            inner: weak.upgrade()?,
+        };
+        (!node.inner.shutting_down.load(Ordering::Acquire)).then_some(node)
+    }
+
     fn spawn_heartbeat(&self) {
         let weak = Arc::downgrade(&self.inner);
         let dir = self.inner.dir.clone();
@@ -946,11 +953,9 @@ impl Node {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let Some(inner) = weak.upgrade() else { return };
-                let node = Node { inner };
-                if node.inner.shutting_down.load(Ordering::Acquire) {
+                let Some(node) = Node::running(&weak) else {
                     return;
-                }
+                };
                 match dir.heartbeat().await {
                     Ok(true) => continue,
                     Ok(false) => {

@@ -560,7 +560,8 @@ async fn warm_up(pops: &[tern_client::PopInfo], creds: &tern_client::Credentials
     );
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock ms since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

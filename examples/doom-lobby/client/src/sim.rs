@@ -871,7 +871,7 @@ fn follow_match(
                 sh.event(format!("match/{id}: event {} is not a match state", ev.seq));
                 continue;
             };
-            let now = wall_ms();
+            let now = crate::now_ms();
             {
                 let mut lat = sh.push_latency_us.lock();
                 if lat.len() < PUSH_SAMPLES_MAX {
@@ -893,14 +893,6 @@ fn follow_match(
         false
     });
     (rx, task)
-}
-
-/// Wall-clock ms since the Unix epoch (events carry the actor's).
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The players of a run: `n`, spread over the metros, named
