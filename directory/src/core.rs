@@ -518,6 +518,19 @@ impl Core {
                         epoch = rec.epoch,
                         "claim took over an actor whose holder's lease lapsed or that registered again"
                     );
+                    // A takeover is a move too (the cluster page draws
+                    // it): the actor left a POP that died or restarted.
+                    let m = MigrationRecord {
+                        actor: actor.to_string(),
+                        from_pop: from.pop.clone(),
+                        to_pop: pop.to_string(),
+                        at_ms: now,
+                        duration_ms: 0,
+                        reason: "failover: its POP's lease lapsed".into(),
+                    };
+                    if let Err(e) = self.record_migration(m) {
+                        tracing::warn!(actor, error = %e, "cannot record the takeover");
+                    }
                 }
                 self.publish(Change {
                     actor: actor.to_string(),

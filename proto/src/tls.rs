@@ -120,6 +120,11 @@ impl Tls {
         })
     }
 
+    /// This process's certificate and key.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
     /// The cluster CA certificate, PEM.
     pub fn ca_pem(&self) -> &[u8] {
         &self.ca_pem

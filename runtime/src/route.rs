@@ -52,7 +52,9 @@ pub enum Routed {
     /// It ran (here or at the owner).
     Done(CallOutput),
     /// A forwarded call found the actor not active here (`moved_to`: it
-    /// moved to the forwarding POP because of this call).
+    /// moved to the forwarding POP because of this call). Never the
+    /// outcome of a call that was not forwarded: a client is never told to
+    /// look an actor up again.
     NotHere {
         /// The POP the actor moved to.
         moved_to: Option<String>,
@@ -167,7 +169,13 @@ impl Node {
                             tracing::debug!(actor = %key, owner = %owner.pop, "held elsewhere; forwarding");
                         }
                         Delivered::Moved(to) => {
-                            return Ok(Routed::NotHere { moved_to: Some(to) });
+                            // Only a forwarding POP is told to look again
+                            // (an activation moves only for a forwarded
+                            // call); a client's call is routed anew.
+                            if forwarded {
+                                return Ok(Routed::NotHere { moved_to: Some(to) });
+                            }
+                            self.inner.dir.invalidate(&key);
                         }
                     }
                 }

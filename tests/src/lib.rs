@@ -36,6 +36,18 @@ pub fn tern_bin() -> PathBuf {
     bin
 }
 
+/// `target/debug/doom-lobby`, next to `tern` (`cargo test --workspace`
+/// builds it).
+pub fn doom_lobby_bin() -> PathBuf {
+    let bin = tern_bin().with_file_name("doom-lobby");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p doom-lobby` (`cargo test --workspace` builds it)",
+        bin.display()
+    );
+    bin
+}
+
 /// The counter example's component, built once per test binary.
 pub fn counter_wasm() -> &'static Path {
     static WASM: OnceLock<PathBuf> = OnceLock::new();
@@ -316,6 +328,17 @@ pub fn runtime() -> tokio::runtime::Runtime {
 impl Drop for DevCluster {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A child process a test started by hand, SIGKILLed (and reaped) when the
+/// test ends, however it ends.
+pub struct KillOnDrop<'a>(pub &'a mut std::process::Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

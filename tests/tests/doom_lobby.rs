@@ -4,7 +4,6 @@
 //! play; nothing acknowledged may be lost or applied twice, and no upgrade
 //! may fail.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -12,23 +11,11 @@ use std::time::{Duration, Instant};
 /// audit, shutdown) may take.
 const RUN_MS_MAX: u64 = 600_000;
 
-/// `target/debug/doom-lobby`, next to `tern`.
-fn doom_lobby_bin() -> PathBuf {
-    let tern = tern_tests::tern_bin();
-    let bin = tern.with_file_name("doom-lobby");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p doom-lobby` (`cargo test --workspace` builds it)",
-        bin.display()
-    );
-    bin
-}
-
 #[test]
 fn doom_lobby_loses_nothing_under_pop_kill() {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
-    let mut child = Command::new(doom_lobby_bin())
+    let mut child = Command::new(tern_tests::doom_lobby_bin())
         .args([
             "loadtest",
             "--players",

@@ -205,6 +205,7 @@ fn unauthenticated_call_refused() {
     let ca_only = Credentials {
         ca_pem: dev.creds().ca_pem,
         token: None,
+        identity: None,
     };
     let call_token = dev
         .tern(&["token", "create", "--scope", "call"])

@@ -78,7 +78,8 @@ enum Cmd {
         features: Vec<String>,
     },
     /// Run a local cluster on the embedded store, in the foreground: M
-    /// directory and N POP processes on loopback, restarted if they die.
+    /// directory and N POP processes on loopback, restarted if they die
+    /// (unless --restart never).
     Dev(DevArgs),
     /// Make TLS certificates for a cluster: a CA (unless DIR has one), the
     /// directory's, and one per POP (common name `pop:<name>`).
@@ -152,6 +153,13 @@ enum Cmd {
         /// Serve Prometheus metrics on this address.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        /// Serve the live cluster page on this address (HTTP; port 0 picks
+        /// one). It reads the other POPs with this POP's certificate, so it
+        /// needs --tls-dir (or --insecure), and listens on loopback unless
+        /// --insecure: reach it through an SSH tunnel or a proxy that
+        /// authenticates. Its URL is logged and written to --ready-file.
+        #[arg(long)]
+        http: Option<SocketAddr>,
         #[command(flatten)]
         budgets: BudgetArgs,
         /// Certificates (`tern certs`): ca.pem, pop-NAME.pem and
@@ -514,7 +522,14 @@ impl EndpointArgs {
                 .transpose()
                 .map_err(|e| e.to_string())?,
         };
-        Ok((endpoint, Credentials { ca_pem, token }))
+        Ok((
+            endpoint,
+            Credentials {
+                ca_pem,
+                token,
+                identity: None,
+            },
+        ))
     }
 
     async fn connect(&self) -> Result<Client, String> {
@@ -771,7 +786,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
             let scheme = if tls.is_some() { "https" } else { "http" };
-            supervise::write_ready(ready_file.as_deref(), &format!("{scheme}://{addr}"))?;
+            supervise::write_ready(ready_file.as_deref(), &format!("{scheme}://{addr}"), None)?;
             tracing::info!(%addr, "serving DirectoryService");
             let cfg = tern_directory::server::DirectoryConfig {
                 lease_ms,
@@ -790,6 +805,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             store,
             coords,
             metrics_listen,
+            http,
             budgets,
             tls_dir,
             page_key_file,
@@ -813,6 +829,15 @@ async fn run(cli: Cli) -> Result<(), String> {
             check_listen("the POP", listen, tls.is_some(), insecure)?;
             if let Some(addr) = metrics_listen {
                 check_listen("the metrics endpoint", addr, false, insecure)?;
+            }
+            if let Some(addr) = http {
+                check_listen("the cluster page", addr, false, insecure)?;
+                if tls.is_none() && !insecure {
+                    return Err(
+                        "--http: the cluster page reads the POPs with this POP's certificate; give it --tls-dir (or --insecure)"
+                            .into(),
+                    );
+                }
             }
             if insecure {
                 tracing::warn!(
@@ -874,7 +899,14 @@ async fn run(cli: Cli) -> Result<(), String> {
                 true => builder.start(),
             }
             .map_err(|e| e.to_string())?;
-            supervise::write_ready(ready_file.as_deref(), &endpoint)?;
+            let page = match http {
+                Some(addr) => {
+                    let creds = tls.as_ref().map(Credentials::of_pop).unwrap_or_default();
+                    Some(serve_page(addr, vec![(name.clone(), endpoint.clone())], creds).await?)
+                }
+                None => None,
+            };
+            supervise::write_ready(ready_file.as_deref(), &endpoint, page.as_deref())?;
             serve(node, listener, Security { tls, tokens }).await
         }
         Cmd::Deploy {
@@ -1420,6 +1452,29 @@ fn check_listen(what: &str, addr: SocketAddr, tls: bool, insecure: bool) -> Resu
     Ok(())
 }
 
+/// Serves the cluster page on `addr` (in the background, for as long as
+/// the process runs), starting from the POPs `seed`; returns its URL.
+async fn serve_page(
+    addr: SocketAddr,
+    seed: Vec<(String, String)>,
+    creds: Credentials,
+) -> Result<String, String> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot serve the cluster page on {addr}: {e}"))?;
+    let url = format!(
+        "http://{}/",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    tracing::info!(%url, "serving the cluster page");
+    tokio::spawn(async move {
+        if let Err(e) = tern_cli::page::serve(listener, seed, creds).await {
+            tracing::warn!(error = %e, "the cluster page stopped");
+        }
+    });
+    Ok(url)
+}
+
 fn start_metrics(addr: SocketAddr) -> Result<(), String> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
@@ -1513,10 +1568,24 @@ struct DevArgs {
     /// admin token); its URL is printed and written to cluster.json.
     #[arg(long, default_value = "127.0.0.1:0")]
     page_listen: SocketAddr,
+    /// Whether a directory or POP that dies is started again (with
+    /// backoff). `never` leaves it dead: for watching a failover, or a
+    /// chaos experiment.
+    #[arg(long, value_enum, default_value_t = Restart::Always)]
+    restart: Restart,
     /// No TLS and no tokens: anyone who reaches a port may act as a
     /// POP or a client (the pre-security behaviour, for experiments).
     #[arg(long)]
     insecure: bool,
+}
+
+/// `tern dev --restart`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Restart {
+    /// Restart a child that died, with backoff.
+    Always,
+    /// Leave it dead.
+    Never,
 }
 
 /// Most directory processes `tern dev` starts.
@@ -1601,6 +1670,7 @@ async fn dev(a: DevArgs, otlp: Option<String>) -> Result<(), String> {
         base_port,
         metrics_listen,
         page_listen,
+        restart,
         insecure,
     } = a;
     if pops == 0 || pops > METROS.len() {
@@ -1687,6 +1757,7 @@ async fn dev(a: DevArgs, otlp: Option<String>) -> Result<(), String> {
             .collect(),
             ready: run.join(format!("directory-{n}.json")),
             log: data.join(format!("directory-{n}.log")),
+            restart: restart == Restart::Always,
         };
         dirs.push(supervise::Proc::start(spec).await?);
         bar.inc(1);
@@ -1724,6 +1795,7 @@ async fn dev(a: DevArgs, otlp: Option<String>) -> Result<(), String> {
             args,
             ready: run.join(format!("pop-{name}.json")),
             log,
+            restart: restart == Restart::Always,
         };
         procs.push((supervise::Proc::start(spec).await?, *coords));
         bar.inc(1);
@@ -1745,28 +1817,17 @@ async fn dev(a: DevArgs, otlp: Option<String>) -> Result<(), String> {
             "--page-listen {page_listen}: the page reads with the admin token, so it listens on loopback only"
         ));
     }
-    let page_listener = tokio::net::TcpListener::bind(page_listen)
-        .await
-        .map_err(|e| format!("cannot serve the cluster page on {page_listen}: {e}"))?;
-    let page_url = format!(
-        "http://{}/",
-        page_listener.local_addr().map_err(|e| e.to_string())?
-    );
-    let base = ClusterFile {
-        page: Some(page_url.clone()),
-        ..base
-    };
     let creds = Credentials::of_cluster(&base).map_err(|e| e.to_string())?;
     let page_pops: Vec<(String, String)> = procs
         .iter()
         .zip(METROS)
         .map(|((p, _), (name, _))| (name.to_string(), p.endpoint.clone()))
         .collect();
-    tokio::spawn(async move {
-        if let Err(e) = tern_cli::page::serve(page_listener, page_pops, creds).await {
-            tracing::warn!(error = %e, "the cluster page stopped");
-        }
-    });
+    let page_url = serve_page(page_listen, page_pops, creds).await?;
+    let base = ClusterFile {
+        page: Some(page_url.clone()),
+        ..base
+    };
     let path = data.join("cluster.json");
     write_cluster_file(&path, &base, &dirs, &procs)?;
     eprintln!("tern dev: cluster page at {page_url}");

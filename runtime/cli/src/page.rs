@@ -1,13 +1,17 @@
-//! The live cluster page (`tern dev` serves it): POPs on a world map with
+//! The live cluster page (`tern dev` serves it, and `tern pop --http`):
+//! POPs on a world map with
 //! their lease state, actors per POP, migrations drawn as arcs as they
 //! happen, turns and errors per second per POP, and an actor inspector.
 //!
 //! One poller asks every POP for its status every [`POLL_MS`] and keeps
-//! the newest [`Snapshot`]; the page follows it by server-sent events
+//! the newest [`Snapshot`]. It starts from the POPs it is given and learns
+//! the others (and new addresses) from their status replies, which carry
+//! the directory's list of POPs; the page follows it by server-sent events
 //! (`/events`), and asks `/api/actor?actor=TYPE/ID` for the inspector.
 //! The page itself (HTML, CSS, JavaScript, the map) is embedded in the
-//! binary. It only reads: it holds the cluster's admin credentials, so it
-//! listens on loopback.
+//! binary. It only reads, but with the cluster's admin credentials (under
+//! `tern dev`) or a POP's certificate (under `tern pop`), so it listens on
+//! loopback unless the POP runs `--insecure`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -31,6 +35,8 @@ const MIGRATIONS_SHOWN_MAX: usize = 50;
 const ACTORS_SHOWN_MAX: usize = 100;
 /// Deadline of one status or inspect request, ms.
 const REQUEST_MS: u64 = 2_000;
+/// POPs the page follows at most (it learns them from the directory).
+pub const POPS_SHOWN_MAX: usize = 256;
 
 const PAGE: &str = include_str!("page.html");
 
@@ -81,10 +87,31 @@ pub struct Snapshot {
     pub migrations: Vec<MigrationView>,
 }
 
+/// The POPs the page knows: name to endpoint.
+type Known = Arc<parking_lot::Mutex<BTreeMap<String, String>>>;
+
 struct Page {
     snapshot: watch::Receiver<Snapshot>,
-    endpoints: Vec<(String, String)>,
+    known: Known,
     creds: Credentials,
+}
+
+/// Learns `name` at `endpoint` (or its new address). Returns whether its
+/// address changed.
+fn learn(known: &Known, name: &str, endpoint: &str) -> bool {
+    let mut k = known.lock();
+    match k.get(name) {
+        Some(e) if e == endpoint => false,
+        Some(_) => {
+            k.insert(name.to_string(), endpoint.to_string());
+            true
+        }
+        None if k.len() < POPS_SHOWN_MAX => {
+            k.insert(name.to_string(), endpoint.to_string());
+            true
+        }
+        None => false,
+    }
 }
 
 fn wall_ms() -> u64 {
@@ -100,8 +127,8 @@ async fn client(endpoint: &str, creds: &Credentials) -> Option<Client> {
         .ok()
 }
 
-/// Polls every POP (`(name, endpoint)`) and publishes snapshots.
-async fn poll(endpoints: Vec<(String, String)>, creds: Credentials, out: watch::Sender<Snapshot>) {
+/// Polls every POP it knows and publishes snapshots.
+async fn poll(known: Known, creds: Credentials, out: watch::Sender<Snapshot>) {
     let mut clients: HashMap<String, Client> = HashMap::new();
     let mut last: HashMap<String, (u64, u64, std::time::Instant)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(POLL_MS));
@@ -114,6 +141,11 @@ async fn poll(endpoints: Vec<(String, String)>, creds: Credentials, out: watch::
         let mut cluster: BTreeMap<String, pb::ClusterPop> = BTreeMap::new();
         let mut migrations: Vec<MigrationView> = Vec::new();
         let mut own: HashMap<String, (pb::StatusReply, f64, f64)> = HashMap::new();
+        let endpoints: Vec<(String, String)> = known
+            .lock()
+            .iter()
+            .map(|(n, e)| (n.clone(), e.clone()))
+            .collect();
         for (name, endpoint) in &endpoints {
             if !clients.contains_key(name)
                 && let Some(c) = client(endpoint, &creds).await
@@ -143,6 +175,9 @@ async fn poll(endpoints: Vec<(String, String)>, creds: Credentials, out: watch::
             };
             last.insert(name.clone(), (s.turns_total, s.turns_failed_total, now));
             for p in &s.pops {
+                if !p.endpoint.is_empty() && learn(&known, &p.name, &p.endpoint) {
+                    clients.remove(&p.name);
+                }
                 cluster.insert(p.name.clone(), p.clone());
             }
             for m in &s.migrations {
@@ -232,13 +267,15 @@ async fn actor(
         .find(|p| p.actor_list.contains(&q.actor))
         .map(|p| p.name.clone());
     // Ask where the snapshot saw it, else every POP.
-    let order: Vec<&(String, String)> = page
-        .endpoints
+    let order: Vec<String> = page
+        .known
+        .lock()
         .iter()
-        .filter(|(n, _)| at.as_ref().is_none_or(|a| a == n))
+        .filter(|(n, _)| at.as_ref().is_none_or(|a| a == *n))
+        .map(|(_, e)| e.clone())
         .collect();
-    for (_, endpoint) in order {
-        let Some(mut c) = client(endpoint, &page.creds).await else {
+    for endpoint in order {
+        let Some(mut c) = client(&endpoint, &page.creds).await else {
             continue;
         };
         let req = pb::InspectRequest {
@@ -272,18 +309,23 @@ async fn actor(
         "error": "not active at any POP (it is hibernated in the store, or never ran)"}))
 }
 
-/// Serves the page on `listener` for the POPs `(name, endpoint)`, reading
-/// with `creds`, until the process ends.
+/// Serves the page on `listener`, starting from the POPs `(name,
+/// endpoint)` and the others they name, reading with `creds`, until the
+/// process ends.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     endpoints: Vec<(String, String)>,
     creds: Credentials,
 ) -> Result<(), String> {
+    let known: Known = Arc::default();
+    for (name, endpoint) in &endpoints {
+        learn(&known, name, endpoint);
+    }
     let (tx, rx) = watch::channel(Snapshot::default());
-    tokio::spawn(poll(endpoints.clone(), creds.clone(), tx));
+    tokio::spawn(poll(known.clone(), creds.clone(), tx));
     let page = Arc::new(Page {
         snapshot: rx,
-        endpoints,
+        known,
         creds,
     });
     let app = axum::Router::new()

@@ -33,15 +33,19 @@ pub struct Ready {
     pub endpoint: String,
     /// Its process id.
     pub pid: u32,
+    /// The URL of the cluster page it serves (`tern pop --http`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<String>,
 }
 
 /// Writes the ready file `path` (if given) atomically.
-pub fn write_ready(path: Option<&Path>, endpoint: &str) -> Result<(), String> {
+pub fn write_ready(path: Option<&Path>, endpoint: &str, page: Option<&str>) -> Result<(), String> {
     let Some(path) = path else { return Ok(()) };
     let tmp = path.with_extension("tmp");
     let body = serde_json::to_vec(&Ready {
         endpoint: endpoint.to_string(),
         pid: std::process::id(),
+        page: page.map(str::to_string),
     })
     .map_err(|e| e.to_string())?;
     std::fs::write(&tmp, body)
@@ -60,6 +64,8 @@ pub struct Spec {
     pub ready: PathBuf,
     /// Its log (stderr).
     pub log: PathBuf,
+    /// Whether it is restarted when it dies (`tern dev --restart`).
+    pub restart: bool,
 }
 
 enum State {
@@ -72,6 +78,8 @@ enum State {
     Waiting {
         until: Instant,
     },
+    /// Dead, and left dead (`tern dev --restart never`).
+    Dead,
 }
 
 /// A supervised child.
@@ -208,6 +216,16 @@ impl Proc {
                     .and_then(|c| c.try_wait().ok().flatten());
                 if let Some(status) = exited {
                     self.child = None;
+                    if !self.spec.restart {
+                        self.state = State::Dead;
+                        tracing::warn!(
+                            child = %self.spec.what,
+                            pid = self.pid,
+                            %status,
+                            "child exited; left dead (--restart never)"
+                        );
+                        return false;
+                    }
                     let wait = self.wait_to_restart(now, true);
                     tracing::warn!(
                         child = %self.spec.what,
@@ -219,6 +237,7 @@ impl Proc {
                 }
                 false
             }
+            State::Dead => false,
             State::Waiting { until } => {
                 if now >= until {
                     match launch(&self.spec) {

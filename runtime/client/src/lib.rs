@@ -125,13 +125,17 @@ impl ClusterFile {
 pub const TOKEN_FILE_BYTES_MAX: u64 = 4096;
 
 /// What a client presents: whom it trusts (the cluster CA, for `https://`
-/// POPs) and its bearer token.
+/// POPs), its bearer token, and (a POP reading other POPs) its
+/// certificate.
 #[derive(Clone, Default)]
 pub struct Credentials {
     /// The cluster CA certificate, PEM.
     pub ca_pem: Option<Vec<u8>>,
     /// The bearer token.
     pub token: Option<String>,
+    /// A client certificate from the cluster CA (a POP's own): the POP
+    /// that reads trusts its holder as that POP, and needs no token.
+    pub identity: Option<tonic::transport::Identity>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -139,6 +143,7 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("ca", &self.ca_pem.is_some())
             .field("token", &self.token.as_ref().map(|_| "<secret>"))
+            .field("identity", &self.identity.is_some())
             .finish()
     }
 }
@@ -173,7 +178,20 @@ impl Credentials {
                 .map(|p| tern_proto::tls::read_pem(p).map_err(ClientError::InvalidArgument))
                 .transpose()?;
         let token = c.token_file.as_deref().map(read_token_file).transpose()?;
-        Ok(Credentials { ca_pem, token })
+        Ok(Credentials {
+            ca_pem,
+            token,
+            identity: None,
+        })
+    }
+
+    /// A POP's own: the cluster CA and the POP's certificate (no token).
+    pub fn of_pop(tls: &tern_proto::tls::Tls) -> Credentials {
+        Credentials {
+            ca_pem: Some(tls.ca_pem().to_vec()),
+            token: None,
+            identity: Some(tls.identity().clone()),
+        }
     }
 
     /// The same credentials with another token.
@@ -183,7 +201,13 @@ impl Credentials {
     }
 
     fn endpoint(&self, url: &str) -> Result<tonic::transport::Endpoint> {
-        let tls = self.ca_pem.as_deref().map(tern_proto::tls::client_trusting);
+        let tls = self.ca_pem.as_deref().map(|ca| {
+            let c = tern_proto::tls::client_trusting(ca);
+            match &self.identity {
+                Some(id) => c.identity(id.clone()),
+                None => c,
+            }
+        });
         tern_proto::endpoint_tls(url, tls.as_ref()).map_err(ClientError::InvalidArgument)
     }
 
