@@ -88,6 +88,18 @@ impl RangeRead {
             limit: None,
         }
     }
+
+    /// Exactly `key` (empty or one pair): so that a single-key read can
+    /// go out in the same batch as range reads.
+    pub fn exact(key: &[u8]) -> RangeRead {
+        let mut end = key.to_vec();
+        end.push(0);
+        RangeRead {
+            begin: key.to_vec(),
+            end,
+            limit: Some(1),
+        }
+    }
 }
 
 /// What a transaction costs against [`TRANSACTION_BYTES_MAX`], as
