@@ -54,6 +54,8 @@ use tern_runtime::{
 mod bank;
 mod counter;
 mod doom;
+pub mod placement;
+pub mod wan;
 use tern_storage::kv::{KvBackend, KvTransaction};
 use tern_storage::{FaultInjector, Kv, StorageError, Store};
 use tokio::time::Instant;

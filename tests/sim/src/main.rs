@@ -44,6 +44,98 @@ enum Cmd {
         #[arg(long)]
         fail_fast: bool,
     },
+    /// Compare placement policies (follow the caller, pinned, central,
+    /// hash) on four workloads under a WAN latency model, and measure
+    /// directory and store operations per call as actors grow. Writes the
+    /// JSON report to --report and prints a JSON summary last on stdout.
+    Placement {
+        /// Smaller workloads and scale steps of 10k and 100k actors (a few
+        /// minutes in a debug build); without it, 10k, 100k and 1M.
+        #[arg(long)]
+        quick: bool,
+        /// The seed (the same seed gives the same report).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where to write the JSON report.
+        #[arg(long)]
+        report: std::path::PathBuf,
+        /// Where to draw the latency CDFs (SVG).
+        #[arg(long)]
+        chart: Option<std::path::PathBuf>,
+        /// Scale steps (actors), instead of the defaults.
+        #[arg(long, value_delimiter = ',')]
+        scale: Vec<u64>,
+    },
+}
+
+/// Most actors one scale step may have.
+const SCALE_ACTORS_MAX: u64 = 10_000_000;
+
+fn placement(
+    quick: bool,
+    seed: u64,
+    report: &std::path::Path,
+    chart: Option<&std::path::Path>,
+    scale: Vec<u64>,
+) -> ExitCode {
+    let steps = if !scale.is_empty() {
+        scale
+    } else if quick {
+        vec![10_000, 100_000]
+    } else {
+        vec![10_000, 100_000, 1_000_000]
+    };
+    if let Some(bad) = steps.iter().find(|&&n| n == 0 || n > SCALE_ACTORS_MAX) {
+        eprintln!(
+            "error: --scale {bad}: each step must be between 1 and {SCALE_ACTORS_MAX} actors"
+        );
+        return ExitCode::from(2);
+    }
+    let size = if quick {
+        tern_sim::placement::Size::QUICK
+    } else {
+        tern_sim::placement::Size::FULL
+    };
+    let bar = indicatif::ProgressBar::new(tern_sim::placement::steps(&steps));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:48} [{bar:30}] {pos}/{len} runs, eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (r, summary) = match tern_sim::placement::run_all(size, quick, seed, &steps, &bar) {
+        Ok(x) => x,
+        Err(e) => {
+            bar.finish_and_clear();
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    bar.finish_and_clear();
+    let text = match serde_json::to_string_pretty(&r) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot encode the report: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = std::fs::write(report, text + "\n") {
+        eprintln!("error: cannot write {}: {e}", report.display());
+        return ExitCode::FAILURE;
+    }
+    if let Some(c) = chart
+        && let Err(e) = tern_sim::placement::chart(&r, c)
+    {
+        eprintln!("error: cannot draw {}: {e}", c.display());
+        return ExitCode::FAILURE;
+    }
+    println!("{}", tern_sim::placement::table(&r));
+    match serde_json::to_string(&summary) {
+        Ok(s) => println!("{s}"),
+        Err(e) => {
+            eprintln!("error: cannot encode the summary: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
@@ -58,15 +150,26 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .without_time()
         .init();
-    let Cmd::Run {
-        seeds,
-        seed_start,
-        workload,
-        pops,
-        plant,
-        fault_secs,
-        fail_fast,
-    } = cli.cmd;
+    let (seeds, seed_start, workload, pops, plant, fault_secs, fail_fast) = match cli.cmd {
+        Cmd::Placement {
+            quick,
+            seed,
+            report,
+            chart,
+            scale,
+        } => return placement(quick, seed, &report, chart.as_deref(), scale),
+        Cmd::Run {
+            seeds,
+            seed_start,
+            workload,
+            pops,
+            plant,
+            fault_secs,
+            fail_fast,
+        } => (
+            seeds, seed_start, workload, pops, plant, fault_secs, fail_fast,
+        ),
+    };
     if pops == 0 || pops > 16 {
         eprintln!("error: --pops must be between 1 and 16");
         return ExitCode::from(2);
