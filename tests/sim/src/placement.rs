@@ -1042,10 +1042,7 @@ pub fn policies() -> Vec<Policy> {
     let d = Placement::default();
     vec![
         Policy::Follow(d),
-        Policy::Follow(Placement {
-            window: 4,
-            ..d
-        }),
+        Policy::Follow(Placement { window: 4, ..d }),
         Policy::Follow(Placement { window: 16, ..d }),
         Policy::Pinned,
         Policy::Central,
