@@ -36,6 +36,10 @@ struct State {
     /// Read versions of live transactions -> count.
     live: BTreeMap<u64, usize>,
     commits: u64,
+    /// Keys given a version since they were last swept: the only ones a
+    /// sweep can trim (a key with one live version has nothing to drop),
+    /// so a sweep costs what was written, not the size of the database.
+    touched: Vec<Vec<u8>>,
 }
 
 impl State {
@@ -49,12 +53,25 @@ impl State {
             self.log.pop_front();
         }
         if self.commits.is_multiple_of(SWEEP_EVERY_COMMITS) {
-            self.data.retain(|_, versions| {
+            let mut keys = std::mem::take(&mut self.touched);
+            keys.sort_unstable();
+            keys.dedup();
+            for key in keys {
+                let Some(versions) = self.data.get_mut(&key) else {
+                    continue;
+                };
                 // Keep the newest version <= floor and everything newer.
                 let keep_from = versions.iter().rposition(|(v, _)| *v <= floor).unwrap_or(0);
                 versions.drain(..keep_from);
-                !(versions.is_empty() || (versions.len() == 1 && versions[0].1.is_none()))
-            });
+                let only_tombstone = versions.len() == 1 && versions[0].1.is_none();
+                if versions.is_empty() || (only_tombstone && versions[0].0 <= floor) {
+                    self.data.remove(&key);
+                } else if versions.len() > 1 || only_tombstone {
+                    // Versions newer than the floor: trimmed by a later
+                    // sweep.
+                    self.touched.push(key);
+                }
+            }
         }
     }
 }
@@ -296,28 +313,38 @@ impl KvTransaction for MemTx {
         }
         st.version += 1;
         let cv = st.version;
+        let mut touched = Vec::new();
         for (b, e) in std::mem::take(&mut self.cleared) {
-            for (_, versions) in st.data.range_mut::<[u8], _>((
+            for (k, versions) in st.data.range_mut::<[u8], _>((
                 Bound::Included(b.as_slice()),
                 Bound::Excluded(e.as_slice()),
             )) {
                 if versions.last().is_some_and(|(_, v)| v.is_some()) {
                     versions.push((cv, None));
+                    touched.push(k.clone());
                 }
             }
         }
         for (k, v) in std::mem::take(&mut self.writes) {
             match v {
-                Some(v) => st.data.entry(k).or_default().push((cv, Some(Arc::new(v)))),
+                Some(v) => {
+                    let versions = st.data.entry(k.clone()).or_default();
+                    versions.push((cv, Some(Arc::new(v))));
+                    if versions.len() > 1 {
+                        touched.push(k);
+                    }
+                }
                 None => {
                     if let Some(versions) = st.data.get_mut(&k)
                         && versions.last().is_some_and(|(_, v)| v.is_some())
                     {
                         versions.push((cv, None));
+                        touched.push(k);
                     }
                 }
             }
         }
+        st.touched.append(&mut touched);
         let ranges = std::mem::take(&mut self.write_ranges);
         st.log.push_back((cv, ranges));
         st.commits += 1;
