@@ -94,3 +94,37 @@ fn hot_shared_actors_do_not_ping_pong() {
         "{f:?}"
     );
 }
+
+/// The command answers `--help` and refuses a bad scale step clearly,
+/// before running anything.
+#[test]
+fn placement_command_refuses_bad_input() {
+    let bin = env!("CARGO_BIN_EXE_tern-sim");
+    let help = std::process::Command::new(bin)
+        .args(["placement", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--quick", "--report", "--seed", "--chart", "--scale"] {
+        assert!(text.contains(flag), "placement --help lacks {flag}: {text}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    let out = std::process::Command::new(bin)
+        .args(["placement", "--scale", "0", "--report"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("each step must be between 1 and"),
+        "{out:?}"
+    );
+    assert!(!report.exists());
+    let missing = std::process::Command::new(bin)
+        .args(["placement", "--quick"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("--report"));
+}
