@@ -146,22 +146,28 @@ async fn poll(known: Known, creds: Credentials, out: watch::Sender<Snapshot>) {
             .iter()
             .map(|(n, e)| (n.clone(), e.clone()))
             .collect();
-        for (name, endpoint) in &endpoints {
-            if !clients.contains_key(name)
-                && let Some(c) = client(endpoint, &creds).await
-            {
-                clients.insert(name.clone(), c);
+        // Every POP at once: a dead or frozen one costs the poll its
+        // deadline once, not once per POP.
+        let asks = endpoints.iter().map(|(name, endpoint)| {
+            let held = clients.remove(name);
+            let creds = &creds;
+            async move {
+                let mut c = match held {
+                    Some(c) => c,
+                    None => client(endpoint, creds).await?,
+                };
+                let mut req = tonic::Request::new(pb::StatusRequest {});
+                req.set_timeout(Duration::from_millis(REQUEST_MS));
+                // On an error the client is dropped: connect again next
+                // time (the POP may be restarting).
+                let s = c.status(req).await.ok()?.into_inner();
+                Some((name.clone(), c, s))
             }
-            let Some(c) = clients.get_mut(name) else {
-                continue;
-            };
-            let mut req = tonic::Request::new(pb::StatusRequest {});
-            req.set_timeout(Duration::from_millis(REQUEST_MS));
-            let Ok(s) = c.status(req).await.map(tonic::Response::into_inner) else {
-                // Connect again next time (the POP may be restarting).
-                clients.remove(name);
-                continue;
-            };
+        });
+        let replies: Vec<_> = futures::future::join_all(asks).await;
+        for (name, c, s) in replies.into_iter().flatten() {
+            clients.insert(name.clone(), c);
+            let name = &name;
             let now = std::time::Instant::now();
             let (turns_s, errors_s) = match last.get(name) {
                 Some((t, e, at)) if s.turns_total >= *t => {
