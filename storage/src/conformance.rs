@@ -953,6 +953,47 @@ pub(crate) fn due_index_commits_with_the_turn(h: &Harness) {
     assert!(h.list_due(u64::MAX, 10).unwrap().is_empty());
 }
 
+/// Compiled code has a collector: code a recompile replaces is deleted, and
+/// a component keeps the code of at most COMPILED_ENGINES_PER_COMPONENT_MAX
+/// engine configurations, the newest put always among them.
+pub(crate) fn compiled_code_is_collected(h: &Harness) {
+    use crate::store::COMPILED_ENGINES_PER_COMPONENT_MAX as MAX;
+    let code = |n: u32| -> Vec<u8> { (0..200_000u32).map(|i| (i ^ n) as u8).collect() };
+    let digest_of = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
+    // A recompile for the same engine replaces the code, and the old code
+    // is gone.
+    h.put_compiled("d1", "e0", &code(1)).unwrap();
+    h.put_compiled("d1", "e0", &code(2)).unwrap();
+    assert_eq!(h.get_compiled("d1", "e0").unwrap(), Some(code(2)));
+    assert_eq!(h.get_component(&digest_of(&code(1))).unwrap(), None);
+    // More engines than the limit: the newest stays, and no more than MAX.
+    for e in 1..=MAX + 2 {
+        h.put_compiled("d1", &format!("e{e}"), &code(10 + e as u32))
+            .unwrap();
+        assert_eq!(
+            h.get_compiled("d1", &format!("e{e}")).unwrap(),
+            Some(code(10 + e as u32))
+        );
+    }
+    let kept: Vec<u32> = (0..=MAX + 2)
+        .filter(|e| h.get_compiled("d1", &format!("e{e}")).unwrap().is_some())
+        .map(|e| e as u32)
+        .collect();
+    assert_eq!(kept.len(), MAX, "{kept:?}");
+    // The code of every dropped record is deleted too.
+    for e in 1..=MAX as u32 + 2 {
+        let present = h
+            .get_component(&digest_of(&code(10 + e)))
+            .unwrap()
+            .is_some();
+        assert_eq!(present, kept.contains(&e), "engine e{e}");
+    }
+    // Another component's code is untouched.
+    h.put_compiled("d2", "e0", &code(99)).unwrap();
+    h.put_compiled("d1", "e9", &code(98)).unwrap();
+    assert_eq!(h.get_compiled("d2", "e0").unwrap(), Some(code(99)));
+}
+
 /// Events are stored with the commit that publishes them, read back in
 /// order after a seq, and trimmed to the newest EVENTS_KEPT_PER_TOPIC.
 pub(crate) fn events_commit_in_order_and_are_trimmed(h: &Harness) {
@@ -1770,6 +1811,13 @@ macro_rules! conformance_suite {
                 run(
                     "due_index_commits_with_the_turn",
                     super::due_index_commits_with_the_turn,
+                );
+            }
+            #[test]
+            fn compiled_code_is_collected() {
+                run(
+                    "compiled_code_is_collected",
+                    super::compiled_code_is_collected,
                 );
             }
             #[test]

@@ -57,6 +57,9 @@ pub(crate) fn pop(pop: &str) -> Vec<u8> {
 pub(crate) fn pop_prefix() -> Vec<u8> {
     key(&[Str("pop")])
 }
+pub(crate) fn comp_prefix(digest: &str) -> Vec<u8> {
+    key(&[Str("comp"), Str(digest)])
+}
 pub(crate) fn comp_header(digest: &str) -> Vec<u8> {
     key(&[Str("comp"), Str(digest), Str("h")])
 }
@@ -105,6 +108,9 @@ pub(crate) fn last_int(k: &[u8]) -> Result<u64, StorageError> {
 }
 pub(crate) fn compiled(digest: &str, engine: &str) -> Vec<u8> {
     key(&[Str("compiled"), Str(digest), Str(engine)])
+}
+pub(crate) fn compiled_prefix(digest: &str) -> Vec<u8> {
+    key(&[Str("compiled"), Str(digest)])
 }
 pub(crate) fn token(id: &str) -> Vec<u8> {
     key(&[Str("token"), Str(id)])

@@ -178,6 +178,11 @@ pub struct VersionRecord {
     pub deployed_at_ms: u64,
 }
 
+/// Engine configurations whose compiled code is kept per component (the
+/// engines of a rolling upgrade, and a few before); putting one more drops
+/// the others beyond it, code and all.
+pub const COMPILED_ENGINES_PER_COMPONENT_MAX: usize = 4;
+
 /// Most versions a type may have; a deploy past it is refused.
 pub const VERSIONS_MAX: usize = 1_000;
 
@@ -954,6 +959,13 @@ impl Store {
     /// configuration `engine` (an opaque key): the code is stored like a
     /// component (content-addressed, chunked, checked against its sha256
     /// on every read), and a small record names it.
+    ///
+    /// The collector of these records: code the record replaces (a
+    /// recompile after a damaged entry) is deleted, and a component keeps
+    /// the code of at most [`COMPILED_ENGINES_PER_COMPONENT_MAX`] engine
+    /// configurations (this one and the first others in key order); the
+    /// rest is deleted with its code. A POP that read a record whose code
+    /// is then deleted finds no code and compiles, as for any cache miss.
     pub fn put_compiled(
         &self,
         digest: &str,
@@ -962,10 +974,45 @@ impl Store {
     ) -> Result<(), StorageError> {
         let code_digest = self.put_component(code)?;
         let key = keys::compiled(digest, engine);
-        self.kv_().transact(|tx| {
+        let prefix = keys::compiled_prefix(digest);
+        let dropped = self.kv_().transact(|tx| {
+            let records = tx.get_prefix(&prefix)?;
+            let mut kept = 1;
+            let mut keep: Vec<Vec<u8>> = vec![code_digest.as_bytes().to_vec()];
+            let mut drop: Vec<Vec<u8>> = Vec::new();
+            for (k, v) in records {
+                if k == key {
+                    if v != code_digest.as_bytes() {
+                        drop.push(v);
+                    }
+                } else if kept < COMPILED_ENGINES_PER_COMPONENT_MAX {
+                    kept += 1;
+                    keep.push(v);
+                } else {
+                    tx.clear(&k);
+                    drop.push(v);
+                }
+            }
             tx.set(&key, code_digest.as_bytes());
-            Ok(())
-        })
+            // Code another kept record still names stays.
+            drop.retain(|d| !keep.contains(d));
+            drop.sort();
+            drop.dedup();
+            Ok(drop)
+        })?;
+        for old in dropped {
+            let Ok(old) = String::from_utf8(old) else {
+                continue;
+            };
+            // One range clear: the code's header and chunks go at once.
+            let comp = keys::comp_prefix(&old);
+            let end = crate::tuple::range_end(&comp);
+            self.kv_().transact(|tx| {
+                tx.clear_range(&comp, &end);
+                Ok(())
+            })?;
+        }
+        Ok(())
     }
 
     /// The compiled code [`Store::put_compiled`] kept for component
