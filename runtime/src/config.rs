@@ -185,7 +185,13 @@ impl Default for Placement {
     fn default() -> Self {
         Placement {
             follow_caller: true,
-            window: 8,
+            // 16, not 8: at WAN distances (`tern-sim placement`) a window
+            // of 8 let doom-lobby's match actors, called by four players
+            // at four POPs, move 89 times in 30 minutes (17 back to a POP
+            // they had just left); 16 moved them 22 times (4), with the
+            // same latency for travelling players, who move by the idle
+            // rule. See BENCHMARKS.md, "Placement at WAN distances".
+            window: 16,
             share_pct: 75,
             idle_move_ms: 2_000,
         }
@@ -242,21 +248,21 @@ mod tests {
     #[test]
     fn placement_moves_per_user_actor_to_its_callers_pop() {
         let p = Placement::default();
-        let mut recent = calls(&["fra", "fra"]);
+        let mut recent = calls(&["fra"; 4]);
         assert!(!p.should_move(&recent, 0, "fra"));
-        recent.extend(calls(&["nrt"; 5]));
+        recent.extend(calls(&["nrt"; 11]));
         assert!(
             !p.should_move(&recent, 0, "fra"),
             "window not full of nrt yet"
         );
         recent.push("nrt".into());
-        assert!(p.should_move(&recent, 0, "fra"), "6 of 8 from nrt");
+        assert!(p.should_move(&recent, 0, "fra"), "12 of 16 from nrt");
     }
 
     #[test]
     fn placement_keeps_shared_actor_put() {
         let p = Placement::default();
-        let recent = calls(&["fra", "nrt", "iad", "nrt", "fra", "iad", "fra", "nrt"]);
+        let recent = calls(&["fra", "nrt", "iad", "nrt", "fra", "iad", "fra", "nrt"].repeat(2));
         assert!(!p.should_move(&recent, 0, "fra"));
         let off = Placement {
             follow_caller: false,

@@ -54,10 +54,11 @@ async fn tick(
 }
 
 /// Ticks through `c` until the reply comes from POP `pop` (the actor has
-/// followed its caller there), at most 10 times; returns every ack.
+/// followed its caller there), at most 20 times (the follow window is 16
+/// calls); returns every ack.
 async fn tick_until_at(c: &TernClient, ty: &str, id: &str, pop: &str) -> Vec<Ack> {
     let mut acks = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..20 {
         let a = tick(c, ty, id, None).await.unwrap();
         let arrived = a.pop == pop;
         acks.push(a);

@@ -207,7 +207,7 @@ enum Cmd {
         /// `false` keeps them where they are (shared actors).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         follow_caller: bool,
-        /// Calls in the follow window (default 8).
+        /// Calls in the follow window (default 16).
         #[arg(long)]
         follow_window: Option<u32>,
         /// Percent of the window that must come through one POP (default 75).

@@ -1043,7 +1043,7 @@ pub fn policies() -> Vec<Policy> {
     vec![
         Policy::Follow(d),
         Policy::Follow(Placement { window: 4, ..d }),
-        Policy::Follow(Placement { window: 16, ..d }),
+        Policy::Follow(Placement { window: 8, ..d }),
         Policy::Pinned,
         Policy::Central,
         Policy::Hash,

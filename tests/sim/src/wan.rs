@@ -1,20 +1,19 @@
-//! The WAN model: metros on five continents and the measured round-trip
+//! The WAN model: 37 metros on six continents and the measured round-trip
 //! times between them, with jitter drawn from the seed.
 //!
-//! Measured: IBM Cloud VPC's published inter-region latency (average round
-//! trip, 31 Aug - 29 Sep 2024; github.com/ibm-cloud-docs/vpc,
-//! `_include-segments/network-latency.md`) between Dallas, Toronto,
-//! Washington DC, Frankfurt, London, Madrid, Osaka, Sydney, Tokyo and São
-//! Paulo: 10 metros on 5 continents. The two directions of a pair differ
-//! by at most 3 ms; the table keeps their mean.
-//!
-//! Estimated: Paris, Chicago, San Jose, Singapore, Mumbai and Johannesburg
-//! (which make 16 metros on 6 continents) have no pair in that source; their
-//! round trips come from a line fitted to the 45 measured pairs,
-//! rtt = 14.4 ms + 15.66 ms per 1000 km over 45 measured pairs
-//! (`tests/sim/data/make_wan_table.py` writes the table). A fitted line
-//! knows nothing of cable routes, so those entries are the model's weakest
-//! part; [`MEASURED_METROS`] says which rows are measured.
+//! Source: Microsoft Learn, "Azure network round-trip latency statistics"
+//! (learn.microsoft.com/azure/networking/azure-network-latency): the
+//! monthly median round trip between Azure regions from Azure's own probes,
+//! dataset of 30 July 2026 covering the 30 days before. The page's CSV is
+//! kept unchanged in `tests/sim/data/azure_p50_2026-07-30_raw.csv`;
+//! `tests/sim/data/metros.csv` maps each of the 37 metros modelled here (on
+//! 6 continents) to its region, with the city's coordinates, and
+//! `tests/sim/data/make_wan_table.py` writes the table below from the two.
+//! Every pair is measured, both ways; the table keeps their mean. These are
+//! data-centre to data-centre times over Microsoft's network, a little
+//! better than the public internet between the same cities; where a metro
+//! has no Azure region the nearest stands in (Dallas: San Antonio;
+//! Stockholm: Gävle; Mumbai: Pune).
 
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -37,178 +36,421 @@ pub struct Metro {
 
 pub const METROS: &[Metro] = &[
     Metro {
-        code: "dal",
-        name: "Dallas",
-        lat: 32.78,
-        lon: -96.8,
-        continent: "north-america",
-    },
-    Metro {
-        code: "yyz",
-        name: "Toronto",
-        lat: 43.65,
-        lon: -79.38,
-        continent: "north-america",
-    },
-    Metro {
-        code: "iad",
-        name: "Washington DC (Ashburn)",
-        lat: 39.04,
-        lon: -77.49,
-        continent: "north-america",
-    },
-    Metro {
         code: "fra",
         name: "Frankfurt",
         lat: 50.11,
-        lon: 8.68,
+        lon: 8.682,
         continent: "europe",
     },
     Metro {
-        code: "lhr",
+        code: "lon",
         name: "London",
-        lat: 51.51,
-        lon: -0.13,
+        lat: 51.507,
+        lon: -0.128,
+        continent: "europe",
+    },
+    Metro {
+        code: "par",
+        name: "Paris",
+        lat: 48.857,
+        lon: 2.352,
+        continent: "europe",
+    },
+    Metro {
+        code: "ams",
+        name: "Amsterdam",
+        lat: 52.37,
+        lon: 4.895,
+        continent: "europe",
+    },
+    Metro {
+        code: "dub",
+        name: "Dublin",
+        lat: 53.35,
+        lon: -6.26,
+        continent: "europe",
+    },
+    Metro {
+        code: "gvx",
+        name: "Gävle (Stockholm proxy)",
+        lat: 60.675,
+        lon: 17.141,
+        continent: "europe",
+    },
+    Metro {
+        code: "zrh",
+        name: "Zurich",
+        lat: 47.377,
+        lon: 8.541,
+        continent: "europe",
+    },
+    Metro {
+        code: "mil",
+        name: "Milan",
+        lat: 45.464,
+        lon: 9.19,
         continent: "europe",
     },
     Metro {
         code: "mad",
         name: "Madrid",
-        lat: 40.42,
-        lon: -3.7,
+        lat: 40.417,
+        lon: -3.704,
         continent: "europe",
     },
     Metro {
-        code: "kix",
-        name: "Osaka",
-        lat: 34.69,
-        lon: 135.5,
-        continent: "asia",
-    },
-    Metro {
-        code: "syd",
-        name: "Sydney",
-        lat: -33.87,
-        lon: 151.21,
-        continent: "oceania",
-    },
-    Metro {
-        code: "nrt",
-        name: "Tokyo",
-        lat: 35.68,
-        lon: 139.69,
-        continent: "asia",
-    },
-    Metro {
-        code: "gru",
-        name: "Sao Paulo",
-        lat: -23.55,
-        lon: -46.63,
-        continent: "south-america",
-    },
-    Metro {
-        code: "cdg",
-        name: "Paris",
-        lat: 48.86,
-        lon: 2.35,
+        code: "waw",
+        name: "Warsaw",
+        lat: 52.23,
+        lon: 21.012,
         continent: "europe",
+    },
+    Metro {
+        code: "iad",
+        name: "Washington DC / N. Virginia",
+        lat: 39.044,
+        lon: -77.487,
+        continent: "north-america",
     },
     Metro {
         code: "ord",
         name: "Chicago",
-        lat: 41.88,
+        lat: 41.878,
         lon: -87.63,
         continent: "north-america",
     },
     Metro {
-        code: "sjc",
-        name: "San Jose",
-        lat: 37.34,
-        lon: -121.89,
+        code: "sat",
+        name: "San Antonio (Dallas substitute)",
+        lat: 29.424,
+        lon: -98.494,
         continent: "north-america",
+    },
+    Metro {
+        code: "dsm",
+        name: "Des Moines",
+        lat: 41.587,
+        lon: -93.625,
+        continent: "north-america",
+    },
+    Metro {
+        code: "sjc",
+        name: "San Jose / SF Bay Area",
+        lat: 37.338,
+        lon: -121.886,
+        continent: "north-america",
+    },
+    Metro {
+        code: "mwh",
+        name: "Quincy WA (Seattle proxy)",
+        lat: 47.234,
+        lon: -119.852,
+        continent: "north-america",
+    },
+    Metro {
+        code: "phx",
+        name: "Phoenix",
+        lat: 33.448,
+        lon: -112.074,
+        continent: "north-america",
+    },
+    Metro {
+        code: "yyz",
+        name: "Toronto",
+        lat: 43.653,
+        lon: -79.383,
+        continent: "north-america",
+    },
+    Metro {
+        code: "qro",
+        name: "Querétaro",
+        lat: 20.588,
+        lon: -100.39,
+        continent: "north-america",
+    },
+    Metro {
+        code: "gru",
+        name: "São Paulo",
+        lat: -23.551,
+        lon: -46.633,
+        continent: "south-america",
+    },
+    Metro {
+        code: "tyo",
+        name: "Tokyo",
+        lat: 35.69,
+        lon: 139.692,
+        continent: "asia",
+    },
+    Metro {
+        code: "osa",
+        name: "Osaka",
+        lat: 34.694,
+        lon: 135.502,
+        continent: "asia",
+    },
+    Metro {
+        code: "sel",
+        name: "Seoul",
+        lat: 37.567,
+        lon: 126.978,
+        continent: "asia",
+    },
+    Metro {
+        code: "hkg",
+        name: "Hong Kong",
+        lat: 22.32,
+        lon: 114.169,
+        continent: "asia",
     },
     Metro {
         code: "sin",
         name: "Singapore",
-        lat: 1.35,
+        lat: 1.352,
         lon: 103.82,
         continent: "asia",
     },
     Metro {
-        code: "bom",
-        name: "Mumbai",
-        lat: 19.08,
-        lon: 72.88,
+        code: "pnq",
+        name: "Pune (Mumbai proxy)",
+        lat: 18.52,
+        lon: 73.857,
         continent: "asia",
+    },
+    Metro {
+        code: "maa",
+        name: "Chennai",
+        lat: 13.083,
+        lon: 80.271,
+        continent: "asia",
+    },
+    Metro {
+        code: "cgk",
+        name: "Jakarta",
+        lat: -6.208,
+        lon: 106.846,
+        continent: "asia",
+    },
+    Metro {
+        code: "kul",
+        name: "Kuala Lumpur",
+        lat: 3.139,
+        lon: 101.687,
+        continent: "asia",
+    },
+    Metro {
+        code: "dxb",
+        name: "Dubai",
+        lat: 25.205,
+        lon: 55.271,
+        continent: "asia-(middle-east)",
+    },
+    Metro {
+        code: "doh",
+        name: "Doha",
+        lat: 25.286,
+        lon: 51.531,
+        continent: "asia-(middle-east)",
+    },
+    Metro {
+        code: "tlv",
+        name: "Tel Aviv (Israel)",
+        lat: 32.085,
+        lon: 34.782,
+        continent: "asia-(middle-east)",
     },
     Metro {
         code: "jnb",
         name: "Johannesburg",
-        lat: -26.2,
-        lon: 28.05,
+        lat: -26.204,
+        lon: 28.047,
         continent: "africa",
+    },
+    Metro {
+        code: "cpt",
+        name: "Cape Town",
+        lat: -33.925,
+        lon: 18.424,
+        continent: "africa",
+    },
+    Metro {
+        code: "syd",
+        name: "Sydney",
+        lat: -33.869,
+        lon: 151.209,
+        continent: "oceania",
+    },
+    Metro {
+        code: "mel",
+        name: "Melbourne",
+        lat: -37.814,
+        lon: 144.963,
+        continent: "oceania",
+    },
+    Metro {
+        code: "akl",
+        name: "Auckland",
+        lat: -36.848,
+        lon: 174.763,
+        continent: "oceania",
     },
 ];
 
-/// Round trips between the metros, ms, in the order of [`METROS`]. Rows
-/// and columns from 10 on (and their pairs) are estimated (see the module
-/// docs).
+/// Round trips between the metros, ms, in the order of [`METROS`].
 pub const RTT_MS: &[&[u16]] = &[
     &[
-        0, 34, 31, 123, 113, 118, 150, 185, 142, 145, 139, 35, 51, 259, 236, 244,
-    ], // dal: measured row
+        0, 17, 12, 11, 27, 28, 10, 14, 27, 23, 94, 110, 123, 119, 152, 155, 142, 97, 140, 197, 236,
+        236, 240, 193, 166, 140, 152, 170, 162, 109, 88, 56, 166, 149, 267, 255, 274,
+    ], // fra: Germany West Central
     &[
-        34, 0, 20, 93, 82, 108, 168, 215, 162, 130, 108, 25, 71, 249, 210, 223,
-    ], // yyz: measured row
+        17, 0, 11, 11, 13, 31, 23, 28, 25, 29, 78, 97, 113, 109, 140, 139, 132, 81, 126, 181, 230,
+        232, 240, 200, 167, 141, 151, 181, 172, 116, 88, 60, 164, 147, 261, 261, 266,
+    ], // lon: UK South
     &[
-        31, 20, 0, 91, 76, 88, 174, 214, 166, 118, 111, 29, 75, 257, 216, 219,
-    ], // iad: measured row
+        12, 11, 0, 13, 20, 37, 17, 22, 20, 31, 88, 105, 113, 116, 146, 149, 131, 89, 128, 191, 230,
+        231, 237, 194, 162, 135, 148, 164, 166, 114, 83, 54, 159, 142, 256, 255, 262,
+    ], // par: France Central
     &[
-        123, 93, 91, 0, 13, 29, 233, 250, 229, 196, 22, 123, 158, 175, 117, 151,
-    ], // fra: measured row
+        11, 11, 13, 0, 17, 27, 17, 23, 28, 23, 84, 101, 118, 109, 146, 143, 138, 90, 132, 185, 234,
+        236, 242, 202, 169, 140, 153, 172, 168, 111, 90, 63, 166, 149, 265, 263, 265,
+    ], // ams: West Europe
     &[
-        113, 82, 76, 13, 0, 27, 244, 261, 243, 186, 20, 114, 150, 184, 127, 156,
-    ], // lhr: measured row
+        27, 13, 20, 17, 0, 34, 31, 37, 33, 35, 72, 90, 104, 101, 133, 130, 126, 77, 118, 172, 226,
+        233, 239, 214, 176, 147, 161, 190, 181, 125, 98, 78, 172, 155, 263, 264, 253,
+    ], // dub: North Europe
     &[
-        118, 108, 88, 29, 27, 0, 258, 275, 258, 206, 31, 120, 160, 193, 132, 141,
-    ], // mad: measured row
+        28, 31, 37, 27, 34, 0, 32, 38, 51, 26, 100, 120, 136, 128, 161, 159, 158, 108, 147, 201,
+        253, 255, 260, 220, 191, 161, 171, 203, 196, 122, 111, 78, 187, 171, 286, 280, 285,
+    ], // gvx: Sweden Central
     &[
-        150, 168, 174, 233, 244, 258, 0, 122, 9, 292, 165, 178, 151, 92, 114, 220,
-    ], // kix: measured row
+        10, 23, 17, 17, 31, 32, 0, 9, 28, 27, 98, 114, 130, 124, 156, 156, 148, 98, 142, 198, 235,
+        228, 228, 183, 161, 118, 136, 164, 156, 92, 82, 52, 168, 151, 258, 246, 267,
+    ], // zrh: Switzerland North
     &[
-        185, 215, 214, 250, 261, 275, 122, 0, 115, 328, 280, 247, 202, 113, 173, 187,
-    ], // syd: measured row
+        14, 28, 22, 23, 37, 38, 9, 0, 34, 27, 98, 113, 134, 124, 160, 160, 151, 101, 147, 201, 238,
+        238, 234, 186, 166, 133, 140, 178, 170, 107, 85, 49, 174, 157, 261, 250, 273,
+    ], // mil: Italy North
     &[
-        142, 162, 166, 229, 243, 258, 9, 115, 0, 285, 166, 173, 145, 98, 120, 226,
-    ], // nrt: measured row
+        27, 25, 20, 28, 33, 51, 28, 34, 0, 47, 81, 96, 104, 105, 134, 142, 125, 91, 120, 183, 225,
+        227, 237, 186, 165, 134, 141, 179, 170, 97, 86, 56, 143, 126, 254, 254, 253,
+    ], // mad: Spain Central
     &[
-        145, 130, 118, 196, 186, 206, 292, 328, 285, 0, 162, 146, 177, 265, 230, 131,
-    ], // gru: measured row
+        23, 29, 31, 23, 35, 26, 27, 27, 47, 0, 101, 116, 135, 125, 161, 160, 155, 108, 148, 203,
+        250, 252, 255, 205, 184, 150, 159, 198, 189, 118, 105, 58, 186, 168, 278, 275, 285,
+    ], // waw: Poland Central
     &[
-        139, 108, 111, 22, 20, 31, 165, 280, 166, 162, 0, 118, 155, 182, 124, 151,
-    ], // cdg: estimated row
+        94, 78, 88, 84, 72, 100, 98, 98, 81, 101, 0, 20, 36, 29, 68, 72, 58, 18, 53, 118, 162, 168,
+        185, 203, 224, 200, 218, 237, 229, 175, 154, 122, 220, 203, 202, 213, 186,
+    ], // iad: East US
     &[
-        35, 25, 29, 123, 114, 120, 178, 247, 173, 146, 118, 0, 61, 250, 217, 233,
-    ], // ord: estimated row
+        110, 97, 105, 101, 90, 120, 114, 113, 96, 116, 20, 0, 38, 14, 52, 51, 55, 19, 58, 138, 148,
+        154, 170, 188, 210, 217, 240, 222, 214, 190, 168, 138, 234, 217, 187, 198, 174,
+    ], // ord: North Central US
     &[
-        51, 71, 75, 158, 150, 160, 151, 202, 145, 177, 155, 61, 0, 228, 227, 280,
-    ], // sjc: estimated row
+        123, 113, 113, 118, 104, 136, 130, 134, 104, 135, 36, 38, 0, 26, 35, 54, 23, 53, 22, 139,
+        129, 135, 154, 173, 201, 233, 232, 214, 206, 214, 183, 154, 244, 228, 162, 174, 151,
+    ], // sat: South Central US
     &[
-        259, 249, 257, 175, 184, 193, 92, 113, 98, 265, 182, 250, 228, 0, 75, 150,
-    ], // sin: estimated row
+        119, 109, 116, 109, 101, 128, 124, 124, 105, 125, 29, 14, 26, 0, 39, 39, 44, 29, 45, 149,
+        136, 142, 158, 176, 198, 222, 228, 210, 202, 191, 178, 146, 244, 228, 176, 186, 163,
+    ], // dsm: Central US
     &[
-        236, 210, 216, 117, 127, 132, 114, 173, 120, 230, 124, 217, 227, 75, 0, 124,
-    ], // bom: estimated row
+        152, 140, 146, 146, 133, 161, 156, 160, 134, 161, 68, 52, 35, 39, 0, 24, 19, 69, 52, 169,
+        108, 114, 131, 148, 170, 218, 201, 182, 174, 235, 214, 183, 273, 256, 140, 150, 139,
+    ], // sjc: West US
     &[
-        244, 223, 219, 151, 156, 141, 220, 187, 226, 131, 151, 233, 280, 150, 124, 0,
-    ], // jnb: estimated row
+        155, 139, 149, 143, 130, 159, 156, 160, 142, 160, 72, 51, 54, 39, 24, 0, 40, 64, 72, 177,
+        101, 107, 124, 141, 162, 211, 194, 175, 167, 241, 215, 181, 280, 263, 161, 172, 137,
+    ], // mwh: West US 2
+    &[
+        142, 132, 131, 138, 126, 158, 148, 151, 125, 155, 58, 55, 23, 44, 19, 40, 0, 70, 39, 157,
+        112, 118, 136, 156, 183, 231, 215, 197, 188, 238, 201, 171, 264, 246, 146, 158, 134,
+    ], // phx: West US 3
+    &[
+        97, 81, 89, 90, 77, 108, 98, 101, 91, 108, 18, 19, 53, 29, 69, 64, 70, 0, 71, 129, 160,
+        167, 182, 201, 222, 201, 220, 234, 226, 175, 154, 124, 230, 214, 202, 213, 186,
+    ], // yyz: Canada Central
+    &[
+        140, 126, 128, 132, 118, 147, 142, 147, 120, 148, 53, 58, 22, 45, 52, 72, 39, 71, 0, 156,
+        145, 151, 166, 189, 218, 252, 249, 230, 223, 210, 199, 169, 260, 242, 178, 190, 166,
+    ], // qro: Mexico Central
+    &[
+        197, 181, 191, 185, 172, 201, 198, 201, 183, 203, 118, 138, 139, 149, 169, 177, 157, 129,
+        156, 0, 262, 268, 284, 307, 331, 304, 320, 344, 336, 276, 253, 224, 321, 304, 295, 307,
+        284,
+    ], // gru: Brazil South
+    &[
+        236, 230, 230, 234, 226, 253, 235, 238, 225, 250, 162, 148, 129, 136, 108, 101, 112, 160,
+        145, 262, 0, 12, 30, 49, 72, 122, 106, 85, 77, 152, 162, 246, 249, 266, 104, 114, 128,
+    ], // tyo: Japan East
+    &[
+        236, 232, 231, 236, 233, 255, 228, 238, 227, 252, 168, 154, 135, 142, 114, 107, 118, 167,
+        151, 268, 12, 0, 19, 48, 72, 123, 106, 85, 77, 150, 159, 247, 246, 263, 110, 120, 134,
+    ], // osa: Japan West
+    &[
+        240, 240, 237, 242, 239, 260, 228, 234, 237, 255, 185, 170, 154, 158, 131, 124, 136, 182,
+        166, 284, 30, 19, 0, 39, 68, 120, 100, 80, 69, 147, 157, 242, 244, 261, 127, 138, 150,
+    ], // sel: Korea Central
+    &[
+        193, 200, 194, 202, 214, 220, 183, 186, 186, 205, 203, 188, 173, 176, 148, 141, 156, 201,
+        189, 307, 49, 48, 39, 0, 36, 88, 69, 47, 35, 113, 123, 209, 211, 227, 122, 121, 143,
+    ], // hkg: East Asia
+    &[
+        166, 167, 162, 169, 176, 191, 161, 166, 165, 184, 224, 210, 201, 198, 170, 162, 183, 222,
+        218, 331, 72, 72, 68, 36, 0, 53, 37, 17, 9, 83, 92, 179, 177, 195, 95, 88, 119,
+    ], // sin: Southeast Asia
+    &[
+        140, 141, 135, 140, 147, 161, 118, 133, 134, 150, 200, 217, 233, 222, 218, 211, 231, 201,
+        252, 304, 122, 123, 120, 88, 53, 0, 20, 68, 59, 32, 43, 151, 131, 147, 145, 138, 171,
+    ], // pnq: Central India
+    &[
+        152, 151, 148, 153, 161, 171, 136, 140, 141, 159, 218, 240, 232, 228, 201, 194, 215, 220,
+        249, 320, 106, 106, 100, 69, 37, 20, 0, 50, 41, 50, 60, 161, 149, 165, 128, 121, 152,
+    ], // maa: South India
+    &[
+        170, 181, 164, 172, 190, 203, 164, 178, 179, 198, 237, 222, 214, 210, 182, 175, 197, 234,
+        230, 344, 85, 85, 80, 47, 17, 68, 50, 0, 21, 96, 106, 192, 193, 210, 108, 100, 132,
+    ], // cgk: Indonesia Central
+    &[
+        162, 172, 166, 168, 181, 196, 156, 170, 170, 189, 229, 214, 206, 202, 174, 167, 188, 226,
+        223, 336, 77, 77, 69, 35, 9, 59, 41, 21, 0, 87, 97, 183, 185, 201, 100, 92, 124,
+    ], // kul: Malaysia West
+    &[
+        109, 116, 114, 111, 125, 122, 92, 107, 97, 118, 175, 190, 214, 191, 235, 241, 238, 175,
+        210, 276, 152, 150, 147, 113, 83, 32, 50, 96, 87, 0, 15, 120, 103, 119, 173, 166, 197,
+    ], // dxb: UAE North
+    &[
+        88, 88, 83, 90, 98, 111, 82, 85, 86, 105, 154, 168, 183, 178, 214, 215, 201, 154, 199, 253,
+        162, 159, 157, 123, 92, 43, 60, 106, 97, 15, 0, 109, 113, 129, 181, 175, 206,
+    ], // doh: Qatar Central
+    &[
+        56, 60, 54, 63, 78, 78, 52, 49, 56, 58, 122, 138, 154, 146, 183, 181, 171, 124, 169, 224,
+        246, 247, 242, 209, 179, 151, 161, 192, 183, 120, 109, 0, 196, 179, 269, 263, 294,
+    ], // tlv: Israel Central
+    &[
+        166, 164, 159, 166, 172, 187, 168, 174, 143, 186, 220, 234, 244, 244, 273, 280, 264, 230,
+        260, 321, 249, 246, 244, 211, 177, 131, 149, 193, 185, 103, 113, 196, 0, 21, 328, 321, 294,
+    ], // jnb: South Africa North
+    &[
+        149, 147, 142, 149, 155, 171, 151, 157, 126, 168, 203, 217, 228, 228, 256, 263, 246, 214,
+        242, 304, 266, 263, 261, 227, 195, 147, 165, 210, 201, 119, 129, 179, 21, 0, 328, 320, 310,
+    ], // cpt: South Africa West
+    &[
+        267, 261, 256, 265, 263, 286, 258, 261, 254, 278, 202, 187, 162, 176, 140, 161, 146, 202,
+        178, 295, 104, 110, 127, 122, 95, 145, 128, 108, 100, 173, 181, 269, 328, 328, 0, 15, 28,
+    ], // syd: Australia East
+    &[
+        255, 261, 255, 263, 264, 280, 246, 250, 254, 275, 213, 198, 174, 186, 150, 172, 158, 213,
+        190, 307, 114, 120, 138, 121, 88, 138, 121, 100, 92, 166, 175, 263, 321, 320, 15, 0, 40,
+    ], // mel: Australia Southeast
+    &[
+        274, 266, 262, 265, 253, 285, 267, 273, 253, 285, 186, 174, 151, 163, 139, 137, 134, 186,
+        166, 284, 128, 134, 150, 143, 119, 171, 152, 132, 124, 197, 206, 294, 294, 310, 28, 40, 0,
+    ], // akl: New Zealand North
 ];
 
-/// Metros whose every round trip is measured (the first ones).
-pub const MEASURED_METROS: usize = 10;
-
 /// Where [`RTT_MS`] comes from.
-pub const SOURCE: &str = "IBM Cloud VPC inter-region latency, average round trip, 31 Aug - 29 Sep 2024 (github.com/ibm-cloud-docs/vpc, _include-segments/network-latency.md) for dal, yyz, iad, fra, lhr, mad, kix, syd, nrt, gru; the other metros' round trips estimated by a line fitted to those 45 pairs: 14.4 ms + 15.66 ms per 1000 km of great-circle distance (tests/sim/data/make_wan_table.py)";
+pub const SOURCE: &str = "Microsoft Learn, Azure network round-trip latency statistics (learn.microsoft.com/azure/networking/azure-network-latency): monthly P50 round trips between Azure regions, dataset of 30 July 2026 (30 days); the mean of both directions; metros mapped to regions in tests/sim/data/metros.csv";
 
 /// Round trip between a client and a POP in the same metro (the last
 /// mile), ms.
@@ -321,9 +563,6 @@ pub struct Description {
     pub source: &'static str,
     /// The metros.
     pub metros: Vec<Metro>,
-    /// The first this many metros' round trips are measured; the others'
-    /// are estimated.
-    pub measured_metros: usize,
     /// The store's metro (one FoundationDB region).
     pub store: &'static str,
     /// The directory's metro.
@@ -341,7 +580,6 @@ pub fn describe() -> Description {
     Description {
         source: SOURCE,
         metros: METROS.to_vec(),
-        measured_metros: MEASURED_METROS,
         store: "iad",
         directory: "iad",
         jitter_fraction: JITTER_FRACTION,
