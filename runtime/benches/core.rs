@@ -76,6 +76,15 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let _guard = rt.enter();
 
+    // `cargo bench -p tern-runtime --bench core -- grpc cold` runs only the
+    // sections whose names contain a word given (warm, cold, durable,
+    // first, grpc); the JSON line needs them all.
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want =
+        |section: &str| words.is_empty() || words.iter().any(|w| section.contains(w.as_str()));
     println!("| benchmark | tern | baseline | ratio |");
     println!("|---|---|---|---|");
 
@@ -92,44 +101,92 @@ fn main() {
         world: tern_runtime::clock::World::default(),
         meter: tern_runtime::engine::CpuMeter::Epoch,
     };
-    let mut inst = ActorInstance::new(engine.engine(), &prep, &params, &[]).unwrap();
-    let t = Instant::now();
-    for _ in 0..DIRECT_CALLS {
-        inst.call(get_turn(), &params.limits).unwrap().unwrap();
-    }
-    let direct = DIRECT_CALLS as f64 / t.elapsed().as_secs_f64();
-
-    let (_, node) = counter_pop(dir.path(), "warm", &engine, &wasm, Durability::Idle);
-    let warm = rt.block_on(async {
-        // Callers spread over a few actors, as a POP would see.
-        let callers = 8;
-        for c in 0..callers {
-            node.call(req(&format!("w{c}"), "get", "")).await.unwrap();
-        }
+    let (mut warm, mut direct) = (f64::NAN, f64::NAN);
+    if want("warm") {
+        let mut inst = ActorInstance::new(engine.engine(), &prep, &params, &[]).unwrap();
         let t = Instant::now();
-        let mut tasks = Vec::new();
-        for c in 0..callers {
-            let node = node.clone();
-            tasks.push(tokio::spawn(async move {
-                let id = format!("w{c}");
-                for _ in 0..WARM_CALLS / callers {
-                    node.call(req(&id, "get", "")).await.unwrap();
-                }
-            }));
+        for _ in 0..DIRECT_CALLS {
+            inst.call(get_turn(), &params.limits).unwrap().unwrap();
         }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        WARM_CALLS as f64 / t.elapsed().as_secs_f64()
-    });
-    println!(
-        "| warm in-process calls/s (8 actors, idle durability) vs direct wasmtime calls/s | {warm:.0} | {direct:.0} | {:.2} |",
-        warm / direct
-    );
+        direct = DIRECT_CALLS as f64 / t.elapsed().as_secs_f64();
+
+        let (_, node) = counter_pop(dir.path(), "warm", &engine, &wasm, Durability::Idle);
+        warm = rt.block_on(async {
+            // Callers spread over a few actors, as a POP would see.
+            let callers = 8;
+            for c in 0..callers {
+                node.call(req(&format!("w{c}"), "get", "")).await.unwrap();
+            }
+            let t = Instant::now();
+            let mut tasks = Vec::new();
+            for c in 0..callers {
+                let node = node.clone();
+                tasks.push(tokio::spawn(async move {
+                    let id = format!("w{c}");
+                    for _ in 0..WARM_CALLS / callers {
+                        node.call(req(&id, "get", "")).await.unwrap();
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            WARM_CALLS as f64 / t.elapsed().as_secs_f64()
+        });
+        println!(
+            "| warm in-process calls/s (8 actors, idle durability) vs direct wasmtime calls/s | {warm:.0} | {direct:.0} | {:.2} |",
+            warm / direct
+        );
+        // The floor issue 11 sets: guest code runs on turn threads, never on
+        // the tokio workers, so each call hands a job to a turn thread and
+        // its result back. The same direct call through the same pool,
+        // from the same 8 callers, with nothing else of a turn.
+        let pool = tern_runtime::turnpool::TurnPool::new(tern_runtime::turnpool::default_slots());
+        let hopped = rt.block_on(async {
+            let callers = 8;
+            let t = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..callers {
+                let pool = pool.clone();
+                let mut inst =
+                    Some(ActorInstance::new(engine.engine(), &prep, &params, &[]).unwrap());
+                let limits = params.limits;
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..WARM_CALLS / callers {
+                        let mut i = inst.take().unwrap();
+                        let (i, _) = pool
+                            .run(0, 0, move || {
+                                i.call(get_turn(), &limits).unwrap().unwrap();
+                                i
+                            })
+                            .await
+                            .unwrap();
+                        inst = Some(i);
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            WARM_CALLS as f64 / t.elapsed().as_secs_f64()
+        });
+        println!(
+            "| direct wasmtime calls/s handed to a turn thread and back (the hop issue 11 requires; 8 callers) vs direct | {hopped:.0} | {direct:.0} | {:.2} |",
+            hopped / direct
+        );
+        println!(
+            "| warm in-process calls/s vs the same hop with a direct call in it | {warm:.0} | {hopped:.0} | {:.2} |",
+            warm / hopped
+        );
+    }
 
     // 2. Cold activation from sqlite.
     let mut cold_figures: Vec<(&str, f64, f64)> = Vec::new();
-    for (label, mb) in [("128 KiB", 0u64), ("1 MiB", 1), ("16 MiB", 16)] {
+    let sizes = match want("cold") {
+        true => &[("128 KiB", 0u64), ("1 MiB", 1), ("16 MiB", 16)][..],
+        false => &[],
+    };
+    for &(label, mb) in sizes {
         // Idle durability: the timed first call does not also commit.
         let (store, node) = counter_pop(
             dir.path(),
@@ -220,8 +277,12 @@ fn main() {
     }
 
     // 3. Durable vs non-durable turns on sqlite.
-    let mut rates = Vec::new();
-    for durability in [Durability::Turn, Durability::Idle] {
+    let mut rates = [f64::NAN, f64::NAN];
+    let durabilities = match want("durable") {
+        true => &[Durability::Turn, Durability::Idle][..],
+        false => &[],
+    };
+    for (i, &durability) in durabilities.iter().enumerate() {
         let (_, node) = counter_pop(
             dir.path(),
             &format!("turns-{durability:?}"),
@@ -251,95 +312,157 @@ fn main() {
             }
             (TURN_ACTORS * TURNS_PER_ACTOR) as f64 / t.elapsed().as_secs_f64()
         });
-        rates.push(rate);
+        rates[i] = rate;
         rt.block_on(node.shutdown());
     }
-    println!(
-        "| durable turns/s on sqlite ({TURN_ACTORS} actors, group commit) vs non-durable | {:.0} | {:.0} | {:.2} |",
-        rates[0],
-        rates[1],
-        rates[0] / rates[1]
-    );
+    if want("durable") {
+        println!(
+            "| durable turns/s on sqlite ({TURN_ACTORS} actors, group commit) vs non-durable | {:.0} | {:.0} | {:.2} |",
+            rates[0],
+            rates[1],
+            rates[0] / rates[1]
+        );
+    }
 
     // 4. A type's first activation at a POP that never ran it: with the
     // compiled code in the store (a new engine loads it), against a new
     // engine that compiles it first.
-    // A new engine, so the code is compiled (and kept in this store) here.
-    let (store, _deployer) = counter_pop(
-        dir.path(),
-        "first",
-        &TernEngine::new().unwrap(),
-        &wasm,
-        Durability::Idle,
-    );
-    let code_dir = dir.path().join("code");
-    let first = |compile_first: bool, local: bool, round: usize| {
-        let fresh = TernEngine::new().unwrap();
-        let fresh = match local {
-            true => fresh.with_code_dir(&code_dir).unwrap(),
-            false => fresh,
+    let mut cached = f64::NAN;
+    if want("first") {
+        // A new engine, so the code is compiled (and kept in this store) here.
+        let (store, _deployer) = counter_pop(
+            dir.path(),
+            "first",
+            &TernEngine::new().unwrap(),
+            &wasm,
+            Durability::Idle,
+        );
+        let code_dir = dir.path().join("code");
+        let first = |compile_first: bool, local: bool, round: usize| {
+            let fresh = TernEngine::new().unwrap();
+            let fresh = match local {
+                true => fresh.with_code_dir(&code_dir).unwrap(),
+                false => fresh,
+            };
+            let node = Node::new(format!("pop-{round}"), store.clone(), fresh.clone());
+            let t = Instant::now();
+            if compile_first {
+                use sha2::Digest;
+                let digest = hex::encode(sha2::Sha256::digest(&wasm));
+                fresh.prepare(&digest, &wasm).unwrap();
+            }
+            rt.block_on(node.call(req(&format!("first-{round}"), "get", "")))
+                .unwrap();
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            assert_eq!(fresh.compiles(), u64::from(compile_first));
+            let mapped = fresh.local_loads();
+            rt.block_on(node.shutdown());
+            (ms, mapped)
         };
-        let node = Node::new(format!("pop-{round}"), store.clone(), fresh.clone());
-        let t = Instant::now();
-        if compile_first {
-            use sha2::Digest;
-            let digest = hex::encode(sha2::Sha256::digest(&wasm));
-            fresh.prepare(&digest, &wasm).unwrap();
-        }
-        rt.block_on(node.call(req(&format!("first-{round}"), "get", "")))
-            .unwrap();
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        assert_eq!(fresh.compiles(), u64::from(compile_first));
-        let mapped = fresh.local_loads();
-        rt.block_on(node.shutdown());
-        (ms, mapped)
-    };
-    let rounds = 3;
-    let cached: f64 = (0..rounds).map(|r| first(false, false, r).0).sum::<f64>() / rounds as f64;
-    let compiled: f64 = (0..rounds)
-        .map(|r| first(true, false, 10 + r).0)
-        .sum::<f64>()
-        / rounds as f64;
-    // The local code directory: filled by one start, mapped by the next.
-    assert_eq!(first(false, true, 20).1, 0);
-    let local: f64 = (0..rounds)
-        .map(|r| {
-            let (ms, mapped) = first(false, true, 30 + r);
-            assert_eq!(mapped, 1, "the code was mapped from local disk");
-            ms
-        })
-        .sum::<f64>()
-        / rounds as f64;
-    println!(
-        "| a type's first activation at a new POP: compiled code from the store vs compiling it | {cached:.1} ms | {compiled:.1} ms | {:.2} |",
-        cached / compiled
-    );
-    println!(
-        "| a type's first activation after a POP restart: compiled code mapped from local disk vs compiling it | {local:.1} ms | {compiled:.1} ms | {:.2} |",
-        local / compiled
-    );
+        let rounds = 3;
+        cached = (0..rounds).map(|r| first(false, false, r).0).sum::<f64>() / rounds as f64;
+        let compiled: f64 = (0..rounds)
+            .map(|r| first(true, false, 10 + r).0)
+            .sum::<f64>()
+            / rounds as f64;
+        // The local code directory: filled by one start, mapped by the next.
+        assert_eq!(first(false, true, 20).1, 0);
+        let local: f64 = (0..rounds)
+            .map(|r| {
+                let (ms, mapped) = first(false, true, 30 + r);
+                assert_eq!(mapped, 1, "the code was mapped from local disk");
+                ms
+            })
+            .sum::<f64>()
+            / rounds as f64;
+        println!(
+            "| a type's first activation at a new POP: compiled code from the store vs compiling it | {cached:.1} ms | {compiled:.1} ms | {:.2} |",
+            cached / compiled
+        );
+        println!(
+            "| a type's first activation after a POP restart: compiled code mapped from local disk vs compiling it | {local:.1} ms | {compiled:.1} ms | {:.2} |",
+            local / compiled
+        );
+    }
     // 5. Warm gRPC calls: a POP's ActorService (the counter's `get`, idle
     // durability, 8 actors) against a tonic service of the same proto that
     // answers every call with its payload, with the same client.
-    let (_, grpc_node) = counter_pop(dir.path(), "grpc", &engine, &wasm, Durability::Idle);
-    let (tern_rate, echo_rate) = rt.block_on(async {
-        let tern_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let tern_addr = tern_listener.local_addr().unwrap();
-        tokio::spawn(tern_runtime::grpc::server::serve(
-            grpc_node.clone(),
-            tern_listener,
-            Default::default(),
-            std::future::pending(),
-        ));
-        let echo_addr = echo::start().await;
-        let tern_rate = grpc_rate(tern_addr).await;
-        let echo_rate = grpc_rate(echo_addr).await;
-        (tern_rate, echo_rate)
-    });
-    println!(
-        "| warm gRPC calls/s (8 actors, 8 callers on one channel) vs a tonic echo service of the same proto | {tern_rate:.0} | {echo_rate:.0} | {:.2} |",
-        tern_rate / echo_rate
-    );
+    let (mut tern_rate, mut echo_rate) = (f64::NAN, f64::NAN);
+    if want("grpc") {
+        let (_, grpc_node) = counter_pop(dir.path(), "grpc", &engine, &wasm, Durability::Idle);
+        (tern_rate, echo_rate) = rt.block_on(async {
+            let tern_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let tern_addr = tern_listener.local_addr().unwrap();
+            tokio::spawn(tern_runtime::grpc::server::serve(
+                grpc_node.clone(),
+                tern_listener,
+                Default::default(),
+                std::future::pending(),
+            ));
+            let echo_addr = echo::start().await;
+            let tern_rate = grpc_rate(tern_addr).await;
+            let echo_rate = grpc_rate(echo_addr).await;
+            let hop_addr = echo::start_hopping().await;
+            let hop_rate = grpc_rate(hop_addr).await;
+            println!(
+                "| a tonic echo service that hands each call to a turn thread and back (issue 11's hop) vs the plain echo | {hop_rate:.0} | {echo_rate:.0} | {:.2} |",
+                hop_rate / echo_rate
+            );
+            println!(
+                "| warm gRPC calls/s vs the echo with that hop | {tern_rate:.0} | {hop_rate:.0} | {:.2} |",
+                tern_rate / hop_rate
+            );
+            (tern_rate, echo_rate)
+        });
+        println!(
+            "| warm gRPC calls/s (8 actors, 8 callers on one channel) vs a tonic echo service of the same proto | {tern_rate:.0} | {echo_rate:.0} | {:.2} |",
+            tern_rate / echo_rate
+        );
+    }
+    // Where a cold activation's time goes, by the runtime's own spans:
+    // last, because it installs a process-wide subscriber (timing spans
+    // costs, so no other row runs under it).
+    if want("cold") {
+        let timer = spantime::Timer::default();
+        tracing::subscriber::set_global_default(timer.subscriber()).unwrap();
+        for (label, mb) in [("1 MiB", 1u64), ("16 MiB", 16)] {
+            let (_, node) = counter_pop(
+                dir.path(),
+                &format!("spans{mb}"),
+                &engine,
+                &wasm,
+                Durability::Idle,
+            );
+            rt.block_on(async {
+                let id = "cold";
+                node.call(req(id, "grow", &format!("{{\"mb\": {mb}}}")))
+                    .await
+                    .unwrap();
+                timer.take();
+                for _ in 0..COLD_ROUNDS {
+                    node.evict("counter", id).await;
+                    node.call(req(id, "get", "")).await.unwrap();
+                }
+            });
+            let spans = timer.take();
+            let ms = |name: &str| {
+                spans
+                    .get(name)
+                    .map_or(0.0, |d| d.as_secs_f64() * 1e3 / COLD_ROUNDS as f64)
+            };
+            println!(
+                "| where a cold activation of the {label} actor goes (its spans timed, ms each) | route {:.3} = claim {:.3} + restore {:.3} (with its wait for a turn thread) + first turn {:.3} + the rest {:.3} | | |",
+                ms("route"),
+                ms("claim"),
+                ms("restore"),
+                ms("turn"),
+                ms("route") - ms("claim") - ms("restore") - ms("turn"),
+            );
+        }
+    }
+    if !words.is_empty() {
+        return;
+    }
     let cold = |label: &str, pick: fn(&(&str, f64, f64)) -> f64| {
         cold_figures
             .iter()
@@ -435,7 +558,9 @@ mod echo {
     use tern_proto::actor::actor_service_server::{ActorService, ActorServiceServer};
     use tonic::{Request, Response, Status};
 
-    struct Echo;
+    /// Answers every call with its payload; with a pool, from a job run
+    /// on a turn thread.
+    struct Echo(Option<tern_runtime::turnpool::TurnPool>);
 
     fn no<T>() -> Result<Response<T>, Status> {
         Err(Status::unimplemented("echo only answers Call"))
@@ -447,8 +572,15 @@ mod echo {
             &self,
             req: Request<pb::CallRequest>,
         ) -> Result<Response<pb::CallReply>, Status> {
+            let mut payload = req.into_inner().payload;
+            if let Some(pool) = &self.0 {
+                (payload, _) = pool
+                    .run(0, 0, move || payload)
+                    .await
+                    .map_err(|p| Status::internal(p.0))?;
+            }
             Ok(Response::new(pb::CallReply {
-                payload: req.into_inner().payload,
+                payload,
                 pop: "echo".into(),
                 epoch: 1,
             }))
@@ -521,17 +653,74 @@ mod echo {
             no()
         }
     }
-
+    /// Serves `echo` on a loopback port; returns its address.
     /// Serves the echo service on a loopback port; returns its address.
-    pub async fn start() -> std::net::SocketAddr {
+    async fn serve(echo: Echo) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
-                .add_service(ActorServiceServer::new(Echo))
+                .add_service(ActorServiceServer::new(echo))
                 .serve_with_incoming(tern_proto::incoming(listener)),
         );
         addr
+    }
+
+    /// Serves the plain echo on a loopback port; returns its address.
+    pub async fn start() -> std::net::SocketAddr {
+        serve(Echo(None)).await
+    }
+
+    /// Serves an echo whose every answer comes from a turn thread.
+    pub async fn start_hopping() -> std::net::SocketAddr {
+        let slots = tern_runtime::turnpool::default_slots();
+        serve(Echo(Some(tern_runtime::turnpool::TurnPool::new(slots)))).await
+    }
+}
+
+/// Wall time per span name, from a span's creation to its close.
+mod spantime {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use tracing::span;
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    use tracing_subscriber::registry::LookupSpan;
+
+    #[derive(Clone, Default)]
+    pub struct Timer(Arc<Mutex<HashMap<&'static str, Duration>>>);
+
+    struct Started(Instant);
+
+    impl Timer {
+        /// A subscriber that records every span's life into this timer.
+        pub fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
+            tracing_subscriber::registry()
+                .with(self.clone())
+                .with(tracing_subscriber::filter::LevelFilter::DEBUG)
+        }
+
+        /// The totals so far, by span name.
+        pub fn take(&self) -> HashMap<&'static str, Duration> {
+            std::mem::take(&mut self.0.lock().unwrap())
+        }
+    }
+
+    impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Timer {
+        fn on_new_span(&self, _: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+            if let Some(s) = ctx.span(id) {
+                s.extensions_mut().insert(Started(Instant::now()));
+            }
+        }
+
+        fn on_close(&self, id: span::Id, ctx: Context<'_, S>) {
+            if let Some(s) = ctx.span(&id)
+                && let Some(Started(t)) = s.extensions().get::<Started>()
+            {
+                *self.0.lock().unwrap().entry(s.name()).or_default() += t.elapsed();
+            }
+        }
     }
 }

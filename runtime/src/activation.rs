@@ -86,6 +86,21 @@ fn unknown_cost(limits: &crate::config::Limits) -> u64 {
     limits.turn_cpu_ms_max.saturating_mul(1_000_000)
 }
 
+/// An instance restored from `baseline`, its writes tracked from now on
+/// (so the first turn's absorb compares only the pages it wrote).
+fn instance_from(
+    engine: &wasmtime::Engine,
+    prep: &crate::instance::Prepared,
+    params: &InstanceParams,
+    baseline: &mut Baseline,
+) -> Result<ActorInstance> {
+    let inst =
+        ActorInstance::restored(engine, prep, params, baseline.images(), baseline.globals())?;
+    // SAFETY: the instance was just created; no guest code runs.
+    unsafe { baseline.track(inst.memories()) };
+    Ok(inst)
+}
+
 fn internal_after_panic(key: &str, what: &str, msg: &str) -> RuntimeError {
     RuntimeError::Internal(format!(
         "the activation of {key} panicked during {what} ({msg}); it was removed and the next call restores the actor from the store"
@@ -739,12 +754,12 @@ impl Node {
                     &snap.extra,
                 )?;
                 let (inst, baseline) = if snap.meta.component_digest == ty.prep.digest() {
-                    let inst = ActorInstance::restored(
+                    let mut restored = restored;
+                    let inst = instance_from(
                         self.inner.engine.engine(),
                         &ty.prep,
                         &params,
-                        restored.images(),
-                        restored.globals(),
+                        &mut restored,
                     )?;
                     (inst, restored)
                 } else {
@@ -926,13 +941,8 @@ impl Node {
                 {
                     tracing::warn!(actor = key, error = %se, "cannot record an upgrade failure");
                 }
-                let inst = ActorInstance::restored(
-                    engine,
-                    &old_ty.prep,
-                    &old_params,
-                    restored.images(),
-                    restored.globals(),
-                )?;
+                let mut restored = restored;
+                let inst = instance_from(engine, &old_ty.prep, &old_params, &mut restored)?;
                 Ok(Upgraded {
                     ty: old_ty,
                     params: old_params,
@@ -1009,12 +1019,11 @@ impl Activation {
     /// instance so the actor rolls back to the baseline.
     fn run_guest(&mut self, node: &Node, turn: TurnInput<'_>) -> Result<TurnOutput> {
         if self.instance.is_none() {
-            let inst = ActorInstance::restored(
+            let inst = instance_from(
                 node.inner.engine.engine(),
                 &self.ty.prep,
                 &self.params,
-                self.baseline.images(),
-                self.baseline.globals(),
+                &mut self.baseline,
             )?;
             self.instance = Some(inst);
         }

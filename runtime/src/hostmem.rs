@@ -42,6 +42,9 @@ struct Region {
     reserved: usize,
     /// Guard bytes after `reserved`, never accessible.
     guard: usize,
+    /// Whether `[0, reserved)` is registered for write tracking
+    /// ([`crate::writetrack`]).
+    registered: bool,
 }
 
 // SAFETY: a `Region` is plain address space; all access to its bytes goes
@@ -67,11 +70,17 @@ impl Region {
             )
         }
         .map_err(|e| format!("cannot reserve {total} bytes of address space: {e}"))?;
+        let registered = crate::writetrack::tracker().is_some_and(|t| {
+            t.register(ptr as usize, reserved)
+                .map_err(|e| tracing::warn!(error = %e, "a memory is compared whole: it could not be registered for write tracking"))
+                .is_ok()
+        });
         Ok(Region {
             base: NonNull::new(ptr.cast()).ok_or("mmap returned null")?,
             accessible: 0,
             reserved,
             guard,
+            registered,
         })
     }
 
@@ -153,6 +162,25 @@ struct Shared {
     base: NonNull<u8>,
     size: AtomicUsize,
     pool: Arc<Pool>,
+    /// Whether the region is registered for write tracking.
+    registered: bool,
+    /// Who tracks this memory's writes, and at what size.
+    armed: Mutex<Armed>,
+}
+
+/// The baseline (by its token) whose bytes the memory held when tracking
+/// was armed, and the memory's size then; token 0 is nobody.
+#[derive(Default)]
+struct Armed {
+    token: u64,
+    len: usize,
+}
+
+impl Armed {
+    /// Whether writes are tracked for `token` at the size `len`.
+    fn holds(&self, token: u64, len: usize) -> bool {
+        token != 0 && self.token == token && self.len == len
+    }
 }
 
 // SAFETY: the raw base pointer is only dereferenced under the rules of
@@ -231,6 +259,64 @@ impl MemoryHandle {
     pub unsafe fn bytes_mut(&self) -> &mut [u8] {
         // SAFETY: as in `bytes`, plus exclusivity guaranteed by the caller.
         unsafe { std::slice::from_raw_parts_mut(self.0.base.as_ptr(), self.len()) }
+    }
+
+    /// Starts tracking writes for the baseline `token` (non-zero), which
+    /// must hold exactly this memory's bytes now. Returns whether tracking
+    /// is on: it is off for memories under
+    /// [`crate::writetrack::TRACKED_BYTES_MIN`], and where the kernel does
+    /// not offer it. Arming again (any token) ends the previous tracking.
+    pub fn arm(&self, token: u64) -> bool {
+        assert_ne!(token, 0, "token 0 means no baseline");
+        let len = self.len();
+        let mut armed = self.0.armed.lock();
+        *armed = Armed::default();
+        if len < crate::writetrack::TRACKED_BYTES_MIN || !self.0.registered {
+            return false;
+        }
+        let Some(t) = crate::writetrack::tracker() else {
+            return false;
+        };
+        match t.protect(self.0.base.as_ptr() as usize, len) {
+            Ok(()) => {
+                *armed = Armed { token, len };
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "write tracking could not be armed; this memory is compared whole");
+                false
+            }
+        }
+    }
+
+    /// Whether writes are tracked for the baseline `token` at the memory's
+    /// current size.
+    pub fn armed_for(&self, token: u64) -> bool {
+        self.0.armed.lock().holds(token, self.len())
+    }
+
+    /// The byte ranges (OS-page aligned) written since [`MemoryHandle::arm`]
+    /// with `token` or the previous call, which start being tracked afresh;
+    /// `None` if the memory is not tracked for `token` at its current size
+    /// (it grew, another baseline armed it, or tracking is off): compare it
+    /// whole then, and arm it again.
+    pub fn take_written(&self, token: u64) -> Option<Vec<std::ops::Range<usize>>> {
+        let len = self.len();
+        let mut armed = self.0.armed.lock();
+        if !armed.holds(token, len) {
+            return None;
+        }
+        let t = crate::writetrack::tracker()?;
+        match t.take_written(self.0.base.as_ptr() as usize, len) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                // Part of the range may be protected again already: what
+                // was written there is lost to tracking, so start over.
+                *armed = Armed::default();
+                tracing::warn!(error = %e, "write tracking failed; this memory is compared whole");
+                None
+            }
+        }
     }
 }
 
@@ -339,6 +425,8 @@ unsafe impl MemoryCreator for HostMemoryCreator {
         region.make_accessible(size)?;
         let shared = Arc::new(Shared {
             base: region.base,
+            registered: region.registered,
+            armed: Mutex::new(Armed::default()),
             region: Mutex::new(Some(region)),
             size: AtomicUsize::new(size),
             pool: self.pool.clone(),

@@ -31,6 +31,7 @@ pub mod route;
 pub mod snapshot;
 mod table;
 pub mod turnpool;
+pub mod writetrack;
 
 pub use config::{Durability, Limits, Placement, TypeConfig};
 pub use engine::TernEngine;

@@ -74,7 +74,14 @@ pub struct Baseline {
     patched: BTreeSet<PageId>,
     /// Patch records to clear at the next commit (another version's).
     stale_patches: BTreeSet<PageId>,
+    /// This baseline's write-tracking token (0 until the first absorb).
+    token: u64,
+    /// Absorbs so far: every `FULL_CHECK_EVERY`th compares everything.
+    absorbs: u32,
 }
+
+/// Write-tracking tokens, one per baseline.
+static NEXT_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Baseline {
     /// A baseline from restored images and globals; nothing is dirty.
@@ -179,40 +186,123 @@ impl Baseline {
     /// # Safety
     /// No guest code of the instance owning `mems` may run during the call.
     pub unsafe fn absorb(&mut self, mems: &[MemoryHandle]) -> usize {
+        let token = self.token();
         if self.images.len() < mems.len() {
             self.images.resize_with(mems.len(), Vec::new);
             self.dirty.resize_with(mems.len(), BTreeSet::new);
             self.grown = true;
         }
+        self.absorbs = self.absorbs.wrapping_add(1);
+        let check = self
+            .absorbs
+            .is_multiple_of(crate::writetrack::FULL_CHECK_EVERY);
         let mut changed = 0;
         for (i, mem) in mems.iter().enumerate() {
+            // Taken before the bytes are borrowed: which pages were written
+            // since this baseline last held the memory's bytes.
+            let written = mem.take_written(token);
             // SAFETY: forwarded from the caller: no guest code runs.
             let live = unsafe { mem.bytes() };
-            let img = &mut self.images[i];
-            if img.len() != live.len() {
-                img.resize(live.len(), 0);
+            if self.images[i].len() != live.len() {
+                self.images[i].resize(live.len(), 0);
                 self.grown = true;
             }
-            for (p, (l, b)) in live
-                .chunks(PAGE_SIZE)
-                .zip(img.chunks_mut(PAGE_SIZE))
-                .enumerate()
-            {
-                if l != b {
+            match written {
+                Some(ranges) => {
+                    changed += self.absorb_parts(i, live, ranges.into_iter());
+                    if check && live != &self.images[i][..] {
+                        crate::writetrack::distrust("a page changed that was not reported written");
+                        changed += self.absorb_parts(i, live, std::iter::once(0..live.len()));
+                    }
+                }
+                None => {
+                    changed += self.absorb_parts(i, live, std::iter::once(0..live.len()));
+                    // The baseline holds the memory's bytes exactly now.
+                    mem.arm(token);
+                }
+            }
+        }
+        changed
+    }
+
+    /// This baseline's write-tracking token, drawn on first use.
+    fn token(&mut self) -> u64 {
+        if self.token == 0 {
+            self.token = NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.token
+    }
+
+    /// Starts tracking writes to `mems`, which hold exactly this baseline's
+    /// images (an instance just restored from it), so that the next
+    /// [`Baseline::absorb`] compares only the pages written.
+    ///
+    /// # Safety
+    /// As for [`Baseline::absorb`].
+    pub unsafe fn track(&mut self, mems: &[MemoryHandle]) {
+        let token = self.token();
+        for (i, mem) in mems.iter().enumerate() {
+            if cfg!(debug_assertions) {
+                // SAFETY: forwarded from the caller: no guest code runs.
+                let live = unsafe { mem.bytes() };
+                assert!(
+                    self.images.get(i).is_some_and(|img| img[..] == *live),
+                    "a memory armed for tracking holds its baseline image"
+                );
+            }
+            mem.arm(token);
+        }
+    }
+
+    /// Folds `parts` (sorted, disjoint byte ranges) of memory `i` from
+    /// `live` into its image, page by page; returns how many pages changed.
+    /// A part's bytes outside `parts` must already equal the image's.
+    fn absorb_parts(
+        &mut self,
+        i: usize,
+        live: &[u8],
+        parts: impl Iterator<Item = std::ops::Range<usize>>,
+    ) -> usize {
+        let len = live.len();
+        assert_eq!(
+            self.images[i].len(),
+            len,
+            "the image was sized to the memory"
+        );
+        let mut changed = 0;
+        // The page whose first change in this call was already handled.
+        let mut seen: Option<usize> = None;
+        let mut last_end = 0;
+        for r in parts {
+            assert!(r.start >= last_end, "parts are sorted and disjoint");
+            last_end = r.end;
+            let end = r.end.min(len);
+            let mut at = r.start;
+            while at < end {
+                let p = at / PAGE_SIZE;
+                let piece = at..end.min((p + 1) * PAGE_SIZE);
+                at = piece.end;
+                if live[piece.clone()] == self.images[i][piece.clone()] {
+                    continue;
+                }
+                if seen != Some(p) {
+                    seen = Some(p);
                     let id = (i as u32, p as u32);
+                    let page = p * PAGE_SIZE..((p + 1) * PAGE_SIZE).min(len);
                     // The stored image, kept to patch against, when the
-                    // page was clean until now: what the baseline held.
-                    if b.len() == PAGE_SIZE
+                    // page was clean until now: what the baseline held (no
+                    // piece of this page was copied yet in this call).
+                    if page.len() == PAGE_SIZE
                         && !self.dirty[i].contains(&(p as u32))
                         && !self.stored.contains_key(&id)
                         && self.stored.len() < PATCHED_PAGES_MAX
                     {
-                        self.stored.insert(id, b.to_vec());
+                        self.stored.insert(id, self.images[i][page].to_vec());
                     }
-                    b.copy_from_slice(l);
                     self.dirty[i].insert(p as u32);
                     changed += 1;
                 }
+                self.images[i][piece.clone()].copy_from_slice(&live[piece]);
             }
         }
         changed
@@ -405,5 +495,72 @@ mod tests {
             [0, 1, 2],
             "after an upgrade every page is replaced, zero ones included"
         );
+    }
+
+    /// Tracked absorbs (issue 14) must fold in exactly what a whole
+    /// comparison would: the same pages changed, the same image, across
+    /// writes anywhere, writes of unchanged bytes, and growth.
+    #[test]
+    fn tracked_absorb_sees_every_change_a_full_compare_sees() {
+        use rand::{Rng, SeedableRng};
+        use wasmtime::{MemoryCreator, MemoryType};
+        assert!(
+            crate::writetrack::tracker().is_some(),
+            "write tracking is unavailable on this machine (needs Linux 6.7+)"
+        );
+        let creator = crate::hostmem::HostMemoryCreator::default();
+        let wasm_page = 1usize << 16;
+        let (mem, handles) = crate::hostmem::capture(&[], || {
+            creator.new_memory(
+                MemoryType::new(32, None),
+                32 * wasm_page,
+                None,
+                Some(64 << 20),
+                0,
+            )
+        });
+        let mut mem = mem.unwrap();
+        let h = handles[0].clone();
+        assert!(h.len() >= crate::writetrack::TRACKED_BYTES_MIN);
+        let mut b = Baseline::default();
+        let mut shadow: Vec<u8> = Vec::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+        for round in 0..60 {
+            if round % 9 == 4 {
+                mem.grow_to(h.len() + 3 * wasm_page).unwrap();
+            }
+            let len = h.len();
+            for _ in 0..rng.random_range(0..40) {
+                let at = rng.random_range(0..len);
+                let v = if rng.random_bool(0.2) {
+                    shadow.get(at).copied().unwrap_or(0) // written, unchanged
+                } else {
+                    rng.random()
+                };
+                // SAFETY: no guest code runs on this memory; the slice
+                // ends with the statement.
+                unsafe { h.bytes_mut()[at] = v };
+            }
+            // SAFETY: as above.
+            let live = unsafe { h.bytes() }.to_vec();
+            shadow.resize(len, 0);
+            let expected = live
+                .chunks(PAGE_SIZE)
+                .zip(shadow.chunks(PAGE_SIZE))
+                .filter(|(l, s)| l != s)
+                .count();
+            // SAFETY: no guest code runs on this memory.
+            let changed = unsafe { b.absorb(std::slice::from_ref(&h)) };
+            assert_eq!(changed, expected, "pages changed in round {round}");
+            assert!(
+                b.images()[0] == live,
+                "the image is the memory in round {round}"
+            );
+            assert!(
+                h.armed_for(b.token),
+                "round {round}: the next absorb is tracked"
+            );
+            shadow = live;
+        }
     }
 }
