@@ -2,12 +2,20 @@
 //! the same run (see BENCHMARKS.md):
 //!
 //! 1. warm in-process calls through the node (mailbox, turn, dirty-page scan)
-//!    against calling the same export directly through wasmtime;
-//! 2. cold activation from the embedded store (sqlite) of 128 KiB, 1 MiB and
+//!    against calling the same export directly through wasmtime, and against
+//!    the same direct call handed to a turn thread and back;
+//! 2. warm calls that write memory on 1 and 16 MiB actors, with write
+//!    tracking against comparing the whole memory (a child process with
+//!    `TERN_WRITE_TRACKING=off`);
+//! 3. cold activation from the embedded store (sqlite) of 128 KiB, 1 MiB and
 //!    16 MiB actors against a fresh instantiation plus a memcpy of the same
-//!    bytes;
-//! 3. durable turns per second on sqlite (`turn` durability, group commit)
-//!    against non-durable (`idle`) turns.
+//!    bytes, and where it goes by the runtime's own spans;
+//! 4. durable turns per second on sqlite (`turn` durability, group commit)
+//!    against non-durable (`idle`) turns;
+//! 5. a type's first activation at a POP, compiled code from the store or
+//!    local disk against compiling;
+//! 6. warm gRPC calls against a plain tonic echo service and one that makes
+//!    the same turn-thread hop.
 //!
 //! Run: `cargo bench -p tern-runtime --bench core`. Counts are bounded; the
 //! whole run takes about a minute.
@@ -26,6 +34,8 @@ const DIRECT_CALLS: usize = 200_000;
 const COLD_ROUNDS: usize = 30;
 const TURN_ACTORS: usize = 64;
 const TURNS_PER_ACTOR: usize = 200;
+const GROWN_ACTORS: usize = 4;
+const GROWN_CALLS: usize = 2_000;
 
 struct NoCalls;
 impl ActorCaller for NoCalls {
@@ -76,9 +86,19 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let _guard = rt.enter();
 
+    // The baseline of the write-tracking rows: the same calls in a child
+    // process started with TERN_WRITE_TRACKING=off (tracking is chosen once
+    // per process). It prints one rate per size.
+    if std::env::args().any(|a| a == "tracking-child") {
+        for mb in [1, 16] {
+            println!("{}", warm_grown(&rt, dir.path(), &engine, &wasm, mb));
+        }
+        return;
+    }
+
     // `cargo bench -p tern-runtime --bench core -- grpc cold` runs only the
-    // sections whose names contain a word given (warm, cold, durable,
-    // first, grpc); the JSON line needs them all.
+    // sections whose names contain a word given (warm, tracking, cold,
+    // durable, first, grpc); the JSON line needs them all.
     let words: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -180,7 +200,37 @@ fn main() {
         );
     }
 
-    // 2. Cold activation from sqlite.
+    // 2. Warm calls that write memory, on grown actors: write tracking
+    // against comparing the whole memory after each turn.
+    if want("tracking") {
+        if tern_runtime::writetrack::tracker().is_none() {
+            println!(
+                "| write tracking | unavailable here (or TERN_WRITE_TRACKING=off): rows skipped | | |"
+            );
+        } else {
+            let child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--bench", "tracking-child"])
+                .env("TERN_WRITE_TRACKING", "off")
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .unwrap();
+            assert!(child.status.success(), "the whole-comparison run failed");
+            let whole: Vec<f64> = String::from_utf8_lossy(&child.stdout)
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            assert_eq!(whole.len(), 2, "the child prints a rate per size");
+            for (mb, whole) in [1u64, 16].into_iter().zip(whole) {
+                let tracked = warm_grown(&rt, dir.path(), &engine, &wasm, mb);
+                println!(
+                    "| warm `incr` calls/s on {GROWN_ACTORS} actors of {mb} MiB: write tracking vs comparing the whole memory (same binary, TERN_WRITE_TRACKING=off) | {tracked:.0} | {whole:.0} | {:.2} |",
+                    tracked / whole
+                );
+            }
+        }
+    }
+
+    // 3. Cold activation from sqlite.
     let mut cold_figures: Vec<(&str, f64, f64)> = Vec::new();
     let sizes = match want("cold") {
         true => &[("128 KiB", 0u64), ("1 MiB", 1), ("16 MiB", 16)][..],
@@ -276,7 +326,7 @@ fn main() {
         );
     }
 
-    // 3. Durable vs non-durable turns on sqlite.
+    // 4. Durable vs non-durable turns on sqlite.
     let mut rates = [f64::NAN, f64::NAN];
     let durabilities = match want("durable") {
         true => &[Durability::Turn, Durability::Idle][..],
@@ -324,7 +374,7 @@ fn main() {
         );
     }
 
-    // 4. A type's first activation at a POP that never ran it: with the
+    // 5. A type's first activation at a POP that never ran it: with the
     // compiled code in the store (a new engine loads it), against a new
     // engine that compiles it first.
     let mut cached = f64::NAN;
@@ -384,7 +434,7 @@ fn main() {
             local / compiled
         );
     }
-    // 5. Warm gRPC calls: a POP's ActorService (the counter's `get`, idle
+    // 6. Warm gRPC calls: a POP's ActorService (the counter's `get`, idle
     // durability, 8 actors) against a tonic service of the same proto that
     // answers every call with its payload, with the same client.
     let (mut tern_rate, mut echo_rate) = (f64::NAN, f64::NAN);
@@ -479,6 +529,40 @@ fn main() {
         rates[0],
         tern_rate / echo_rate,
     );
+}
+
+/// Warm calls/s on `GROWN_ACTORS` counters grown to `mb` MiB, one caller
+/// each; every call is an `incr`, so every turn writes memory.
+fn warm_grown(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    engine: &TernEngine,
+    wasm: &[u8],
+    mb: u64,
+) -> f64 {
+    let (_, node) = counter_pop(dir, &format!("grown{mb}"), engine, wasm, Durability::Idle);
+    rt.block_on(async {
+        for c in 0..GROWN_ACTORS {
+            node.call(req(&format!("g{c}"), "grow", &format!("{{\"mb\": {mb}}}")))
+                .await
+                .unwrap();
+        }
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..GROWN_ACTORS {
+            let node = node.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = format!("g{c}");
+                for _ in 0..GROWN_CALLS / GROWN_ACTORS {
+                    node.call(req(&id, "incr", "{\"by\": 1}")).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        GROWN_CALLS as f64 / t.elapsed().as_secs_f64()
+    })
 }
 
 /// A node over a new sqlite store `NAME.db` in `dir`, with the counter

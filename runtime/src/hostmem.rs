@@ -117,6 +117,14 @@ impl Region {
     /// because compiled code relies on faults there instead of bounds checks.
     fn reset(&mut self) -> Result<(), String> {
         let keep = self.accessible.min(RESIDENT_RECYCLE_BYTES_MAX);
+        if self.registered
+            && keep > 0
+            && let Some(t) = crate::writetrack::tracker()
+        {
+            // Zeroing protected pages would take a write fault per page.
+            // Failing only costs those faults.
+            let _ = t.unprotect(self.base.as_ptr() as usize, keep);
+        }
         // SAFETY: `[0, keep)` is accessible and no guest or host reference to
         // it survives: the memory that used it has been dropped.
         unsafe { std::ptr::write_bytes(self.base.as_ptr(), 0, keep) };

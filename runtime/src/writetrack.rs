@@ -213,12 +213,22 @@ impl Tracker {
     /// Write-protects `[base, base + len)` (registered before): its pages
     /// count as unwritten from now on.
     pub fn protect(&self, base: usize, len: usize) -> Result<(), String> {
+        self.write_protect(base, len, UFFDIO_WRITEPROTECT_MODE_WP)
+    }
+
+    /// Lifts the protection of `[base, base + len)`, so that writing all
+    /// of it (zeroing a released memory) takes no fault per page.
+    pub fn unprotect(&self, base: usize, len: usize) -> Result<(), String> {
+        self.write_protect(base, len, 0)
+    }
+
+    fn write_protect(&self, base: usize, len: usize, mode: u64) -> Result<(), String> {
         let mut wp = UffdioWriteprotect {
             range: UffdioRange {
                 start: base as u64,
                 len: len as u64,
             },
-            mode: UFFDIO_WRITEPROTECT_MODE_WP,
+            mode,
         };
         // SAFETY: UFFDIO_WRITEPROTECT reads one `struct
         // uffdio_writeprotect` (layout checked above), alive across the
@@ -351,6 +361,12 @@ mod tests {
         assert_eq!(
             t.take_written(m.0 as usize, len).unwrap(),
             vec![100 * 4096..101 * 4096]
+        );
+        // Unprotected pages count as written (nothing vouches for them).
+        t.unprotect(m.0 as usize + 8 * 4096, 2 * 4096).unwrap();
+        assert_eq!(
+            t.take_written(m.0 as usize, len).unwrap(),
+            vec![8 * 4096..10 * 4096]
         );
     }
 
