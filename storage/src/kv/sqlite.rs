@@ -17,6 +17,13 @@
 //!   or its commit with `transaction_too_old` (retryable), as on
 //!   FoundationDB: no backend lets a transaction hold the write lock, or a
 //!   snapshot, for longer.
+//! - The file is read through a memory mapping (`mmap_size`, up to
+//!   [`MMAP_BYTES`]): without it every write resets the other pooled
+//!   connections' page caches and they read each page again with a system
+//!   call. sqlite's documented trade-off applies: an I/O error while
+//!   reading, or the file truncated by another program, ends the process
+//!   (SIGBUS) instead of failing the read; a corrupt value is still
+//!   caught by the record layer's checksums.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +39,9 @@ use crate::StorageError;
 pub const BUSY_TIMEOUT_MS: u64 = 10_000;
 /// Idle connections kept per backend.
 pub const POOL_IDLE_MAX: usize = 8;
+
+/// Bytes of the database file each connection reads through a mapping.
+pub const MMAP_BYTES: u64 = 256 << 20;
 
 fn map_err(e: rusqlite::Error) -> StorageError {
     if let rusqlite::Error::SqliteFailure(f, _) = &e
@@ -108,8 +118,15 @@ impl SqliteBackend {
                 ),
             });
         }
-        conn.execute_batch("PRAGMA synchronous=NORMAL;")
-            .map_err(map_err)?;
+        // Reads through a mapping of the file: a write by any pooled
+        // connection resets the page cache of the others, which then read
+        // every page again with pread (62 reads per durable turn in the
+        // core bench; with the mapping 0.6, and 1.6x the durable turns/s).
+        // At most MMAP_BYTES of address space per connection.
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous=NORMAL; PRAGMA mmap_size={MMAP_BYTES};"
+        ))
+        .map_err(map_err)?;
         conn.set_prepared_statement_cache_capacity(16);
         Ok(conn)
     }
