@@ -481,7 +481,7 @@ impl ActorInstance {
             last_error_log: None,
             turn_started: std::time::Instant::now(),
             blocked: std::time::Duration::ZERO,
-            budget: std::time::Duration::from_millis(params.limits.turn_cpu_ms_max),
+            budget: std::time::Duration::from_millis(instantiate_budget_ms(&params.limits)),
             idem_base: None,
             nested_calls: 0,
             deadline: None,
@@ -495,7 +495,7 @@ impl ActorInstance {
                 .set_fuel(params.limits.turn_cpu_ms_max.saturating_mul(per_ms))
                 .map_err(|e| RuntimeError::Engine(format!("cannot set fuel: {e}")))?;
         } else {
-            store.set_epoch_deadline(deadline_ticks(&params.limits));
+            store.set_epoch_deadline(ticks(instantiate_budget_ms(&params.limits)));
         }
         // The budget counts the turn's own running time: time blocked in
         // nested calls is given back.
@@ -768,7 +768,26 @@ fn root_cause(e: &wasmtime::Error) -> String {
 }
 
 fn deadline_ticks(limits: &Limits) -> u64 {
-    limits.turn_cpu_ms_max.div_ceil(EPOCH_TICK_MS).max(1) + 1
+    ticks(limits.turn_cpu_ms_max)
+}
+
+/// Epoch ticks for a budget of `ms`.
+fn ticks(ms: u64) -> u64 {
+    ms.div_ceil(EPOCH_TICK_MS).max(1) + 1
+}
+
+/// The smallest budget instantiation runs under, ms.
+pub const INSTANTIATE_BUDGET_MS_MIN: u64 = 500;
+
+/// The budget instantiation (the component's start code) runs under when
+/// CPU is metered by epochs: the turn's, but at least
+/// [`INSTANTIATE_BUDGET_MS_MIN`]. Epoch budgets count wall time, and an
+/// activation on a loaded machine must not fail for want of the few
+/// milliseconds a turn's budget leaves (a 50 ms budget was exceeded during
+/// instantiation by a POP starved of CPU in CI); start code that never
+/// ends is still stopped. Each turn then sets its own budget.
+fn instantiate_budget_ms(limits: &Limits) -> u64 {
+    limits.turn_cpu_ms_max.max(INSTANTIATE_BUDGET_MS_MIN)
 }
 
 #[cfg(test)]
