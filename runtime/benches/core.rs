@@ -131,28 +131,8 @@ fn main() {
         direct = DIRECT_CALLS as f64 / t.elapsed().as_secs_f64();
 
         let (_, node) = counter_pop(dir.path(), "warm", &engine, &wasm, Durability::Idle);
-        warm = rt.block_on(async {
-            // Callers spread over a few actors, as a POP would see.
-            let callers = 8;
-            for c in 0..callers {
-                node.call(req(&format!("w{c}"), "get", "")).await.unwrap();
-            }
-            let t = Instant::now();
-            let mut tasks = Vec::new();
-            for c in 0..callers {
-                let node = node.clone();
-                tasks.push(tokio::spawn(async move {
-                    let id = format!("w{c}");
-                    for _ in 0..WARM_CALLS / callers {
-                        node.call(req(&id, "get", "")).await.unwrap();
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await.unwrap();
-            }
-            WARM_CALLS as f64 / t.elapsed().as_secs_f64()
-        });
+        // Callers spread over a few actors, as a POP would see.
+        warm = rt.block_on(call_rate(&node, "w", 8, WARM_CALLS / 8, "get", ""));
         println!(
             "| warm in-process calls/s (8 actors, idle durability) vs direct wasmtime calls/s | {warm:.0} | {direct:.0} | {:.2} |",
             warm / direct
@@ -340,29 +320,14 @@ fn main() {
             &wasm,
             durability,
         );
-        let rate = rt.block_on(async {
-            for a in 0..TURN_ACTORS {
-                node.call(req(&format!("t{a}"), "incr", "{\"by\": 1}"))
-                    .await
-                    .unwrap();
-            }
-            let t = Instant::now();
-            let mut tasks = Vec::new();
-            for a in 0..TURN_ACTORS {
-                let node = node.clone();
-                tasks.push(tokio::spawn(async move {
-                    let id = format!("t{a}");
-                    for _ in 0..TURNS_PER_ACTOR {
-                        node.call(req(&id, "incr", "{\"by\": 1}")).await.unwrap();
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await.unwrap();
-            }
-            (TURN_ACTORS * TURNS_PER_ACTOR) as f64 / t.elapsed().as_secs_f64()
-        });
-        rates[i] = rate;
+        rates[i] = rt.block_on(call_rate(
+            &node,
+            "t",
+            TURN_ACTORS,
+            TURNS_PER_ACTOR,
+            "incr",
+            "{\"by\": 1}",
+        ));
         rt.block_on(node.shutdown());
     }
     if want("durable") {
@@ -547,22 +512,49 @@ fn warm_grown(
                 .await
                 .unwrap();
         }
-        let t = Instant::now();
-        let mut tasks = Vec::new();
-        for c in 0..GROWN_ACTORS {
-            let node = node.clone();
-            tasks.push(tokio::spawn(async move {
-                let id = format!("g{c}");
-                for _ in 0..GROWN_CALLS / GROWN_ACTORS {
-                    node.call(req(&id, "incr", "{\"by\": 1}")).await.unwrap();
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        GROWN_CALLS as f64 / t.elapsed().as_secs_f64()
+        call_rate(
+            &node,
+            "g",
+            GROWN_ACTORS,
+            GROWN_CALLS / GROWN_ACTORS,
+            "incr",
+            "{\"by\": 1}",
+        )
+        .await
     })
+}
+
+/// Calls/s through `node`: one caller per actor `{prefix}0..{prefix}{actors}`
+/// of the counter, each making `per_actor` calls of `method` after one
+/// untimed call that activates it.
+async fn call_rate(
+    node: &Node,
+    prefix: &str,
+    actors: usize,
+    per_actor: usize,
+    method: &'static str,
+    payload: &'static str,
+) -> f64 {
+    for a in 0..actors {
+        node.call(req(&format!("{prefix}{a}"), method, payload))
+            .await
+            .unwrap();
+    }
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for a in 0..actors {
+        let node = node.clone();
+        let id = format!("{prefix}{a}");
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_actor {
+                node.call(req(&id, method, payload)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (actors * per_actor) as f64 / t.elapsed().as_secs_f64()
 }
 
 /// A node over a new sqlite store `NAME.db` in `dir`, with the counter

@@ -747,14 +747,13 @@ impl Node {
         };
         let (instance, baseline, head_seq, (idem, fwd)) = match snap {
             Some(snap) => {
-                let restored = Baseline::from_snapshot(
+                let mut restored = Baseline::from_snapshot(
                     &key,
                     snap.memories,
                     snap.meta.globals.clone(),
                     &snap.extra,
                 )?;
                 let (inst, baseline) = if snap.meta.component_digest == ty.prep.digest() {
-                    let mut restored = restored;
                     let inst = instance_from(
                         self.inner.engine.engine(),
                         &ty.prep,
@@ -832,7 +831,7 @@ impl Node {
         key: &str,
         ty: &Arc<ActorType>,
         params: &InstanceParams,
-        restored: Baseline,
+        mut restored: Baseline,
         meta: &SnapshotMeta,
     ) -> Result<Upgraded> {
         let versions = self.inner.store.list_versions(&ty.name)?;
@@ -941,7 +940,6 @@ impl Node {
                 {
                     tracing::warn!(actor = key, error = %se, "cannot record an upgrade failure");
                 }
-                let mut restored = restored;
                 let inst = instance_from(engine, &old_ty.prep, &old_params, &mut restored)?;
                 Ok(Upgraded {
                     ty: old_ty,

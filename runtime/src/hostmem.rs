@@ -299,7 +299,8 @@ impl MemoryHandle {
 
     /// Whether writes are tracked for the baseline `token` at the memory's
     /// current size.
-    pub fn armed_for(&self, token: u64) -> bool {
+    #[cfg(test)]
+    pub(crate) fn armed_for(&self, token: u64) -> bool {
         self.0.armed.lock().holds(token, self.len())
     }
 
