@@ -101,6 +101,18 @@ fn instance_from(
     Ok(inst)
 }
 
+/// Where an activation's state comes from.
+enum Restore {
+    /// The store's head snapshot, read whole.
+    Store(tern_storage::LoadedSnapshot),
+    /// The memory this POP kept when it evicted the actor, which is the
+    /// store's head `SnapshotHead` (read without its pages).
+    Kept(
+        tern_storage::SnapshotHead,
+        Box<crate::hibernate::Hibernated>,
+    ),
+}
+
 fn internal_after_panic(key: &str, what: &str, msg: &str) -> RuntimeError {
     RuntimeError::Internal(format!(
         "the activation of {key} panicked during {what} ({msg}); it was removed and the next call restores the actor from the store"
@@ -415,7 +427,23 @@ impl Node {
             tracing::error!(actor = %key, error = %e, "persist on eviction failed; changes since the last commit are lost");
         }
         let epoch = act.epoch;
-        drop(act);
+        // An actor that leaves for another POP is not kept; nor is one
+        // whose last changes are not in the store.
+        if persisted.is_ok() && moved.is_none() && self.inner.hibernation.enabled() {
+            let vclock = self.inner.turns.vclock();
+            if let Ok((Some(kept), _)) = self
+                .inner
+                .turns
+                .run(vclock, 0, move || (*act).hibernate())
+                .await
+            {
+                // Kept before the release, so that a claim right after it
+                // at this POP finds the memory.
+                self.inner.hibernation.put(key.clone(), kept);
+            }
+        } else {
+            drop(act);
+        }
         if let Err(e) = self.inner.dir.release(&key, epoch).await {
             tracing::warn!(actor = %key, error = %e, "release failed");
         }
@@ -727,7 +755,7 @@ impl Node {
     fn activate(&self, actor_type: &str, id: &str, claim: (u64, u64)) -> Result<Activation> {
         let key = format!("{actor_type}/{id}");
         let mut ty = self.load_type(actor_type)?;
-        let snap = self.inner.store.load_snapshot(&key)?;
+        let snap = self.snapshot_for(&key, &ty, claim.0)?;
         let mut params = InstanceParams {
             actor_type: actor_type.to_string(),
             actor_id: id.to_string(),
@@ -742,11 +770,30 @@ impl Node {
         let now_ms = self.now_ms();
         let cost = unknown_cost(&ty.config.limits);
         let outbox = match &snap {
-            Some(s) => Outbox::restore(&key, epoch, &s.extra),
+            Some(Restore::Store(s)) => Outbox::restore(&key, epoch, &s.extra),
+            Some(Restore::Kept(head, _)) => Outbox::restore(&key, epoch, &head.extra),
             None => Outbox::new(epoch),
         };
         let (instance, baseline, head_seq, (idem, fwd)) = match snap {
-            Some(snap) => {
+            Some(Restore::Kept(head, kept)) => {
+                let kept = *kept;
+                let mut baseline = kept.baseline;
+                let inst = ActorInstance::adopted(
+                    self.inner.engine.engine(),
+                    &ty.prep,
+                    &params,
+                    kept.memories,
+                    baseline.images(),
+                    baseline.globals(),
+                )?;
+                // SAFETY: the instance was just created; no guest code runs.
+                unsafe { baseline.track(inst.memories()) };
+                let idem = IdemTable::restore(CLIENT_PREFIX, &head.extra, retention(&ty), now_ms);
+                let fwd =
+                    IdemTable::restore(FORWARD_PREFIX, &head.extra, FORWARD_KEYS_RETENTION, now_ms);
+                (Some(inst), baseline, head.seq, (idem, fwd))
+            }
+            Some(Restore::Store(snap)) => {
                 let mut restored = Baseline::from_snapshot(
                     &key,
                     snap.memories,
@@ -817,6 +864,37 @@ impl Node {
             firing: None,
             last_turns: std::collections::VecDeque::new(),
         })
+    }
+
+    /// What to restore `key` from, after this POP's claim at `epoch`: the
+    /// memory this POP kept when it evicted the actor, if the store's head
+    /// is still the snapshot it holds (only the head's manifest and side
+    /// records are read then), else the store's head snapshot.
+    fn snapshot_for(&self, key: &str, ty: &ActorType, epoch: u64) -> Result<Option<Restore>> {
+        if let Some(kept) = self.inner.hibernation.take(key) {
+            let head = self.inner.store.load_snapshot_head(key)?;
+            match head {
+                Some(head) if kept.holds(&head, ty.prep.digest(), epoch) => {
+                    metrics::counter!("tern_hibernated_restores_total", "outcome" => "kept")
+                        .increment(1);
+                    let c = &self.inner.counters.restores_kept;
+                    c.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Some(Restore::Kept(head, Box::new(kept))));
+                }
+                _ => {
+                    // The actor ran elsewhere since, or its code changed.
+                    metrics::counter!("tern_hibernated_restores_total", "outcome" => "stale")
+                        .increment(1);
+                    let c = &self.inner.counters.restores_stale;
+                    c.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        actor = key,
+                        "the memory kept at eviction is not the store's head; restoring from the store"
+                    );
+                }
+            }
+        }
+        Ok(self.inner.store.load_snapshot(key)?.map(Restore::Store))
     }
 
     /// Moves an actor persisted by another version of its type to the
@@ -1090,6 +1168,33 @@ impl Activation {
                 Err(e)
             }
         }
+    }
+
+    /// Ends a persisted activation and keeps its memories and baseline for
+    /// its return to this POP (see [`crate::hibernate`]): `None` if there
+    /// is no instance or anything is not committed. Runs on a turn thread.
+    fn hibernate(mut self) -> Option<crate::hibernate::Hibernated> {
+        let inst = self.instance.take()?;
+        if self.is_dirty() {
+            return None;
+        }
+        // The memories must hold exactly the baseline, which the store
+        // holds: fold them in once more (with write tracking, only pages
+        // written since the last turn are compared) and check.
+        // SAFETY: no guest code runs: the activation has ended.
+        let changed = unsafe { self.baseline.absorb(inst.memories()) };
+        if changed > 0 || self.is_dirty() {
+            tracing::warn!(actor = %self.key, changed, "memory changed after the last commit; it is not kept");
+            return None;
+        }
+        let memories = inst.park()?;
+        Some(crate::hibernate::Hibernated {
+            seq: self.head_seq,
+            epoch: self.epoch,
+            digest: self.ty.prep.digest().to_string(),
+            baseline: self.baseline,
+            memories,
+        })
     }
 
     /// Commits the dirty pages, fenced by this activation's epoch.

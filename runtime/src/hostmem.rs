@@ -170,8 +170,9 @@ struct Shared {
     base: NonNull<u8>,
     size: AtomicUsize,
     pool: Arc<Pool>,
-    /// Whether the region is registered for write tracking.
-    registered: bool,
+    /// Whether the region is registered for write tracking (cleared if an
+    /// adopted range could not be registered again).
+    registered: std::sync::atomic::AtomicBool,
     /// Who tracks this memory's writes, and at what size.
     armed: Mutex<Armed>,
 }
@@ -279,7 +280,8 @@ impl MemoryHandle {
         let len = self.len();
         let mut armed = self.0.armed.lock();
         *armed = Armed::default();
-        if len < crate::writetrack::TRACKED_BYTES_MIN || !self.0.registered {
+        if len < crate::writetrack::TRACKED_BYTES_MIN || !self.0.registered.load(Ordering::Acquire)
+        {
             return false;
         }
         let Some(t) = crate::writetrack::tracker() else {
@@ -326,6 +328,132 @@ impl MemoryHandle {
                 None
             }
         }
+    }
+}
+
+/// The bytes of a memory whose instance is gone, kept mapped for a later
+/// instance of the same actor ([`MemoryHandle::adopt`]): the pages stay
+/// resident, so handing them over costs no copy and no fault. Dropped, the
+/// region goes back to the pool.
+pub struct Parked {
+    region: Option<Region>,
+    /// Byte size of the memory when it was parked.
+    len: usize,
+    pool: Arc<Pool>,
+}
+
+impl Parked {
+    /// Byte size of the parked memory.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The parked bytes.
+    pub fn bytes(&self) -> &[u8] {
+        let r = self.region.as_ref().expect("a parked region until dropped");
+        // SAFETY: `[0, len)` is accessible (it was the memory's size when
+        // parked, and parking does not change protections); the region is
+        // owned by `self`, no instance references it, and the borrow of
+        // `self` keeps it from being adopted (which takes `self` by value)
+        // while the slice lives.
+        unsafe { std::slice::from_raw_parts(r.base.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        if let Some(r) = self.region.take() {
+            self.pool.put(r);
+        }
+    }
+}
+
+impl MemoryHandle {
+    /// The memory's region, kept with its bytes, once the instance that
+    /// used it is gone: `None` while anything else (the engine's memory, or
+    /// another handle) still refers to it.
+    pub fn park(self) -> Option<Parked> {
+        let mut shared = Arc::try_unwrap(self.0).ok()?;
+        let len = shared.size.load(Ordering::Acquire);
+        let region = shared.region.get_mut().take()?;
+        Some(Parked {
+            region: Some(region),
+            len,
+            pool: shared.pool.clone(),
+        })
+    }
+
+    /// Makes this memory's bytes those of `parked`, which must have the
+    /// memory's current size, by moving its pages into place (`mremap`):
+    /// no copy, no fault. Write tracking is disarmed; arm it again. Gives
+    /// `parked` back if it cannot be adopted (another size or layout),
+    /// leaving this memory untouched.
+    ///
+    /// # Safety
+    /// As for [`MemoryHandle::bytes_mut`]: no guest code of the owning
+    /// store runs, and no slice of this memory exists.
+    pub unsafe fn adopt(&self, mut parked: Parked) -> Result<(), Parked> {
+        let len = self.len();
+        let mut region = self.0.region.lock();
+        if region.is_none() || parked.region.is_none() {
+            return Err(parked);
+        }
+        let dst = region.as_mut().expect("checked above");
+        let src = parked.region.as_mut().expect("checked above");
+        let bytes = len.next_multiple_of(OS_PAGE);
+        if parked.len != len
+            || dst.accessible < bytes
+            || src.accessible < bytes
+            || src.registered != dst.registered
+        {
+            return Err(parked);
+        }
+        *self.0.armed.lock() = Armed::default();
+        if bytes > 0 {
+            // SAFETY: `[0, bytes)` of both regions is accessible and lies
+            // inside their own reservations (checked above). The source
+            // region is owned by `parked` (no instance uses it); the
+            // destination's bytes are not borrowed and no guest code runs
+            // (the caller's contract). MREMAP_FIXED replaces the
+            // destination's pages atomically with the source's, with their
+            // protection (read-write, as the destination's were), so the
+            // memory stays accessible up to its size.
+            let moved = unsafe {
+                rustix::mm::mremap_fixed(
+                    src.base.as_ptr().cast(),
+                    bytes,
+                    bytes,
+                    rustix::mm::MremapFlags::MAYMOVE,
+                    dst.base.as_ptr().cast(),
+                )
+            };
+            if let Err(e) = moved {
+                // Nothing moved: both regions are as they were.
+                tracing::warn!(error = %e, "cannot move a parked memory's pages; it is copied instead");
+                return Err(parked);
+            }
+        }
+        // The source now has a hole at `[0, bytes)`: it cannot be pooled.
+        // Dropping it unmaps the rest of its reservation.
+        drop(parked.region.take());
+        // A moved range loses its write-tracking registration (the kernel
+        // drops it unless the tracker asked for remap events, which would
+        // block mremap until read): register it again.
+        if dst.registered
+            && bytes > 0
+            && let Some(t) = crate::writetrack::tracker()
+            && let Err(e) = t.register(dst.base.as_ptr() as usize, bytes)
+        {
+            tracing::warn!(error = %e, "an adopted memory could not be registered for write tracking again; it is compared whole");
+            dst.registered = false;
+            self.0.registered.store(false, Ordering::Release);
+        }
+        Ok(())
     }
 }
 
@@ -434,7 +562,7 @@ unsafe impl MemoryCreator for HostMemoryCreator {
         region.make_accessible(size)?;
         let shared = Arc::new(Shared {
             base: region.base,
-            registered: region.registered,
+            registered: region.registered.into(),
             armed: Mutex::new(Armed::default()),
             region: Mutex::new(Some(region)),
             size: AtomicUsize::new(size),
@@ -446,5 +574,73 @@ unsafe impl MemoryCreator for HostMemoryCreator {
             }
         });
         Ok(Box::new(HostMemory { shared, maximum }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WASM_PAGE: usize = 1 << 16;
+
+    /// A memory of `pages` wasm pages from `creator`, and its handle.
+    fn memory(creator: &HostMemoryCreator, pages: usize) -> (Box<dyn LinearMemory>, MemoryHandle) {
+        let (mem, mut handles) = capture(&[], || {
+            creator.new_memory(
+                MemoryType::new(pages as u32, None),
+                pages * WASM_PAGE,
+                None,
+                Some(64 << 20),
+                0,
+            )
+        });
+        (mem.unwrap(), handles.remove(0))
+    }
+
+    /// Issue 14: an evicted actor's memory is handed to its next instance
+    /// by moving its pages, byte for byte, and the new memory's writes are
+    /// tracked again (the move drops the kernel's registration).
+    #[test]
+    fn parked_memory_is_adopted_whole_and_tracked_again() {
+        let creator = HostMemoryCreator::default();
+        let (old, h) = memory(&creator, 32);
+        let len = h.len();
+        // SAFETY: no guest code runs on this memory; the slice ends with
+        // the statement.
+        unsafe { h.bytes_mut() }
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i % 251) as u8);
+        let expected = {
+            // SAFETY: as above.
+            unsafe { h.bytes() }.to_vec()
+        };
+        let h2 = h.clone();
+        assert!(h2.park().is_none(), "another handle still refers to it");
+        drop(old);
+        let parked = h.park().expect("nothing else refers to it");
+        assert_eq!(parked.len(), len);
+        assert!(parked.bytes() == &expected[..]);
+
+        // A memory of another size refuses it, untouched.
+        let (_small, small) = memory(&creator, 31);
+        // SAFETY: no guest code runs on `small`, no slice of it exists.
+        let parked = unsafe { small.adopt(parked) }.expect_err("another size");
+        // SAFETY: as above.
+        assert!(unsafe { small.bytes() }.iter().all(|&b| b == 0));
+
+        let (_new, fresh) = memory(&creator, 32);
+        // SAFETY: no guest code runs on `fresh`, no slice of it exists.
+        unsafe { fresh.adopt(parked) }.unwrap_or_else(|_| panic!("same size adopts"));
+        // SAFETY: as above; the slice ends with the statement.
+        let moved = unsafe { fresh.bytes() } == &expected[..];
+        assert!(moved, "every byte moved");
+        if crate::writetrack::tracker().is_some() {
+            assert!(fresh.arm(7), "the adopted range is registered again");
+            // SAFETY: as above.
+            unsafe { fresh.bytes_mut()[3 * 4096 + 5] ^= 1 };
+            let written = fresh.take_written(7).expect("tracked");
+            assert_eq!(written, vec![3 * 4096..4 * 4096], "the write is seen");
+        }
     }
 }

@@ -10,7 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::config::Limits;
 use crate::engine::{CpuMeter, EPOCH_TICK_MS};
 use crate::error::{Result, RuntimeError};
-use crate::hostmem::{self, MemoryHandle};
+use crate::hostmem::{self, MemoryHandle, Parked};
 use crate::outbox::{Refusal, TurnEffects};
 
 wasmtime::component::bindgen!({
@@ -551,6 +551,50 @@ impl ActorInstance {
         Ok(inst)
     }
 
+    /// Instantiates `prep` with the state of a snapshot whose memory images
+    /// an earlier instance of the same actor left `parked` (see
+    /// [`ActorInstance::park`]): their pages are moved in, not copied.
+    /// `images` must equal the parked bytes; a memory whose parked region
+    /// cannot be adopted is copied from its image instead.
+    pub fn adopted(
+        engine: &wasmtime::Engine,
+        prep: &Prepared,
+        params: &InstanceParams,
+        parked: Vec<Parked>,
+        images: &[Vec<u8>],
+        globals: &[u64],
+    ) -> Result<Self> {
+        let lens: Vec<usize> = images.iter().map(Vec::len).collect();
+        let mut inst = ActorInstance::new(engine, prep, params, &lens)?;
+        if parked.len() != images.len() {
+            inst.write_memories(images)?;
+        } else {
+            for (i, p) in parked.into_iter().enumerate() {
+                let mem = inst.memories.get(i).cloned();
+                // SAFETY: no guest code runs (we own the instance and run
+                // none), and no slice of the memory exists.
+                let adopted = mem.is_some_and(|m| unsafe { m.adopt(p) }.is_ok());
+                if !adopted {
+                    inst.write_memory(i, &images[i])?;
+                }
+            }
+        }
+        inst.write_globals(globals)?;
+        Ok(inst)
+    }
+
+    /// Ends the instance and keeps its memories, with their bytes, for a
+    /// later instance of the same actor ([`ActorInstance::adopted`]).
+    /// `None` (and every memory released) if one cannot be kept.
+    pub fn park(self) -> Option<Vec<Parked>> {
+        let ActorInstance {
+            store, memories, ..
+        } = self;
+        // The engine's own references to the memories go with the store.
+        drop(store);
+        memories.into_iter().map(MemoryHandle::park).collect()
+    }
+
     /// Lifts the CPU budget while the runtime itself calls into the
     /// instance (the global accessors): a turn that used up its budget must
     /// still be saved. The next turn sets its own budget.
@@ -622,19 +666,26 @@ impl ActorInstance {
                 self.memories.len()
             )));
         }
-        for (mem, img) in self.memories.iter().zip(images) {
-            // SAFETY: no guest code runs (we hold `&mut self`, which owns the
-            // store), and this is the only slice of this memory.
-            let dst = unsafe { mem.bytes_mut() };
-            if dst.len() != img.len() {
-                return Err(RuntimeError::NotSnapshottable(format!(
-                    "memory is {} bytes after instantiation, snapshot image is {} bytes",
-                    dst.len(),
-                    img.len()
-                )));
-            }
-            dst.copy_from_slice(img);
+        for (i, img) in images.iter().enumerate() {
+            self.write_memory(i, img)?;
         }
+        Ok(())
+    }
+
+    /// Overwrites memory `i` with `img` (of its size).
+    fn write_memory(&mut self, i: usize, img: &[u8]) -> Result<()> {
+        let mem = &self.memories[i];
+        // SAFETY: no guest code runs (we hold `&mut self`, which owns the
+        // store), and this is the only slice of this memory.
+        let dst = unsafe { mem.bytes_mut() };
+        if dst.len() != img.len() {
+            return Err(RuntimeError::NotSnapshottable(format!(
+                "memory is {} bytes after instantiation, snapshot image is {} bytes",
+                dst.len(),
+                img.len()
+            )));
+        }
+        dst.copy_from_slice(img);
         Ok(())
     }
 

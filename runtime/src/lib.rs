@@ -20,6 +20,7 @@ pub mod flag;
 pub mod globals;
 pub mod grpc;
 pub mod guestlog;
+mod hibernate;
 pub mod hostmem;
 pub mod idem;
 pub mod instance;

@@ -235,7 +235,17 @@ pub struct NodeConfig {
     /// Largest component `deploy` accepts, bytes (at most
     /// `GRPC_MESSAGE_BYTES_MAX - DEPLOY_OVERHEAD_BYTES_MAX`).
     pub component_bytes_max: usize,
+    /// Budget of memory kept for evicted actors, bytes: an idle actor's
+    /// memory and baseline stay mapped after eviction, so that its return
+    /// to this POP skips reading and copying its pages (see
+    /// `hibernate`). 0 keeps nothing.
+    pub hibernated_bytes_max: u64,
+    /// How long an evicted actor's memory is kept, ms.
+    pub hibernated_ms: u64,
 }
+
+/// Most memory kept for evicted actors by default, bytes.
+pub const HIBERNATED_BYTES_DEFAULT_MAX: u64 = 1 << 30;
 
 /// The smallest resident footprint an activation is assumed to have when
 /// sizing `activations_max` from memory (a 128 KiB actor, twice).
@@ -258,7 +268,8 @@ pub fn machine_memory_bytes() -> u64 {
 impl Default for NodeConfig {
     /// Sized from the machine: half its memory for resident actors, as
     /// many activations as that holds of small actors, one turn slot per
-    /// core.
+    /// core; a quarter of the resident budget (at most 1 GiB) for evicted
+    /// actors' memories, kept 5 minutes.
     fn default() -> Self {
         let resident_bytes_max = machine_memory_bytes() / 2;
         NodeConfig {
@@ -268,6 +279,8 @@ impl Default for NodeConfig {
             turn_slots: default_slots(),
             forward_patience_ms: 1_000,
             component_bytes_max: tern_proto::COMPONENT_BYTES_MAX_DEFAULT,
+            hibernated_bytes_max: (resident_bytes_max / 4).min(HIBERNATED_BYTES_DEFAULT_MAX),
+            hibernated_ms: 300_000,
         }
     }
 }
@@ -283,6 +296,10 @@ pub struct NodeCounters {
     pub pages_changed: AtomicU64,
     /// Turns that failed (trapped, refused, or answered an error).
     pub turns_failed: AtomicU64,
+    /// Activations restored from memory kept at eviction.
+    pub restores_kept: AtomicU64,
+    /// Kept memories found stale (not the store's head) and dropped.
+    pub restores_stale: AtomicU64,
 }
 
 /// A snapshot of a node's state for `status`.
@@ -306,6 +323,11 @@ pub struct NodeStatus {
     pub store_bytes_written: u64,
     /// Resident actor memory, bytes.
     pub resident_bytes: u64,
+    /// Evicted actors whose memory is kept, and its bytes.
+    pub hibernated: (usize, u64),
+    /// Activations restored from kept memory, and kept memories dropped
+    /// as stale.
+    pub restores_kept: (u64, u64),
     /// This POP's budgets.
     pub config: NodeConfig,
     /// Whether the POP's lease is current.
@@ -340,6 +362,8 @@ pub(crate) struct NodeInner {
     pub(crate) feeds: Arc<crate::feeds::Feeds>,
     /// Recent guest log lines of the actors that ran here.
     pub(crate) guest_logs: crate::guestlog::GuestLogs,
+    /// Images of evicted actors, kept for their return.
+    pub(crate) hibernation: crate::hibernate::Hibernation,
 }
 
 /// A POP node. Cheap to clone.
@@ -458,6 +482,10 @@ impl NodeBuilder {
                 started_wall_ms,
                 feeds: Arc::default(),
                 guest_logs: crate::guestlog::GuestLogs::default(),
+                hibernation: crate::hibernate::Hibernation::new(
+                    self.cfg.hibernated_bytes_max,
+                    self.cfg.hibernated_ms,
+                ),
             }),
         };
         node.spawn_heartbeat();
@@ -956,6 +984,7 @@ impl Node {
                 let Some(node) = Node::running(&weak) else {
                     return;
                 };
+                node.inner.hibernation.sweep(std::time::Instant::now());
                 match dir.heartbeat().await {
                     Ok(true) => continue,
                     Ok(false) => {
@@ -1250,6 +1279,11 @@ impl Node {
             pages_changed: self.inner.counters.pages_changed.load(Ordering::Relaxed),
             store_bytes_written: self.inner.store.stats().bytes_written,
             resident_bytes: self.resident_bytes(),
+            hibernated: (self.inner.hibernation.len(), self.inner.hibernation.bytes()),
+            restores_kept: (
+                self.inner.counters.restores_kept.load(Ordering::Relaxed),
+                self.inner.counters.restores_stale.load(Ordering::Relaxed),
+            ),
             config: self.inner.cfg,
             lease_ok: self.lease_ok(),
             cluster,

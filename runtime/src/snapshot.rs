@@ -136,6 +136,22 @@ impl Baseline {
         &self.patched
     }
 
+    /// Whether the page-patch records among `extra` (a snapshot's side
+    /// records) are exactly the pages this baseline has as patched.
+    pub fn patches_match(&self, extra: &[(String, Vec<u8>)]) -> bool {
+        let mut records = BTreeSet::new();
+        for (name, patch) in extra {
+            if !name.starts_with(PATCH_PREFIX) || patch.is_empty() {
+                continue;
+            }
+            match parse_patch_name(name) {
+                Some(id) => records.insert(id),
+                None => return false,
+            };
+        }
+        records == self.patched
+    }
+
     /// Has the next commit clear the patch records of `pages` (those of a
     /// snapshot taken by other code, after an upgrade).
     pub fn clear_patches(&mut self, pages: &BTreeSet<(u32, u32)>) {

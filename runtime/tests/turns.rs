@@ -220,7 +220,9 @@ async fn unknown_method_is_not_found() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_snapshot_detected() {
     let store = Store::memory();
-    let node = node_with_counter(store.clone(), "counter", Durability::Turn, limits());
+    // A POP that keeps no memory of evicted actors: the restore reads the
+    // store.
+    let node = counter_pop(store.clone(), "test-pop", false, Durability::Turn, limits());
     call(&node, "counter", "c", "incr", json!({"by": 41}))
         .await
         .unwrap();
@@ -254,7 +256,7 @@ async fn corrupted_snapshot_detected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapped_snapshot_pages_detected() {
     let store = Store::memory();
-    let node = node_with_counter(store.clone(), "counter", Durability::Turn, limits());
+    let node = counter_pop(store.clone(), "test-pop", false, Durability::Turn, limits());
     for (id, by) in [("a", 41), ("b", 7)] {
         call(&node, "counter", id, "incr", json!({"by": by}))
             .await

@@ -1050,12 +1050,23 @@ pub(crate) fn events_commit_in_order_and_are_trimmed(h: &Harness) {
 
 pub(crate) fn snapshot_roundtrip_multi_memory_and_extras(h: &Harness) {
     assert_eq!(h.load_snapshot("x/1").unwrap(), None, "never claimed");
+    assert_eq!(h.load_snapshot_head("x/1").unwrap(), None, "never claimed");
     let a = claim(h, "x/1", "pop-a");
     assert_eq!(
         h.load_snapshot("x/1").unwrap(),
         None,
         "claimed, no snapshot yet"
     );
+    assert_eq!(h.load_snapshot_head("x/1").unwrap(), None);
+    // The head without pages says what the whole snapshot says.
+    let head_matches = |s: &crate::LoadedSnapshot| {
+        let head = h.load_snapshot_head("x/1").unwrap().unwrap();
+        assert_eq!((head.seq, head.epoch), (s.seq, s.epoch));
+        assert_eq!(head.meta, s.meta);
+        assert_eq!(head.extra, s.extra);
+        let lens: Vec<u64> = s.memories.iter().map(|m| m.len() as u64).collect();
+        assert_eq!(head.memory_lens, lens);
+    };
     let mut r = req("x/1", a.epoch, 0, 2, &[(1, page(1, 1))]);
     r.memories.push(MemoryDelta {
         len_bytes: 3 * PAGE_SIZE as u64 + 100, // not a multiple of the page size
@@ -1073,6 +1084,7 @@ pub(crate) fn snapshot_roundtrip_multi_memory_and_extras(h: &Harness) {
     assert_eq!(s.memories[1].len(), 3 * PAGE_SIZE + 100);
     assert_eq!(&s.memories[1][3 * PAGE_SIZE..], &page(2, 3)[..100]);
     assert_eq!(s.extra.len(), 2);
+    head_matches(&s);
     // Delete one extra (empty value), replace the other.
     let mut r2 = req("x/1", a.epoch, 1, 2, &[]);
     r2.memories.push(MemoryDelta {
@@ -1087,6 +1099,7 @@ pub(crate) fn snapshot_roundtrip_multi_memory_and_extras(h: &Harness) {
     let s2 = h.load_snapshot("x/1").unwrap().unwrap();
     assert_eq!(s2.extra, vec![("idem/k2".to_string(), b"r2".to_vec())]);
     assert_eq!(s2.memories, s.memories);
+    head_matches(&s2);
     // Bad requests are refused with InvalidArgument, nothing written.
     let bad = req("x/1", a.epoch, 2, 2, &[(2, page(1, 2))]);
     assert!(matches!(

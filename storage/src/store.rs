@@ -397,6 +397,22 @@ pub struct LoadedSnapshot {
     pub extra: Vec<(String, Vec<u8>)>,
 }
 
+/// The head snapshot of an actor without its memory pages
+/// ([`Store::load_snapshot_head`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotHead {
+    /// Its sequence number (the head).
+    pub seq: u64,
+    /// The epoch that committed it.
+    pub epoch: u64,
+    /// Component digest, engine version, globals.
+    pub meta: SnapshotMeta,
+    /// The byte length of each memory.
+    pub memory_lens: Vec<u64>,
+    /// All side records of the actor, sorted by name.
+    pub extra: Vec<(String, Vec<u8>)>,
+}
+
 /// What a garbage collection removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GcStats {
@@ -2516,6 +2532,30 @@ impl Store {
     /// value is validated (crc32, rkyv/bytecheck); any damage or missing
     /// piece is `Corrupt` with the key, never garbage.
     pub fn load_snapshot(&self, actor: &str) -> Result<Option<LoadedSnapshot>, StorageError> {
+        Ok(self.load(actor, true)?.map(|(h, memories)| LoadedSnapshot {
+            seq: h.seq,
+            epoch: h.epoch,
+            meta: h.meta,
+            memories,
+            extra: h.extra,
+        }))
+    }
+
+    /// The head snapshot of `actor` without its memory pages (`None` if it
+    /// has none): what a POP that still holds the images of that very
+    /// snapshot reads to reactivate the actor. Validated as
+    /// [`Store::load_snapshot`] validates.
+    pub fn load_snapshot_head(&self, actor: &str) -> Result<Option<SnapshotHead>, StorageError> {
+        Ok(self.load(actor, false)?.map(|(h, _)| h))
+    }
+
+    /// The head snapshot, with its memory images if `pages` (else none).
+    #[allow(clippy::type_complexity)]
+    fn load(
+        &self,
+        actor: &str,
+        pages: bool,
+    ) -> Result<Option<(SnapshotHead, Vec<Vec<u8>>)>, StorageError> {
         let page_key = self.inner.page_key.as_ref();
         self.kv_().read(|tx| {
             // The activation record and the side records at once.
@@ -2545,7 +2585,7 @@ impl Store {
             let mut wanted = Vec::new();
             for (mi, mm) in m.memories.iter().enumerate() {
                 for (pi, &s) in mm.pages.iter().enumerate() {
-                    if s != 0 {
+                    if s != 0 && pages {
                         wanted.push(keys::page(actor, mi as u32, pi as u32, s));
                     }
                 }
@@ -2568,6 +2608,9 @@ impl Store {
                             mm.pages.len()
                         ),
                     ));
+                }
+                if !pages {
+                    continue;
                 }
                 let mut image = vec![0u8; len];
                 for (pi, &s) in mm.pages.iter().enumerate() {
@@ -2626,17 +2669,18 @@ impl Store {
                     Ok((keys::last_str(&k)?, e.data))
                 })
                 .collect::<Result<Vec<_>, StorageError>>()?;
-            Ok(Some(LoadedSnapshot {
+            let head = SnapshotHead {
                 seq: act.head_seq,
                 epoch: m.epoch,
+                memory_lens: m.memories.iter().map(|mm| mm.len_bytes).collect(),
                 meta: SnapshotMeta {
                     component_digest: m.component_digest,
                     engine_version: m.engine_version,
                     globals: m.globals,
                 },
-                memories,
                 extra,
-            }))
+            };
+            Ok(Some((head, memories)))
         })
     }
 

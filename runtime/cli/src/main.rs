@@ -354,6 +354,14 @@ struct BudgetArgs {
     /// Largest component a deploy may carry, bytes.
     #[arg(long, default_value_t = tern_proto::COMPONENT_BYTES_MAX_DEFAULT)]
     component_bytes_max: usize,
+    /// Memory kept for evicted actors, so that one coming back to this POP
+    /// skips reading its pages from the store, bytes; 0 keeps none
+    /// (default: a quarter of the resident budget, at most 1 GiB).
+    #[arg(long)]
+    hibernated_bytes_max: Option<u64>,
+    /// How long an evicted actor's memory is kept, ms.
+    #[arg(long, default_value_t = 300_000)]
+    hibernated_ms: u64,
 }
 
 impl BudgetArgs {
@@ -364,6 +372,11 @@ impl BudgetArgs {
             resident_bytes_max: self.resident_bytes_max.unwrap_or(d.resident_bytes_max),
             turn_slots: self.turn_slots.unwrap_or(d.turn_slots),
             component_bytes_max: self.component_bytes_max,
+            hibernated_bytes_max: self.hibernated_bytes_max.unwrap_or(
+                (self.resident_bytes_max.unwrap_or(d.resident_bytes_max) / 4)
+                    .min(tern_runtime::node::HIBERNATED_BYTES_DEFAULT_MAX),
+            ),
+            hibernated_ms: self.hibernated_ms,
             ..d
         };
         let component_ceiling =

@@ -36,7 +36,40 @@ pub fn engine() -> TernEngine {
 
 /// A node over `store` with `counter` deployed as type `ty`.
 pub fn node_with_counter(store: Store, ty: &str, durability: Durability, limits: Limits) -> Node {
-    let node = Node::new("test-pop", store, engine());
+    counter_node(
+        Node::new("test-pop", store, engine()),
+        ty,
+        durability,
+        limits,
+    )
+}
+
+/// [`node_with_counter`] for a POP named `pop` that keeps no memory of
+/// evicted actors, so every activation reads the store (restore and
+/// corruption tests), unless `keep`.
+pub fn counter_pop(
+    store: Store,
+    pop: &str,
+    keep: bool,
+    durability: Durability,
+    limits: Limits,
+) -> Node {
+    let cfg = tern_runtime::node::NodeConfig {
+        hibernated_bytes_max: if keep {
+            tern_runtime::node::NodeConfig::default().hibernated_bytes_max
+        } else {
+            0
+        },
+        ..Default::default()
+    };
+    let node = Node::builder(pop, store, engine())
+        .config(cfg)
+        .start()
+        .expect("an in-process directory registers its POP");
+    counter_node(node, "counter", durability, limits)
+}
+
+fn counter_node(node: Node, ty: &str, durability: Durability, limits: Limits) -> Node {
     node.deploy(
         ty,
         counter_wasm(),
