@@ -783,6 +783,7 @@ impl Node {
                     &ty.prep,
                     &params,
                     kept.memories,
+                    baseline.tracking_token(),
                     baseline.images(),
                     baseline.globals(),
                 )?;

@@ -170,9 +170,8 @@ struct Shared {
     base: NonNull<u8>,
     size: AtomicUsize,
     pool: Arc<Pool>,
-    /// Whether the region is registered for write tracking (cleared if an
-    /// adopted range could not be registered again).
-    registered: std::sync::atomic::AtomicBool,
+    /// Whether the region is registered for write tracking.
+    registered: bool,
     /// Who tracks this memory's writes, and at what size.
     armed: Mutex<Armed>,
 }
@@ -280,8 +279,7 @@ impl MemoryHandle {
         let len = self.len();
         let mut armed = self.0.armed.lock();
         *armed = Armed::default();
-        if len < crate::writetrack::TRACKED_BYTES_MIN || !self.0.registered.load(Ordering::Acquire)
-        {
+        if len < crate::writetrack::TRACKED_BYTES_MIN || !self.0.registered {
             return false;
         }
         let Some(t) = crate::writetrack::tracker() else {
@@ -301,8 +299,7 @@ impl MemoryHandle {
 
     /// Whether writes are tracked for the baseline `token` at the memory's
     /// current size.
-    #[cfg(test)]
-    pub(crate) fn armed_for(&self, token: u64) -> bool {
+    pub fn is_armed_for(&self, token: u64) -> bool {
         self.0.armed.lock().holds(token, self.len())
     }
 
@@ -332,13 +329,16 @@ impl MemoryHandle {
 }
 
 /// The bytes of a memory whose instance is gone, kept mapped for a later
-/// instance of the same actor ([`MemoryHandle::adopt`]): the pages stay
-/// resident, so handing them over costs no copy and no fault. Dropped, the
-/// region goes back to the pool.
+/// instance of the same actor ([`capture_adopting`]): the pages stay
+/// resident and keep their write-tracking state, so handing them over
+/// costs no copy, no fault and no re-protection. Dropped, the region goes
+/// back to the pool.
 pub struct Parked {
     region: Option<Region>,
     /// Byte size of the memory when it was parked.
     len: usize,
+    /// Whose baseline its writes were tracked for when it was parked.
+    armed: Armed,
     pool: Arc<Pool>,
 }
 
@@ -363,6 +363,21 @@ impl Parked {
         // while the slice lives.
         unsafe { std::slice::from_raw_parts(r.base.as_ptr(), self.len) }
     }
+
+    /// Its region, if a memory of `size` bytes in a reservation of
+    /// `reserved` + `guard` bytes can take it over.
+    fn fit(mut self, size: usize, reserved: usize, guard: usize) -> Option<(Region, Armed)> {
+        let r = self.region.as_ref()?;
+        if self.len != size
+            || r.reserved != reserved
+            || r.guard != guard
+            || r.accessible != size.next_multiple_of(OS_PAGE)
+        {
+            return None; // dropped: back to the pool
+        }
+        let armed = std::mem::take(&mut self.armed);
+        Some((self.region.take()?, armed))
+    }
 }
 
 impl Drop for Parked {
@@ -374,86 +389,21 @@ impl Drop for Parked {
 }
 
 impl MemoryHandle {
-    /// The memory's region, kept with its bytes, once the instance that
-    /// used it is gone: `None` while anything else (the engine's memory, or
-    /// another handle) still refers to it.
+    /// The memory's region, kept with its bytes and its write-tracking
+    /// state, once the instance that used it is gone: `None` while
+    /// anything else (the engine's memory, or another handle) still refers
+    /// to it.
     pub fn park(self) -> Option<Parked> {
         let mut shared = Arc::try_unwrap(self.0).ok()?;
         let len = shared.size.load(Ordering::Acquire);
+        let armed = std::mem::take(shared.armed.get_mut());
         let region = shared.region.get_mut().take()?;
         Some(Parked {
             region: Some(region),
             len,
+            armed,
             pool: shared.pool.clone(),
         })
-    }
-
-    /// Makes this memory's bytes those of `parked`, which must have the
-    /// memory's current size, by moving its pages into place (`mremap`):
-    /// no copy, no fault. Write tracking is disarmed; arm it again. Gives
-    /// `parked` back if it cannot be adopted (another size or layout),
-    /// leaving this memory untouched.
-    ///
-    /// # Safety
-    /// As for [`MemoryHandle::bytes_mut`]: no guest code of the owning
-    /// store runs, and no slice of this memory exists.
-    pub unsafe fn adopt(&self, mut parked: Parked) -> Result<(), Parked> {
-        let len = self.len();
-        let mut region = self.0.region.lock();
-        if region.is_none() || parked.region.is_none() {
-            return Err(parked);
-        }
-        let dst = region.as_mut().expect("checked above");
-        let src = parked.region.as_mut().expect("checked above");
-        let bytes = len.next_multiple_of(OS_PAGE);
-        if parked.len != len
-            || dst.accessible < bytes
-            || src.accessible < bytes
-            || src.registered != dst.registered
-        {
-            return Err(parked);
-        }
-        *self.0.armed.lock() = Armed::default();
-        if bytes > 0 {
-            // SAFETY: `[0, bytes)` of both regions is accessible and lies
-            // inside their own reservations (checked above). The source
-            // region is owned by `parked` (no instance uses it); the
-            // destination's bytes are not borrowed and no guest code runs
-            // (the caller's contract). MREMAP_FIXED replaces the
-            // destination's pages atomically with the source's, with their
-            // protection (read-write, as the destination's were), so the
-            // memory stays accessible up to its size.
-            let moved = unsafe {
-                rustix::mm::mremap_fixed(
-                    src.base.as_ptr().cast(),
-                    bytes,
-                    bytes,
-                    rustix::mm::MremapFlags::MAYMOVE,
-                    dst.base.as_ptr().cast(),
-                )
-            };
-            if let Err(e) = moved {
-                // Nothing moved: both regions are as they were.
-                tracing::warn!(error = %e, "cannot move a parked memory's pages; it is copied instead");
-                return Err(parked);
-            }
-        }
-        // The source now has a hole at `[0, bytes)`: it cannot be pooled.
-        // Dropping it unmaps the rest of its reservation.
-        drop(parked.region.take());
-        // A moved range loses its write-tracking registration (the kernel
-        // drops it unless the tracker asked for remap events, which would
-        // block mremap until read): register it again.
-        if dst.registered
-            && bytes > 0
-            && let Some(t) = crate::writetrack::tracker()
-            && let Err(e) = t.register(dst.base.as_ptr() as usize, bytes)
-        {
-            tracing::warn!(error = %e, "an adopted memory could not be registered for write tracking again; it is compared whole");
-            dst.registered = false;
-            self.0.registered.store(false, Ordering::Release);
-        }
-        Ok(())
     }
 }
 
@@ -464,8 +414,12 @@ struct HostMemory {
 }
 
 // SAFETY: the memory is page aligned (mmap), a multiple of the OS page size,
-// followed by `guard` inaccessible bytes as wasmtime requested, never moves,
-// and starts zero-filled (fresh or reset mappings).
+// followed by `guard` inaccessible bytes as wasmtime requested, and never
+// moves. It starts zero-filled (fresh or reset mappings), except an adopted
+// one (`capture_adopting`), which starts with bytes the same actor's
+// previous instance left; wasmtime's own safety does not depend on what a
+// linear memory holds (guest bytes are never trusted), and the runtime
+// replaces them with the restored image before any turn.
 unsafe impl LinearMemory for HostMemory {
     fn byte_size(&self) -> usize {
         self.shared.size.load(Ordering::Acquire)
@@ -511,21 +465,44 @@ thread_local! {
 struct Capture {
     created: Vec<MemoryHandle>,
     presize: std::collections::VecDeque<usize>,
+    /// Parked regions the next memories take over, in order.
+    adopt: std::collections::VecDeque<Parked>,
 }
 
 /// Runs `f` (an instantiation) and returns the memories it created, in
 /// creation order. `presize[i]` is the byte size the i-th memory starts at
 /// instead of its declared minimum (used to restore a grown memory).
 pub fn capture<R>(presize: &[usize], f: impl FnOnce() -> R) -> (R, Vec<MemoryHandle>) {
+    capture_adopting(presize, Vec::new(), f)
+}
+
+/// [`capture`], where the i-th memory created takes over the region of
+/// `adopt[i]` (of `presize[i]` bytes), with its bytes and its write
+/// tracking, instead of a zeroed one. So that memory does not start
+/// zero-filled: it starts with the bytes an earlier instance of the same
+/// actor left, and whatever the instantiation writes over them (data
+/// segments, start code) must be undone before any turn runs (the
+/// written pages are reported by [`MemoryHandle::take_written`] for the
+/// token it was armed for, or copy the whole image). A parked region that
+/// does not fit is dropped and a zeroed region used.
+pub fn capture_adopting<R>(
+    presize: &[usize],
+    adopt: Vec<Parked>,
+    f: impl FnOnce() -> R,
+) -> (R, Vec<MemoryHandle>) {
     CAPTURE.with(|c| {
         *c.borrow_mut() = Some(Capture {
             created: Vec::new(),
             presize: presize.iter().copied().collect(),
+            adopt: adopt.into(),
         })
     });
     let r = f();
     let cap = CAPTURE.with(|c| c.borrow_mut().take());
-    (r, cap.map(|c| c.created).unwrap_or_default())
+    // Parked regions no memory took (dropped after the borrow: their drop
+    // zeroes them).
+    let (created, _unused) = cap.map(|c| (c.created, c.adopt)).unwrap_or_default();
+    (r, created)
 }
 
 /// The engine-wide memory creator.
@@ -553,17 +530,27 @@ unsafe impl MemoryCreator for HostMemoryCreator {
         let reserved = reserved_size_in_bytes.ok_or(
             "tern needs a fixed memory reservation (Config::memory_reservation) so memories never move",
         )?;
-        let presize = CAPTURE.with(|c| c.borrow_mut().as_mut().and_then(|c| c.presize.pop_front()));
+        let (presize, parked) = CAPTURE.with(|c| match c.borrow_mut().as_mut() {
+            Some(c) => (c.presize.pop_front(), c.adopt.pop_front()),
+            None => (None, None),
+        });
         let size = presize.unwrap_or(minimum).max(minimum);
-        let mut region = match self.pool.take(reserved, guard_size_in_bytes) {
-            Some(r) => r,
-            None => Region::reserve(reserved, guard_size_in_bytes)?,
+        let adopted = parked.and_then(|p| p.fit(size, reserved, guard_size_in_bytes));
+        let (mut region, armed) = match adopted {
+            Some(ra) => ra,
+            None => match self.pool.take(reserved, guard_size_in_bytes) {
+                Some(r) => (r, Armed::default()),
+                None => (
+                    Region::reserve(reserved, guard_size_in_bytes)?,
+                    Armed::default(),
+                ),
+            },
         };
         region.make_accessible(size)?;
         let shared = Arc::new(Shared {
             base: region.base,
-            registered: region.registered.into(),
-            armed: Mutex::new(Armed::default()),
+            registered: region.registered,
+            armed: Mutex::new(armed),
             region: Mutex::new(Some(region)),
             size: AtomicUsize::new(size),
             pool: self.pool.clone(),
@@ -583,9 +570,14 @@ mod tests {
 
     const WASM_PAGE: usize = 1 << 16;
 
-    /// A memory of `pages` wasm pages from `creator`, and its handle.
-    fn memory(creator: &HostMemoryCreator, pages: usize) -> (Box<dyn LinearMemory>, MemoryHandle) {
-        let (mem, mut handles) = capture(&[], || {
+    /// A memory of `pages` wasm pages from `creator` (taking over
+    /// `adopt`, if any), and its handle.
+    fn memory(
+        creator: &HostMemoryCreator,
+        pages: usize,
+        adopt: Vec<Parked>,
+    ) -> (Box<dyn LinearMemory>, MemoryHandle) {
+        let (mem, mut handles) = capture_adopting(&[], adopt, || {
             creator.new_memory(
                 MemoryType::new(pages as u32, None),
                 pages * WASM_PAGE,
@@ -597,49 +589,52 @@ mod tests {
         (mem.unwrap(), handles.remove(0))
     }
 
-    /// Issue 14: an evicted actor's memory is handed to its next instance
-    /// by moving its pages, byte for byte, and the new memory's writes are
-    /// tracked again (the move drops the kernel's registration).
+    /// Issue 14: an evicted actor's memory is taken over by its next
+    /// instance with its bytes and its write tracking: no copy, no new
+    /// protection, and writes made over it since (the instantiation's)
+    /// are reported for the token it was armed for.
     #[test]
-    fn parked_memory_is_adopted_whole_and_tracked_again() {
+    fn parked_memory_is_adopted_with_its_bytes_and_tracking() {
         let creator = HostMemoryCreator::default();
-        let (old, h) = memory(&creator, 32);
-        let len = h.len();
+        let (old, h) = memory(&creator, 32, vec![]);
         // SAFETY: no guest code runs on this memory; the slice ends with
         // the statement.
         unsafe { h.bytes_mut() }
             .iter_mut()
             .enumerate()
             .for_each(|(i, b)| *b = (i % 251) as u8);
-        let expected = {
-            // SAFETY: as above.
-            unsafe { h.bytes() }.to_vec()
-        };
+        // SAFETY: as above.
+        let expected = unsafe { h.bytes() }.to_vec();
+        let tracked = h.arm(9);
         let h2 = h.clone();
         assert!(h2.park().is_none(), "another handle still refers to it");
         drop(old);
         let parked = h.park().expect("nothing else refers to it");
-        assert_eq!(parked.len(), len);
+        assert_eq!(parked.len(), expected.len());
         assert!(parked.bytes() == &expected[..]);
 
-        // A memory of another size refuses it, untouched.
-        let (_small, small) = memory(&creator, 31);
-        // SAFETY: no guest code runs on `small`, no slice of it exists.
-        let parked = unsafe { small.adopt(parked) }.expect_err("another size");
+        // A memory of another size does not take it: it starts zeroed.
+        let (_small, small) = memory(&creator, 31, vec![parked]);
         // SAFETY: as above.
         assert!(unsafe { small.bytes() }.iter().all(|&b| b == 0));
+        assert!(!small.is_armed_for(9));
 
-        let (_new, fresh) = memory(&creator, 32);
-        // SAFETY: no guest code runs on `fresh`, no slice of it exists.
-        unsafe { fresh.adopt(parked) }.unwrap_or_else(|_| panic!("same size adopts"));
-        // SAFETY: as above; the slice ends with the statement.
-        let moved = unsafe { fresh.bytes() } == &expected[..];
-        assert!(moved, "every byte moved");
-        if crate::writetrack::tracker().is_some() {
-            assert!(fresh.arm(7), "the adopted range is registered again");
+        // Park it again and adopt it at the same size.
+        let (old, h) = memory(&creator, 32, vec![]);
+        // SAFETY: as above.
+        unsafe { h.bytes_mut() }.copy_from_slice(&expected);
+        assert_eq!(h.arm(9), tracked);
+        drop(old);
+        let parked = h.park().unwrap();
+        let (_new, adopted) = memory(&creator, 32, vec![parked]);
+        // SAFETY: as above.
+        let same = unsafe { adopted.bytes() } == &expected[..];
+        assert!(same, "every byte is there");
+        assert_eq!(adopted.is_armed_for(9), tracked, "tracking carries over");
+        if tracked {
             // SAFETY: as above.
-            unsafe { fresh.bytes_mut()[3 * 4096 + 5] ^= 1 };
-            let written = fresh.take_written(7).expect("tracked");
+            unsafe { adopted.bytes_mut()[3 * 4096 + 5] ^= 1 };
+            let written = adopted.take_written(9).expect("tracked");
             assert_eq!(written, vec![3 * 4096..4 * 4096], "the write is seen");
         }
     }

@@ -467,6 +467,18 @@ impl ActorInstance {
         params: &InstanceParams,
         presize: &[usize],
     ) -> Result<Self> {
+        ActorInstance::instantiate(engine, prep, params, presize, Vec::new())
+    }
+
+    /// [`ActorInstance::new`], the memories taking over the `adopt`ed
+    /// regions (see [`hostmem::capture_adopting`]).
+    fn instantiate(
+        engine: &wasmtime::Engine,
+        prep: &Prepared,
+        params: &InstanceParams,
+        presize: &[usize],
+        adopt: Vec<Parked>,
+    ) -> Result<Self> {
         let state = HostState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -510,8 +522,9 @@ impl ActorInstance {
                 left_ms.div_ceil(EPOCH_TICK_MS).max(1),
             ))
         });
-        let (instance, memories) =
-            hostmem::capture(presize, || prep.pre.instance_pre().instantiate(&mut store));
+        let (instance, memories) = hostmem::capture_adopting(presize, adopt, || {
+            prep.pre.instance_pre().instantiate(&mut store)
+        });
         let cannot =
             |e: wasmtime::Error| RuntimeError::Engine(format!("cannot instantiate: {e:#}"));
         let instance = instance.map_err(cannot)?;
@@ -553,30 +566,51 @@ impl ActorInstance {
 
     /// Instantiates `prep` with the state of a snapshot whose memory images
     /// an earlier instance of the same actor left `parked` (see
-    /// [`ActorInstance::park`]): their pages are moved in, not copied.
-    /// `images` must equal the parked bytes; a memory whose parked region
-    /// cannot be adopted is copied from its image instead.
+    /// [`ActorInstance::park`]): the new memories take over their regions,
+    /// so nothing is copied but the pages the instantiation itself wrote
+    /// over them (data segments), which write tracking for the baseline
+    /// `token` reports. `images` must equal the parked bytes. A memory
+    /// that was not adopted, or whose tracking is off, is copied from its
+    /// image whole; an instantiation that fails over adopted memories is
+    /// done again over zeroed ones.
     pub fn adopted(
         engine: &wasmtime::Engine,
         prep: &Prepared,
         params: &InstanceParams,
         parked: Vec<Parked>,
+        token: u64,
         images: &[Vec<u8>],
         globals: &[u64],
     ) -> Result<Self> {
         let lens: Vec<usize> = images.iter().map(Vec::len).collect();
-        let mut inst = ActorInstance::new(engine, prep, params, &lens)?;
-        if parked.len() != images.len() {
-            inst.write_memories(images)?;
-        } else {
-            for (i, p) in parked.into_iter().enumerate() {
-                let mem = inst.memories.get(i).cloned();
-                // SAFETY: no guest code runs (we own the instance and run
-                // none), and no slice of the memory exists.
-                let adopted = mem.is_some_and(|m| unsafe { m.adopt(p) }.is_ok());
-                if !adopted {
-                    inst.write_memory(i, &images[i])?;
+        let mut inst = match ActorInstance::instantiate(engine, prep, params, &lens, parked) {
+            Ok(inst) => inst,
+            Err(e) => {
+                tracing::warn!(actor = %params.actor_id, error = %e, "instantiation over kept memory failed; restoring from a copy");
+                return ActorInstance::restored(engine, prep, params, images, globals);
+            }
+        };
+        if inst.memories.len() != images.len() {
+            inst.write_memories(images)?; // refuses the mismatch
+        }
+        for (i, img) in images.iter().enumerate() {
+            let mem = &inst.memories[i];
+            match (token != 0).then(|| mem.take_written(token)).flatten() {
+                Some(written) => {
+                    // SAFETY: no guest code runs (we own the instance and
+                    // run none), and this is the only slice of the memory.
+                    let dst = unsafe { mem.bytes_mut() };
+                    assert_eq!(
+                        dst.len(),
+                        img.len(),
+                        "an adopted memory has its image's size"
+                    );
+                    for r in written {
+                        let r = r.start.min(img.len())..r.end.min(img.len());
+                        dst[r.clone()].copy_from_slice(&img[r]);
+                    }
                 }
+                None => inst.write_memory(i, img)?,
             }
         }
         inst.write_globals(globals)?;

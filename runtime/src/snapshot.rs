@@ -241,6 +241,11 @@ impl Baseline {
         changed
     }
 
+    /// This baseline's write-tracking token (0: none drawn yet).
+    pub fn tracking_token(&self) -> u64 {
+        self.token
+    }
+
     /// This baseline's write-tracking token, drawn on first use.
     fn token(&mut self) -> u64 {
         if self.token == 0 {
@@ -266,7 +271,12 @@ impl Baseline {
                     "a memory armed for tracking holds its baseline image"
                 );
             }
-            mem.arm(token);
+            // An adopted memory still tracked for this baseline needs no
+            // new protection: pages written since are merely reported (and
+            // compared) once more.
+            if !mem.is_armed_for(token) {
+                mem.arm(token);
+            }
         }
     }
 
@@ -573,7 +583,7 @@ mod tests {
                 "the image is the memory in round {round}"
             );
             assert!(
-                h.armed_for(b.token),
+                h.is_armed_for(b.token),
                 "round {round}: the next absorb is tracked"
             );
             shadow = live;
