@@ -113,6 +113,15 @@ enum Restore {
     ),
 }
 
+/// A restored actor's idempotency tables (callers' keys, forwarded
+/// calls) from its snapshot's side records.
+fn idem_tables(extra: &[(String, Vec<u8>)], ty: &ActorType, now_ms: u64) -> (IdemTable, IdemTable) {
+    (
+        IdemTable::restore(CLIENT_PREFIX, extra, retention(ty), now_ms),
+        IdemTable::restore(FORWARD_PREFIX, extra, FORWARD_KEYS_RETENTION, now_ms),
+    )
+}
+
 fn internal_after_panic(key: &str, what: &str, msg: &str) -> RuntimeError {
     RuntimeError::Internal(format!(
         "the activation of {key} panicked during {what} ({msg}); it was removed and the next call restores the actor from the store"
@@ -431,15 +440,21 @@ impl Node {
         // whose last changes are not in the store.
         if persisted.is_ok() && moved.is_none() && self.inner.hibernation.enabled() {
             let vclock = self.inner.turns.vclock();
-            if let Ok((Some(kept), _)) = self
+            let (node, k) = (self.clone(), key.clone());
+            // Kept before the release, so that a claim right after it at
+            // this POP finds the memory; on a turn thread, where the
+            // memories that make room for it are released (zeroed).
+            let kept = self
                 .inner
                 .turns
-                .run(vclock, 0, move || (*act).hibernate())
-                .await
-            {
-                // Kept before the release, so that a claim right after it
-                // at this POP finds the memory.
-                self.inner.hibernation.put(key.clone(), kept);
+                .run(vclock, 0, move || {
+                    if let Some(kept) = (*act).hibernate() {
+                        node.inner.hibernation.put(k, kept);
+                    }
+                })
+                .await;
+            if let Err(p) = kept {
+                tracing::error!(actor = %key, panic = %p.0, "keeping an evicted actor's memory panicked; it is not kept");
             }
         } else {
             drop(act);
@@ -789,10 +804,8 @@ impl Node {
                 )?;
                 // SAFETY: the instance was just created; no guest code runs.
                 unsafe { baseline.track(inst.memories()) };
-                let idem = IdemTable::restore(CLIENT_PREFIX, &head.extra, retention(&ty), now_ms);
-                let fwd =
-                    IdemTable::restore(FORWARD_PREFIX, &head.extra, FORWARD_KEYS_RETENTION, now_ms);
-                (Some(inst), baseline, head.seq, (idem, fwd))
+                let tables = idem_tables(&head.extra, &ty, now_ms);
+                (Some(inst), baseline, head.seq, tables)
             }
             Some(Restore::Store(snap)) => {
                 let mut restored = Baseline::from_snapshot(
@@ -815,10 +828,8 @@ impl Node {
                     params = up.params;
                     (up.instance, up.baseline)
                 };
-                let idem = IdemTable::restore(CLIENT_PREFIX, &snap.extra, retention(&ty), now_ms);
-                let fwd =
-                    IdemTable::restore(FORWARD_PREFIX, &snap.extra, FORWARD_KEYS_RETENTION, now_ms);
-                (Some(inst), baseline, snap.seq, (idem, fwd))
+                let tables = idem_tables(&snap.extra, &ty, now_ms);
+                (Some(inst), baseline, snap.seq, tables)
             }
             None if claimed_head > 0 => {
                 return Err(RuntimeError::Storage(tern_storage::StorageError::Corrupt {

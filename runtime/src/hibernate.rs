@@ -176,16 +176,16 @@ impl Hibernation {
         h
     }
 
-    /// Drops entries older than the keep time as of `now` (called
-    /// periodically).
-    pub fn sweep(&self, now: Instant) {
-        let mut dropped = vec![];
-        {
-            let mut s = self.state.lock();
-            s.shed(self.bytes_max, self.keep, now, &mut dropped);
-            s.publish();
-        }
-        drop(dropped);
+    /// Takes out the entries older than the keep time as of `now` (called
+    /// periodically). Dropping them zeroes their memories: the caller
+    /// chooses the thread.
+    #[must_use = "dropping the entries releases their memory"]
+    pub(crate) fn sweep(&self, now: Instant) -> Vec<Hibernated> {
+        let mut expired = vec![];
+        let mut s = self.state.lock();
+        s.shed(self.bytes_max, self.keep, now, &mut expired);
+        s.publish();
+        expired
     }
 
     /// Bytes kept now.
@@ -306,9 +306,9 @@ mod tests {
         assert_eq!(h.len(), 0, "a keep time of 0 keeps nothing");
         let h = Hibernation::new(10_000, 60_000);
         h.put("a".into(), entry(1, 10));
-        h.sweep(Instant::now());
+        drop(h.sweep(Instant::now()));
         assert_eq!(h.len(), 1, "younger than the keep time");
-        h.sweep(Instant::now() + Duration::from_secs(61));
+        assert_eq!(h.sweep(Instant::now() + Duration::from_secs(61)).len(), 1);
         assert_eq!((h.len(), h.bytes()), (0, 0), "older than the keep time");
     }
 }

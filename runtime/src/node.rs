@@ -984,7 +984,11 @@ impl Node {
                 let Some(node) = Node::running(&weak) else {
                     return;
                 };
-                node.inner.hibernation.sweep(std::time::Instant::now());
+                let expired = node.inner.hibernation.sweep(std::time::Instant::now());
+                if !expired.is_empty() {
+                    // Released memories are zeroed: not on this worker.
+                    tokio::task::spawn_blocking(move || drop(expired));
+                }
                 match dir.heartbeat().await {
                     Ok(true) => continue,
                     Ok(false) => {
