@@ -175,99 +175,85 @@ fn small_turns_commit_page_patches() {
 /// snapshot it holds. Here the actor runs at another POP in between: the
 /// kept memory is stale, dropped, and the actor is read from the store,
 /// so no update made elsewhere is lost.
-#[test]
-fn kept_memory_is_never_used_once_the_actor_ran_elsewhere() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_memory_is_never_used_once_the_actor_ran_elsewhere() {
+    let store = Store::memory();
+    let a = counter_pop(
+        store.clone(),
+        "pop-a",
+        true,
+        Durability::Turn,
+        Limits::default(),
+    );
+    let b = counter_pop(store, "pop-b", true, Durability::Turn, Limits::default());
+    // Grown past the write-tracking threshold, so the kept memory is
+    // large and tracked.
+    call(&a, "counter", "x", "grow", json!({"mb": 2}))
+        .await
         .unwrap();
-    rt.block_on(async {
-        let store = Store::memory();
-        let a = counter_pop(
-            store.clone(),
-            "pop-a",
-            true,
-            Durability::Turn,
-            Limits::default(),
-        );
-        let b = counter_pop(store, "pop-b", true, Durability::Turn, Limits::default());
-        // Grown past the write-tracking threshold, so the kept memory is
-        // large and tracked.
-        call(&a, "counter", "x", "grow", json!({"mb": 2}))
-            .await
-            .unwrap();
-        call(&a, "counter", "x", "incr", json!({"by": 3}))
-            .await
-            .unwrap();
-        assert!(a.evict("counter", "x").await);
-        let s = a.status().await;
-        assert_eq!(s.hibernated.0, 1, "A keeps the evicted actor's memory");
-        assert!(s.hibernated.1 > 2 << 20, "{:?}", s.hibernated);
+    call(&a, "counter", "x", "incr", json!({"by": 3}))
+        .await
+        .unwrap();
+    assert!(a.evict("counter", "x").await);
+    let s = a.status().await;
+    assert_eq!(s.hibernated.0, 1, "A keeps the evicted actor's memory");
+    assert!(s.hibernated.1 > 2 << 20, "{:?}", s.hibernated);
 
-        // Back at A, nothing happened in between: the kept memory is used.
-        assert_eq!(value(&a, "counter", "x").await, 3);
-        let s = a.status().await;
-        assert_eq!(s.restores_kept, (1, 0));
-        assert_eq!(s.hibernated.0, 0, "an entry serves one activation");
-        call(&a, "counter", "x", "incr", json!({"by": 1}))
-            .await
-            .unwrap();
-        assert!(a.evict("counter", "x").await);
+    // Back at A, nothing happened in between: the kept memory is used.
+    assert_eq!(value(&a, "counter", "x").await, 3);
+    let s = a.status().await;
+    assert_eq!(s.restores_kept, (1, 0));
+    assert_eq!(s.hibernated.0, 0, "an entry serves one activation");
+    call(&a, "counter", "x", "incr", json!({"by": 1}))
+        .await
+        .unwrap();
+    assert!(a.evict("counter", "x").await);
 
-        // The actor moves to B and changes there.
-        call(&b, "counter", "x", "incr", json!({"by": 10}))
-            .await
-            .unwrap();
-        assert!(b.evict("counter", "x").await);
+    // The actor moves to B and changes there.
+    call(&b, "counter", "x", "incr", json!({"by": 10}))
+        .await
+        .unwrap();
+    assert!(b.evict("counter", "x").await);
 
-        // A's kept memory (value 4) is stale: the store's head is B's.
-        assert_eq!(value(&a, "counter", "x").await, 14, "B's update is kept");
-        assert_eq!(a.status().await.restores_kept, (1, 1));
-        // The images match what the store holds, byte for byte.
-        let kept_path = a.memory_images("counter", "x").await.unwrap();
-        assert!(a.evict("counter", "x").await);
-        assert_eq!(value(&a, "counter", "x").await, 14);
-        assert_eq!(a.status().await.restores_kept, (2, 1));
-        assert_eq!(
-            a.memory_images("counter", "x").await.unwrap(),
-            kept_path,
-            "restored from kept memory, the bytes are the same"
-        );
-    });
+    // A's kept memory (value 4) is stale: the store's head is B's.
+    assert_eq!(value(&a, "counter", "x").await, 14, "B's update is kept");
+    assert_eq!(a.status().await.restores_kept, (1, 1));
+    // The images match what the store holds, byte for byte.
+    let kept_path = a.memory_images("counter", "x").await.unwrap();
+    assert!(a.evict("counter", "x").await);
+    assert_eq!(value(&a, "counter", "x").await, 14);
+    assert_eq!(a.status().await.restores_kept, (2, 1));
+    assert_eq!(
+        a.memory_images("counter", "x").await.unwrap(),
+        kept_path,
+        "restored from kept memory, the bytes are the same"
+    );
 }
 
 /// A turn after a restore from kept memory traps: it rolls back to the
 /// kept state, and the next turn and eviction carry on from it.
-#[test]
-fn trap_after_a_restore_from_kept_memory_rolls_back() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trap_after_a_restore_from_kept_memory_rolls_back() {
+    let store = Store::memory();
+    let a = counter_pop(
+        store.clone(),
+        "pop-a",
+        true,
+        Durability::Idle,
+        Limits::default(),
+    );
+    call(&a, "counter", "t", "incr", json!({"by": 5}))
+        .await
         .unwrap();
-    rt.block_on(async {
-        let store = Store::memory();
-        let a = counter_pop(
-            store.clone(),
-            "pop-a",
-            true,
-            Durability::Idle,
-            Limits::default(),
-        );
-        call(&a, "counter", "t", "incr", json!({"by": 5}))
-            .await
-            .unwrap();
-        assert!(a.evict("counter", "t").await);
-        let err = call(&a, "counter", "t", "incr_then_panic", json!({"by": 100})).await;
-        assert!(err.is_err(), "the trap is an error");
-        assert_eq!(a.status().await.restores_kept.0, 1);
-        assert_eq!(value(&a, "counter", "t").await, 5);
-        call(&a, "counter", "t", "incr", json!({"by": 1}))
-            .await
-            .unwrap();
-        assert!(a.evict("counter", "t").await);
-        let fresh = counter_pop(store, "pop-b", false, Durability::Idle, Limits::default());
-        assert_eq!(value(&fresh, "counter", "t").await, 6, "the store has it");
-    });
+    assert!(a.evict("counter", "t").await);
+    let err = call(&a, "counter", "t", "incr_then_panic", json!({"by": 100})).await;
+    assert!(err.is_err(), "the trap is an error");
+    assert_eq!(a.status().await.restores_kept.0, 1);
+    assert_eq!(value(&a, "counter", "t").await, 5);
+    call(&a, "counter", "t", "incr", json!({"by": 1}))
+        .await
+        .unwrap();
+    assert!(a.evict("counter", "t").await);
+    let fresh = counter_pop(store, "pop-b", false, Durability::Idle, Limits::default());
+    assert_eq!(value(&fresh, "counter", "t").await, 6, "the store has it");
 }
