@@ -138,40 +138,43 @@ impl Hibernation {
         self.bytes_max > 0 && !self.keep.is_zero()
     }
 
+    /// Runs `f` on the state with the entries over budget or older than
+    /// the keep time (as of `now`) taken out before and after; returns
+    /// them with `f`'s result, to be dropped outside the lock (returning
+    /// memories to the pool zeroes them).
+    fn locked<R>(&self, now: Instant, f: impl FnOnce(&mut State) -> R) -> (R, Vec<Hibernated>) {
+        let mut out = vec![];
+        let mut s = self.state.lock();
+        s.shed(self.bytes_max, self.keep, now, &mut out);
+        let r = f(&mut s);
+        s.shed(self.bytes_max, self.keep, now, &mut out);
+        s.publish();
+        (r, out)
+    }
+
     /// Keeps `h` for `key`, replacing what was kept for it; the oldest
     /// entries make room. An entry larger than the whole budget is not
     /// kept.
     pub fn put(&self, key: String, h: Hibernated) {
-        let mut dropped = vec![];
         if h.bytes() > self.bytes_max || !self.enabled() {
             return;
         }
-        {
-            let mut s = self.state.lock();
-            dropped.extend(s.remove(&key));
+        let now = Instant::now();
+        let (replaced, dropped) = self.locked(now, |s| {
+            let replaced = s.remove(&key);
             let n = s.next;
             s.next += 1;
             s.bytes += h.bytes();
             s.order.insert(n, key.clone());
-            s.entries.insert(key, (n, Instant::now(), h));
-            s.shed(self.bytes_max, self.keep, Instant::now(), &mut dropped);
-            s.publish();
-        }
-        // Released outside the lock: returning memories to the pool zeroes
-        // them.
-        drop(dropped);
+            s.entries.insert(key, (n, now, h));
+            replaced
+        });
+        drop((replaced, dropped));
     }
 
     /// Takes out what is kept for `key`, if it is not too old.
     pub fn take(&self, key: &str) -> Option<Hibernated> {
-        let mut dropped = vec![];
-        let h = {
-            let mut s = self.state.lock();
-            s.shed(self.bytes_max, self.keep, Instant::now(), &mut dropped);
-            let h = s.remove(key);
-            s.publish();
-            h
-        };
+        let (h, dropped) = self.locked(Instant::now(), |s| s.remove(key));
         drop(dropped);
         h
     }
@@ -181,11 +184,7 @@ impl Hibernation {
     /// chooses the thread.
     #[must_use = "dropping the entries releases their memory"]
     pub(crate) fn sweep(&self, now: Instant) -> Vec<Hibernated> {
-        let mut expired = vec![];
-        let mut s = self.state.lock();
-        s.shed(self.bytes_max, self.keep, now, &mut expired);
-        s.publish();
-        expired
+        self.locked(now, |_| ()).1
     }
 
     /// Bytes kept now.

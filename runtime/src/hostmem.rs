@@ -354,7 +354,8 @@ impl Parked {
     }
 
     /// The parked bytes.
-    pub fn bytes(&self) -> &[u8] {
+    #[cfg(test)]
+    fn bytes(&self) -> &[u8] {
         let r = self.region.as_ref().expect("a parked region until dropped");
         // SAFETY: `[0, len)` is accessible (it was the memory's size when
         // parked, and parking does not change protections); the region is

@@ -595,7 +595,8 @@ impl ActorInstance {
         }
         for (i, img) in images.iter().enumerate() {
             let mem = &inst.memories[i];
-            match (token != 0).then(|| mem.take_written(token)).flatten() {
+            // (Token 0, a baseline never tracked, is armed for nothing.)
+            match mem.take_written(token) {
                 Some(written) => {
                     // SAFETY: no guest code runs (we own the instance and
                     // run none), and this is the only slice of the memory.

@@ -247,6 +247,13 @@ pub struct NodeConfig {
 /// Most memory kept for evicted actors by default, bytes.
 pub const HIBERNATED_BYTES_DEFAULT_MAX: u64 = 1 << 30;
 
+/// The default budget of memory kept for evicted actors, for a resident
+/// budget of `resident_bytes_max`: a quarter of it, at most
+/// [`HIBERNATED_BYTES_DEFAULT_MAX`].
+pub fn hibernated_bytes_default(resident_bytes_max: u64) -> u64 {
+    (resident_bytes_max / 4).min(HIBERNATED_BYTES_DEFAULT_MAX)
+}
+
 /// The smallest resident footprint an activation is assumed to have when
 /// sizing `activations_max` from memory (a 128 KiB actor, twice).
 const ACTIVATION_BYTES_TYPICAL: u64 = 256 << 10;
@@ -279,7 +286,7 @@ impl Default for NodeConfig {
             turn_slots: default_slots(),
             forward_patience_ms: 1_000,
             component_bytes_max: tern_proto::COMPONENT_BYTES_MAX_DEFAULT,
-            hibernated_bytes_max: (resident_bytes_max / 4).min(HIBERNATED_BYTES_DEFAULT_MAX),
+            hibernated_bytes_max: hibernated_bytes_default(resident_bytes_max),
             hibernated_ms: 300_000,
         }
     }

@@ -373,8 +373,9 @@ impl BudgetArgs {
             turn_slots: self.turn_slots.unwrap_or(d.turn_slots),
             component_bytes_max: self.component_bytes_max,
             hibernated_bytes_max: self.hibernated_bytes_max.unwrap_or(
-                (self.resident_bytes_max.unwrap_or(d.resident_bytes_max) / 4)
-                    .min(tern_runtime::node::HIBERNATED_BYTES_DEFAULT_MAX),
+                tern_runtime::node::hibernated_bytes_default(
+                    self.resident_bytes_max.unwrap_or(d.resident_bytes_max),
+                ),
             ),
             hibernated_ms: self.hibernated_ms,
             ..d
