@@ -41,8 +41,15 @@ pub const TOKEN_SECRET_HEX: usize = 64;
 /// refused) before reading the store again, ms.
 pub const TOKEN_CACHE_MS: u64 = 5_000;
 
-/// Tokens a POP caches; past it the cache is cleared.
+/// Verified tokens a POP caches; past it the expired ones are dropped,
+/// and if none has expired, the whole cache. Only real tokens enter it,
+/// so nobody without one can flush it.
 pub const TOKEN_CACHE_ENTRIES_MAX: usize = 10_000;
+
+/// Refused tokens a POP remembers; past it that memory is cleared. It is
+/// kept apart from the verified tokens, so a flood of made-up tokens
+/// costs the flooder store reads but never evicts a real token.
+pub const TOKEN_REFUSED_ENTRIES_MAX: usize = 10_000;
 
 /// Most actor types one token may be limited to.
 pub const TOKEN_TYPES_MAX: usize = 64;
@@ -216,7 +223,58 @@ pub fn parse_token(token: &str) -> Result<(&str, &str)> {
 /// The tokens of a cluster, kept in its store.
 pub struct Tokens {
     store: Store,
-    cache: Mutex<HashMap<String, (Instant, Option<Grant>)>>,
+    cache: Mutex<TokenCache>,
+}
+
+/// What a POP remembers of tokens it checked, keyed by the token's sha256.
+#[derive(Default)]
+struct TokenCache {
+    granted: HashMap<String, (Instant, Grant)>,
+    refused: HashMap<String, Instant>,
+}
+
+impl TokenCache {
+    /// What is remembered of `key` younger than `ttl`: `Some(None)` for a
+    /// refused token.
+    fn get(&self, key: &str, ttl: Duration) -> Option<Option<Grant>> {
+        if let Some((at, g)) = self.granted.get(key)
+            && at.elapsed() < ttl
+        {
+            return Some(Some(g.clone()));
+        }
+        match self.refused.get(key) {
+            Some(at) if at.elapsed() < ttl => Some(None),
+            _ => None,
+        }
+    }
+
+    fn put(&mut self, key: String, found: Option<Grant>, ttl: Duration) {
+        let now = Instant::now();
+        match found {
+            Some(g) => {
+                self.refused.remove(&key);
+                if self.granted.len() >= TOKEN_CACHE_ENTRIES_MAX {
+                    self.granted.retain(|_, (at, _)| at.elapsed() < ttl);
+                    if self.granted.len() >= TOKEN_CACHE_ENTRIES_MAX {
+                        self.granted.clear();
+                    }
+                }
+                self.granted.insert(key, (now, g));
+            }
+            None => {
+                self.granted.remove(&key);
+                if self.refused.len() >= TOKEN_REFUSED_ENTRIES_MAX {
+                    self.refused.clear();
+                }
+                self.refused.insert(key, now);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.granted.clear();
+        self.refused.clear();
+    }
 }
 
 impl fmt::Debug for Tokens {
@@ -230,7 +288,7 @@ impl Tokens {
     pub fn new(store: Store) -> Tokens {
         Tokens {
             store,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(TokenCache::default()),
         }
     }
 
@@ -280,10 +338,8 @@ impl Tokens {
         let (id, secret) = parse_token(token)?;
         let key = sha256_hex(token.as_bytes());
         let ttl = Duration::from_millis(TOKEN_CACHE_MS);
-        if let Some((at, g)) = self.cache.lock().get(&key)
-            && at.elapsed() < ttl
-        {
-            return g.clone().ok_or_else(|| unknown(id));
+        if let Some(g) = self.cache.lock().get(&key, ttl) {
+            return g.ok_or_else(|| unknown(id));
         }
         let found = match self.store.get_token(id)? {
             // Both sides are hashes of secrets, so comparing them leaks
@@ -293,11 +349,7 @@ impl Tokens {
             }
             _ => None,
         };
-        let mut cache = self.cache.lock();
-        if cache.len() >= TOKEN_CACHE_ENTRIES_MAX {
-            cache.clear();
-        }
-        cache.insert(key, (Instant::now(), found.clone()));
+        self.cache.lock().put(key, found.clone(), ttl);
         found.ok_or_else(|| unknown(id))
     }
 
@@ -344,6 +396,28 @@ mod tests {
         assert!(matches!(e, RuntimeError::Unauthenticated(_)), "{e}");
         let e = t.verify("Bearer nonsense").unwrap_err();
         assert!(e.to_string().contains("malformed token"), "{e}");
+    }
+
+    #[test]
+    fn made_up_tokens_never_evict_a_verified_one() {
+        let store = Store::memory();
+        let t = Tokens::new(store.clone());
+        let new = t.create(&[Scope::Call], &[], "").unwrap();
+        t.verify(&new.token).unwrap();
+        // A flood of well-formed tokens nobody issued, more than either
+        // cache holds.
+        for i in 0..(TOKEN_REFUSED_ENTRIES_MAX + TOKEN_CACHE_ENTRIES_MAX + 10) {
+            let bogus = format!(
+                "{TOKEN_PREFIX}{i:0w$x}_{}",
+                "a".repeat(TOKEN_SECRET_HEX),
+                w = TOKEN_ID_HEX
+            );
+            assert!(t.verify(&bogus).is_err());
+        }
+        // The record is gone from the store behind the cache's back: only
+        // a cached grant can still answer, which proves the flood left it.
+        assert!(store.delete_token(&new.grant.id).unwrap());
+        assert_eq!(t.verify(&new.token).unwrap(), new.grant);
     }
 
     #[test]
