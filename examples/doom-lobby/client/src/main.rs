@@ -119,6 +119,8 @@ struct LatencyReport {
     p50: f64,
     p99: f64,
     per_pop: BTreeMap<String, Lat>,
+    /// By `type.method`.
+    per_method: BTreeMap<String, Lat>,
 }
 
 #[derive(Serialize)]
@@ -450,6 +452,11 @@ async fn session(
         .iter_mut()
         .map(|(p, v)| (p.clone(), lat_of(v)))
         .collect();
+    let per_method: BTreeMap<String, Lat> = sh
+        .method_latencies()
+        .iter_mut()
+        .map(|(m, v)| (m.clone(), lat_of(v)))
+        .collect();
     let (failover_ms_max, failover_actors, _) = sh.failover();
     let calls_ok = c.calls_ok.load(Relaxed);
     let matches_completed = c.matches_completed.load(Relaxed);
@@ -492,6 +499,7 @@ async fn session(
             p50: overall.p50,
             p99: overall.p99,
             per_pop,
+            per_method,
         },
         failover_ms_max,
         failover_actors,
@@ -648,6 +656,15 @@ fn print_summary(r: &Report, demo: bool) {
     for (pop, l) in &r.latency_ms.per_pop {
         row(
             &format!("  via {pop}"),
+            format!(
+                "p50 {:.1} ms, p99 {:.1} ms ({} calls)",
+                l.p50, l.p99, l.calls
+            ),
+        );
+    }
+    for (method, l) in &r.latency_ms.per_method {
+        row(
+            &format!("  {method}"),
             format!(
                 "p50 {:.1} ms, p99 {:.1} ms ({} calls)",
                 l.p50, l.p99, l.calls

@@ -154,6 +154,8 @@ pub struct Shared {
     pub counters: Counters,
     stop: AtomicBool,
     latency_us: Mutex<HashMap<String, Vec<u64>>>,
+    /// Call latencies by `type.method`, µs.
+    method_latency_us: Mutex<HashMap<String, Vec<u64>>>,
     last_pop: Mutex<HashMap<String, String>>,
     kills: Mutex<Vec<KillWatch>>,
     ended: Mutex<HashSet<String>>,
@@ -200,6 +202,7 @@ impl Shared {
             counters: Counters::default(),
             stop: AtomicBool::new(false),
             latency_us: Mutex::new(HashMap::new()),
+            method_latency_us: Mutex::new(HashMap::new()),
             last_pop: Mutex::new(HashMap::new()),
             kills: Mutex::new(Vec::new()),
             ended: Mutex::new(HashSet::new()),
@@ -260,11 +263,17 @@ impl Shared {
                     let c2 = &self.counters;
                     c2.calls_ok.fetch_add(1, Relaxed);
                     c2.calls_retried.fetch_add(u64::from(c.retries), Relaxed);
+                    let us = now.duration_since(t0).as_micros() as u64;
                     self.latency_us
                         .lock()
                         .entry(c.via.clone())
                         .or_default()
-                        .push(now.duration_since(t0).as_micros() as u64);
+                        .push(us);
+                    self.method_latency_us
+                        .lock()
+                        .entry(format!("{ty}.{method}"))
+                        .or_default()
+                        .push(us);
                     let actor = format!("{ty}/{id}");
                     let ms = now.duration_since(t0).as_millis() as u64;
                     if ms > SLOW_CALL_MS {
@@ -379,6 +388,11 @@ impl Shared {
     /// Latencies in µs per POP the calls went to.
     pub fn latencies(&self) -> HashMap<String, Vec<u64>> {
         self.latency_us.lock().clone()
+    }
+
+    /// Call latencies by `type.method`, µs.
+    pub fn method_latencies(&self) -> HashMap<String, Vec<u64>> {
+        self.method_latency_us.lock().clone()
     }
 
     fn match_ended(&self, id: &str) {
