@@ -31,7 +31,7 @@ use crate::idem::{
 use crate::instance::{ActorInstance, InstanceParams, TurnInput, TurnOutput, guest_error};
 use crate::node::{ActorType, CallOutput, CallRequest, Node, Route};
 use crate::outbox::{ALARM_METHOD, Outbox, WAKE_METHOD};
-use crate::snapshot::Baseline;
+use crate::snapshot::{Baseline, Delta};
 use crate::table::{Delivered, Handle, Msg};
 
 /// An actor moved to another version (or kept on its own when that failed).
@@ -265,35 +265,33 @@ impl Node {
         // The next alarm's timer, re-armed before every wait.
         let alarm_timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(alarm_timer);
+        // Whether a call ran since the last alarm: a due alarm then goes
+        // before the next queued call, so a busy mailbox delays an alarm by
+        // at most one turn (and alarms, taking turns with calls, cannot
+        // starve them either).
+        let mut call_since_alarm = false;
         loop {
             let mut alarm_next = None;
+            let mut alarm_due = None;
             if !closing && let Some((at_ms, id)) = act.outbox.next_alarm() {
-                let wait = Duration::from_millis(at_ms.saturating_sub(self.now_ms()));
+                let now_ms = self.now_ms();
+                let wait = Duration::from_millis(at_ms.saturating_sub(now_ms));
                 alarm_timer.as_mut().reset(Instant::now() + wait);
                 alarm_next = Some(id);
+                if at_ms <= now_ms && call_since_alarm {
+                    alarm_due = Some(id);
+                }
             }
             let msg = if closing {
                 rx.recv().await
+            } else if let Some(id) = alarm_due {
+                Some(Msg::Alarm(id))
             } else {
                 tokio::select! {
                     biased;
                     m = rx.recv() => m,
                     () = &mut alarm_timer, if alarm_next.is_some() => {
-                        handle.busy.store(true, Ordering::Release);
-                        let id = alarm_next.expect("the branch runs only when armed");
-                        let (back, fatal) = self.fire_alarm(act, id).await;
-                        let Some(back) = back else {
-                            self.end_after_turn_panic(&mut rx, &key, claim.0).await;
-                            return;
-                        };
-                        act = back;
-                        handle.busy.store(false, Ordering::Release);
-                        self.inner.table.set_resident(&handle, act.resident_bytes());
-                        if fatal {
-                            self.end_after_commit_failure(&mut rx, &key, act.epoch).await;
-                            return;
-                        }
-                        continue;
+                        Some(Msg::Alarm(alarm_next.expect("the branch runs only when armed")))
                     }
                     () = &mut idle_timer => {
                         let deadline = act.last_turn + idle;
@@ -317,6 +315,21 @@ impl Node {
             };
             handle.busy.store(true, Ordering::Release);
             match msg {
+                Msg::Alarm(id) => {
+                    call_since_alarm = false;
+                    let (back, fatal) = self.fire_alarm(act, id).await;
+                    let Some(back) = back else {
+                        self.end_after_turn_panic(&mut rx, &key, claim.0).await;
+                        return;
+                    };
+                    act = back;
+                    self.inner.table.set_resident(&handle, act.resident_bytes());
+                    if fatal {
+                        self.end_after_commit_failure(&mut rx, &key, act.epoch)
+                            .await;
+                        return;
+                    }
+                }
                 Msg::Evict => {
                     closing = true;
                     rx.close();
@@ -391,6 +404,7 @@ impl Node {
                         });
                         continue;
                     }
+                    call_since_alarm = true;
                     let (back, res, fatal) = self.turn(act, &req, *route).await;
                     let Some(back) = back else {
                         // The turn panicked on its thread: the activation
@@ -418,27 +432,34 @@ impl Node {
             }
             handle.busy.store(false, Ordering::Release);
         }
-        let mut persisted = act.persist(self).await;
+        let epoch = act.epoch;
+        let (mut left, mut persisted) = self.persist_off_worker(act).await;
         for attempt in 1..EVICT_PERSIST_ATTEMPTS {
-            match &persisted {
-                Err(e)
+            match (left, &persisted) {
+                (Some(act), Err(e))
                     if e.kind() == crate::error::ErrorKind::Unavailable
                         && !matches!(e, RuntimeError::Superseded { .. }) =>
                 {
                     tracing::warn!(actor = %key, error = %e, attempt, "persist on eviction failed; retrying");
                     tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
-                    persisted = act.persist(self).await;
+                    (left, persisted) = self.persist_off_worker(act).await;
                 }
-                _ => break,
+                (l, _) => {
+                    left = l;
+                    break;
+                }
             }
         }
         if let Err(e) = &persisted {
             tracing::error!(actor = %key, error = %e, "persist on eviction failed; changes since the last commit are lost");
         }
-        let epoch = act.epoch;
         // An actor that leaves for another POP is not kept; nor is one
         // whose last changes are not in the store.
-        if persisted.is_ok() && moved.is_none() && self.inner.hibernation.enabled() {
+        if let Some(act) = left
+            && persisted.is_ok()
+            && moved.is_none()
+            && self.inner.hibernation.enabled()
+        {
             let vclock = self.inner.turns.vclock();
             let (node, k) = (self.clone(), key.clone());
             // Kept before the release, so that a claim right after it at
@@ -456,8 +477,6 @@ impl Node {
             if let Err(p) = kept {
                 tracing::error!(actor = %key, panic = %p.0, "keeping an evicted actor's memory panicked; it is not kept");
             }
-        } else {
-            drop(act);
         }
         if let Err(e) = self.inner.dir.release(&key, epoch).await {
             tracing::warn!(actor = %key, error = %e, "release failed");
@@ -565,6 +584,40 @@ impl Node {
         (Some(act), fatal)
     }
 
+    /// Commits `act` (if dirty) with its delta computed on a turn thread.
+    /// The activation comes back unless computing the delta panicked.
+    async fn persist_off_worker(
+        &self,
+        act: Box<Activation>,
+    ) -> (Option<Box<Activation>>, Result<()>) {
+        if !act.is_dirty() {
+            return (Some(act), Ok(()));
+        }
+        let key = act.key.clone();
+        let vclock = self.inner.turns.vclock();
+        let prepared = self
+            .inner
+            .turns
+            .run(vclock, 0, move || {
+                let delta = act.baseline.delta();
+                (act, delta)
+            })
+            .await;
+        match prepared {
+            Ok(((mut act, delta), _)) => {
+                let r = act.persist(self, delta).await;
+                (Some(act), r)
+            }
+            Err(p) => {
+                tracing::error!(actor = %key, panic = %p.0, "preparing a commit panicked");
+                (
+                    None,
+                    Err(internal_after_panic(&key, "preparing a commit", &p.0)),
+                )
+            }
+        }
+    }
+
     /// Runs one call's turn: the idempotency check, the guest (on the turn
     /// pool) and, in `turn` durability, the commit. Returns the activation
     /// (`None` if the turn panicked and took it down), the result, and
@@ -649,16 +702,21 @@ impl Node {
                         deadline,
                     },
                 );
-                (act, out)
+                // Encoding the dirty pages costs in proportion to the
+                // actor's memory: here, never on a tokio worker. (In idle
+                // durability most turns commit nothing.)
+                let delta =
+                    (act.ty.config.durability == Durability::Turn).then(|| act.baseline.delta());
+                ((act, out), delta)
             })
             .await;
-        let (mut act, out) = match ran {
-            Ok(((act, out), used)) => {
+        let (mut act, out, delta) = match ran {
+            Ok((((act, out), delta), used)) => {
                 let mut act = act;
                 let used = used.as_nanos() as u64;
                 act.vtime = prio.saturating_add(used);
                 act.cost = act.cost / 2 + used / 2;
-                (act, out)
+                (act, out, delta)
             }
             Err(p) => {
                 metrics::counter!("tern_turn_panics_total").increment(1);
@@ -724,8 +782,22 @@ impl Node {
             );
         }
         if must_persist {
-            let persisted = tracing::Instrument::instrument(act.persist(self), turn_span);
-            if let Err(e) = persisted.await {
+            let (back, persisted) = match delta {
+                Some(delta) => {
+                    let r =
+                        tracing::Instrument::instrument(act.persist(self, delta), turn_span).await;
+                    (Some(act), r)
+                }
+                None => {
+                    tracing::Instrument::instrument(self.persist_off_worker(act), turn_span).await
+                }
+            };
+            let Some(back) = back else {
+                let e = persisted.expect_err("only a panic loses the activation");
+                return (None, Err(e), true);
+            };
+            act = back;
+            if let Err(e) = persisted {
                 // Memory is ahead of the store: the activation must end.
                 return (Some(act), Err(e), true);
             }
@@ -1209,14 +1281,16 @@ impl Activation {
         })
     }
 
-    /// Commits the dirty pages, fenced by this activation's epoch.
-    async fn persist(&mut self, node: &Node) -> Result<()> {
+    /// Commits the dirty pages, fenced by this activation's epoch. `delta`
+    /// is the baseline's [`Baseline::delta`] as it stands, computed on a
+    /// turn thread: encoding pages costs in proportion to the actor's
+    /// memory, which a tokio worker must never pay.
+    async fn persist(&mut self, node: &Node, mut delta: Delta) -> Result<()> {
         if !self.is_dirty() {
             return Ok(());
         }
         let mut extra = self.idem.pending();
         extra.extend(self.fwd.pending());
-        let mut delta = self.baseline.delta();
         extra.extend(delta.patches.iter().cloned());
         let outbox = self.outbox.pending();
         extra.extend(outbox.extra);

@@ -55,6 +55,9 @@ pub(crate) enum Msg {
     Inspect {
         reply: oneshot::Sender<crate::node::Inspection>,
     },
+    /// Fire the activation's alarm `id`. Never sent through a mailbox:
+    /// the activation's loop makes it when the alarm is due.
+    Alarm(u64),
 }
 
 /// What became of a call delivered to an activation.

@@ -309,3 +309,74 @@ async fn slow_subscriber_does_not_stall_actor() {
         "{end}"
     );
 }
+
+/// A mailbox that is never empty must not hold a due alarm back: the alarm
+/// takes its turn after at most one more call, while the calls go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_mailbox_never_starves_a_due_alarm() {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    /// Calls kept queued at once.
+    const IN_FLIGHT: usize = 8;
+    /// Calls made after the alarm is due.
+    const AFTER_DUE: usize = 100;
+    /// Bound on the whole flood.
+    const CALLS_MAX: usize = 200_000;
+    let store = Store::memory();
+    let node = node_with_counter(
+        store.clone(),
+        "counter",
+        Durability::Turn,
+        Limits::default(),
+    );
+    let set = call(
+        &node,
+        "counter",
+        "busy",
+        "set_alarm",
+        json!({"in_ms": 30, "tag": "due"}),
+    )
+    .await
+    .unwrap();
+    let at_ms = set["at_ms"].as_u64().unwrap();
+    let clock = tern_runtime::clock::World::default().clock;
+    // Calls publish on the alarm's topic, so the events tell the order in
+    // which the alarm's turn and the calls' turns ran.
+    let publish = || {
+        call(
+            &node,
+            "counter",
+            "busy",
+            "publish",
+            json!({"topic": "alarms", "n": 1, "prefix": "call-"}),
+        )
+    };
+    let mut flood = FuturesUnordered::new();
+    let (mut made, mut after_due) = (0, 0);
+    while after_due < AFTER_DUE {
+        while flood.len() < IN_FLIGHT {
+            flood.push(publish());
+            made += 1;
+            if clock.wall_ms() > at_ms {
+                after_due += 1;
+            }
+        }
+        assert!(made < CALLS_MAX, "the alarm never came due");
+        flood.next().await.unwrap().expect("a call of the flood");
+    }
+    while let Some(r) = flood.next().await {
+        r.expect("a call of the flood");
+    }
+    let events = store
+        .read_events("counter/busy", "alarms", 0, 1_000)
+        .unwrap();
+    let alarm_at = events
+        .iter()
+        .position(|e| !e.payload.starts_with(b"call-"))
+        .expect("the alarm fired, and its event is among the newest kept");
+    let calls_after = events.len() - alarm_at - 1;
+    assert!(
+        calls_after >= AFTER_DUE / 2,
+        "the alarm waited for the flood: only {calls_after} calls ran after it"
+    );
+    assert_eq!(fired(&node, "busy").await.len(), 1);
+}
