@@ -1309,7 +1309,12 @@ impl Activation {
             events: outbox.events,
         };
         let span = tracing::debug_span!("commit", actor = %self.key);
-        match tracing::Instrument::instrument(node.inner.committer.commit(req), span).await {
+        let sent = Instant::now();
+        let committed =
+            tracing::Instrument::instrument(node.inner.committer.commit(req), span).await;
+        // Queue and group commit: what a durable turn waits for its store.
+        metrics::histogram!("tern_commit_seconds").record(sent.elapsed().as_secs_f64());
+        match committed {
             Ok(seq) => {
                 node.inner.counters.commits.fetch_add(1, Ordering::Relaxed);
                 self.head_seq = seq;
