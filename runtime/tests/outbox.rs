@@ -29,6 +29,29 @@ where
     }
 }
 
+/// A POP with the counter type in `turn` durability and default limits.
+fn turn_node(store: &Store) -> Node {
+    node_with_counter(
+        store.clone(),
+        "counter",
+        Durability::Turn,
+        Limits::default(),
+    )
+}
+
+/// Sets an alarm on `counter/<id>` due in `in_ms`; `set_alarm`'s reply.
+async fn set_alarm(node: &Node, id: &str, in_ms: u64, tag: &str) -> serde_json::Value {
+    call(
+        node,
+        "counter",
+        id,
+        "set_alarm",
+        json!({"in_ms": in_ms, "tag": tag}),
+    )
+    .await
+    .expect("set_alarm")
+}
+
 async fn fired(node: &Node, id: &str) -> Vec<serde_json::Value> {
     call(node, "counter", id, "fired", json!(null))
         .await
@@ -41,12 +64,7 @@ async fn fired(node: &Node, id: &str) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolled_back_turn_sets_no_alarm() {
     let store = Store::memory();
-    let node = node_with_counter(
-        store.clone(),
-        "counter",
-        Durability::Turn,
-        Limits::default(),
-    );
+    let node = turn_node(&store);
     let err = call(
         &node,
         "counter",
@@ -61,15 +79,7 @@ async fn rolled_back_turn_sets_no_alarm() {
         store.list_due(u64::MAX, 10).unwrap().is_empty(),
         "the rolled-back turn indexed an alarm"
     );
-    let set = call(
-        &node,
-        "counter",
-        "a",
-        "set_alarm",
-        json!({"in_ms": 30, "tag": "real"}),
-    )
-    .await
-    .unwrap();
+    let set = set_alarm(&node, "a", 30, "real").await;
     eventually(10, "the real alarm fires", || async {
         !fired(&node, "a").await.is_empty()
     })
@@ -91,21 +101,8 @@ async fn rolled_back_turn_sets_no_alarm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missed_alarm_fires_when_hosted_again() {
     let store = Store::memory();
-    let first = node_with_counter(
-        store.clone(),
-        "counter",
-        Durability::Turn,
-        Limits::default(),
-    );
-    let set = call(
-        &first,
-        "counter",
-        "m",
-        "set_alarm",
-        json!({"in_ms": 300, "tag": "missed"}),
-    )
-    .await
-    .unwrap();
+    let first = turn_node(&store);
+    let set = set_alarm(&first, "m", 300, "missed").await;
     let at_ms = set["at_ms"].as_u64().unwrap();
     // The only POP goes away before the alarm is due...
     first.shutdown().await;
@@ -139,15 +136,7 @@ async fn cancelled_alarm_never_fires_and_reserved_methods_are_refused() {
         Durability::Idle,
         Limits::default(),
     );
-    let set = call(
-        &node,
-        "counter",
-        "c",
-        "set_alarm",
-        json!({"in_ms": 200, "tag": "x"}),
-    )
-    .await
-    .unwrap();
+    let set = set_alarm(&node, "c", 200, "x").await;
     // Idle durability still commits the turn that set an alarm.
     assert_eq!(store.list_due(u64::MAX, 10).unwrap().len(), 1);
     let cancelled = call(
@@ -178,12 +167,7 @@ async fn cancelled_alarm_never_fires_and_reserved_methods_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_event_from_rolled_back_turn() {
     let store = Store::memory();
-    let node = node_with_counter(
-        store.clone(),
-        "counter",
-        Durability::Turn,
-        Limits::default(),
-    );
+    let node = turn_node(&store);
     let mut sub = node.subscribe("counter", "p", "state", 0).unwrap();
     let err = call(
         &node,
@@ -241,12 +225,7 @@ async fn slow_subscriber_does_not_stall_actor() {
     const TURNS: u64 = 40;
     const PER_TURN: u64 = 50;
     let store = Store::memory();
-    let node = node_with_counter(
-        store.clone(),
-        "counter",
-        Durability::Turn,
-        Limits::default(),
-    );
+    let node = turn_node(&store);
     // One subscriber never reads; another keeps up.
     let mut slow = node.subscribe("counter", "s", "t", 0).unwrap();
     let mut fast = node.subscribe("counter", "s", "t", 0).unwrap();
@@ -322,21 +301,8 @@ async fn busy_mailbox_never_starves_a_due_alarm() {
     /// Bound on the whole flood.
     const CALLS_MAX: usize = 200_000;
     let store = Store::memory();
-    let node = node_with_counter(
-        store.clone(),
-        "counter",
-        Durability::Turn,
-        Limits::default(),
-    );
-    let set = call(
-        &node,
-        "counter",
-        "busy",
-        "set_alarm",
-        json!({"in_ms": 30, "tag": "due"}),
-    )
-    .await
-    .unwrap();
+    let node = turn_node(&store);
+    let set = set_alarm(&node, "busy", 30, "due").await;
     let at_ms = set["at_ms"].as_u64().unwrap();
     let clock = tern_runtime::clock::World::default().clock;
     // Calls publish on the alarm's topic, so the events tell the order in

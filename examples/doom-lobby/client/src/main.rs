@@ -653,18 +653,15 @@ fn print_summary(r: &Report, demo: bool) {
         "latency p50 / p99",
         format!("{:.1} / {:.1} ms", r.latency_ms.p50, r.latency_ms.p99),
     );
-    for (pop, l) in &r.latency_ms.per_pop {
+    let by_pop = r
+        .latency_ms
+        .per_pop
+        .iter()
+        .map(|(p, l)| (format!("via {p}"), l));
+    let by_method = r.latency_ms.per_method.iter().map(|(m, l)| (m.clone(), l));
+    for (what, l) in by_pop.chain(by_method) {
         row(
-            &format!("  via {pop}"),
-            format!(
-                "p50 {:.1} ms, p99 {:.1} ms ({} calls)",
-                l.p50, l.p99, l.calls
-            ),
-        );
-    }
-    for (method, l) in &r.latency_ms.per_method {
-        row(
-            &format!("  {method}"),
+            &format!("  {what}"),
             format!(
                 "p50 {:.1} ms, p99 {:.1} ms ({} calls)",
                 l.p50, l.p99, l.calls
