@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{KeyValue, KvBackend, KvTransaction, RangeRead, TRANSACTION_DURATION_MS_MAX};
+use super::layer::{Layered, TxHooks};
+use super::{KvBackend, KvTransaction, TRANSACTION_DURATION_MS_MAX};
 use crate::StorageError;
 
 /// A fault to inject into upcoming commits.
@@ -94,63 +95,22 @@ impl KvBackend for FaultyKv {
     }
 
     fn begin(&self, write: bool) -> Result<Box<dyn KvTransaction>, StorageError> {
-        Ok(Box::new(FaultyTx {
-            inner: self.inner.begin(write)?,
-            faults: self.faults.clone(),
-            wrote: false,
-        }))
+        Ok(Layered::boxed(
+            self.inner.begin(write)?,
+            Faults(self.faults.clone()),
+        ))
     }
 }
 
-struct FaultyTx {
-    inner: Box<dyn KvTransaction>,
-    faults: FaultInjector,
-    wrote: bool,
-}
+/// A transaction's hooks: its write commit takes the next queued fault.
+struct Faults(FaultInjector);
 
-impl KvTransaction for FaultyTx {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.inner.get(key)
-    }
-
-    fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-        self.inner.get_many(keys)
-    }
-
-    fn get_range(
-        &mut self,
-        begin: &[u8],
-        end: &[u8],
-        limit: Option<usize>,
-        reverse: bool,
-    ) -> Result<Vec<KeyValue>, StorageError> {
-        self.inner.get_range(begin, end, limit, reverse)
-    }
-
-    fn get_ranges(&mut self, ranges: &[RangeRead]) -> Result<Vec<Vec<KeyValue>>, StorageError> {
-        self.inner.get_ranges(ranges)
-    }
-
-    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        self.wrote = true;
-        self.inner.set(key, value)
-    }
-
-    fn clear(&mut self, key: &[u8]) -> Result<(), StorageError> {
-        self.wrote = true;
-        self.inner.clear(key)
-    }
-
-    fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StorageError> {
-        self.wrote = true;
-        self.inner.clear_range(begin, end)
-    }
-
-    fn commit(&mut self) -> Result<(), StorageError> {
+impl TxHooks for Faults {
+    fn commit(&mut self, wrote: bool, inner: &mut dyn KvTransaction) -> Result<(), StorageError> {
         // Read-only commits do not consume faults.
-        let fault = if self.wrote { self.faults.take() } else { None };
+        let fault = if wrote { self.0.take() } else { None };
         match fault {
-            None => self.inner.commit(),
+            None => inner.commit(),
             Some(Fault::NotCommitted) => Err(StorageError::NotCommitted),
             Some(Fault::TransactionTooOld) => Err(StorageError::TransactionTooOld {
                 limit_ms: TRANSACTION_DURATION_MS_MAX,
@@ -159,16 +119,20 @@ impl KvTransaction for FaultyTx {
                 timeout_ms: TRANSACTION_DURATION_MS_MAX * 3,
             }),
             Some(Fault::CommitUnknownResult) => {
-                self.inner.commit()?;
+                inner.commit()?;
                 Err(StorageError::CommitUnknownResult)
             }
         }
     }
 
-    fn on_error(&mut self, error: &StorageError) -> Result<bool, StorageError> {
+    fn on_error(
+        &mut self,
+        error: &StorageError,
+        inner: &mut dyn KvTransaction,
+    ) -> Result<bool, StorageError> {
         // An injected fault left the inner transaction uncommitted (or
         // committed): never reuse it.
-        let _ = error;
+        let _ = (error, inner);
         Ok(false)
     }
 }

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{KeyValue, KvBackend, KvTransaction, RangeRead};
+use super::layer::{Layered, Read, TxHooks};
+use super::{KeyValue, KvBackend, KvTransaction};
 use crate::StorageError;
 
 /// Bytes of one range-read reply, as FoundationDB caps them (about 80 kB).
@@ -67,29 +68,25 @@ impl KvBackend for LatencyKv {
     }
 
     fn begin(&self, write: bool) -> Result<Box<dyn KvTransaction>, StorageError> {
-        Ok(Box::new(LatencyTx {
-            inner: self.inner.begin(write)?,
-            delay: self.delay,
-            round_trips: self.round_trips.clone(),
-            wrote: false,
-            sequential: self.sequential,
-        }))
+        Ok(Layered::boxed(
+            self.inner.begin(write)?,
+            Trips {
+                delay: self.delay,
+                round_trips: self.round_trips.clone(),
+                sequential: self.sequential,
+            },
+        ))
     }
 }
 
-struct LatencyTx {
-    inner: Box<dyn KvTransaction>,
+/// A transaction's hooks: each round trip counted and slept.
+struct Trips {
     delay: Duration,
     round_trips: Arc<AtomicU64>,
-    wrote: bool,
     sequential: bool,
 }
 
-impl LatencyTx {
-    fn trip(&self) {
-        self.trips(1);
-    }
-
+impl Trips {
     fn trips(&self, n: u64) {
         self.round_trips.fetch_add(n, Ordering::Relaxed);
         if !self.delay.is_zero() {
@@ -104,71 +101,29 @@ fn replies(kvs: &[KeyValue]) -> u64 {
     bytes.div_ceil(RANGE_REPLY_BYTES).max(1) as u64
 }
 
-impl KvTransaction for LatencyTx {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.trip();
-        self.inner.get(key)
+impl TxHooks for Trips {
+    fn read(&mut self, read: Read<'_>) {
+        let n = match read {
+            Read::Get => 1,
+            Read::GetMany(keys) if self.sequential => keys as u64,
+            Read::GetMany(_) => 1,
+            Read::Range(kvs) => replies(kvs),
+            Read::Ranges(out) => {
+                let each = out.iter().map(|kvs| replies(kvs));
+                if self.sequential {
+                    each.sum()
+                } else {
+                    each.max().unwrap_or(0)
+                }
+            }
+        };
+        self.trips(n);
     }
 
-    fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-        self.trips(if self.sequential {
-            keys.len() as u64
-        } else {
-            1
-        });
-        self.inner.get_many(keys)
-    }
-
-    fn get_range(
-        &mut self,
-        begin: &[u8],
-        end: &[u8],
-        limit: Option<usize>,
-        reverse: bool,
-    ) -> Result<Vec<KeyValue>, StorageError> {
-        let kvs = self.inner.get_range(begin, end, limit, reverse)?;
-        self.trips(replies(&kvs));
-        Ok(kvs)
-    }
-
-    fn get_ranges(&mut self, ranges: &[RangeRead]) -> Result<Vec<Vec<KeyValue>>, StorageError> {
-        let out = self.inner.get_ranges(ranges)?;
-        let each = out.iter().map(|kvs| replies(kvs));
-        self.trips(if self.sequential {
-            each.sum()
-        } else {
-            each.max().unwrap_or(0)
-        });
-        Ok(out)
-    }
-
-    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        self.wrote = true;
-        self.inner.set(key, value)
-    }
-
-    fn clear(&mut self, key: &[u8]) -> Result<(), StorageError> {
-        self.wrote = true;
-        self.inner.clear(key)
-    }
-
-    fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StorageError> {
-        self.wrote = true;
-        self.inner.clear_range(begin, end)
-    }
-
-    fn commit(&mut self) -> Result<(), StorageError> {
-        if self.wrote {
-            self.trip();
+    fn commit(&mut self, wrote: bool, inner: &mut dyn KvTransaction) -> Result<(), StorageError> {
+        if wrote {
+            self.trips(1);
         }
-        self.inner.commit()
-    }
-
-    fn on_error(&mut self, error: &StorageError) -> Result<bool, StorageError> {
-        let reset = self.inner.on_error(error)?;
-        if reset {
-            self.wrote = false;
-        }
-        Ok(reset)
+        inner.commit()
     }
 }

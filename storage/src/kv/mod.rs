@@ -25,6 +25,7 @@ pub mod faulty;
 #[cfg(feature = "fdb")]
 pub mod fdb;
 pub mod latency;
+mod layer;
 pub mod memory;
 pub mod sqlite;
 
